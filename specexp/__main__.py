@@ -1,0 +1,3 @@
+from specexp.run import main
+
+main()

@@ -1,0 +1,44 @@
+"""Typed schemas of the run config, registered with Hydra's ConfigStore as `specexp_schema`.
+`conf/config.yaml` starts from it, so an override of a key that does not exist fails loudly.
+Groups whose keys depend on the chosen class (dataset, strategy) are checked by that class's
+constructor when instantiated."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+from specexp.models import ModelSpec
+from specexp.sampling import Sampling
+
+
+@dataclass
+class ModelPairConfig:
+    name: str = "???"  # a short label used in reports
+    dir: Optional[str] = None  # local folder of a built pair (tiny), else null
+    build: Any = None  # a `_target_` called before loading (builds the tiny pair), else null
+    target: ModelSpec = field(default_factory=ModelSpec)
+    drafter: Optional[ModelSpec] = field(default_factory=ModelSpec)
+    dtype: str = "auto"  # auto | float32 | float16 | bfloat16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    trust_remote_code: bool = False  # allow the hub repo's own modelling code
+
+
+@dataclass
+class RunConfig:
+    model_pair: ModelPairConfig = field(default_factory=ModelPairConfig)
+    dataset: Any = None  # a Task: `_target_` + its arguments (conf/dataset/)
+    strategy: Any = None  # name, proposer (`_target_` or null), length (`_target_` or null), parameters
+    sampling: Sampling = field(default_factory=Sampling)
+    seed: int = 0
+    baseline: bool = True
+    warmup: int = 1
+    carry_length_state: bool = False
+    records: bool = False
+    metrics_file: str = "metrics.json"
+    summary: bool = True
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="specexp_schema", node=RunConfig)

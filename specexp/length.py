@@ -1,0 +1,63 @@
+"""Draft-length policies: how many tokens to draft. A policy looks at the drafter's distribution
+token by token (`decide`), and learns from how many drafts were accepted (`observe`).
+
+A new rule is a subclass here (or in the user's own module) plus a YAML file naming it with
+`_target_`; it never touches the proposer that produces the tokens.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import torch
+
+
+class Decision(enum.Enum):
+    CONTINUE = 0  # draft this token and keep going
+    STOP_BEFORE = 1  # do not draft this token; the round's draft ends before it
+    STOP_AFTER = 2  # draft this token, then end the round's draft (it triggered the stop)
+
+
+@dataclass
+class DraftStep:
+    """What a policy sees before a token is added to the draft."""
+
+    position: int  # 0-based index of this token in the current draft
+    logits: torch.Tensor  # the drafter's raw logits for this position [V] (before temperature)
+    probs: torch.Tensor | None  # the distribution the token is sampled from (one-hot under greedy); None for model-free drafters
+    token: int | torch.Tensor  # the token that would be drafted
+
+
+class LengthPolicy:
+    """Base: draft up to `max_len` tokens, never stop early. Subclasses override `decide`
+    (per token) and/or `begin`/`observe` (per round)."""
+
+    needs_steps = False  # True if `decide` must be called for every drafted token
+
+    def __init__(self, max_len: int = 10):
+        if max_len < 0:
+            raise ValueError(f"max draft length must be >= 0, got {max_len}")
+        self.max_len = max_len
+
+    def begin(self) -> int:
+        """Called at the start of each round: the most tokens this round may draft."""
+        return self.max_len
+
+    def decide(self, step: DraftStep) -> Decision:
+        return Decision.CONTINUE
+
+    def observe(self, drafted: int, accepted: int) -> None:
+        """Called after verification with this round's draft length and accepted count."""
+
+    def reset(self) -> None:
+        """Called before each sample unless the run carries length state across samples."""
+
+
+class Fixed(LengthPolicy):
+    """Classic speculative decoding: always draft `gamma` tokens (Leviathan et al. 2023)."""
+
+    def __init__(self, gamma: int = 4):
+        if gamma < 1:
+            raise ValueError(f"gamma must be >= 1, got {gamma}")
+        super().__init__(max_len=gamma)
+        self.gamma = gamma

@@ -1,0 +1,179 @@
+"""Models and their caches: loading a target/drafter pair, and `CachedLM`, a causal LM that owns
+its KV cache, feeds only the tokens the cache has not seen, rolls back rejected positions and
+counts its forwards.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# Models loaded by this process, keyed by (name, gguf_file, revision, dtype, device): the jobs of a
+# sweep that run in one process (Hydra's basic launcher) load each model once.
+_MODEL_CACHE: dict[tuple, Any] = {}
+LOAD_COUNT = {"models": 0}
+
+
+@dataclass
+class ModelSpec:
+    name: str = "???"  # hub id or local directory (or the directory holding `gguf_file`)
+    gguf_file: str | None = None  # a GGUF file inside `name`, loaded through transformers' gguf support
+    revision: str | None = None  # hub revision (branch, tag or commit)
+    tokenizer: str | None = None  # tokenizer id/path when it differs from `name`
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"model_pair.device={device!r} but CUDA is not available on this machine; use 'auto' or 'cpu'")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":  # full precision on CPU; bf16 where the GPU supports it, else fp16
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+                "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}: use auto, float32, float16 or bfloat16") from None
+
+
+def _load_error(what: str, spec: ModelSpec, err: Exception) -> ValueError:
+    where = "local directory" if Path(spec.name).expanduser().exists() else "hub id (not a local path)"
+    return ValueError(
+        f"could not load {what} {spec.name!r} as a {where}"
+        f"{' with gguf_file=' + repr(spec.gguf_file) if spec.gguf_file else ''}: {type(err).__name__}: {err}. "
+        "Check the name, or give a local path; without network access hub ids cannot be downloaded."
+    )
+
+
+def load_model(spec: ModelSpec, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False):
+    """A causal LM in eval mode on `device`, loaded once per process."""
+    from transformers import AutoModelForCausalLM
+
+    key = (spec.name, spec.gguf_file, spec.revision, str(dtype), str(device))
+    if key not in _MODEL_CACHE:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                spec.name, gguf_file=spec.gguf_file, revision=spec.revision, dtype=dtype,
+                trust_remote_code=trust_remote_code,
+            )
+        except (OSError, ValueError, EnvironmentError) as err:
+            raise _load_error("model", spec, err) from err
+        _MODEL_CACHE[key] = model.to(device).eval()
+        LOAD_COUNT["models"] += 1
+        log.info("loaded %s (%.1fM parameters) on %s", spec.name, n_params(model) / 1e6, device)
+    return _MODEL_CACHE[key]
+
+
+def load_tokenizer(spec: ModelSpec, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    name = spec.tokenizer or spec.name
+    try:
+        return AutoTokenizer.from_pretrained(
+            name, gguf_file=None if spec.tokenizer else spec.gguf_file, revision=spec.revision,
+            trust_remote_code=trust_remote_code,
+        )
+    except (OSError, ValueError, EnvironmentError) as err:
+        raise _load_error("tokenizer", spec, err) from err
+
+
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_same_vocab(target_tok, drafter_tok, target_name: str, drafter_name: str) -> None:
+    """Speculative decoding compares token ids: both models must share one tokenizer."""
+    if target_tok.get_vocab() != drafter_tok.get_vocab():
+        raise ValueError(
+            f"target {target_name!r} and drafter {drafter_name!r} have different tokenizers "
+            f"({len(target_tok)} vs {len(drafter_tok)} tokens, or the same size with other ids); "
+            "speculative decoding needs a drafter that shares the target's vocabulary"
+        )
+
+
+class Pair:
+    """The loaded target and tokenizer, plus the other models of the pair by role ("drafter", ...),
+    loaded on first use so that a strategy without a drafter never loads one."""
+
+    def __init__(self, target: ModelSpec, others: dict[str, ModelSpec | None] | None = None,
+                 dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False):
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.trust_remote_code = trust_remote_code
+        self.specs = {"target": target, **(others or {})}
+        self.tokenizer = load_tokenizer(target, trust_remote_code)
+        self.target = load_model(target, self.dtype, self.device, trust_remote_code)
+        self._models = {"target": self.target}
+
+    @property
+    def vocab_size(self) -> int:  # the target's logit width: every distribution is over these ids
+        return self.target.get_output_embeddings().weight.shape[0]
+
+    def get(self, role: str):
+        """The model playing `role` (e.g. "drafter"), loaded once and checked against the target's
+        tokenizer."""
+        if role not in self._models:
+            spec = self.specs.get(role)
+            if spec is None:
+                raise ValueError(f"the strategy needs a {role!r} model but model_pair has none "
+                                 f"(it has: {', '.join(k for k, v in self.specs.items() if v)})")
+            target = self.specs["target"]
+            if (spec.tokenizer or spec.name) != (target.tokenizer or target.name):
+                check_same_vocab(self.tokenizer, load_tokenizer(spec, self.trust_remote_code), target.name, spec.name)
+            self._models[role] = load_model(spec, self.dtype, self.device, self.trust_remote_code)
+        return self._models[role]
+
+    @property
+    def drafter(self):
+        return self.get("drafter")
+
+
+class CachedLM:
+    """A causal LM with its own KV cache. Invariant: the cache holds the first `length` tokens of
+    the sequence being decoded; `forward` feeds the next tokens and extends it; `crop` rolls back."""
+
+    def __init__(self, model, vocab_size: int | None = None):
+        self.model = model
+        self.vocab_size = vocab_size  # pad/cut logits to this width (the target's), None = as is
+        self.forwards = 0  # forwards since construction (all samples)
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache = None
+        self.length = 0
+
+    @torch.inference_mode()
+    def forward(self, ids: torch.Tensor, keep: int | None = None) -> torch.Tensor:
+        """Feed ids [n] after the cached prefix; return float32 logits [keep or n, V] for the next
+        token after each of the last `keep` fed positions."""
+        n = ids.shape[0]
+        out = self.model(input_ids=ids[None], past_key_values=self.cache, use_cache=True,
+                         logits_to_keep=keep or 0)
+        self.cache = out.past_key_values
+        self.length += n
+        self.forwards += 1
+        logits = out.logits[0].float()
+        if self.vocab_size is not None and logits.shape[-1] != self.vocab_size:
+            v = self.vocab_size
+            if logits.shape[-1] > v:  # drafter head padded wider than the target's: ids >= V can't be drafted
+                logits = logits[:, :v]
+            else:
+                logits = torch.nn.functional.pad(logits, (0, v - logits.shape[-1]), value=float("-inf"))
+        return logits
+
+    def crop(self, length: int) -> None:
+        """Keep only the first `length` cached positions (drop rejected drafts)."""
+        if length < self.length:
+            self.cache.crop(length - self.length)  # negative = tokens to drop (old and new transformers)
+            self.length = length

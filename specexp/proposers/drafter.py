@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import torch
+
+from specexp.length import Decision, DraftStep, LengthPolicy
+from specexp.models import CachedLM
+from specexp.proposers.base import Draft, Proposer
+from specexp.sampling import Sampling
+
+
+class DraftModel(Proposer):
+    """A small causal LM drafting token by token with its own KV cache."""
+
+    def __init__(self, model: str = "drafter"):
+        self.model = model  # which model of the pair drafts (the pair's `drafter`)
+        self.lm: CachedLM | None = None
+
+    def bind(self, pair) -> "DraftModel":
+        self.lm = CachedLM(pair.get(self.model), vocab_size=pair.vocab_size)
+        return self
+
+    @property
+    def forwards(self) -> int:
+        return self.lm.forwards
+
+    def reset(self, prompt: torch.Tensor) -> None:
+        self.lm.reset()
+
+    def propose(self, tokens, max_len, policy: LengthPolicy, sampling: Sampling, generator) -> Draft:
+        self._start = tokens.shape[0]
+        feed = tokens[self.lm.length:]  # what the cache has not seen: the prompt, or the last 1-2 tokens
+        out, probs = [], []
+        for j in range(max_len):
+            logits = self.lm.forward(feed, keep=1)[-1]
+            q = sampling.probs(logits)
+            tok = sampling.pick(q, generator)
+            decision = policy.decide(DraftStep(j, logits, q, tok)) if policy.needs_steps else Decision.CONTINUE
+            if decision is Decision.STOP_BEFORE:
+                break
+            out.append(tok)
+            probs.append(q)
+            if decision is Decision.STOP_AFTER:
+                break
+            feed = tok.view(1)
+        if not out:
+            return Draft(tokens.new_empty(0), None)
+        # The cache now holds tokens + drafts[:-1]; the last draft was never fed.
+        return Draft(torch.stack(out), None if sampling.greedy else torch.stack(probs))
+
+    def observe(self, n_accepted: int) -> None:
+        # keep the context and the accepted drafts; a fully accepted draft leaves the cache one
+        # behind (the last draft is fed next round together with the target's token)
+        self.lm.crop(min(self.lm.length, self._start + n_accepted))

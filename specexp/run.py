@@ -1,0 +1,177 @@
+"""The `specexp` entry point: one Hydra job = decode a dataset with a strategy, write metrics.json.
+
+    specexp                                   # the embedded default (tiny pair, HumanEval)
+    specexp strategy.gamma=8 sampling=sample  # compose a run
+    specexp -m strategy.gamma=1,2,4,8         # sweep
+"""
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from specexp import build, record
+from specexp.config import register
+from specexp.decode import generate
+from specexp.models import CachedLM
+from specexp.stopping import Stopper
+
+log = logging.getLogger("specexp")
+
+
+def encode_prompt(tokenizer, text: str, max_prompt_tokens: int | None, device) -> torch.Tensor:
+    ids = tokenizer(text)["input_ids"]
+    if max_prompt_tokens:
+        ids = ids[-max_prompt_tokens:]  # keep the end of the prompt: it is what the model continues
+    if not ids:
+        if tokenizer.bos_token_id is None:
+            raise ValueError("a prompt encodes to no tokens and the tokenizer has no BOS token")
+        ids = [tokenizer.bos_token_id]
+    return torch.tensor(ids, device=device)
+
+
+def eos_ids(pair) -> list[int]:
+    ids = {pair.tokenizer.eos_token_id}
+    gen_eos = getattr(getattr(pair.target, "generation_config", None), "eos_token_id", None)
+    ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+    return sorted(i for i in ids if i is not None)
+
+
+def decode_dataset(cfg: DictConfig) -> dict:
+    """Load, warm up, decode every sample (baseline and strategy alternating), score, aggregate."""
+    torch.manual_seed(cfg.seed)
+    pair = build.pair(cfg.model_pair)
+    task = build.task(cfg.dataset, pair.tokenizer)
+    samples = task.samples()
+    proposer, policy = build.strategy(cfg.strategy, pair)
+    sampling = build.sampling(cfg.sampling)
+    stopper = Stopper(eos_ids(pair), task.stop, pair.tokenizer)
+    target = CachedLM(pair.target)
+    prompts = [encode_prompt(pair.tokenizer, s.prompt, task.max_prompt_tokens, pair.device) for s in samples]
+    with_baseline = bool(cfg.baseline) and proposer is not None
+
+    def decode(i: int, prompt, budget: int, speculative: bool):
+        gen = torch.Generator(device=pair.device).manual_seed(cfg.seed + i)
+        if not speculative:
+            return generate(target, prompt, budget, sampling, stopper, generator=gen)
+        if not cfg.carry_length_state:
+            policy.reset()
+        return generate(target, prompt, budget, sampling, stopper, proposer, policy, gen)
+
+    # Warm-up (untimed): first calls pay for allocations and kernel selection.
+    for _ in range(cfg.warmup):
+        for spec in ([False, True] if with_baseline else [proposer is not None]):
+            decode(0, prompts[0], min(16, task.max_new_tokens), spec)
+    if policy is not None:
+        policy.reset()
+
+    gens, bases = [], []
+    for i, prompt in enumerate(tqdm(prompts, desc=f"decoding {task.name}", unit="sample", leave=False)):
+        if with_baseline:  # alternate per sample, so drift in machine speed hits both modes alike
+            bases.append(decode(i, prompt, task.max_new_tokens, False))
+        gens.append(decode(i, prompt, task.max_new_tokens, proposer is not None))
+
+    def texts(gs):
+        return [task.postprocess(s, pair.tokenizer.decode(g.tokens, skip_special_tokens=True))
+                for s, g in zip(samples, gs)]
+
+    completions = texts(gens)
+    result = {
+        "model_pair": {"name": cfg.model_pair.name, **{k: v.name for k, v in pair.specs.items() if v}},
+        "dataset": {"name": task.name, "version": task.version, "n_samples": len(samples)},
+        "strategy": cfg.strategy.get("name"),
+        "sampling": OmegaConf.to_container(cfg.sampling),
+        **record.aggregate(gens),
+        "quality": task.score(samples, completions),
+    }
+    if with_baseline:
+        matches = [g.tokens == b.tokens for g, b in zip(gens, bases)]
+        result["baseline"] = record.aggregate(bases)
+        result["quality_baseline"] = task.score(samples, texts(bases))
+        result["speedup"] = record.speedup(gens, bases)
+        result["n_matches_baseline"] = sum(matches)
+        result["all_match_baseline"] = all(matches)
+    result["samples"] = [
+        record.sample_record(s, p.tolist(), g, c, bases[i] if with_baseline else None)
+        for i, (s, p, g, c) in enumerate(zip(samples, prompts, gens, completions))
+    ]
+    if cfg.records:
+        result["draft_records"] = [r for g in gens for r in g.records]
+    result["environment"] = record.environment(pair.device)
+    return result
+
+
+def run(cfg: DictConfig) -> dict:
+    """Decode and write metrics.json in the Hydra run dir: status ok, or failed with the error
+    (never a partial result passed off as one)."""
+    hc = HydraConfig.get()
+    out = Path(hc.runtime.output_dir) / cfg.metrics_file
+    head = {
+        "schema_version": record.SCHEMA_VERSION,
+        "status": "failed",
+        "config": OmegaConf.to_container(cfg, resolve=False),
+        "overrides": list(hc.overrides.task),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    try:
+        result = decode_dataset(cfg)
+    except BaseException as err:  # KeyboardInterrupt too: the JSON says what happened
+        record.write_json_atomic(out, {**head, "error": f"{type(err).__name__}: {err}",
+                                       "traceback": traceback.format_exc(), "environment": record.environment(None)})
+        log.error("run failed (%s: %s); wrote %s", type(err).__name__, err, out)
+        raise
+    metrics = {**head, "status": "ok", **result}
+    record.write_json_atomic(out, metrics)
+    if cfg.summary:
+        print(summary(metrics, out))
+    return metrics
+
+
+def _f(x, fmt="{:.2f}"):
+    return "n/a" if x is None else fmt.format(x)
+
+
+def summary(m: dict, path: Path) -> str:
+    lines = [f"specexp: {m['strategy']} on {m['dataset']['name']} ({m['dataset']['n_samples']} samples), "
+             f"pair {m['model_pair']['name']}, {m['environment']['device_name']}"]
+    rows = [("", "tokens/s", "accept rate", "mean acc. len", "ms/token p50")]
+    for label, a in (("strategy", m), ("autoregressive", m.get("baseline"))):
+        if a:
+            rows.append((label, _f(a["tokens_per_second"], "{:.1f}"), _f(a["acceptance_rate"], "{:.3f}"),
+                         _f(a["mean_accepted_length"]), _f(a["latency_ms_per_token"]["p50"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines += ["  " + "  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    if "speedup" in m:
+        lines.append(f"  speedup (per-sample time ratio): median {_f(m['speedup']['median'])}x, "
+                     f"mean {_f(m['speedup']['mean'])}x; output identical to autoregressive on "
+                     f"{m['n_matches_baseline']}/{m['dataset']['n_samples']} samples")
+    if m.get("quality"):
+        q = {k: v for k, v in m["quality"].items() if isinstance(v, (int, float))}
+        lines.append("  quality: " + ", ".join(f"{k}={v:.4g}" for k, v in q.items()))
+    lines.append(f"  metrics: {path}")
+    return "\n".join(lines)
+
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # the repo's conf/ (editable install)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def _app(cfg: DictConfig) -> float | None:
+    metrics = run(cfg)
+    return metrics.get("tokens_per_second")  # what a sweeper (e.g. Optuna) optimises
+
+
+def main() -> None:
+    register()
+    _app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Shared fixtures: random-init tiny models saved in Hugging Face format (fast), the trained tiny
+pair (built once per machine and cached), and Hydra config composition."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+CORPUS = ("def add(a, b):\n    return a + b\n\nclass Point:\n    def __init__(self, x, y):\n"
+          "        self.x = x\n        self.y = y\n\nfor i in range(10):\n    print(i)\n") * 20
+
+
+def make_tokenizer(vocab_size: int = 300):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([CORPUS], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+
+
+def random_model(arch: str, vocab: int, hidden: int, layers: int, seed: int, eos: int = 0):
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    if arch == "llama":
+        cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                          max_position_embeddings=1024, eos_token_id=eos, bos_token_id=eos)
+        return LlamaForCausalLM(cfg).eval()
+    if arch == "gpt2":
+        cfg = GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=4, n_positions=1024,
+                         eos_token_id=eos, bos_token_id=eos)
+        return GPT2LMHeadModel(cfg).eval()
+    raise ValueError(arch)
+
+
+def save_pair(root: Path, arch: str = "llama", vocab_size: int = 300) -> Path:
+    tok = make_tokenizer(vocab_size)
+    for role, hidden, layers, seed in (("target", 64, 2, 0), ("drafter", 32, 1, 1)):
+        model = random_model(arch, len(tok), hidden, layers, seed, eos=tok.eos_token_id)
+        model.save_pretrained(root / role)
+        tok.save_pretrained(root / role)
+    return root
+
+
+@pytest.fixture(scope="session")
+def random_pair_dir(tmp_path_factory) -> Path:
+    """A random-init Llama target/drafter pair with a shared 300-token BPE tokenizer, on disk."""
+    return save_pair(tmp_path_factory.mktemp("random_pair"))
+
+
+@pytest.fixture(scope="session")
+def trained_pair_dir() -> Path:
+    """The trained tiny pair (specexp.tiny), built once per machine into the cache (~3 min)."""
+    from specexp.tiny import build_tiny_pair
+
+    return Path(build_tiny_pair())
+
+
+def compose(overrides: list[str]):
+    """The real config, composed as `specexp <overrides>` would (without running)."""
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+
+    from specexp.config import register
+
+    register()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hcompose("config", overrides=overrides, return_hydra_config=True)
+
+
+def pair_overrides(pair_dir: Path) -> list[str]:
+    return ["model_pair.build=null", f"model_pair.dir={pair_dir}", "model_pair.name=test"]
+
+
+@pytest.fixture
+def run_specexp(tmp_path):
+    """Run the real CLI in a subprocess; returns (completed process, run dir)."""
+    import subprocess
+    import sys
+
+    def _run(*overrides: str, check: bool = True, multirun: bool = False):
+        run_dir = tmp_path / "run"
+        cmd = [sys.executable, "-m", "specexp", *(["-m"] if multirun else []), *overrides,
+               f"hydra.run.dir={run_dir}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"specexp failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc, run_dir
+
+    return _run
