@@ -41,7 +41,7 @@ def strategy(cfg: DictConfig, loaded: Pair) -> tuple[Proposer | None, LengthPoli
         raise TypeError(f"strategy.proposer must build a specexp Proposer, got {type(proposer).__name__}")
     if not isinstance(policy, LengthPolicy):
         raise TypeError(f"strategy.length must build a specexp LengthPolicy, got {type(policy).__name__}")
-    return proposer.bind(loaded), policy
+    return proposer.bind(loaded), policy.bind(loaded)
 
 
 def task(cfg: DictConfig, tokenizer) -> Task:

@@ -36,6 +36,7 @@ class RunConfig:
     warmup: int = 1
     carry_length_state: bool = False
     records: bool = False
+    resume: bool = True
     metrics_file: str = "metrics.json"
     summary: bool = True
 

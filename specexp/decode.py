@@ -46,8 +46,11 @@ def generate(
     proposer: Proposer | None = None,
     policy: LengthPolicy | None = None,
     generator: torch.Generator | None = None,
+    records: bool = False,
 ) -> Generation:
     """Decode at most `max_new_tokens` after `prompt` [L] (token ids on the target's device).
+    With `records`, each drafted token's record (from the proposer) gets the target's entropy at
+    its position and whether it was accepted.
 
     Invariant between rounds: `tokens` is prompt + accepted output; each model's cache holds a
     prefix of it, and every forward feeds exactly the suffix its cache has not seen."""
@@ -66,7 +69,6 @@ def generate(
         if proposer is not None and budget > 1:
             draft = proposer.propose(tokens, min(policy.begin(), budget - 1), policy, sampling, generator)
             draft_tokens, draft_probs = draft.tokens, draft.probs
-            out.records.extend(draft.records)
         else:
             draft_tokens, draft_probs = tokens.new_empty(0), None
         k = draft_tokens.shape[0]
@@ -74,6 +76,8 @@ def generate(
         logits = target.forward(torch.cat([tokens[target.length:], draft_tokens]), keep=k + 1)
         # 3. Verify: n drafts accepted, then the target's own token (correction or bonus).
         n, nxt = verify(draft_tokens, draft_probs, logits, sampling, generator)
+        if records and k:
+            out.records.extend(_annotate(draft.records, logits, n, len(out.drafted)))
         # 4. Roll back the rejected drafts in both caches; let the policy learn from the outcome.
         target.crop(tokens.shape[0] + n)
         if proposer is not None:
@@ -101,3 +105,11 @@ def generate(
     out.drafter_forwards = (proposer.forwards - fwd0_d) if proposer else 0
     assert tokens.shape[0] == n_prompt + len(out.tokens)
     return out
+
+
+def _annotate(recs: list[dict], target_logits: torch.Tensor, n: int, round_index: int) -> list[dict]:
+    """Complete the proposer's per-token records with the target's side (Shannon entropy in nats
+    of the target's softmax at temperature 1) and the outcome."""
+    logp = target_logits[: len(recs)].log_softmax(-1)
+    h = (-(logp.exp() * logp).nan_to_num().sum(-1)).tolist()
+    return [{**r, "round": round_index, "target_entropy": h[i], "accepted": i < n} for i, r in enumerate(recs)]

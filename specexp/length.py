@@ -26,6 +26,8 @@ class DraftStep:
     logits: torch.Tensor  # the drafter's raw logits for this position [V] (before temperature)
     probs: torch.Tensor | None  # the distribution the token is sampled from (one-hot under greedy); None for model-free drafters
     token: int | torch.Tensor  # the token that would be drafted
+    prefix: torch.Tensor | None = None  # the sequence before this round's draft [L] (prompt + output)
+    drafted: list | None = None  # the tokens drafted earlier in this round (0-d tensors)
 
 
 class LengthPolicy:
@@ -38,6 +40,10 @@ class LengthPolicy:
         if max_len < 0:
             raise ValueError(f"max draft length must be >= 0, got {max_len}")
         self.max_len = max_len
+
+    def bind(self, pair) -> "LengthPolicy":
+        """Attach the loaded models, for policies that need them (e.g. an oracle); returns self."""
+        return self
 
     def begin(self) -> int:
         """Called at the start of each round: the most tokens this round may draft."""

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 import traceback
@@ -56,6 +57,8 @@ def decode_dataset(cfg: DictConfig) -> dict:
     target = CachedLM(pair.target)
     prompts = [encode_prompt(pair.tokenizer, s.prompt, task.max_prompt_tokens, pair.device) for s in samples]
     with_baseline = bool(cfg.baseline) and proposer is not None
+    if proposer is not None:
+        proposer.records = bool(cfg.records)
 
     def decode(i: int, prompt, budget: int, speculative: bool):
         gen = torch.Generator(device=pair.device).manual_seed(cfg.seed + i)
@@ -63,7 +66,7 @@ def decode_dataset(cfg: DictConfig) -> dict:
             return generate(target, prompt, budget, sampling, stopper, generator=gen)
         if not cfg.carry_length_state:
             policy.reset()
-        return generate(target, prompt, budget, sampling, stopper, proposer, policy, gen)
+        return generate(target, prompt, budget, sampling, stopper, proposer, policy, gen, records=cfg.records)
 
     # Warm-up (untimed): first calls pay for allocations and kernel selection.
     for _ in range(cfg.warmup):
@@ -103,7 +106,7 @@ def decode_dataset(cfg: DictConfig) -> dict:
         for i, (s, p, g, c) in enumerate(zip(samples, prompts, gens, completions))
     ]
     if cfg.records:
-        result["draft_records"] = [r for g in gens for r in g.records]
+        result["draft_records"] = [{"sample": s.id, **r} for s, g in zip(samples, gens) for r in g.records]
     result["environment"] = record.environment(pair.device)
     return result
 
@@ -120,6 +123,14 @@ def run(cfg: DictConfig) -> dict:
         "overrides": list(hc.overrides.task),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if cfg.resume and out.exists():
+        try:
+            done = json.loads(out.read_text())
+        except (OSError, ValueError):
+            done = {}
+        if done.get("status") == "ok":
+            log.info("resume: %s already says ok, skipping this run", out)
+            return done
     try:
         result = decode_dataset(cfg)
     except BaseException as err:  # KeyboardInterrupt too: the JSON says what happened

@@ -22,6 +22,7 @@ class Proposer:
     `propose(tokens, max_len, policy, sampling, generator)` followed by `observe(n_accepted)`."""
 
     forwards = 0  # model forwards spent proposing (0 for model-free proposers)
+    records = False  # fill Draft.records with per-token analysis records (set by the run)
 
     def bind(self, pair) -> "Proposer":
         """Attach the loaded models (called once per run by the builder); returns self."""

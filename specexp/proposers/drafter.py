@@ -29,25 +29,39 @@ class DraftModel(Proposer):
     def propose(self, tokens, max_len, policy: LengthPolicy, sampling: Sampling, generator) -> Draft:
         self._start = tokens.shape[0]
         feed = tokens[self.lm.length:]  # what the cache has not seen: the prompt, or the last 1-2 tokens
-        out, probs = [], []
+        out, probs, recs = [], [], []
         for j in range(max_len):
             logits = self.lm.forward(feed, keep=1)[-1]
             q = sampling.probs(logits)
             tok = sampling.pick(q, generator)
-            decision = policy.decide(DraftStep(j, logits, q, tok)) if policy.needs_steps else Decision.CONTINUE
+            decision = (policy.decide(DraftStep(j, logits, q, tok, tokens, out)) if policy.needs_steps
+                        else Decision.CONTINUE)
             if decision is Decision.STOP_BEFORE:
                 break
             out.append(tok)
             probs.append(q)
+            if self.records:
+                recs.append(_record(j, logits, policy))
             if decision is Decision.STOP_AFTER:
                 break
             feed = tok.view(1)
         if not out:
             return Draft(tokens.new_empty(0), None)
         # The cache now holds tokens + drafts[:-1]; the last draft was never fed.
-        return Draft(torch.stack(out), None if sampling.greedy else torch.stack(probs))
+        return Draft(torch.stack(out), None if sampling.greedy else torch.stack(probs), recs)
 
     def observe(self, n_accepted: int) -> None:
         # keep the context and the accepted drafts; a fully accepted draft leaves the cache one
         # behind (the last draft is fed next round together with the target's token)
         self.lm.crop(min(self.lm.length, self._start + n_accepted))
+
+
+def _record(position: int, logits: torch.Tensor, policy: LengthPolicy) -> dict:
+    """The drafter's side of an analysis record: the policy's own entropy measure when it has one
+    (else Shannon, nats, temperature 1) and the top probability."""
+    p = logits.float().softmax(-1)
+    if hasattr(policy, "entropy"):
+        h = float(policy.entropy(logits))
+    else:
+        h = float(-(p * p.clamp_min(1e-30).log()).sum())
+    return {"position": position, "drafter_entropy": h, "drafter_top_prob": float(p.max())}
