@@ -56,11 +56,11 @@ def generate(
     prefix of it, and every forward feeds exactly the suffix its cache has not seen."""
     device = prompt.device
     out = Generation()
-    target.reset()
+    tokens = target.start(prompt)  # decoder-only: the prompt; encoder-decoder: the decoder start token
     if proposer is not None:
         proposer.reset(prompt)
     fwd0_t, fwd0_d = target.forwards, (proposer.forwards if proposer else 0)
-    tokens, n_prompt = prompt, prompt.shape[0]
+    n_prompt = tokens.shape[0]
     _sync(device)
     t_start = time.perf_counter()
     while (budget := max_new_tokens - len(out.tokens)) > 0:

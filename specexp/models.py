@@ -153,6 +153,13 @@ class CachedLM:
         self.cache = None
         self.length = 0
 
+    def start(self, prompt: torch.Tensor) -> torch.Tensor:
+        """Begin a sample: empty the cache and return the sequence decoding continues from (for a
+        decoder-only model, the prompt itself; an encoder-decoder subclass encodes the prompt
+        and returns the decoder's start token)."""
+        self.reset()
+        return prompt
+
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor, keep: int | None = None) -> torch.Tensor:
         """Feed ids [n] after the cached prefix; return float32 logits [keep or n, V] for the next

@@ -24,7 +24,7 @@ class DraftModel(Proposer):
         return self.lm.forwards
 
     def reset(self, prompt: torch.Tensor) -> None:
-        self.lm.reset()
+        self.lm.start(prompt)
 
     def propose(self, tokens, max_len, policy: LengthPolicy, sampling: Sampling, generator) -> Draft:
         self._start = tokens.shape[0]
