@@ -16,7 +16,8 @@ class DraftModel(Proposer):
         self.lm: CachedLM | None = None
 
     def bind(self, pair) -> "DraftModel":
-        self.lm = CachedLM(pair.get(self.model), vocab_size=pair.vocab_size)
+        model = pair.get(self.model) if hasattr(pair, "get") else getattr(pair, self.model)
+        self.lm = CachedLM(model, vocab_size=pair.vocab_size)
         return self
 
     @property
