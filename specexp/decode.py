@@ -28,6 +28,8 @@ class Generation:
     emitted: list[int] = field(default_factory=list)  # per round: tokens kept (n + 1, less when cut at a stop)
     target_forwards: int = 0
     drafter_forwards: int = 0
+    model_forwards: dict[str, int] = field(default_factory=dict)  # per model role ("target", "drafter", ...)
+    model_forward_seconds: dict[str, float] = field(default_factory=dict)  # per role: time in its forwards
     records: list[dict] = field(default_factory=list)  # per drafted token (optional analysis records)
 
 
@@ -60,17 +62,19 @@ def generate(
     if proposer is not None:
         proposer.reset(prompt)
     fwd0_t, fwd0_d = target.forwards, (proposer.forwards if proposer else 0)
+    lms = {"target": target, **(getattr(proposer, "cached_models", None) or {})}  # role -> CachedLM
+    lm0 = {r: (m.forwards, m.forward_seconds) for r, m in lms.items()}
     n_prompt = tokens.shape[0]
     _sync(device)
     t_start = time.perf_counter()
     while (budget := max_new_tokens - len(out.tokens)) > 0:
         t0 = time.perf_counter()
         # 1. Draft at most budget - 1 tokens: drafts plus the target's own token never overshoot.
+        draft = None
         if proposer is not None and budget > 1:
             draft = proposer.propose(tokens, min(policy.begin(), budget - 1), policy, sampling, generator)
-            draft_tokens, draft_probs = draft.tokens, draft.probs
-        else:
-            draft_tokens, draft_probs = tokens.new_empty(0), None
+        draft_tokens = draft.tokens if draft is not None else tokens.new_empty(0)
+        draft_probs = draft.probs if draft is not None else None
         k = draft_tokens.shape[0]
         # 2. One target forward over its unseen suffix and the drafts: k+1 next-token distributions.
         logits = target.forward(torch.cat([tokens[target.length:], draft_tokens]), keep=k + 1)
@@ -80,7 +84,7 @@ def generate(
             out.records.extend(_annotate(draft.records, logits, n, len(out.drafted)))
         # 4. Roll back the rejected drafts in both caches; let the policy learn from the outcome.
         target.crop(tokens.shape[0] + n)
-        if proposer is not None:
+        if draft is not None:
             proposer.observe(n)
             if k:
                 policy.observe(k, n)
@@ -103,6 +107,8 @@ def generate(
     out.wall_time = time.perf_counter() - t_start
     out.target_forwards = target.forwards - fwd0_t
     out.drafter_forwards = (proposer.forwards - fwd0_d) if proposer else 0
+    out.model_forwards = {r: m.forwards - lm0[r][0] for r, m in lms.items()}
+    out.model_forward_seconds = {r: m.forward_seconds - lm0[r][1] for r, m in lms.items()}
     assert tokens.shape[0] == n_prompt + len(out.tokens)
     return out
 

@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# Tiny models gain nothing from intra-op threads, and oversubscribed threads (pytest next to other
+# work on 2 cores) make each forward 20x slower.
+torch.set_num_threads(1)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
