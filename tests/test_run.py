@@ -1,0 +1,139 @@
+"""The `specexp` CLI as a user runs it: metrics.json contract, sweeps, bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, compose, pair_overrides, save_pair
+
+FAST = ["dataset.limit=2", "dataset.max_new_tokens=12", "warmup=1"]
+
+
+def load(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_run_writes_the_metrics_contract(run_specexp, random_pair_dir):
+    proc, run_dir = run_specexp(*pair_overrides(random_pair_dir), *FAST, "strategy.gamma=3")
+    m = load(run_dir)
+    assert (run_dir / ".hydra" / "config.yaml").exists()  # metrics.json sits beside .hydra/
+    assert m["status"] == "ok" and m["schema_version"] == 1
+    assert "strategy.gamma=3" in m["overrides"] and m["config"]["strategy"]["gamma"] == 3
+    assert {"torch", "transformers", "specexp", "device_name"} <= set(m["environment"])
+    assert m["n_samples"] == 2 and len(m["samples"]) == 2
+    assert m["all_match_baseline"] is True and m["n_matches_baseline"] == 2
+    s = m["samples"][0]
+    assert s["id"] == "HumanEval/0" and s["new_tokens"] == len(s["tokens"]) <= 12
+    assert all(k <= 3 for k in s["draft_lengths"])
+    assert s["drafted"] == sum(s["draft_lengths"]) and s["matches_baseline"] is True
+    # aggregates are consistent with the per-sample records
+    assert m["new_tokens"] == sum(x["new_tokens"] for x in m["samples"])
+    assert m["drafted_tokens"] == sum(x["drafted"] for x in m["samples"])
+    assert m["target_forwards"] == sum(x["target_forwards"] for x in m["samples"])
+    assert m["mean_accepted_length"] == pytest.approx(m["new_tokens"] / m["target_forwards"])
+    assert sum(m["accept_counts"]) == m["target_forwards"]  # one histogram entry per round
+    assert m["acceptance_rate"] == pytest.approx(m["accepted_tokens"] / m["drafted_tokens"])
+    assert len(m["speedup"]["per_sample"]) == 2 and m["speedup"]["median"] > 0
+    assert m["baseline"]["mean_accepted_length"] == 1.0 and m["baseline"]["drafted_tokens"] == 0
+    for key in ("mean", "p50", "p90", "p99"):
+        assert m["latency_ms_per_token"][key] > 0
+    assert "metrics:" not in proc.stdout or str(run_dir) in proc.stdout
+
+
+def test_summary_and_sampling_override(run_specexp, random_pair_dir):
+    proc, run_dir = run_specexp(*pair_overrides(random_pair_dir), *FAST, "sampling.temperature=0.7",
+                                "sampling.top_k=20", "summary=true")
+    m = load(run_dir)
+    assert m["sampling"] == {"temperature": 0.7, "top_k": 20, "top_p": 1.0}
+    assert "tokens/s" in proc.stdout and "speedup" in proc.stdout and str(run_dir) in proc.stdout
+
+
+def test_autoregressive_strategy_has_no_drafter(run_specexp, random_pair_dir):
+    _, run_dir = run_specexp(*pair_overrides(random_pair_dir), *FAST, "strategy=autoregressive",
+                             "model_pair.drafter.name=/does/not/exist")  # never loaded
+    m = load(run_dir)
+    assert m["status"] == "ok" and m["drafted_tokens"] == 0 and m["drafter_forwards"] == 0
+    assert "speedup" not in m and m["mean_accepted_length"] == 1.0
+
+
+def test_multirun_sweeps_gamma(run_specexp, random_pair_dir, tmp_path):
+    run_specexp(*pair_overrides(random_pair_dir), *FAST, "strategy.gamma=1,2", multirun=True)
+    runs = sorted((tmp_path / "sweep").glob("*/metrics.json"))
+    assert len(runs) == 2
+    gammas = sorted(json.loads(p.read_text())["config"]["strategy"]["gamma"] for p in runs)
+    assert gammas == [1, 2]
+
+
+def test_console_script_is_installed(random_pair_dir, tmp_path):
+    exe = shutil.which("specexp", path=str(Path(sys.executable).parent))
+    assert exe, "the `specexp` console script is not installed next to this python"
+    proc = subprocess.run([exe, *pair_overrides(random_pair_dir), *FAST, "summary=false",
+                           f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert load(tmp_path)["status"] == "ok"
+
+
+# ---- bad input: a clear error, and never a partial result passed off as one ----------------
+
+def _fails(run_specexp, *overrides) -> tuple[str, Path]:
+    proc, run_dir = run_specexp(*overrides, *FAST, check=False)
+    assert proc.returncode != 0
+    return proc.stdout + proc.stderr, run_dir
+
+
+def test_unknown_model_path(run_specexp, random_pair_dir):
+    err, run_dir = _fails(run_specexp, *pair_overrides(random_pair_dir), "model_pair.target.name=/no/such/model")
+    assert "/no/such/model" in err and "could not load" in err
+    m = load(run_dir)
+    assert m["status"] == "failed" and "/no/such/model" in m["error"] and "tokens_per_second" not in m
+
+
+def test_drafter_with_another_tokenizer(run_specexp, random_pair_dir, tmp_path):
+    other = save_pair(tmp_path / "other", vocab_size=280)
+    err, run_dir = _fails(run_specexp, *pair_overrides(random_pair_dir),
+                          f"model_pair.drafter.name={other / 'drafter'}")
+    assert "different tokenizers" in err
+    assert load(run_dir)["status"] == "failed"
+
+
+def test_config_key_that_does_not_exist(run_specexp, random_pair_dir):
+    err, _ = _fails(run_specexp, *pair_overrides(random_pair_dir), "strategy.gamm=3")
+    assert "gamm" in err
+    err, _ = _fails(run_specexp, *pair_overrides(random_pair_dir), "sampling.temprature=0.5")
+    assert "temprature" in err
+
+
+def test_bad_values(run_specexp, random_pair_dir):
+    err, run_dir = _fails(run_specexp, *pair_overrides(random_pair_dir), "strategy.gamma=0")
+    assert "gamma must be >= 1" in err and load(run_dir)["status"] == "failed"
+    err, _ = _fails(run_specexp, *pair_overrides(random_pair_dir), "sampling.top_p=1.5")
+    assert "top_p" in err
+
+
+def test_empty_dataset(run_specexp, random_pair_dir, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    err, run_dir = _fails(run_specexp, *pair_overrides(random_pair_dir), "dataset.source=path", f"dataset.path={empty}")
+    assert "no samples" in err
+    assert load(run_dir)["status"] == "failed"
+
+
+def test_every_shipped_model_pair_composes():
+    for f in sorted((ROOT / "conf" / "model_pair").glob("*.yaml")):
+        cfg = compose([f"model_pair={f.stem}"])
+        assert cfg.model_pair.target.name and cfg.model_pair.name == f.stem
+
+
+def test_default_run_on_the_trained_pair(run_specexp, trained_pair_dir):
+    """`specexp` with no arguments: the embedded default, offline (the pair is already built by
+    the fixture, so this is the 'later runs' path)."""
+    proc, run_dir = run_specexp()
+    m = load(run_dir)
+    assert m["status"] == "ok" and m["model_pair"]["name"] == "tiny" and m["dataset"]["name"] == "humaneval"
+    assert m["all_match_baseline"] is True
+    assert m["mean_accepted_length"] > 1.5
+    assert "speedup" in proc.stdout and "tokens/s" in proc.stdout
