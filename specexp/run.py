@@ -18,10 +18,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from specexp import build, record
+from specexp import analysis, build, costs, record, sweep
 from specexp.config import register
 from specexp.decode import generate
-from specexp.models import CachedLM
+from specexp.models import cached_lm
 from specexp.stopping import Stopper
 
 log = logging.getLogger("specexp")
@@ -54,7 +54,7 @@ def decode_dataset(cfg: DictConfig) -> dict:
     proposer, policy = build.strategy(cfg.strategy, pair)
     sampling = build.sampling(cfg.sampling)
     stopper = Stopper(eos_ids(pair), task.stop, pair.tokenizer)
-    target = CachedLM(pair.target)
+    target = cached_lm(pair.target)  # an encoder-decoder target gets the seq2seq wrapper
     prompts = [encode_prompt(pair.tokenizer, s.prompt, task.max_prompt_tokens, pair.device) for s in samples]
     with_baseline = bool(cfg.baseline) and proposer is not None
     if proposer is not None:
@@ -64,8 +64,7 @@ def decode_dataset(cfg: DictConfig) -> dict:
         gen = torch.Generator(device=pair.device).manual_seed(cfg.seed + i)
         if not speculative:
             return generate(target, prompt, budget, sampling, stopper, generator=gen)
-        if not cfg.carry_length_state:
-            policy.reset()
+        policy.start_sample(carry=bool(cfg.carry_length_state))  # reset unless state is carried
         return generate(target, prompt, budget, sampling, stopper, proposer, policy, gen, records=cfg.records)
 
     # Warm-up (untimed): first calls pay for allocations and kernel selection.
@@ -107,6 +106,10 @@ def decode_dataset(cfg: DictConfig) -> dict:
     ]
     if cfg.records:
         result["draft_records"] = [{"sample": s.id, **r} for s, g in zip(samples, gens) for r in g.records]
+        result["analysis"] = analysis.aggregate(result["draft_records"], [g.drafted for g in gens],
+                                                entropy_type=getattr(policy, "entropy_type", "shannon"))
+    result.update(costs.report(gens, {"target": target, **(getattr(proposer, "cached_models", None) or {})},
+                               {r: s.name for r, s in pair.specs.items() if s}, costs.classic_gamma(proposer, policy)))
     result["environment"] = record.environment(pair.device)
     return result
 
@@ -128,20 +131,25 @@ def run(cfg: DictConfig) -> dict:
             done = json.loads(out.read_text())
         except (OSError, ValueError):
             done = {}
-        if done.get("status") == "ok":
+        if done.get("status") == "ok" and sweep.same_config(done.get("config"), head["config"]):
             log.info("resume: %s already says ok, skipping this run", out)
+            log.info(sweep.run_line(done, skipped=True))
             return done
+        if done.get("status") == "ok":
+            log.info("resume: %s was written by another config (the sweep changed); running again", out)
     try:
         result = decode_dataset(cfg)
     except BaseException as err:  # KeyboardInterrupt too: the JSON says what happened
         record.write_json_atomic(out, {**head, "error": f"{type(err).__name__}: {err}",
                                        "traceback": traceback.format_exc(), "environment": record.environment(None)})
         log.error("run failed (%s: %s); wrote %s", type(err).__name__, err, out)
+        log.info(sweep.run_line({**head, "error": f"{type(err).__name__}: {err}"}))
         raise
     metrics = {**head, "status": "ok", **result}
     record.write_json_atomic(out, metrics)
     if cfg.summary:
         print(summary(metrics, out))
+    log.info(sweep.run_line(metrics))
     return metrics
 
 
@@ -163,6 +171,11 @@ def summary(m: dict, path: Path) -> str:
         lines.append(f"  speedup (per-sample time ratio): median {_f(m['speedup']['median'])}x, "
                      f"mean {_f(m['speedup']['mean'])}x; output identical to autoregressive on "
                      f"{m['n_matches_baseline']}/{m['dataset']['n_samples']} samples")
+    if m.get("cost_model_speedup") and m.get("drafter_forwards") is not None and "baseline" in m:
+        c = m["cost_model_speedup"]
+        lines.append(f"  cost-model speedup: params {_f(c['params'])}x, previous work {_f(c['previous_work'])}x, "
+                     f"measured {_f(c['measured'])}x, Leviathan predicted {_f(c['leviathan_predicted'])}x; "
+                     f"forwards {m.get('model_forwards')}")
     if m.get("quality"):
         q = {k: v for k, v in m["quality"].items() if isinstance(v, (int, float))}
         lines.append("  quality: " + ", ".join(f"{k}={v:.4g}" for k, v in q.items()))

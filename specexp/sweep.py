@@ -1,0 +1,368 @@
+"""Sweep helpers: the one line a finished run prints, the resume check, and Hydra callbacks that
+a sweep config switches on (`hydra.callbacks`; see docs/sweeps.md):
+
+  SweepSummary  at the end of a multirun (also when the sweep raises because a job failed),
+                print one line per run of the sweep dir (ok / skipped / failed with its error)
+                and write the report table (`<sweep dir>/report/runs.csv` and `.parquet`)
+  PinGPU        pin each launcher worker process to its own GPU (CUDA_VISIBLE_DEVICES), for
+                Hydra's joblib launcher on a machine with several GPUs
+  Objective     replace a job's return value (tokens/s) by the metric a sweeper optimises,
+                penalised when the run's quality constraint does not hold (Optuna)
+
+Callbacks run inside Hydra's `run_job` (on_job_*), in the process that runs the job (a joblib
+worker, a SLURM job), or in the launching process (on_multirun_*). This module imports no
+torch at import time: `specexp-report` and the launching process stay light.
+"""
+from __future__ import annotations
+
+import atexit
+import fcntl
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("specexp.sweep")
+
+# Keys of the run config that do not change what a run measures: a metrics.json written with
+# other values of these still counts as "the same run" for resume.
+RESUME_IGNORED_KEYS = ("resume", "summary")
+
+
+def value_at(d: Any, dotted: str, default: Any = None) -> Any:
+    """d["a"]["b"] for "a.b" (keys may contain '@', e.g. quality.pass@1); default when absent."""
+    cur = d
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return default
+        cur = cur[part]
+    return cur
+
+
+# --------------------------------------------------------------------------------------------
+# One line per finished run, and the resume check (used by specexp.run)
+# --------------------------------------------------------------------------------------------
+
+def one_line(text: str | None, limit: int = 240) -> str:
+    """A (multi-line) error message on one line, cut to `limit` characters."""
+    s = " ".join(part.strip() for part in str(text or "").splitlines() if part.strip())
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def _num(x, fmt: str) -> str:
+    return "n/a" if x is None else fmt.format(x)
+
+
+def run_line(m: dict, skipped: bool = False) -> str:
+    """The headline of one run, for the log: status, overrides, tokens/s, acceptance, speedup.
+
+        specexp run ok: [strategy.gamma=2 sampling=greedy] 812.3 tok/s, accept 0.412, speedup 1.31x
+        specexp run FAILED: [strategy.gamma=0] ValueError: gamma must be >= 1, got 0
+    """
+    overrides = " ".join(m.get("overrides") or []) or "no overrides"
+    status = m.get("status", "?")
+    if status != "ok":
+        return f"specexp run {status.upper()}: [{overrides}] {one_line(m.get('error'))}".rstrip()
+    parts = [f"{_num(m.get('tokens_per_second'), '{:.1f}')} tok/s",
+             f"accept {_num(m.get('acceptance_rate'), '{:.3f}')}",
+             f"mean acc. len {_num(m.get('mean_accepted_length'), '{:.2f}')}"]
+    sp = m.get("speedup")
+    if isinstance(sp, dict):
+        parts.append(f"speedup {_num(sp.get('median'), '{:.2f}')}x")
+    if m.get("all_match_baseline") is not None:
+        parts.append(f"matches AR {m.get('n_matches_baseline')}/{value_at(m, 'dataset.n_samples')}")
+    what = "skipped (resume: already ok)" if skipped else "ok"
+    return f"specexp run {what}: [{overrides}] " + ", ".join(parts)
+
+
+def _comparable(config: dict | None) -> dict:
+    c = dict(config or {})
+    for k in RESUME_IGNORED_KEYS:
+        c.pop(k, None)
+    return json.loads(json.dumps(c, default=str))  # the form it has after a JSON round trip
+
+
+def same_config(stored: dict | None, current: dict | None) -> bool:
+    """Whether a stored metrics.json was written by the same run config (unresolved, as saved),
+    ignoring `resume`/`summary`. A job dir reused by a different sweep point (job numbers shift
+    when a sweep's lists change) is therefore run again instead of being passed off as done."""
+    return stored is not None and _comparable(stored) == _comparable(current)
+
+
+# --------------------------------------------------------------------------------------------
+# SweepSummary: what happened to every run of the sweep
+# --------------------------------------------------------------------------------------------
+
+def summarize(sweep_dir: str | Path, since: float | None = None) -> str:
+    """One line per metrics.json under `sweep_dir` (sorted by job dir): ok / skipped / failed.
+    `since`: the sweep's start time; a run whose metrics.json is older was skipped (resume)."""
+    sweep_dir = Path(sweep_dir)
+    paths = sorted(sweep_dir.rglob("metrics.json"), key=lambda p: _job_sort_key(p, sweep_dir))
+    counts = {"ok": 0, "skipped": 0, "failed": 0}
+    lines = []
+    loaded = []
+    for p in paths:
+        try:
+            loaded.append((p, json.loads(p.read_text())))
+        except (OSError, ValueError) as err:
+            loaded.append((p, {"status": "failed", "error": f"unreadable metrics.json ({err})"}))
+    sets = [set(m.get("overrides") or []) for _, m in loaded]
+    common = set.intersection(*sets) if len(sets) > 1 else set()
+    for p, m in loaded:
+        rel = str(p.parent.relative_to(sweep_dir))
+        ov = " ".join(o for o in (m.get("overrides") or []) if o not in common)
+        if m.get("status") == "ok":
+            state = "skipped" if since is not None and p.stat().st_mtime < since else "ok"
+            counts[state] += 1
+            sp = value_at(m, "speedup.median")
+            lines.append(f"  {rel:>4} {state:<7} [{ov}] {_num(m.get('tokens_per_second'), '{:.1f}')} tok/s, "
+                         f"accept {_num(m.get('acceptance_rate'), '{:.3f}')}"
+                         + (f", speedup {sp:.2f}x" if sp is not None else ""))
+        else:
+            counts["failed"] += 1
+            lines.append(f"  {rel:>4} FAILED  [{ov}] {one_line(m.get('error'), 160)}")
+    head = (f"specexp sweep {sweep_dir}: {len(paths)} runs, {counts['ok']} ok, "
+            f"{counts['skipped']} skipped (already ok), {counts['failed']} failed")
+    if counts["failed"]:
+        head += " (re-run the same command to retry the failed runs; ok runs are skipped)"
+    if common:
+        head += "\n  common overrides: " + " ".join(o for o in (loaded[0][1].get("overrides") or []) if o in common)
+    return "\n".join([head, *lines])
+
+
+def _job_sort_key(p: Path, root: Path):
+    rel = p.parent.relative_to(root).parts
+    return tuple((0, int(x), "") if x.isdigit() else (1, 0, x) for x in rel)
+
+
+class SweepSummary(Callback):
+    """Print the sweep's summary when the multirun ends, also when it ends by raising (Hydra's
+    basic sweeper runs every job of a batch, then re-raises the first failure; the summary then
+    comes after the traceback). `report: true` also writes `<sweep dir>/report/runs.csv|parquet`."""
+
+    def __init__(self, report: bool = True) -> None:
+        self.report = report
+        self._dir: str | None = None
+        self._t0 = 0.0
+        self._pending = False
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._dir = str(config.hydra.sweep.dir)
+        self._t0 = time.time()  # a metrics.json older than this was left by an earlier sweep (skipped)
+        self._pending = True
+        atexit.register(self._finish)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._finish()
+        atexit.unregister(self._finish)
+
+    def _finish(self) -> None:
+        if not self._pending or self._dir is None or not Path(self._dir).is_dir():
+            return
+        self._pending = False
+        try:
+            print(summarize(self._dir, since=self._t0), file=sys.stderr, flush=True)
+            if self.report:
+                from specexp import report
+
+                df = report.collect([self._dir])
+                out = report.write_table(df, Path(self._dir) / "report")
+                print(f"specexp sweep: report table {out[0]} ({len(df)} runs); "
+                      f"`specexp-report {self._dir} --table NAME` for the papers' tables", file=sys.stderr, flush=True)
+        except Exception as err:  # a summary must never hide the sweep's own outcome
+            print(f"specexp sweep: could not summarise {self._dir}: {type(err).__name__}: {err}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------
+# PinGPU: one GPU per worker process
+# --------------------------------------------------------------------------------------------
+
+_PINNED: dict[str, Any] | None = None  # this process's slot: {"gpu": id, "slot": i, "fd": lock fd}
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use: CUDA_VISIBLE_DEVICES if set, else 0..device_count-1."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:
+        return []
+
+
+def acquire_slot(lock_dir: str | Path, n_slots: int) -> tuple[int, int] | None:
+    """Take the first free slot of `n_slots` (an exclusive flock on `lock_dir/slot<i>.lock`),
+    held until the process exits. Returns (slot, fd), or None when every slot is taken."""
+    lock_dir = Path(lock_dir)
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(n_slots):
+        fd = os.open(lock_dir / f"slot{i}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return i, fd
+    return None
+
+
+class PinGPU(Callback):
+    """Pin each process that runs jobs to one GPU by setting CUDA_VISIBLE_DEVICES before the
+    job's first CUDA call; `model_pair.device=auto` (or `cuda`) then means that GPU.
+
+    A process takes a free slot (a file lock under `<sweep dir>/.gpu_slots/`) on its first job
+    and keeps it for its lifetime, so with the joblib launcher's `n_jobs` equal to the number
+    of slots (GPUs x jobs_per_gpu) every worker has its own GPU, and the model cache of a
+    worker stays on one device. When every slot is taken (more workers than slots), the job
+    falls back to GPU number `job.num % len(gpus)` with a warning.
+
+    gpus: GPU ids to use (default: this machine's visible GPUs, read in the launching process).
+    jobs_per_gpu: slots per GPU (2 runs two workers on each GPU when the models fit twice).
+    """
+
+    def __init__(self, gpus: list | None = None, jobs_per_gpu: int = 1, lock_dir: str | None = None) -> None:
+        self.gpus = [str(g) for g in gpus] if gpus is not None else visible_gpus()
+        if jobs_per_gpu < 1:
+            raise ValueError(f"jobs_per_gpu must be >= 1, got {jobs_per_gpu}")
+        self.jobs_per_gpu = jobs_per_gpu
+        self.lock_dir = lock_dir
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global _PINNED
+        if str(OmegaConf.select(config, "hydra.mode", default="")) == "RunMode.RUN":
+            return  # a single run: nothing to share
+        if not self.gpus:
+            log.info("PinGPU: no GPU visible; job runs where model_pair.device says")
+            return
+        if _PINNED is None:
+            n_slots = len(self.gpus) * self.jobs_per_gpu
+            lock_dir = self.lock_dir or str(Path(str(config.hydra.sweep.dir)) / ".gpu_slots")
+            got = acquire_slot(lock_dir, n_slots)
+            if got is None:
+                num = int(OmegaConf.select(config, "hydra.job.num", default=0) or 0)
+                gpu = self.gpus[num % len(self.gpus)]
+                log.warning("PinGPU: all %d GPU slots are taken (more workers than GPUs x jobs_per_gpu); "
+                            "job %d shares GPU %s", n_slots, num, gpu)
+                _PINNED = {"gpu": gpu, "slot": None, "fd": None}
+            else:
+                slot, fd = got
+                _PINNED = {"gpu": self.gpus[slot % len(self.gpus)], "slot": slot, "fd": fd}
+        gpu = _PINNED["gpu"]
+        if os.environ.get("CUDA_VISIBLE_DEVICES") != gpu:
+            if _cuda_initialized():
+                log.warning("PinGPU: CUDA is already initialised in process %d; CUDA_VISIBLE_DEVICES=%s "
+                            "cannot take effect", os.getpid(), gpu)
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+        log.info("PinGPU: process %d runs on GPU %s (slot %s)", os.getpid(), gpu, _PINNED["slot"])
+
+
+def _cuda_initialized() -> bool:
+    mod = sys.modules.get("torch")
+    try:
+        return bool(mod is not None and mod.cuda.is_initialized())
+    except Exception:
+        return False
+
+
+def gpu_count() -> int:
+    """Resolver `${specexp_gpu_count:}`: the number of visible GPUs, at least 1 (n_jobs)."""
+    return max(1, len(visible_gpus()))
+
+
+if not OmegaConf.has_resolver("specexp_gpu_count"):
+    OmegaConf.register_new_resolver("specexp_gpu_count", gpu_count)
+
+
+# --------------------------------------------------------------------------------------------
+# Objective: what a sweeper (Optuna) maximises
+# --------------------------------------------------------------------------------------------
+
+def objective(m: dict, metric: str = "tokens_per_second", require_match: bool = True,
+              max_quality_drop: float | None = None, penalty: float = 0.0) -> tuple[float, str | None]:
+    """The value of `metric` (a dotted key of metrics.json: tokens_per_second, speedup.median,
+    quality.rouge1...) and why it was penalised (None if it was not):
+      require_match     all_match_baseline must not be false (greedy: same tokens as autoregressive)
+      max_quality_drop  every quality score may fall at most this far below quality_baseline
+    """
+    value = value_at(m, metric)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return penalty, f"{metric} is {value!r}"
+    if require_match and m.get("all_match_baseline") is False:
+        return penalty, (f"output differs from autoregressive on "
+                         f"{value_at(m, 'dataset.n_samples', 0) - (m.get('n_matches_baseline') or 0)} samples")
+    if max_quality_drop is not None:
+        q, qb = m.get("quality") or {}, m.get("quality_baseline") or {}
+        for k, base in qb.items():
+            v = q.get(k)
+            if isinstance(base, (int, float)) and isinstance(v, (int, float)) and base - v > max_quality_drop:
+                return penalty, f"quality {k} {v:.4g} < baseline {base:.4g} - {max_quality_drop}"
+    return float(value), None
+
+
+class Objective(Callback):
+    """Set each finished job's return value (what Hydra's sweepers read) to `objective(...)` of
+    its metrics.json. The app itself returns tokens_per_second, unconstrained; with this callback
+    an Optuna sweep maximises e.g. tokens/s *at unchanged output*: a run whose output differs
+    from autoregressive decoding scores `penalty` instead. Failed jobs stay failed."""
+
+    def __init__(self, metric: str = "tokens_per_second", require_match: bool = True,
+                 max_quality_drop: float | None = None, penalty: float = 0.0) -> None:
+        self.metric = metric
+        self.require_match = require_match
+        self.max_quality_drop = max_quality_drop
+        self.penalty = penalty
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+
+        if job_return.status != JobStatus.COMPLETED:
+            return
+        path = Path(str(config.hydra.runtime.output_dir)) / str(config.get("metrics_file", "metrics.json"))
+        try:
+            m = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            log.warning("Objective: cannot read %s (%s); objective = penalty %s", path, err, self.penalty)
+            job_return.return_value = self.penalty
+            return
+        value, why = objective(m, self.metric, self.require_match, self.max_quality_drop, self.penalty)
+        if why:
+            log.warning("Objective: %s penalised to %s: %s", self.metric, value, why)
+        else:
+            log.info("Objective: %s = %.6g", self.metric, value)
+        job_return.return_value = value
+
+
+# --------------------------------------------------------------------------------------------
+# Running the CLI in this process
+# --------------------------------------------------------------------------------------------
+
+def run_cli(args: list[str]) -> int:
+    """Run `specexp <args>` (e.g. ["-m", "strategy.gamma=1,2"]) in this process and return its
+    exit code: the jobs of a basic-launcher sweep share this process's model cache, and a script
+    or notebook can run several sweeps one after the other (the tests do)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from specexp import run
+
+    old = sys.argv
+    GlobalHydra.instance().clear()
+    sys.argv = ["specexp", *map(str, args)]
+    try:
+        run.main()
+        return 0
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = old
+        GlobalHydra.instance().clear()

@@ -1,0 +1,255 @@
+"""specexp-report on hand-made metrics.json files (no models): columns, the baseline join, the
+named table layouts in Markdown and LaTeX, the plots, the CLI."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from specexp import plots, report
+
+
+def write_run(root: Path, name: str, *, strategy: str = "speculative", params: dict | None = None,
+              tps: float = 100.0, accept: float | None = 0.5, acc_len: float | None = 2.0,
+              speedup: float | None = 1.5, base_tps: float | None = 60.0, pair: str = "pair-a",
+              dataset: str = "xsum", temperature: float = 0.0, quality: dict | None = None,
+              quality_baseline: dict | None = None, overrides: list[str] | None = None,
+              sample_times: dict[str, float] | None = None, status: str = "ok", extra: dict | None = None) -> Path:
+    """A metrics.json as specexp.run writes it (only the keys the report reads)."""
+    params = params or {}
+    sample_times = sample_times or {"s0": 1.0, "s1": 2.0}
+    cfg = {"seed": 0, "dataset": {"max_new_tokens": 32, "limit": len(sample_times)},
+           "model_pair": {"name": pair, "target": {"name": f"{pair}/target"}, "drafter": {"name": f"{pair}/drafter"}},
+           "strategy": {"name": strategy, **params, "proposer": None, "length": None},
+           "sampling": {"temperature": temperature, "top_k": 0, "top_p": 1.0}}
+    m: dict = {"schema_version": 1, "status": status, "config": cfg,
+               "overrides": overrides if overrides is not None else [f"strategy.{k}={v}" for k, v in params.items()],
+               "started_at": "2025-01-01T00:00:00+0000"}
+    if status != "ok":
+        m["error"] = "ValueError: bad threshold\nmore"
+        m["traceback"] = "Traceback ..."
+    else:
+        m.update({
+            "model_pair": {"name": pair, "target": f"{pair}/target", "drafter": f"{pair}/drafter"},
+            "dataset": {"name": dataset, "version": "1", "n_samples": len(sample_times)},
+            "strategy": strategy, "sampling": cfg["sampling"],
+            "tokens_per_second": tps, "acceptance_rate": accept, "mean_accepted_length": acc_len,
+            "draft_length_mean": 3.0, "new_tokens": 64, "wall_time_s": 64 / tps, "target_forwards": 20,
+            "drafter_forwards": 40, "latency_ms_per_token": {"mean": 1000 / tps, "p50": 1000 / tps, "p90": 1.0, "p99": 2.0},
+            "time_per_sample_s": {"mean": 1.0, "p50": 1.0, "p90": 1.0, "p99": 1.0},
+            "quality": quality or {},
+            "samples": [{"id": k, "wall_time_s": v, "draft_lengths": [3, 3, 1], "new_tokens": 32} for k, v in sample_times.items()],
+            "environment": {"device_name": "cpu", "torch": "2", "transformers": "4", "specexp": "0.1.0"},
+        })
+        if speedup is not None:
+            m["baseline"] = {"tokens_per_second": base_tps}
+            m["quality_baseline"] = quality_baseline or {}
+            m["speedup"] = {"median": speedup, "mean": speedup, "per_sample": [speedup]}
+            m["n_matches_baseline"] = len(sample_times)
+            m["all_match_baseline"] = True
+    m.update(extra or {})
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "metrics.json").write_text(json.dumps(m))
+    return d
+
+
+def test_collect_columns_overrides_params_and_failed_runs(tmp_path):
+    write_run(tmp_path, "0", params={"gamma": 2}, overrides=["strategy.gamma=2", "sampling=greedy", "+experiment=x"])
+    write_run(tmp_path, "1", params={"gamma": 4}, overrides=["strategy.gamma=4", "sampling=greedy", "+experiment=x"])
+    write_run(tmp_path, "2", params={"gamma": 0}, status="failed", overrides=["strategy.gamma=0", "sampling=greedy"])
+    df = report.collect([tmp_path])
+    assert len(df) == 3
+    assert df["job"].tolist() == [0, 1, 2]  # from the job dir names when there is no .hydra/
+    assert df["status"].tolist() == ["ok", "ok", "failed"]
+    assert df.loc[2, "error"] == "ValueError: bad threshold more"
+    assert df["override.strategy.gamma"].tolist() == [2, 4, 0]  # parsed values, not strings
+    assert df.loc[0, "override.experiment"] == "x"  # '+' stripped
+    assert df["param.gamma"].tolist() == [2, 4, 0]
+    assert df["method"].tolist() == ["speculative (gamma=2)", "speculative (gamma=4)", "speculative (gamma=0)"]
+    assert df.loc[0, "ms_per_token"] == pytest.approx(10.0)
+    assert df.loc[0, "baseline_ms_per_token"] == pytest.approx(1000 / 60)
+    assert df.loc[0, "speedup_source"] == "paired" and pd.isna(df.loc[2, "speedup"])
+    assert df.loc[0, "sampling"] == "greedy" and df.loc[2, "strategy"] == "speculative"
+    csv, pq = report.write_table(df, tmp_path / "out")
+    back = pd.read_parquet(pq)
+    assert back["status"].tolist() == ["ok", "ok", "failed"] and len(pd.read_csv(csv)) == 3
+
+
+def test_join_to_a_separate_autoregressive_run(tmp_path):
+    times = {"a": 2.0, "b": 4.0, "c": 6.0}
+    write_run(tmp_path, "ar", strategy="autoregressive", tps=50, accept=None, acc_len=1.0, speedup=None,
+              sample_times=times, quality={"rouge1": 0.2})
+    write_run(tmp_path, "spec", tps=100, speedup=None, sample_times={"a": 1.0, "b": 1.0, "c": 4.0},
+              quality={"rouge1": 0.19})
+    # other samples: no join; other sampling: no join
+    write_run(tmp_path, "other_samples", speedup=None, sample_times={"a": 1.0, "z": 1.0})
+    write_run(tmp_path, "other_sampling", speedup=None, sample_times=times, temperature=1.0)
+    df = report.collect([tmp_path]).set_index("run_dir")
+    spec = df.loc[str(tmp_path / "spec")]
+    assert spec["speedup"] == pytest.approx(2.0)  # median of 2/1, 4/1, 6/4
+    assert spec["speedup_mean"] == pytest.approx((2 + 4 + 1.5) / 3)
+    assert spec["speedup_source"] == f"ar_run:{tmp_path / 'ar'}"
+    assert spec["baseline_tokens_per_second"] == 50 and spec["quality_baseline.rouge1"] == 0.2
+    assert df.loc[str(tmp_path / "ar"), "speedup"] == 1.0 and df.loc[str(tmp_path / "ar"), "speedup_source"] == "self"
+    for other in ("other_samples", "other_sampling"):
+        assert pd.isna(df.loc[str(tmp_path / other), "speedup"])
+        assert pd.isna(df.loc[str(tmp_path / other), "speedup_source"])
+
+
+def test_paired_baseline_is_preferred_over_a_separate_run(tmp_path):
+    write_run(tmp_path, "ar", strategy="autoregressive", tps=50, accept=None, speedup=None)
+    write_run(tmp_path, "spec", speedup=1.7)
+    df = report.collect([tmp_path]).set_index("run_dir")
+    assert df.loc[str(tmp_path / "spec"), "speedup"] == 1.7
+    assert df.loc[str(tmp_path / "spec"), "speedup_source"] == "paired"
+
+
+def thesis_sweep(root: Path) -> None:
+    write_run(root, "ar", strategy="autoregressive", tps=20.0, accept=None, speedup=None)  # 50 ms/token
+    write_run(root, "heur", strategy="heuristic", params={"start": 5}, tps=25.0, speedup=None)
+    for i, (tau, tps) in enumerate([(1.0, 30.0), (2.25, 40.0), (4.0, 35.0)]):
+        write_run(root, f"static{i}", strategy="entropy_static", params={"tau": tau, "max_len": 10}, tps=tps, speedup=None)
+    for i, (m, n, tps) in enumerate([(0.5, 7, 32.0), (1.0, 3, 31.0)]):
+        write_run(root, f"ma{i}", strategy="entropy_ma", params={"m": m, "last_n": n}, tps=tps, speedup=None)
+    write_run(root, "cum", strategy="entropy_cum", params={"tau_cum": 10.0, "last_n": 7}, tps=33.0, speedup=None)
+    write_run(root, "broken", strategy="entropy_static", params={"tau": -1.0}, status="failed")
+
+
+def test_thesis_table_best_hyperparameters_per_column(tmp_path):
+    thesis_sweep(tmp_path)
+    df = report.collect([tmp_path])
+    md = report.render(df, "thesis_6_6", "md")
+    lines = [line for line in md.splitlines() if line.startswith("|")]
+    assert lines[0] == "| Setting |  | No drafter | Heuristic | Static | MA | Cumulative |"
+    assert lines[2] == "| pair pair-a / xsum / greedy | ms/token | 50.00 | 40.00 | 25.00 | 31.25 | 30.30 |"
+    assert lines[3] == "|  | vs. no drafter | 1.00x | 1.25x | 2.00x | 1.60x | 1.65x |"
+    assert lines[4] == "|  | best | – | start=5 | tau=2.25 | m=0.5, last_n=7 | tau_cum=10, last_n=7 |"
+    tex = report.render(df, "thesis_6_6", "latex")
+    assert r"\begin{tabular}{llrrrrr}" in tex and r"tau=2.25" in tex and r"m=0.5, last\_n=7" in tex
+    assert tex.count(r"\\") >= 4 and r"\toprule" in tex and r"\bottomrule" in tex
+
+
+def test_thesis_table_uses_paired_baselines_without_an_ar_run(tmp_path):
+    write_run(tmp_path, "s", strategy="entropy_static", params={"tau": 2.0}, tps=40.0, base_tps=20.0)
+    md = report.render(report.collect([tmp_path]), "thesis_6_6", "md")
+    assert "| pair pair-a / xsum / greedy | ms/token | 50.00 | – | 25.00 | – | – |" in md
+    assert "paired†" in md and "† no separate strategy=autoregressive run" in md
+
+
+def test_reproduction_table_matches_the_seed_layout(tmp_path):
+    """The paper-reproduction seed's experiment 01 table, from one run with its paired baseline."""
+    write_run(tmp_path, "neo", params={"gamma": 5}, pair="gpt-neo-1.3b__125m-xsum", speedup=1.84, accept=0.32,
+              quality={"rouge1": 0.159, "rouge2": 0.05}, quality_baseline={"rouge1": 0.160, "rouge2": 0.05},
+              sample_times={f"s{i}": 1.0 for i in range(10)})
+    write_run(tmp_path, "coder", params={"gamma": 5}, pair="deepseek", dataset="humaneval", speedup=2.52, accept=0.75,
+              quality={"pass@1": 0.40}, quality_baseline={"pass@1": 0.35})
+    md = report.render(report.collect([tmp_path]), "reproduction", "md")
+    assert "### gpt-neo-1.3b__125m-xsum on xsum (10 samples)" in md
+    assert "| Method | Sampling | ROUGE-1 | Speedup | Acceptance rate |" in md
+    assert "| Auto-regressive | Greedy | 0.160 | 1x | NIL |" in md
+    assert "| Speculative (γ=5) | Greedy | 0.159 | 1.84x | 32% |" in md
+    assert "| Method | Sampling | pass@1 | Speedup | Acceptance rate |" in md
+    assert "| Auto-regressive | Greedy | 35% | 1x | NIL |" in md and "| Speculative (γ=5) | Greedy | 40% | 2.52x | 75% |" in md
+    tex = report.render(report.collect([tmp_path]), "reproduction", "latex")
+    assert r"Speculative ($\gamma$=5) & Greedy & 0.159 & 1.84x & 32\% \\" in tex
+
+
+def test_cascade_table_with_and_without_cost_models(tmp_path):
+    write_run(tmp_path, "csd", strategy="cascade", params={"lenience": 2}, dataset="mmlu", speedup=1.9,
+              extra={"cost_model_speedup": {"params": 3.19, "previous_work": 2.5, "measured": 1.8,
+                                            "leviathan_predicted": None}})
+    write_run(tmp_path, "sd", strategy="speculative", params={"gamma": 5}, dataset="mmlu", speedup=1.4)
+    md = report.render(report.collect([tmp_path]), "cascade", "md")
+    assert ("| Method | Sampling | mmlu: params | mmlu: prev. work | mmlu: measured cost | mmlu: wall-clock |"
+            in md)  # no Leviathan column: no run has a value
+    assert "| cascade [pair-a] | Greedy | 3.19x | 2.50x | 1.80x | 1.90x |" in md
+    assert "| speculative [pair-a] | Greedy | – | – | – | 1.40x |" in md
+    assert "No run carries cost_model_speedup" not in md
+    (tmp_path / "csd" / "metrics.json").unlink()
+    md = report.render(report.collect([tmp_path]), "cascade", "md")
+    assert "No run carries cost_model_speedup" in md and "| speculative [pair-a] | Greedy | – | – | – | 1.40x |" in md
+
+
+def test_specbench_table(tmp_path):
+    for ds, tau, sp in (("xsum", 2.0, 1.5), ("gsm8k", 3.0, 2.5)):
+        write_run(tmp_path, f"sd-{ds}", params={"gamma": 4}, dataset=ds, acc_len=tau, speedup=sp)
+        write_run(tmp_path, f"st-{ds}", strategy="entropy_static", params={"tau": 2.25}, dataset=ds,
+                  acc_len=tau + 1, speedup=sp + 0.5)
+    md = report.render(report.collect([tmp_path]), "specbench", "md")
+    assert "| Method | gsm8k τ | gsm8k speedup | xsum τ | xsum speedup | Mean τ | Mean speedup |" in md
+    assert "| entropy_static | 4.00 | 3.00x | 3.00 | 2.00x | 3.50 | 2.50x |" in md
+    assert "| speculative | 3.00 | 2.50x | 2.00 | 1.50x | 2.50 | 2.00x |" in md
+
+
+def test_runs_table_and_unknown_names(tmp_path):
+    write_run(tmp_path, "0", params={"gamma": 2})
+    write_run(tmp_path, "1", params={"gamma": 0}, status="failed")
+    md = report.render(report.collect([tmp_path]), "runs", "md")
+    assert "| 1 | failed | speculative (gamma=0) |" in md and "ValueError: bad threshold more" in md
+    assert "2 runs, 1 ok, 1 failed." in md
+    with pytest.raises(ValueError, match="unknown table"):
+        report.render(report.collect([tmp_path]), "nope")
+    with pytest.raises(ValueError, match="unknown format"):
+        report.render(report.collect([tmp_path]), "runs", "html")
+
+
+def test_latex_escaping():
+    assert report.latex_escape("pass@1 & 50% of_x #1 ~{}") == r"pass@1 \& 50\% of\_x \#1 \textasciitilde{}\{\}"
+
+
+def analysis_records(n: int = 200) -> list[dict]:
+    recs = []
+    for i in range(n):
+        h = (i % 20) * 0.25
+        recs.append({"sample": "s0", "round": i // 5, "position": i % 5, "drafter_entropy": h,
+                     "drafter_top_prob": 0.5, "target_entropy": 1.0, "accepted": h < 2.0})
+    return recs
+
+
+def test_cli_writes_tables_and_plots(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    for i, tau in enumerate((1.0, 2.0, 3.0)):
+        for samp, t in (("greedy", 0.0), ("sample", 1.0)):
+            write_run(sweep, f"{i}{samp}", strategy="entropy_static", params={"tau": tau}, temperature=t,
+                      speedup=1 + tau / 4, accept=0.9 - tau / 10, extra={"draft_records": analysis_records()})
+    write_run(sweep, "ar", strategy="autoregressive", speedup=None, accept=None)
+    out = tmp_path / "out"
+    assert report.main([str(sweep), "-o", str(out), "--table", "all", "--format", "latex", "--plots"]) == 0
+    printed = capsys.readouterr()
+    assert r"\begin{tabular}" in printed.out and "specexp-report: 7 runs (7 ok, 0 failed)" in printed.err
+    for name in ("runs.csv", "runs.parquet", "runs.tex", "thesis_6_6.tex", "reproduction.tex", "cascade.tex",
+                 "specbench.tex", "speedup_vs_threshold.png", "acceptance_by_entropy.png", "draft_length_hist.png"):
+        assert (out / name).stat().st_size > 0, name
+    from PIL import Image
+
+    for png in out.glob("*.png"):
+        w, h = Image.open(png).size
+        assert w >= 500 and h >= 300
+    # default output dir: <the one dir>/report; markdown
+    assert report.main([str(sweep), "--table", "specbench"]) == 0
+    assert (sweep / "report" / "specbench.md").exists()
+
+
+def test_plots_from_analysis_key_and_nothing_to_plot(tmp_path):
+    from specexp.analysis import aggregate
+
+    recs = analysis_records()
+    write_run(tmp_path, "a", strategy="entropy_static", params={"tau": 2.0},
+              extra={"analysis": aggregate(recs, [[3, 3, 1]])})
+    runs = report.load_runs([tmp_path])
+    df = report.collect([tmp_path], runs=runs)
+    made = plots.plot_all(df, runs, tmp_path / "p")
+    assert [p.name for p in made] == ["acceptance_by_entropy.png", "draft_length_hist.png"]  # no swept threshold
+    empty = tmp_path / "empty"
+    write_run(empty, "f", status="failed")
+    runs = report.load_runs([empty])
+    assert plots.plot_all(report.collect([empty], runs=runs), runs, tmp_path / "q") == []
+
+
+def test_no_metrics_is_an_error(tmp_path, capsys):
+    assert report.main([str(tmp_path)]) == 1
+    with pytest.raises(FileNotFoundError):
+        report.collect([tmp_path / "missing"])

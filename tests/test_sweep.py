@@ -1,0 +1,290 @@
+"""Sweeps: one model load per process, isolation of a failing run, resume, the per-run line, the
+sweep summary, Ctrl-C, the launcher / sweeper configs (joblib GPU pinning, submitit, Optuna)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import ROOT, compose, pair_overrides
+from specexp import models, report, sweep
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def tiny(pair_dir: Path) -> list[str]:
+    """The random pair, one short HumanEval sample, no warm-up: about a second per run."""
+    return [*pair_overrides(pair_dir), "dataset.limit=1", "dataset.max_new_tokens=4",
+            "dataset.max_prompt_tokens=16", "warmup=0", "summary=false"]
+
+
+def metrics(sweep_dir: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/metrics.json"))}
+
+
+@pytest.fixture
+def fresh_cache(monkeypatch):
+    """An empty model cache and load counter, so that this test's loads are counted alone."""
+    monkeypatch.setattr(models, "_MODEL_CACHE", {})
+    monkeypatch.setitem(models.LOAD_COUNT, "models", 0)
+    return models.LOAD_COUNT
+
+
+def test_sweep_in_one_process_loads_each_model_once(random_pair_dir, tmp_path, fresh_cache):
+    sweep_dir = tmp_path / "sweep"
+    code = sweep.run_cli(["-m", *tiny(random_pair_dir), "strategy.gamma=1,2,3", f"hydra.sweep.dir={sweep_dir}"])
+    assert code == 0
+    runs = metrics(sweep_dir)
+    assert sorted(runs) == ["0", "1", "2"] and all(m["status"] == "ok" for m in runs.values())
+    assert [m["config"]["strategy"]["gamma"] for m in runs.values()] == [1, 2, 3]
+    assert fresh_cache["models"] == 2  # target + drafter, once for the three jobs
+
+
+def test_sweep_3x2_failure_isolated_resume_and_report(random_pair_dir, tmp_path, fresh_cache, capsys):
+    """The proof: a 3x2 sweep where the gamma=0 runs fail; the sweep goes on, exits non-zero and
+    names the failure; re-running skips the ok runs (their metrics.json untouched) and reruns
+    the failed ones; the report has every run with the failed ones marked."""
+    sweep_dir = tmp_path / "sweep"
+    base = ["-m", *tiny(random_pair_dir), f"hydra.sweep.dir={sweep_dir}"]
+
+    # 1. gamma=0 is a bad value: those two runs raise ValueError, the other four complete.
+    code = sweep.run_cli([*base, "strategy.gamma=1,0,4", "sampling=greedy,sample"])
+    out = capsys.readouterr()
+    assert code == 1  # Hydra re-raises the first failure after the batch: the exit says so
+    assert "Error executing job with overrides" in out.err and "strategy.gamma=0" in out.err
+    assert "specexp run FAILED: [" in out.out and "gamma must be >= 1" in out.out
+    assert out.out.count("specexp run ok: [") == 4
+    runs = metrics(sweep_dir)
+    assert sorted(runs) == [str(i) for i in range(6)]
+    status = {k: (m["status"], m["config"]["strategy"]["gamma"], m["overrides"][-1]) for k, m in runs.items()}
+    assert status == {"0": ("ok", 1, "sampling=greedy"), "1": ("ok", 1, "sampling=sample"),
+                      "2": ("failed", 0, "sampling=greedy"), "3": ("failed", 0, "sampling=sample"),
+                      "4": ("ok", 4, "sampling=greedy"), "5": ("ok", 4, "sampling=sample")}
+    assert all("gamma must be >= 1" in runs[k]["error"] and runs[k]["traceback"] for k in ("2", "3"))
+    assert not list(sweep_dir.rglob("*.tmp"))  # atomic writes: no half-written files left
+
+    df = report.collect([sweep_dir])
+    assert len(df) == 6
+    assert df.set_index("job")["status"].to_dict() == {0: "ok", 1: "ok", 2: "failed", 3: "failed", 4: "ok", 5: "ok"}
+    failed = df[df["status"] == "failed"]
+    assert failed["error"].str.contains("gamma must be >= 1").all()
+    assert failed["override.strategy.gamma"].tolist() == [0, 0]
+    summary = sweep.summarize(sweep_dir)
+    assert "6 runs, 4 ok, 0 skipped (already ok), 2 failed" in summary
+    assert "common overrides:" in summary and "FAILED  [strategy.gamma=0 sampling=greedy]" in summary
+
+    ok_files = {k: (sweep_dir / k / "metrics.json") for k in ("0", "1", "4", "5")}
+    before = {k: (p.stat().st_mtime_ns, p.read_bytes()) for k, p in ok_files.items()}
+    failed_mtime = (sweep_dir / "2" / "metrics.json").stat().st_mtime_ns
+
+    # 2. The same command again: ok runs are skipped, the failed ones run (and fail) again.
+    t_resume = time.time()
+    assert sweep.run_cli([*base, "strategy.gamma=1,0,4", "sampling=greedy,sample"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("specexp run skipped (resume: already ok)") == 4 and out.count("specexp run FAILED") == 2
+    assert (sweep_dir / "2" / "metrics.json").stat().st_mtime_ns > failed_mtime
+    assert {k: (p.stat().st_mtime_ns, p.read_bytes()) for k, p in ok_files.items()} == before
+    assert "4 skipped (already ok), 2 failed" in sweep.summarize(sweep_dir, since=t_resume)
+
+    # 3. Fixed (gamma 0 -> 2), same sweep dir: only jobs 2 and 3 run; the rest are untouched.
+    assert sweep.run_cli([*base, "strategy.gamma=1,2,4", "sampling=greedy,sample"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("specexp run skipped (resume: already ok)") == 4 and out.count("specexp run ok: [") == 2
+    assert {k: (p.stat().st_mtime_ns, p.read_bytes()) for k, p in ok_files.items()} == before
+    runs = metrics(sweep_dir)
+    assert all(m["status"] == "ok" for m in runs.values())
+    assert [runs[k]["config"]["strategy"]["gamma"] for k in ("2", "3")] == [2, 2]
+    assert fresh_cache["models"] == 2  # three sweeps in this process, one load per model
+
+    # 4. The report: every run, its overrides as columns, speedup from the paired baseline.
+    assert report.main([str(sweep_dir), "--table", "runs"]) == 0
+    df = pd.read_parquet(sweep_dir / "report" / "runs.parquet")
+    assert len(df) == 6 and (df["status"] == "ok").all()
+    assert sorted(df["override.strategy.gamma"].tolist()) == [1, 1, 2, 2, 4, 4]
+    assert set(df["override.sampling"]) == {"greedy", "sample"}
+    assert (df["speedup_source"] == "paired").all() and df["speedup"].notna().all()
+    assert set(df["method"]) == {"speculative (gamma=1)", "speculative (gamma=2)", "speculative (gamma=4)"}
+    csv = pd.read_csv(sweep_dir / "report" / "runs.csv")
+    assert len(csv) == 6 and "tokens_per_second" in csv
+
+
+def test_resume_reruns_a_job_dir_written_by_another_config(random_pair_dir, tmp_path):
+    """Job numbers shift when a sweep's lists change: an ok metrics.json from another config in
+    the same job dir is run again, not passed off as this point's result."""
+    sweep_dir = tmp_path / "sweep"
+    base = ["-m", *tiny(random_pair_dir), f"hydra.sweep.dir={sweep_dir}"]
+    assert sweep.run_cli([*base, "strategy.gamma=1"]) == 0
+    assert sweep.run_cli([*base, "strategy.gamma=3"]) == 0
+    assert metrics(sweep_dir)["0"]["config"]["strategy"]["gamma"] == 3
+    assert sweep.run_cli([*base, "strategy.gamma=3", "resume=false"]) == 0  # resume off: always runs
+
+
+def test_resume_check_ignores_only_resume_and_summary():
+    a = {"seed": 0, "resume": True, "summary": True, "strategy": {"gamma": 2}}
+    assert sweep.same_config(a, {**a, "resume": False, "summary": False})
+    assert not sweep.same_config(a, {**a, "seed": 1})
+    assert not sweep.same_config(None, a)
+
+
+def test_ctrl_c_leaves_a_failed_json_not_ok(random_pair_dir, tmp_path):
+    """SIGINT in the middle of decoding: the run's metrics.json says failed (KeyboardInterrupt),
+    no temp file is left, and a resumed run would redo it."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "specexp", *pair_overrides(random_pair_dir), "dataset.limit=3",
+           "dataset.max_new_tokens=400", "dataset.stop=[]", "warmup=0", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen, deadline = b"", time.time() + 120
+    try:
+        while b"decoding" not in seen and time.time() < deadline:  # tqdm's bar: decoding has started
+            chunk = os.read(proc.stderr.fileno(), 4096)
+            if not chunk:
+                break
+            seen += chunk
+        assert b"decoding" in seen, seen.decode(errors="replace")[-2000:]
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["status"] == "failed" and m["error"].startswith("KeyboardInterrupt")
+    assert not list(run_dir.glob(".metrics.json.*.tmp"))
+
+
+def test_run_line():
+    ok = {"status": "ok", "overrides": ["strategy.gamma=2"], "tokens_per_second": 812.34, "acceptance_rate": 0.4123,
+          "mean_accepted_length": 2.5, "speedup": {"median": 1.31}, "all_match_baseline": True,
+          "n_matches_baseline": 5, "dataset": {"n_samples": 5}}
+    assert sweep.run_line(ok) == ("specexp run ok: [strategy.gamma=2] 812.3 tok/s, accept 0.412, "
+                                  "mean acc. len 2.50, speedup 1.31x, matches AR 5/5")
+    assert "skipped (resume: already ok)" in sweep.run_line(ok, skipped=True)
+    bad = {"status": "failed", "overrides": ["strategy.gamma=0"], "error": "ValueError:\ngamma must be >= 1"}
+    assert sweep.run_line(bad) == "specexp run FAILED: [strategy.gamma=0] ValueError: gamma must be >= 1"
+
+
+def test_objective_penalises_changed_output_and_quality_drop():
+    m = {"tokens_per_second": 100.0, "speedup": {"median": 1.5}, "all_match_baseline": True,
+         "n_matches_baseline": 4, "dataset": {"n_samples": 4},
+         "quality": {"rouge1": 0.30}, "quality_baseline": {"rouge1": 0.31}}
+    assert sweep.objective(m) == (100.0, None)
+    assert sweep.objective(m, metric="speedup.median") == (1.5, None)
+    value, why = sweep.objective({**m, "all_match_baseline": False, "n_matches_baseline": 3})
+    assert value == 0.0 and "differs from autoregressive on 1 samples" in why
+    assert sweep.objective(m, max_quality_drop=0.005, penalty=-1.0)[0] == -1.0
+    assert sweep.objective(m, max_quality_drop=0.02) == (100.0, None)
+    assert sweep.objective({"status": "ok"}, penalty=-5.0)[0] == -5.0  # metric missing
+
+
+def test_gpu_slots_are_exclusive(tmp_path):
+    a = sweep.acquire_slot(tmp_path, 2)
+    b = sweep.acquire_slot(tmp_path, 2)  # another open file description: as another process
+    assert a is not None and b is not None and {a[0], b[0]} == {0, 1}
+    assert sweep.acquire_slot(tmp_path, 2) is None  # every slot taken
+    os.close(a[1])  # the process holding slot a exits
+    c = sweep.acquire_slot(tmp_path, 2)
+    assert c is not None and c[0] == a[0]
+    os.close(b[1])
+    os.close(c[1])
+
+
+def test_pin_gpu_sets_cuda_visible_devices_once_per_process(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "_PINNED", None)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    cb = sweep.PinGPU()  # gpus from the launching process's CUDA_VISIBLE_DEVICES
+    assert cb.gpus == ["4", "6"]
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "job": {"num": 3}}})
+    held = sweep.acquire_slot(tmp_path / ".gpu_slots", 1)  # another worker holds slot 0 (GPU 4)
+    cb.on_job_start(cfg, task_function=None)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "6" and sweep._PINNED["slot"] == 1
+    cb.on_job_start(cfg, task_function=None)  # the next job in the same worker: same GPU
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "6"
+    first = sweep._PINNED
+    # Every slot taken (more workers than GPUs): fall back to job.num % len(gpus), with a warning.
+    monkeypatch.setattr(sweep, "_PINNED", None)
+    crowded = sweep.PinGPU(gpus=[0], lock_dir=str(tmp_path / ".gpu_slots"))
+    crowded.on_job_start(cfg, task_function=None)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0" and sweep._PINNED["slot"] is None
+    os.close(held[1])
+    os.close(first["fd"])
+
+
+def test_launcher_and_sweeper_configs_compose():
+    c = compose(["hydra/launcher=joblib_gpus"])
+    assert c.hydra.launcher._target_.endswith("JoblibLauncher") and c.hydra.launcher.backend == "loky"
+    assert c.hydra.callbacks.gpu_pin._target_ == "specexp.sweep.PinGPU"
+    assert OmegaConf.to_container(c.hydra.launcher, resolve=True)["n_jobs"] >= 1  # ${specexp_gpu_count:}
+    c = compose(["hydra/launcher=submitit_slurm_gpu", "hydra.launcher.partition=gpu"])
+    assert c.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert c.hydra.launcher.gpus_per_node == 1 and c.hydra.launcher.partition == "gpu"
+    c = compose(["hydra/launcher=submitit_local"])
+    assert c.hydra.launcher._target_.endswith("LocalLauncher")
+    c = compose(["hydra/sweeper=optuna_gamma"])
+    assert c.hydra.sweeper._target_.endswith("OptunaSweeper") and str(c.hydra.sweeper.direction) == "maximize"
+    assert c.hydra.sweeper.params["strategy.gamma"] == "range(1, 11)"
+    assert c.hydra.callbacks.objective.metric == "tokens_per_second"
+    c = compose(["hydra/sweeper=optuna_entropy_static", "strategy=entropy_static"])
+    assert c.hydra.sweeper.params["strategy.tau"] == "interval(0.25, 5.0)" and c.strategy.name == "entropy_static"
+    c = compose(["hydra/callbacks=sweep_summary"])
+    assert c.hydra.callbacks.sweep_summary._target_ == "specexp.sweep.SweepSummary"
+    from hydra.utils import get_class
+
+    for name in ("SweepSummary", "PinGPU", "Objective"):
+        assert get_class(f"specexp.sweep.{name}")
+
+
+def test_optuna_tunes_gamma_in_process(random_pair_dir, tmp_path):
+    sweep_dir = tmp_path / "optuna"
+    code = sweep.run_cli(["-m", "hydra/sweeper=optuna_gamma", "hydra.sweeper.n_trials=3", "strategy.gamma=range(1,5)",
+                          *tiny(random_pair_dir), f"hydra.sweep.dir={sweep_dir}"])
+    assert code == 0
+    runs = metrics(sweep_dir)
+    assert len(runs) == 3 and all(m["status"] == "ok" for m in runs.values())
+    best = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    assert best.name == "optuna" and 1 <= best.best_params["strategy.gamma"] <= 4
+    # the Objective callback: greedy output matches autoregressive, so the value is tokens/s
+    assert best.best_value == pytest.approx(max(m["tokens_per_second"] for m in runs.values()))
+    assert (sweep_dir / "report" / "runs.csv").exists()  # the sweep summary wrote the table
+
+
+@pytest.mark.slow
+def test_submitit_local_runs_a_two_job_sweep(random_pair_dir, run_specexp, tmp_path):
+    proc, _ = run_specexp("hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
+                          *tiny(random_pair_dir), "strategy.gamma=1,2", multirun=True)
+    runs = metrics(tmp_path / "sweep")
+    assert sorted(runs) == ["0", "1"] and all(m["status"] == "ok" for m in runs.values())
+    assert [m["config"]["strategy"]["gamma"] for m in runs.values()] == [1, 2]
+    assert list((tmp_path / "sweep" / ".submitit").glob("*/*_result.pkl"))  # ran as submitit jobs
+    df = report.collect([tmp_path / "sweep"])
+    assert len(df) == 2 and (df["status"] == "ok").all()
+
+
+@pytest.mark.slow
+def test_joblib_gpus_launcher_pins_workers(random_pair_dir, run_specexp, tmp_path):
+    """Two loky workers, two (pretend) GPUs: each worker takes its own slot. Without CUDA the
+    runs fall back to the CPU (model_pair.device=auto), so this runs anywhere."""
+    proc, _ = run_specexp("hydra/launcher=joblib_gpus", "hydra.launcher.n_jobs=2",
+                          "hydra.callbacks.gpu_pin.gpus=[0,1]", *tiny(random_pair_dir),
+                          "strategy.gamma=1,2,3,4", multirun=True)
+    sweep_dir = tmp_path / "sweep"
+    runs = metrics(sweep_dir)
+    assert len(runs) == 4 and all(m["status"] == "ok" for m in runs.values())
+    pins = {}
+    for log in sweep_dir.glob("*/*.log"):
+        for line in log.read_text().splitlines():
+            if "PinGPU: process" in line:
+                pid, gpu = line.split("PinGPU: process ")[1].split(" runs on GPU ")
+                pins.setdefault(pid, set()).add(gpu.split()[0])
+    assert pins and all(len(g) == 1 for g in pins.values())  # a worker never changes GPU
+    if len(pins) == 2:
+        assert set().union(*pins.values()) == {"0", "1"}  # two workers, two GPUs
+    assert "specexp sweep " in proc.stderr and "4 ok" in proc.stderr  # the summary callback
