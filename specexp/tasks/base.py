@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -21,7 +21,8 @@ class Task:
     version = "0"  # bump when prompts or scoring change; saved with the results
 
     def __init__(self, limit: int | None = None, seed: int = 0, select: str = "first",
-                 max_new_tokens: int = 128, stop: list[str] | None = None, max_prompt_tokens: int | None = None):
+                 max_new_tokens: int = 128, stop: list[str] | None = None, max_prompt_tokens: int | None = None,
+                 chat: bool | str = False, system: str | None = None):
         if select not in ("first", "random"):
             raise ValueError(f"dataset.select must be 'first' or 'random', got {select!r}")
         if limit is not None and limit < 1:
@@ -32,6 +33,36 @@ class Task:
         self.max_new_tokens = max_new_tokens  # generation budget per sample
         self.stop = list(stop or [])  # stop strings (generation ends once one appears)
         self.max_prompt_tokens = max_prompt_tokens  # keep only the last N prompt tokens (null = all)
+        if chat not in (False, True, "auto"):
+            raise ValueError(f"dataset.chat must be false, true or auto, got {chat!r}")
+        self.chat = chat  # wrap prompts in the tokenizer's chat template: False | True | "auto" (if it has one)
+        self.system = system  # system message when chat is on (null = none)
+        self.tokenizer = None  # set by the run through set_tokenizer() (needed for chat)
+
+    def set_tokenizer(self, tokenizer) -> None:
+        """The run hands over the target's tokenizer before `samples()` (used for chat templates)."""
+        self.tokenizer = tokenizer
+
+    def chat_prompt(self, text: str) -> str | None:
+        """`text` as the user turn of the tokenizer's chat template, ending with the assistant's
+        generation prompt; None when chat is off (or "auto" and the tokenizer has no template).
+        A leading BOS token is dropped from the text: the run's encoding adds it again."""
+        if not self.chat:
+            return None
+        tok = self.tokenizer
+        if tok is None or not getattr(tok, "chat_template", None):
+            if self.chat == "auto":
+                return None
+            raise ValueError("dataset.chat=true needs a tokenizer with a chat template: "
+                             + ("the run must call task.set_tokenizer(tokenizer) before task.samples()"
+                                if tok is None else f"{type(tok).__name__} has none (use chat=auto or false)"))
+        messages = ([{"role": "system", "content": self.system}] if self.system else [])
+        messages.append({"role": "user", "content": text})
+        out = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        bos = getattr(tok, "bos_token", None)
+        if bos and out.startswith(bos):
+            out = out[len(bos):]
+        return out
 
     def load(self) -> list[Sample]:
         raise NotImplementedError
@@ -44,6 +75,13 @@ class Task:
             items = random.Random(self.seed).sample(items, min(self.limit or len(items), len(items)))
         elif self.limit is not None:
             items = items[: self.limit]
+        if self.chat:
+            wrapped = []
+            for s in items:
+                p = self.chat_prompt(s.prompt)
+                wrapped.append(s if p is None else
+                               replace(s, prompt=p, meta={**s.meta, "raw_prompt": s.prompt, "chat": True}))
+            items = wrapped
         return items
 
     def postprocess(self, sample: Sample, completion: str) -> str:
@@ -52,5 +90,7 @@ class Task:
         return completion[:cut]
 
     def score(self, samples: list[Sample], completions: list[str]) -> dict:
-        """Quality metrics for the run (e.g. {"pass@1": 0.12}); {} when the task has none."""
+        """Quality metrics for the run (e.g. {"pass@1": 0.12}); {} when the task has none.
+        `completions` are what `postprocess` returned, in the order of `samples`. Flat keys of
+        numbers, plus optionally "per_sample": a list of dicts, each with the sample's "id"."""
         return {}

