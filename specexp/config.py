@@ -20,6 +20,8 @@ class ModelPairConfig:
     build: Any = None  # a `_target_` called before loading (builds the tiny pair), else null
     target: ModelSpec = field(default_factory=ModelSpec)
     drafter: Optional[ModelSpec] = field(default_factory=ModelSpec)
+    drafter2: Optional[ModelSpec] = field(default_factory=ModelSpec)  # further drafters (cascades, large to
+    drafter3: Optional[ModelSpec] = field(default_factory=ModelSpec)  # small); name ??? = absent
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     trust_remote_code: bool = False  # allow the hub repo's own modelling code

@@ -30,6 +30,8 @@ class Generation:
     drafter_forwards: int = 0
     model_forwards: dict[str, int] = field(default_factory=dict)  # per model role ("target", "drafter", ...)
     model_forward_seconds: dict[str, float] = field(default_factory=dict)  # per role: time in its forwards
+    model_prefills: dict[str, int] = field(default_factory=dict)  # per role: forwards from an empty cache
+    model_prefill_seconds: dict[str, float] = field(default_factory=dict)  # per role: time in those
     records: list[dict] = field(default_factory=list)  # per drafted token (optional analysis records)
 
 
@@ -63,7 +65,7 @@ def generate(
         proposer.reset(prompt)
     fwd0_t, fwd0_d = target.forwards, (proposer.forwards if proposer else 0)
     lms = {"target": target, **(getattr(proposer, "cached_models", None) or {})}  # role -> CachedLM
-    lm0 = {r: (m.forwards, m.forward_seconds) for r, m in lms.items()}
+    lm0 = {r: (m.forwards, m.forward_seconds, m.prefills, m.prefill_seconds) for r, m in lms.items()}
     n_prompt = tokens.shape[0]
     _sync(device)
     t_start = time.perf_counter()
@@ -109,6 +111,8 @@ def generate(
     out.drafter_forwards = (proposer.forwards - fwd0_d) if proposer else 0
     out.model_forwards = {r: m.forwards - lm0[r][0] for r, m in lms.items()}
     out.model_forward_seconds = {r: m.forward_seconds - lm0[r][1] for r, m in lms.items()}
+    out.model_prefills = {r: m.prefills - lm0[r][2] for r, m in lms.items()}
+    out.model_prefill_seconds = {r: m.prefill_seconds - lm0[r][3] for r, m in lms.items()}
     assert tokens.shape[0] == n_prompt + len(out.tokens)
     return out
 

@@ -5,6 +5,7 @@ counts its forwards.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,13 +58,12 @@ def _load_error(what: str, spec: ModelSpec, err: Exception) -> ValueError:
 
 
 def load_model(spec: ModelSpec, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False):
-    """A causal LM in eval mode on `device`, loaded once per process."""
-    from transformers import AutoModelForCausalLM
-
+    """A causal LM (or an encoder-decoder LM such as T5, when its config says so) in eval mode on
+    `device`, loaded once per process."""
     key = (spec.name, spec.gguf_file, spec.revision, str(dtype), str(device))
     if key not in _MODEL_CACHE:
         try:
-            model = AutoModelForCausalLM.from_pretrained(
+            model = _auto_class(spec, trust_remote_code).from_pretrained(
                 spec.name, gguf_file=spec.gguf_file, revision=spec.revision, dtype=dtype,
                 trust_remote_code=trust_remote_code,
             )
@@ -73,6 +73,18 @@ def load_model(spec: ModelSpec, dtype: torch.dtype, device: torch.device, trust_
         LOAD_COUNT["models"] += 1
         log.info("loaded %s (%.1fM parameters) on %s", spec.name, n_params(model) / 1e6, device)
     return _MODEL_CACHE[key]
+
+
+def _auto_class(spec: ModelSpec, trust_remote_code: bool):
+    """AutoModelForSeq2SeqLM for encoder-decoder configs (T5, BART), else AutoModelForCausalLM."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    try:
+        config = AutoConfig.from_pretrained(spec.name, gguf_file=spec.gguf_file, revision=spec.revision,
+                                            trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, EnvironmentError):
+        return AutoModelForCausalLM  # let the model load itself report the error
+    return AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
 
 
 def load_tokenizer(spec: ModelSpec, trust_remote_code: bool = False):
@@ -147,7 +159,30 @@ class CachedLM:
         self.model = model
         self.vocab_size = vocab_size  # pad/cut logits to this width (the target's), None = as is
         self.forwards = 0  # forwards since construction (all samples)
+        self.prefills = 0  # of which forwards from an empty cache (the prompt's prefill)
+        self._seconds = [0.0, 0.0]  # time spent in forwards since construction: [all, prefills]
+        self._events: list = []  # CUDA (start, end, prefill) events not yet added to _seconds
         self.reset()
+
+    def _resolve(self) -> list[float]:
+        for start, end, prefill in self._events:
+            end.synchronize()
+            dt = start.elapsed_time(end) / 1000.0
+            self._seconds[0] += dt
+            self._seconds[1] += dt if prefill else 0.0
+        self._events.clear()
+        return self._seconds
+
+    @property
+    def forward_seconds(self) -> float:
+        """Seconds spent in `forward` since construction: wall time on CPU, CUDA event time on a
+        GPU (recorded without synchronising; resolved here)."""
+        return self._resolve()[0]
+
+    @property
+    def prefill_seconds(self) -> float:
+        """The part of `forward_seconds` spent in forwards from an empty cache."""
+        return self._resolve()[1]
 
     def reset(self) -> None:
         self.cache = None
@@ -164,13 +199,23 @@ class CachedLM:
     def forward(self, ids: torch.Tensor, keep: int | None = None) -> torch.Tensor:
         """Feed ids [n] after the cached prefix; return float32 logits [keep or n, V] for the next
         token after each of the last `keep` fed positions."""
-        n = ids.shape[0]
-        out = self.model(input_ids=ids[None], past_key_values=self.cache, use_cache=True,
-                         logits_to_keep=keep or 0)
-        self.cache = out.past_key_values
-        self.length += n
+        cuda, prefill = ids.device.type == "cuda", self.length == 0
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        else:
+            t0 = time.perf_counter()
+        logits = self._step(ids, keep)
+        if cuda:
+            end.record()
+            self._events.append((start, end, prefill))
+        else:
+            dt = time.perf_counter() - t0
+            self._seconds[0] += dt
+            self._seconds[1] += dt if prefill else 0.0
+        self.length += ids.shape[0]
         self.forwards += 1
-        logits = out.logits[0].float()
+        self.prefills += prefill
         if self.vocab_size is not None and logits.shape[-1] != self.vocab_size:
             v = self.vocab_size
             if logits.shape[-1] > v:  # drafter head padded wider than the target's: ids >= V can't be drafted
@@ -179,8 +224,26 @@ class CachedLM:
                 logits = torch.nn.functional.pad(logits, (0, v - logits.shape[-1]), value=float("-inf"))
         return logits
 
+    def _step(self, ids: torch.Tensor, keep: int | None) -> torch.Tensor:
+        """The model call: feed ids [n] after the cache, update the cache, return float32 logits
+        [keep or n, V'] (subclasses: other model kinds, e.g. encoder-decoder)."""
+        out = self.model(input_ids=ids[None], past_key_values=self.cache, use_cache=True,
+                         logits_to_keep=keep or 0)
+        self.cache = out.past_key_values
+        return out.logits[0].float()
+
     def crop(self, length: int) -> None:
         """Keep only the first `length` cached positions (drop rejected drafts)."""
         if length < self.length:
             self.cache.crop(length - self.length)  # negative = tokens to drop (old and new transformers)
             self.length = length
+
+
+def cached_lm(model, vocab_size: int | None = None) -> CachedLM:
+    """The cached wrapper that fits `model`: `Seq2SeqLM` (specexp.seq2seq) for encoder-decoder
+    models, `CachedLM` otherwise."""
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        from specexp.seq2seq import Seq2SeqLM
+
+        return Seq2SeqLM(model, vocab_size=vocab_size)
+    return CachedLM(model, vocab_size=vocab_size)

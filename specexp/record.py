@@ -105,9 +105,19 @@ def aggregate(gens: list[Generation]) -> dict:
         "draft_length_mean": statistics.fmean(rounds_k) if rounds_k else None,
         "target_forwards": target_fw,
         "drafter_forwards": sum(g.drafter_forwards for g in gens),
+        "model_forwards": _sum_dicts(g.model_forwards for g in gens),  # per model role, drafters' reviews included
+        "model_forward_seconds": _sum_dicts(g.model_forward_seconds for g in gens),
         "latency_ms_per_token": _percentiles(token_latencies_ms(gens)),
         "time_per_sample_s": _percentiles([g.wall_time for g in gens]),
     }
+
+
+def _sum_dicts(ds) -> dict:
+    out: dict = {}
+    for d in ds:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out
 
 
 def speedup(gens: list[Generation], base: list[Generation]) -> dict:
@@ -131,6 +141,7 @@ def sample_record(sample, prompt_ids: list[int], gen: Generation, text: str, bas
         "accepted_per_round": gen.accepted,
         "target_forwards": gen.target_forwards,
         "drafter_forwards": gen.drafter_forwards,
+        "model_forwards": gen.model_forwards,
     }
     if base is not None:
         rec["baseline_wall_time_s"] = base.wall_time

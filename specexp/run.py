@@ -109,7 +109,8 @@ def decode_dataset(cfg: DictConfig) -> dict:
         result["analysis"] = analysis.aggregate(result["draft_records"], [g.drafted for g in gens],
                                                 entropy_type=getattr(policy, "entropy_type", "shannon"))
     result.update(costs.report(gens, {"target": target, **(getattr(proposer, "cached_models", None) or {})},
-                               {r: s.name for r, s in pair.specs.items() if s}, costs.classic_gamma(proposer, policy)))
+                               {r: s.name for r, s in pair.specs.items() if s}, costs.classic_gamma(proposer, policy),
+                               base=bases if with_baseline else None))
     result["environment"] = record.environment(pair.device)
     return result
 
@@ -173,8 +174,9 @@ def summary(m: dict, path: Path) -> str:
                      f"{m['n_matches_baseline']}/{m['dataset']['n_samples']} samples")
     if m.get("cost_model_speedup") and m.get("drafter_forwards") is not None and "baseline" in m:
         c = m["cost_model_speedup"]
-        lines.append(f"  cost-model speedup: params {_f(c['params'])}x, previous work {_f(c['previous_work'])}x, "
-                     f"measured {_f(c['measured'])}x, Leviathan predicted {_f(c['leviathan_predicted'])}x; "
+        x = {k: "n/a" if v is None else f"{v:.2f}x" for k, v in c.items()}
+        lines.append(f"  cost-model speedup: params {x['params']}, previous work {x['previous_work']}, "
+                     f"measured {x['measured']}, Leviathan predicted {x['leviathan_predicted']}; "
                      f"forwards {m.get('model_forwards')}")
     if m.get("quality"):
         q = {k: v for k, v in m["quality"].items() if isinstance(v, (int, float))}

@@ -2,5 +2,8 @@
 cascades). A proposer never decides how long to draft: the `LengthPolicy` does."""
 from specexp.proposers.base import Draft, Proposer
 from specexp.proposers.drafter import DraftModel
+from specexp.proposers.bigram import Bigram
+from specexp.proposers.lookup import PromptLookup
+from specexp.proposers.cascade import Cascade
 
-__all__ = ["Draft", "Proposer", "DraftModel"]
+__all__ = ["Draft", "Proposer", "DraftModel", "Bigram", "PromptLookup", "Cascade"]

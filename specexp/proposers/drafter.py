@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 
 from specexp.length import Decision, DraftStep, LengthPolicy
-from specexp.models import CachedLM
+from specexp.models import CachedLM, cached_lm
 from specexp.proposers.base import Draft, Proposer
 from specexp.sampling import Sampling
 
@@ -17,12 +17,17 @@ class DraftModel(Proposer):
 
     def bind(self, pair) -> "DraftModel":
         model = pair.get(self.model) if hasattr(pair, "get") else getattr(pair, self.model)
-        self.lm = CachedLM(model, vocab_size=pair.vocab_size)
+        self.lm = cached_lm(model, vocab_size=pair.vocab_size)
         return self
 
     @property
     def forwards(self) -> int:
         return self.lm.forwards
+
+    @property
+    def cached_models(self) -> dict[str, CachedLM]:
+        """The models this proposer runs, by role (per-model forward counts and times)."""
+        return {self.model: self.lm}
 
     def reset(self, prompt: torch.Tensor) -> None:
         self.lm.start(prompt)
@@ -35,7 +40,7 @@ class DraftModel(Proposer):
             logits = self.lm.forward(feed, keep=1)[-1]
             q = sampling.probs(logits)
             tok = sampling.pick(q, generator)
-            decision = (policy.decide(DraftStep(j, logits, q, tok, tokens, out)) if policy.needs_steps
+            decision = (policy.decide(DraftStep(j, logits, q, tok, tokens, out, sampling.greedy)) if policy.needs_steps
                         else Decision.CONTINUE)
             if decision is Decision.STOP_BEFORE:
                 break

@@ -1,0 +1,136 @@
+"""Aggregates of the per-drafted-token analysis records (`records=true`), written under the
+metrics JSON's `analysis` key:
+
+  acceptance_by_entropy   acceptance rate per drafter-entropy bin: 20 equal bins on [0, 5] nats
+                          (an entropy above 5 counts in the last bin, see `above_range`)
+  acceptance_by_position  acceptance rate per 0-based position in the draft
+  correlation             Pearson and Spearman (average ranks for ties) correlation of the
+                          drafter's entropy, the drafter's top probability and the target's
+                          entropy with acceptance (1 accepted, 0 not); None when undefined
+  draft_length            mean, population std and histogram (index = length) of the draft
+                          length of every round (all rounds, as record.aggregate's
+                          draft_length_mean; a round with no draft counts as 0)
+
+A record is {sample, round, position, drafter_entropy, drafter_top_prob, target_entropy,
+accepted}; "accepted" is False for every token after the round's first rejection.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+N_BINS, LO, HI = 20, 0.0, 5.0
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
+    n = len(x)
+    if n < 2 or n != len(y):
+        return None
+    mx, my = sum(x) / n, sum(y) / n
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sxx = sum((a - mx) ** 2 for a in x)
+    syy = sum((b - my) ** 2 for b in y)
+    if sxx <= 0 or syy <= 0:
+        return None
+    return max(-1.0, min(1.0, sxy / math.sqrt(sxx * syy)))
+
+
+def ranks(x: Sequence[float]) -> list[float]:
+    """1-based ranks, ties given their average rank."""
+    order = sorted(range(len(x)), key=lambda i: x[i])
+    r = [0.0] * len(x)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            r[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return r
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    if len(x) < 2 or len(x) != len(y):
+        return None
+    return pearson(ranks(x), ranks(y))
+
+
+def _rate(acc: int, n: int) -> float | None:
+    return acc / n if n else None
+
+
+def by_entropy(records: Sequence[dict], key: str = "drafter_entropy", bins: int = N_BINS,
+               lo: float = LO, hi: float = HI) -> dict:
+    width = (hi - lo) / bins
+    n, acc = [0] * bins, [0] * bins
+    above = below = 0
+    for r in records:
+        h = r.get(key)
+        if h is None or (isinstance(h, float) and math.isnan(h)):
+            continue
+        if h >= hi:
+            above += 1
+        if h < lo:
+            below += 1
+        b = min(bins - 1, max(0, int((h - lo) // width)))
+        n[b] += 1
+        acc[b] += bool(r["accepted"])
+    return {
+        "measure": key, "lo": lo, "hi": hi, "bins": bins, "above_range": above, "below_range": below,
+        "edges": [lo + i * width for i in range(bins + 1)],
+        "n": n, "accepted": acc, "acceptance_rate": [_rate(a, c) for a, c in zip(acc, n)],
+    }
+
+
+def by_position(records: Sequence[dict]) -> dict:
+    top = max((int(r["position"]) for r in records), default=-1)
+    n, acc = [0] * (top + 1), [0] * (top + 1)
+    for r in records:
+        n[r["position"]] += 1
+        acc[r["position"]] += bool(r["accepted"])
+    return {"n": n, "accepted": acc, "acceptance_rate": [_rate(a, c) for a, c in zip(acc, n)]}
+
+
+def correlations(records: Sequence[dict], keys: Iterable[str] = ("drafter_entropy", "drafter_top_prob",
+                                                                  "target_entropy")) -> dict:
+    out = {}
+    for key in keys:
+        pairs = [(float(r[key]), float(bool(r["accepted"]))) for r in records
+                 if r.get(key) is not None and not math.isnan(float(r[key]))]
+        x, y = [p[0] for p in pairs], [p[1] for p in pairs]
+        out[key] = {"n": len(pairs), "pearson": pearson(x, y), "spearman": spearman(x, y)}
+    return out
+
+
+def draft_lengths(lengths: Iterable[int] | Iterable[Iterable[int]]) -> dict:
+    """Mean, population std and histogram of draft lengths: a flat list of per-round lengths or
+    one list per sample (a Generation's `.drafted`, a sample record's `draft_lengths`)."""
+    flat: list[int] = []
+    for x in lengths:
+        if isinstance(x, (list, tuple)):
+            flat.extend(int(k) for k in x)
+        else:
+            flat.append(int(x))
+    if not flat:
+        return {"n_rounds": 0, "mean": None, "std": None, "histogram": []}
+    mean = sum(flat) / len(flat)
+    hist = [0] * (max(flat) + 1)
+    for k in flat:
+        hist[k] += 1
+    return {"n_rounds": len(flat), "mean": mean,
+            "std": math.sqrt(sum((k - mean) ** 2 for k in flat) / len(flat)), "histogram": hist}
+
+
+def aggregate(records: Sequence[dict], lengths, entropy_type: str = "shannon") -> dict:
+    """Everything above, for one run. `entropy_type`: the measure the records' drafter_entropy
+    is (the length policy's, or Shannon)."""
+    return {
+        "n_records": len(records),
+        "drafter_entropy_type": entropy_type,
+        "acceptance_rate": _rate(sum(bool(r["accepted"]) for r in records), len(records)),
+        "acceptance_by_entropy": by_entropy(records),
+        "acceptance_by_position": by_position(records),
+        "correlation": correlations(records),
+        "draft_length": draft_lengths(lengths),
+    }

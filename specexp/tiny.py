@@ -1,0 +1,513 @@
+"""The embedded "tiny" model pair: a target and a ~10x smaller drafter, trained from scratch on
+CPU in a few minutes, so that every experiment can run offline with no downloaded weights.
+
+`build_tiny_pair()` trains a byte-level BPE tokenizer and two `LlamaForCausalLM`s on a text corpus
+(by default the Python standard library's own sources, which every install has and which suit
+HumanEval) and saves them in Hugging Face format:
+
+    <out_dir>/target/    config.json, generation_config.json, model.safetensors, tokenizer files
+    <out_dir>/drafter/   the same (tokenizer files identical to the target's)
+    <out_dir>/build.json build parameters, corpus description, parameter counts, losses, timings
+
+The build is deterministic (fixed seeds, sorted file lists) and idempotent: a pair whose
+build.json records the same parameters is reused at once. It is built in a temporary sibling
+directory and renamed into place at the end, so an interrupted build leaves nothing reusable.
+
+`random_tiny_pair()` gives small random-init (untrained) models sharing a vocabulary, for tests.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+NAME = "tiny-v1"  # bump when the recipe changes in a way that should not reuse old builds
+EOS = "<|endoftext|>"
+
+# Every knob of the recipe. `build_tiny_pair(**hyperparams)` overrides any of them; all of them
+# (with the seed and the corpus) are recorded in build.json and decide whether a build is reused.
+DEFAULTS: dict = {
+    # corpus
+    "corpus_max_bytes": 4_000_000,  # cap on the corpus text (files picked by a hash of their path)
+    "max_file_bytes": 256_000,  # skip larger files (data tables rather than code)
+    "eval_fraction": 0.02,  # tail of the token stream held out for the final evaluation
+    # tokenizer
+    "vocab_size": 4096,  # byte-level BPE; HumanEval prompts are 40-490 tokens
+    # shared training shape
+    "seq_len": 640,  # training window = max_position_embeddings (covers prompt <= 512 + 128 new)
+    "batch_size": 6,
+    # target: ~5.5M parameters
+    "target_hidden": 256,
+    "target_layers": 4,
+    "target_heads": 4,
+    "target_ffn": 768,
+    "target_lr": 2e-3,
+    # drafter: ~0.6M parameters, trained alongside the target on the data and the target's
+    # (detached) logits, then distilled from the finished target
+    "drafter_hidden": 96,
+    "drafter_layers": 2,
+    "drafter_heads": 2,
+    "drafter_ffn": 256,
+    "drafter_lr": 3e-3,
+    "distill_weight": 0.5,  # drafter loss = (1-w) * CE(data) + w * KL(target || drafter), joint phase
+    # schedule
+    "steps": 240,  # joint steps (target + drafter)
+    "distill_steps": 60,  # final drafter-only steps, pure KL to the finished target
+    "warmup": 20,
+    "min_lr_ratio": 0.1,  # cosine decay to this fraction of the peak learning rate
+    "weight_decay": 0.01,
+    "grad_clip": 1.0,
+    "eval_batches": 2,
+    # "auto": bfloat16 autocast where the CPU has native bf16 (AVX512-BF16 / AMX, ~1.7x faster
+    # training), else float32; or "bf16" / "fp32". Weights are always saved in float32.
+    "precision": "auto",
+}
+
+_SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__",
+              "pydoc_data", "encodings"}  # tests, third-party code, and data tables
+
+
+def default_tiny_dir() -> str:
+    """`$SPECEXP_CACHE/tiny-v1`, or `~/.cache/specexp/tiny-v1` when SPECEXP_CACHE is unset."""
+    root = os.environ.get("SPECEXP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "specexp")
+    return os.path.join(root, NAME)
+
+
+# --------------------------------------------------------------------------------------------
+# corpus
+
+
+def _pick(candidates: list[tuple[str, Path]], max_file_bytes: int, max_bytes: int) -> list[tuple[str, Path]]:
+    """Files to use: those not over `max_file_bytes`; if they exceed `max_bytes` together, a
+    deterministic spread (ordered by a hash of the relative path, not alphabetically, so the
+    capped corpus still covers every package); returned sorted by relative path."""
+    sizes = {rel: p.stat().st_size for rel, p in candidates}
+    ok = sorted((rel, p) for rel, p in candidates if sizes[rel] <= max_file_bytes)
+    if sum(sizes[rel] for rel, _ in ok) <= max_bytes:
+        return ok
+    chosen, total = [], 0
+    for rel, p in sorted(ok, key=lambda rp: hashlib.sha256(rp[0].encode()).hexdigest()):
+        if total + sizes[rel] <= max_bytes:
+            chosen.append((rel, p))
+            total += sizes[rel]
+    return sorted(chosen)
+
+
+def _walk(root: Path, suffixes: tuple[str, ...] | None, skip_dirs: set[str]) -> list[tuple[str, Path]]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in skip_dirs and not d.startswith("."))
+        for f in sorted(filenames):
+            if f.startswith(".") or (suffixes and not f.endswith(suffixes)):
+                continue
+            p = Path(dirpath) / f
+            if p.is_file():
+                out.append((p.relative_to(root).as_posix(), p))
+    return out
+
+
+def _read_text(p: Path) -> str | None:
+    data = p.read_bytes()
+    if b"\0" in data:
+        return None  # binary
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def load_corpus(corpus: str | None = None, max_bytes: int = DEFAULTS["corpus_max_bytes"],
+                max_file_bytes: int = DEFAULTS["max_file_bytes"]) -> tuple[list[str], dict]:
+    """The training documents and a description of them.
+
+    corpus=None: the standard library's `.py` sources (no tests, no site-packages); a file: its
+    text (cut at `max_bytes`); a directory: its UTF-8 text files, recursively."""
+    if corpus is None:
+        root = Path(sysconfig.get_paths()["stdlib"])
+        files = _pick(_walk(root, (".py",), _SKIP_DIRS), max_file_bytes, max_bytes)
+        source = f"python stdlib ({root})"
+    else:
+        root = Path(corpus).expanduser().resolve()
+        if root.is_file():
+            files = [(root.name, root)]
+        elif root.is_dir():
+            files = _pick(_walk(root, None, {"__pycache__"}), max_file_bytes, max_bytes)
+        else:
+            raise FileNotFoundError(f"tiny corpus {corpus!r} is neither a file nor a directory")
+        source = str(root)
+    docs, names = [], []
+    for rel, p in files:
+        text = _read_text(p)
+        if text and text.strip():
+            docs.append(text.replace(EOS, ""))
+            names.append(rel)
+    if root.is_file() and docs:
+        docs[0] = docs[0].encode()[:max_bytes].decode("utf-8", errors="ignore")
+    if not docs:
+        raise ValueError(f"tiny corpus {source!r} has no UTF-8 text")
+    joined = EOS.join(docs)
+    info = {
+        "source": source,
+        "files": len(docs),
+        "bytes": sum(len(d.encode()) for d in docs),
+        "sha256": hashlib.sha256(joined.encode()).hexdigest(),
+        "first_files": names[:5],
+    }
+    return docs, info
+
+
+# --------------------------------------------------------------------------------------------
+# tokenizer and models
+
+
+def train_tokenizer(docs: list[str], vocab_size: int):
+    """A byte-level BPE (`tokenizers`) wrapped as a `PreTrainedTokenizerFast`; EOS = BOS = PAD =
+    `<|endoftext|>` (id 0). No special tokens are added when encoding."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], min_frequency=2,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(docs, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=EOS)
+
+
+def _llama(vocab: int, hidden: int, layers: int, heads: int, ffn: int, max_pos: int, eos_id: int,
+           tie: bool = False):
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=max_pos,
+        tie_word_embeddings=tie, bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=None,
+    )
+    model = LlamaForCausalLM(cfg)
+    model.generation_config = GenerationConfig(bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
+    return model
+
+
+def _n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def random_tiny_pair(arch: str = "llama", vocab: int = 256, seed: int = 0, drafter_vocab: int | None = None,
+                     max_positions: int = 512):
+    """(target, drafter): small random-init causal LMs of `arch` ("llama" or "gpt2") in eval mode,
+    sharing a vocabulary of `vocab` ids (the drafter's head may differ: `drafter_vocab`). For unit
+    tests: no training, built in milliseconds, same weights for the same seed."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    dv = drafter_vocab or vocab
+    torch.manual_seed(seed)
+    if arch == "llama":
+        def make(v, d, n_layers):
+            return LlamaForCausalLM(LlamaConfig(
+                vocab_size=v, hidden_size=d, intermediate_size=2 * d, num_hidden_layers=n_layers,
+                num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=max_positions,
+                bos_token_id=0, eos_token_id=0, pad_token_id=None))
+    elif arch == "gpt2":
+        def make(v, d, n_layers):
+            return GPT2LMHeadModel(GPT2Config(
+                vocab_size=v, n_embd=d, n_layer=n_layers, n_head=2, n_positions=max_positions,
+                bos_token_id=0, eos_token_id=0))
+    else:
+        raise ValueError(f"random_tiny_pair: arch must be 'llama' or 'gpt2', got {arch!r}")
+    target, drafter = make(vocab, 64, 2), make(dv, 32, 1)
+    return target.eval(), drafter.eval()
+
+
+# --------------------------------------------------------------------------------------------
+# training
+
+
+def _use_bf16(precision: str) -> bool:
+    if precision == "auto":
+        cpu = getattr(torch, "cpu", None)
+        try:
+            return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+        except AttributeError:  # older torch: no probe, stay in float32
+            return False
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"build_tiny_pair: precision must be auto, bf16 or fp32, got {precision!r}")
+    return precision == "bf16"
+
+
+def _autocast(bf16: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+
+def _lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    frac = (step - warmup) / max(1, total - warmup)
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def _optimizer(model, lr: float, wd: float):
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=wd)
+
+
+def _step(opt, model, loss, lr: float, clip: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+
+
+def _kl(student_logits, teacher_logits) -> torch.Tensor:
+    """Mean over positions of KL(teacher || student)."""
+    s = F.log_softmax(student_logits.float().flatten(0, -2), -1)
+    t = F.log_softmax(teacher_logits.float().flatten(0, -2), -1)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean")
+
+
+def _ce(logits, labels) -> torch.Tensor:
+    return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten())
+
+
+def _batches(stream: torch.Tensor, n: int, batch: int, seq: int, gen: torch.Generator):
+    """n batches of `batch` random windows of seq+1 tokens."""
+    hi = stream.numel() - seq - 1
+    for _ in range(n):
+        starts = torch.randint(0, hi, (batch,), generator=gen)
+        yield torch.stack([stream[s: s + seq + 1] for s in starts.tolist()])
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True, leave=True)
+
+
+@torch.no_grad()
+def _evaluate(target, drafter, stream: torch.Tensor, p: dict) -> dict:
+    """Held-out losses and the drafter's top-1 agreement with the target (a proxy for greedy
+    acceptance), on fixed non-overlapping windows of the held-out tail."""
+    seq, b = p["seq_len"], p["batch_size"]
+    n = min(p["eval_batches"] * b, (stream.numel() - 1) // (seq + 1))
+    if n < 1:
+        return {}
+    x = stream[: n * (seq + 1)].view(n, seq + 1)
+    tl = dl = agree = 0.0
+    for i in range(0, n, b):
+        xb = x[i: i + b]
+        t = target(input_ids=xb[:, :-1]).logits
+        d = drafter(input_ids=xb[:, :-1]).logits
+        w = xb.shape[0] / n
+        tl += w * _ce(t, xb[:, 1:]).item()
+        dl += w * _ce(d, xb[:, 1:]).item()
+        agree += w * (t.argmax(-1) == d.argmax(-1)).float().mean().item()
+    return {"eval_tokens": n * seq, "target_loss": round(tl, 4), "drafter_loss": round(dl, 4),
+            "top1_agreement": round(agree, 4)}
+
+
+def _train(target, drafter, stream: torch.Tensor, p: dict, seed: int, progress: bool) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    seq, b = p["seq_len"], p["batch_size"]
+    opt_t = _optimizer(target, p["target_lr"], p["weight_decay"])
+    opt_d = _optimizer(drafter, p["drafter_lr"], p["weight_decay"])
+    total_d = p["steps"] + p["distill_steps"]
+    losses: dict = {}
+    target.train()
+    drafter.train()
+    w = p["distill_weight"]
+    ema_t = ema_d = None
+    # Phase 1: the target learns the data; the drafter learns the data and the target's
+    # current distribution (its logits are computed anyway, so the teacher signal is free).
+    with _bar(p["steps"], "tiny: target+drafter", progress) as bar:
+        for i, x in enumerate(_batches(stream, p["steps"], b, seq, gen)):
+            inp, lab = x[:, :-1], x[:, 1:]
+            t_logits = target(input_ids=inp).logits
+            t_loss = _ce(t_logits, lab)
+            _step(opt_t, target, t_loss, _lr_at(i, p["steps"], p["target_lr"], p["warmup"], p["min_lr_ratio"]),
+                  p["grad_clip"])
+            d_logits = drafter(input_ids=inp).logits
+            d_ce = _ce(d_logits, lab)
+            d_loss = (1 - w) * d_ce + w * _kl(d_logits, t_logits.detach()) if w else d_ce
+            _step(opt_d, drafter, d_loss, _lr_at(i, total_d, p["drafter_lr"], p["warmup"], p["min_lr_ratio"]),
+                  p["grad_clip"])
+            ema_t = t_loss.item() if ema_t is None else 0.9 * ema_t + 0.1 * t_loss.item()
+            ema_d = d_ce.item() if ema_d is None else 0.9 * ema_d + 0.1 * d_ce.item()
+            bar.set_postfix(target=f"{ema_t:.3f}", drafter=f"{ema_d:.3f}", refresh=False)
+            bar.update()
+    losses.update(target_train_loss=round(ema_t, 4) if ema_t is not None else None,
+                  drafter_train_loss=round(ema_d, 4) if ema_d is not None else None)
+    # Phase 2: distil the drafter from the finished target (pure KL: what greedy acceptance needs).
+    target.eval()
+    ema_kl = None
+    with _bar(p["distill_steps"], "tiny: distil drafter", progress) as bar:
+        for j, x in enumerate(_batches(stream, p["distill_steps"], b, seq, gen)):
+            inp = x[:, :-1]
+            with torch.no_grad():
+                t_logits = target(input_ids=inp).logits
+            kl = _kl(drafter(input_ids=inp).logits, t_logits)
+            _step(opt_d, drafter, kl, _lr_at(p["steps"] + j, total_d, p["drafter_lr"], p["warmup"],
+                                              p["min_lr_ratio"]), p["grad_clip"])
+            ema_kl = kl.item() if ema_kl is None else 0.9 * ema_kl + 0.1 * kl.item()
+            bar.set_postfix(kl=f"{ema_kl:.3f}", refresh=False)
+            bar.update()
+    losses["drafter_distill_kl"] = round(ema_kl, 4) if ema_kl is not None else None
+    target.eval()
+    drafter.eval()
+    return losses
+
+
+# --------------------------------------------------------------------------------------------
+# build
+
+
+def _params(seed: int, corpus: str | None, hyperparams: dict) -> dict:
+    unknown = sorted(set(hyperparams) - set(DEFAULTS))
+    if unknown:
+        raise TypeError(f"build_tiny_pair: unknown hyperparameters {unknown}; known: {sorted(DEFAULTS)}")
+    p = {**DEFAULTS, **hyperparams}
+    for k in ("steps", "distill_steps", "warmup", "eval_batches"):
+        if p[k] < 0:
+            raise ValueError(f"build_tiny_pair: {k} must be >= 0, got {p[k]}")
+    if p["batch_size"] < 1 or p["seq_len"] < 8:
+        raise ValueError("build_tiny_pair: batch_size must be >= 1 and seq_len >= 8")
+    return {"name": NAME, "seed": int(seed),
+            "corpus": None if corpus is None else str(Path(corpus).expanduser().resolve()), **p}
+
+
+def _existing(out: Path, params: dict) -> bool:
+    try:
+        info = json.loads((out / "build.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if info.get("params") != params:
+        return False
+    return all((out / sub / f).is_file() for sub in ("target", "drafter")
+               for f in ("config.json", "model.safetensors", "tokenizer.json"))
+
+
+@contextlib.contextmanager
+def _lock(path: Path):
+    """An exclusive inter-process lock (POSIX flock; a no-op elsewhere), so that concurrent jobs
+    asking for the same pair build it once."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def build_tiny_pair(out_dir: str | None = None, seed: int = 0, corpus: str | None = None, *,
+                    progress: bool = True, force: bool = False, **hyperparams) -> str:
+    """Build (or reuse) the tiny target/drafter pair in `out_dir` (default `default_tiny_dir()`);
+    returns out_dir. `hyperparams` override `DEFAULTS`; `force` rebuilds even a matching pair."""
+    out = Path(out_dir if out_dir is not None else default_tiny_dir()).expanduser().resolve()
+    params = _params(seed, corpus, hyperparams)
+    if not force and _existing(out, params):
+        return str(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(out.parent / f".{out.name}.lock"):
+        if not force and _existing(out, params):  # built by another process while we waited
+            return str(out)
+        log.info("building the tiny model pair in %s", out)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        try:
+            info = _build(tmp, params, progress)
+            (tmp / "build.json").write_text(json.dumps(info, indent=2) + "\n")  # last: marks completeness
+            if out.exists():  # a stale or different build: move it aside, then swap
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+                os.replace(out, old / "pair")
+                os.replace(tmp, out)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    log.info("tiny pair ready in %s (%.0f s)", out, info["wall_time_s"])
+    return str(out)
+
+
+def _build(tmp: Path, p: dict, progress: bool) -> dict:
+    import transformers
+    import tokenizers
+
+    t0 = time.perf_counter()
+    times = {}
+    docs, corpus_info = load_corpus(p["corpus"], p["corpus_max_bytes"], p["max_file_bytes"])
+    tokenizer = train_tokenizer(docs, p["vocab_size"])
+    eos_id = tokenizer.convert_tokens_to_ids(EOS)
+    ids: list[int] = []
+    for enc in tokenizer.backend_tokenizer.encode_batch(docs):
+        ids.extend(enc.ids)
+        ids.append(eos_id)
+    stream = torch.tensor(ids, dtype=torch.long)
+    n_eval = int(stream.numel() * p["eval_fraction"])
+    train_stream, eval_stream = (stream[:-n_eval], stream[-n_eval:]) if n_eval else (stream, stream[:0])
+    if train_stream.numel() < p["seq_len"] + 2:
+        raise ValueError(f"tiny corpus too small: {train_stream.numel()} tokens for seq_len {p['seq_len']}")
+    corpus_info["tokens"] = int(stream.numel())
+    corpus_info["bytes_per_token"] = round(corpus_info["bytes"] / stream.numel(), 3)
+    times["corpus_tokenizer_s"] = round(time.perf_counter() - t0, 2)
+
+    torch.manual_seed(p["seed"])
+    vocab = len(tokenizer)
+    target = _llama(vocab, p["target_hidden"], p["target_layers"], p["target_heads"], p["target_ffn"],
+                    p["seq_len"], eos_id)
+    drafter = _llama(vocab, p["drafter_hidden"], p["drafter_layers"], p["drafter_heads"], p["drafter_ffn"],
+                     p["seq_len"], eos_id, tie=True)
+    t1 = time.perf_counter()
+    losses = _train(target, drafter, train_stream, p, p["seed"], progress)
+    times["train_s"] = round(time.perf_counter() - t1, 2)
+    t2 = time.perf_counter()
+    evaluation = _evaluate(target, drafter, eval_stream, p)
+    times["eval_s"] = round(time.perf_counter() - t2, 2)
+
+    files = {}
+    for sub, model in (("target", target), ("drafter", drafter)):
+        d = tmp / sub
+        model.save_pretrained(d)
+        tokenizer.save_pretrained(d)
+        files.update({f"{sub}/{f.name}": _sha256(f) for f in sorted(d.iterdir()) if f.is_file()})
+    times["total_s"] = round(time.perf_counter() - t0, 2)
+    return {
+        "name": NAME,
+        "params": p,
+        "corpus": corpus_info,
+        "vocab_size": vocab,
+        "eos_token": EOS,
+        "eos_token_id": eos_id,
+        "max_position_embeddings": p["seq_len"],
+        "n_params": {"target": _n_params(target), "drafter": _n_params(drafter)},
+        "losses": {**losses, **evaluation},
+        "times": times,
+        "wall_time_s": times["total_s"],
+        "threads": torch.get_num_threads(),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "tokenizers": tokenizers.__version__},
+        "files": files,
+    }
