@@ -48,29 +48,30 @@ DEFAULTS: dict = {
     "vocab_size": 4096,  # byte-level BPE; HumanEval prompts are 40-490 tokens
     # shared training shape
     "seq_len": 640,  # training window = max_position_embeddings (covers prompt <= 512 + 128 new)
-    "batch_size": 6,
-    # target: ~5.5M parameters
+    "batch_size": 1,  # small batches, many steps: the budget is steps-bound
+    # target: ~5.5M parameters, trained first
     "target_hidden": 256,
     "target_layers": 4,
     "target_heads": 4,
     "target_ffn": 768,
     "target_lr": 2e-3,
-    # drafter: ~0.6M parameters, trained alongside the target on the data and the target's
-    # (detached) logits, then distilled from the finished target
+    "zero_init_residual": True,  # target blocks start as the identity (faster early training)
+    # drafter: ~0.6M parameters (9x smaller), tied embeddings, then distilled from the target
     "drafter_hidden": 96,
     "drafter_layers": 2,
     "drafter_heads": 2,
     "drafter_ffn": 256,
-    "drafter_lr": 3e-3,
-    "distill_weight": 0.5,  # drafter loss = (1-w) * CE(data) + w * KL(target || drafter), joint phase
-    # schedule
-    "steps": 240,  # joint steps (target + drafter)
-    "distill_steps": 60,  # final drafter-only steps, pure KL to the finished target
-    "warmup": 20,
+    "drafter_lr": 5e-3,
+    "drafter_init": "svd",  # "svd": embeddings from the target's head (see _init_drafter_from_target); "random"
+    "distill_weight": 1.0,  # drafter loss = (1-w) CE(data) + w KL(target || drafter)
+    # schedule (steps of `batch_size` windows of `seq_len` tokens)
+    "steps": 1000,  # target steps
+    "distill_steps": 500,  # drafter steps
+    "warmup": 50,
     "min_lr_ratio": 0.1,  # cosine decay to this fraction of the peak learning rate
     "weight_decay": 0.01,
     "grad_clip": 1.0,
-    "eval_batches": 2,
+    "eval_windows": 8,  # held-out windows for the final losses / agreement
     # "auto": bfloat16 autocast where the CPU has native bf16 (AVX512-BF16 / AMX, ~1.7x faster
     # training), else float32; or "bf16" / "fp32". Weights are always saved in float32.
     "precision": "auto",
@@ -302,8 +303,8 @@ def _bar(total: int, desc: str, enabled: bool):
 def _evaluate(target, drafter, stream: torch.Tensor, p: dict) -> dict:
     """Held-out losses and the drafter's top-1 agreement with the target (a proxy for greedy
     acceptance), on fixed non-overlapping windows of the held-out tail."""
-    seq, b = p["seq_len"], p["batch_size"]
-    n = min(p["eval_batches"] * b, (stream.numel() - 1) // (seq + 1))
+    seq, b = p["seq_len"], 4
+    n = min(p["eval_windows"], (stream.numel() - 1) // (seq + 1))
     if n < 1:
         return {}
     x = stream[: n * (seq + 1)].view(n, seq + 1)
@@ -320,53 +321,74 @@ def _evaluate(target, drafter, stream: torch.Tensor, p: dict) -> dict:
             "top1_agreement": round(agree, 4)}
 
 
+def _zero_init_residual(model) -> None:
+    """Zero the projections that write into the residual stream (attention output, MLP down):
+    every block starts as the identity, which trains measurably faster in a short budget."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                param.zero_()
+
+
+@torch.no_grad()
+def _init_drafter_from_target(drafter, target) -> None:
+    """Start the drafter's (tied) token embeddings at the target's output head projected on its
+    top singular directions: W_head = U S V^T  ->  E = U_k S_k. A drafter whose final hidden state
+    is V_k^T of the target's then reproduces the target's rank-k logits, so distillation starts
+    from the target's token geometry instead of noise (about twice the agreement for the same
+    steps)."""
+    w = target.get_output_embeddings().weight.float()
+    emb = drafter.get_input_embeddings().weight
+    k = emb.shape[1]
+    u, sv, _ = torch.linalg.svd(w, full_matrices=False)
+    emb.copy_((u[:, :k] * sv[:k]).to(emb.dtype))
+
+
 def _train(target, drafter, stream: torch.Tensor, p: dict, seed: int, progress: bool) -> dict:
+    """Phase 1: the target learns the corpus. Phase 2: the drafter is distilled from the finished,
+    frozen target (loss (1-w) CE(data) + w KL(target || drafter), w = distill_weight)."""
     gen = torch.Generator().manual_seed(seed)
-    seq, b = p["seq_len"], p["batch_size"]
-    opt_t = _optimizer(target, p["target_lr"], p["weight_decay"])
-    opt_d = _optimizer(drafter, p["drafter_lr"], p["weight_decay"])
-    total_d = p["steps"] + p["distill_steps"]
+    seq, b, bf16 = p["seq_len"], p["batch_size"], _use_bf16(p["precision"])
     losses: dict = {}
+    opt = _optimizer(target, p["target_lr"], p["weight_decay"])
     target.train()
+    ema = None
+    with _bar(p["steps"], "tiny: target", progress) as bar:
+        for i, x in enumerate(_batches(stream, p["steps"], b, seq, gen)):
+            with _autocast(bf16):
+                logits = target(input_ids=x[:, :-1]).logits
+            loss = _ce(logits, x[:, 1:])
+            _step(opt, target, loss, _lr_at(i, p["steps"], p["target_lr"], p["warmup"], p["min_lr_ratio"]),
+                  p["grad_clip"])
+            ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+            bar.set_postfix(loss=f"{ema:.3f}", refresh=False)
+            bar.update()
+    losses["target_train_loss"] = round(ema, 4) if ema is not None else None
+    target.eval()
+    del opt
+
+    if p["drafter_init"] == "svd" and drafter.config.tie_word_embeddings:
+        _init_drafter_from_target(drafter, target)
+    opt = _optimizer(drafter, p["drafter_lr"], p["weight_decay"])
     drafter.train()
     w = p["distill_weight"]
-    ema_t = ema_d = None
-    # Phase 1: the target learns the data; the drafter learns the data and the target's
-    # current distribution (its logits are computed anyway, so the teacher signal is free).
-    with _bar(p["steps"], "tiny: target+drafter", progress) as bar:
-        for i, x in enumerate(_batches(stream, p["steps"], b, seq, gen)):
-            inp, lab = x[:, :-1], x[:, 1:]
-            t_logits = target(input_ids=inp).logits
-            t_loss = _ce(t_logits, lab)
-            _step(opt_t, target, t_loss, _lr_at(i, p["steps"], p["target_lr"], p["warmup"], p["min_lr_ratio"]),
-                  p["grad_clip"])
-            d_logits = drafter(input_ids=inp).logits
-            d_ce = _ce(d_logits, lab)
-            d_loss = (1 - w) * d_ce + w * _kl(d_logits, t_logits.detach()) if w else d_ce
-            _step(opt_d, drafter, d_loss, _lr_at(i, total_d, p["drafter_lr"], p["warmup"], p["min_lr_ratio"]),
-                  p["grad_clip"])
-            ema_t = t_loss.item() if ema_t is None else 0.9 * ema_t + 0.1 * t_loss.item()
-            ema_d = d_ce.item() if ema_d is None else 0.9 * ema_d + 0.1 * d_ce.item()
-            bar.set_postfix(target=f"{ema_t:.3f}", drafter=f"{ema_d:.3f}", refresh=False)
-            bar.update()
-    losses.update(target_train_loss=round(ema_t, 4) if ema_t is not None else None,
-                  drafter_train_loss=round(ema_d, 4) if ema_d is not None else None)
-    # Phase 2: distil the drafter from the finished target (pure KL: what greedy acceptance needs).
-    target.eval()
-    ema_kl = None
-    with _bar(p["distill_steps"], "tiny: distil drafter", progress) as bar:
+    ema_kl = ema_ce = None
+    with _bar(p["distill_steps"], "tiny: drafter (distil)", progress) as bar:
         for j, x in enumerate(_batches(stream, p["distill_steps"], b, seq, gen)):
             inp = x[:, :-1]
-            with torch.no_grad():
+            with torch.no_grad(), _autocast(bf16):
                 t_logits = target(input_ids=inp).logits
-            kl = _kl(drafter(input_ids=inp).logits, t_logits)
-            _step(opt_d, drafter, kl, _lr_at(p["steps"] + j, total_d, p["drafter_lr"], p["warmup"],
-                                              p["min_lr_ratio"]), p["grad_clip"])
-            ema_kl = kl.item() if ema_kl is None else 0.9 * ema_kl + 0.1 * kl.item()
-            bar.set_postfix(kl=f"{ema_kl:.3f}", refresh=False)
+            with _autocast(bf16):
+                d_logits = drafter(input_ids=inp).logits
+            kl, ce = _kl(d_logits, t_logits), _ce(d_logits, x[:, 1:])
+            _step(opt, drafter, w * kl + (1 - w) * ce,
+                  _lr_at(j, p["distill_steps"], p["drafter_lr"], p["warmup"], p["min_lr_ratio"]), p["grad_clip"])
+            ema_kl = kl.item() if ema_kl is None else 0.98 * ema_kl + 0.02 * kl.item()
+            ema_ce = ce.item() if ema_ce is None else 0.98 * ema_ce + 0.02 * ce.item()
+            bar.set_postfix(kl=f"{ema_kl:.3f}", loss=f"{ema_ce:.3f}", refresh=False)
             bar.update()
-    losses["drafter_distill_kl"] = round(ema_kl, 4) if ema_kl is not None else None
-    target.eval()
+    losses["drafter_train_kl"] = round(ema_kl, 4) if ema_kl is not None else None
+    losses["drafter_train_loss"] = round(ema_ce, 4) if ema_ce is not None else None
     drafter.eval()
     return losses
 
@@ -380,9 +402,12 @@ def _params(seed: int, corpus: str | None, hyperparams: dict) -> dict:
     if unknown:
         raise TypeError(f"build_tiny_pair: unknown hyperparameters {unknown}; known: {sorted(DEFAULTS)}")
     p = {**DEFAULTS, **hyperparams}
-    for k in ("steps", "distill_steps", "warmup", "eval_batches"):
+    for k in ("steps", "distill_steps", "warmup", "eval_windows"):
         if p[k] < 0:
             raise ValueError(f"build_tiny_pair: {k} must be >= 0, got {p[k]}")
+    _use_bf16(p["precision"])  # validates it
+    if p["drafter_init"] not in ("svd", "random"):
+        raise ValueError(f"build_tiny_pair: drafter_init must be svd or random, got {p['drafter_init']!r}")
     if p["batch_size"] < 1 or p["seq_len"] < 8:
         raise ValueError("build_tiny_pair: batch_size must be >= 1 and seq_len >= 8")
     return {"name": NAME, "seed": int(seed),
@@ -481,6 +506,8 @@ def _build(tmp: Path, p: dict, progress: bool) -> dict:
     drafter = _llama(vocab, p["drafter_hidden"], p["drafter_layers"], p["drafter_heads"], p["drafter_ffn"],
                      p["seq_len"], eos_id, tie=True)
     t1 = time.perf_counter()
+    if p["zero_init_residual"]:
+        _zero_init_residual(target)
     losses = _train(target, drafter, train_stream, p, p["seed"], progress)
     times["train_s"] = round(time.perf_counter() - t1, 2)
     t2 = time.perf_counter()
@@ -507,6 +534,7 @@ def _build(tmp: Path, p: dict, progress: bool) -> dict:
         "times": times,
         "wall_time_s": times["total_s"],
         "threads": torch.get_num_threads(),
+        "bf16_autocast": _use_bf16(p["precision"]),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "tokenizers": tokenizers.__version__},
         "files": files,
