@@ -174,7 +174,7 @@ def load_corpus(corpus: str | None = None, max_bytes: int = DEFAULTS["corpus_max
 # tokenizer and models
 
 
-def train_tokenizer(docs: list[str], vocab_size: int):
+def train_tokenizer(docs: list[str], vocab_size: int, model_max_length: int | None = None):
     """A byte-level BPE (`tokenizers`) wrapped as a `PreTrainedTokenizerFast`; EOS = BOS = PAD =
     `<|endoftext|>` (id 0). No special tokens are added when encoding."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -186,7 +186,8 @@ def train_tokenizer(docs: list[str], vocab_size: int):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], min_frequency=2,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(docs, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=EOS)
+    extra = {"model_max_length": model_max_length} if model_max_length else {}
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=EOS, **extra)
 
 
 def _llama(vocab: int, hidden: int, layers: int, heads: int, ffn: int, max_pos: int, eos_id: int,
@@ -442,6 +443,14 @@ def _lock(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _share(root: Path) -> None:
+    """Ordinary permissions (mkdtemp makes the directory private): 0o777 / 0o666 less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [root, *root.rglob("*")]:
+        p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -454,6 +463,8 @@ def build_tiny_pair(out_dir: str | None = None, seed: int = 0, corpus: str | Non
     params = _params(seed, corpus, hyperparams)
     if not force and _existing(out, params):
         return str(out)
+    if out.is_file() or (out.is_dir() and not (out / "build.json").is_file() and any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not a tiny model pair; not replacing it")
     out.parent.mkdir(parents=True, exist_ok=True)
     with _lock(out.parent / f".{out.name}.lock"):
         if not force and _existing(out, params):  # built by another process while we waited
@@ -463,6 +474,7 @@ def build_tiny_pair(out_dir: str | None = None, seed: int = 0, corpus: str | Non
         try:
             info = _build(tmp, params, progress)
             (tmp / "build.json").write_text(json.dumps(info, indent=2) + "\n")  # last: marks completeness
+            _share(tmp)
             if out.exists():  # a stale or different build: move it aside, then swap
                 old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
                 os.replace(out, old / "pair")
@@ -481,10 +493,11 @@ def _build(tmp: Path, p: dict, progress: bool) -> dict:
     import transformers
     import tokenizers
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     times = {}
     docs, corpus_info = load_corpus(p["corpus"], p["corpus_max_bytes"], p["max_file_bytes"])
-    tokenizer = train_tokenizer(docs, p["vocab_size"])
+    tokenizer = train_tokenizer(docs, p["vocab_size"], model_max_length=p["seq_len"])
     eos_id = tokenizer.convert_tokens_to_ids(EOS)
     ids: list[int] = []
     for enc in tokenizer.backend_tokenizer.encode_batch(docs):
@@ -521,6 +534,8 @@ def _build(tmp: Path, p: dict, progress: bool) -> dict:
         tokenizer.save_pretrained(d)
         files.update({f"{sub}/{f.name}": _sha256(f) for f in sorted(d.iterdir()) if f.is_file()})
     times["total_s"] = round(time.perf_counter() - t0, 2)
+    times["cpu_s"] = round(time.process_time() - c0, 2)  # all threads; ~2x total_s on an idle 2-core machine
+    times["load_avg_at_start"] = round(load, 2) if load is not None else None  # others' load inflates total_s
     return {
         "name": NAME,
         "params": p,

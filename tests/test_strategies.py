@@ -421,12 +421,13 @@ def test_entropy_predicts_rejection_on_the_trained_pair(trained):
 
 
 def test_static_rule_at_a_mid_threshold_drafts_variable_lengths_on_the_trained_pair(trained):
-    """With tau at the median drafter entropy of a fixed-length run, the static rule's drafts
-    vary in length, and the output is still the target's."""
+    """With tau at an upper-middle quantile of the drafter entropies of a fixed-length run (so a
+    draft goes on with probability ~0.8 per token, if entropies were independent), the static
+    rule's drafts vary in length, and the output is still the target's."""
     pair, prompts, stopper = trained
     recs, _ = _trained_records(trained)
     hs = sorted(r["drafter_entropy"] for r in recs)
-    tau = round(hs[len(hs) // 2], 3)  # a mid threshold: the median drafter entropy
+    tau = round(hs[int(0.8 * len(hs))], 3)  # a mid threshold: the 80th percentile of drafter entropy
     outs = decode(pair, *make("entropy_static", pair, (f"strategy.tau={tau}",)), prompts, 64, stopper=stopper)
     lengths = Counter(k for o in outs for k in o.drafted[:-1])
     assert len(lengths) >= 3, (tau, lengths)

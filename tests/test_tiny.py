@@ -50,6 +50,10 @@ def test_build_layout_and_loading(small_pair):
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     tgt_dir, drf_dir = small_pair / "target", small_pair / "drafter"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (small_pair.stat().st_mode & 0o777) == 0o777 & ~umask  # not mkdtemp's private 0o700
+    assert ((tgt_dir / "model.safetensors").stat().st_mode & 0o777) == 0o666 & ~umask
     # the tokenizer files are the same bytes in both directories
     tok_files = sorted(f.name for f in tgt_dir.iterdir() if f.name.startswith("tokenizer"))
     assert "tokenizer.json" in tok_files
@@ -60,6 +64,7 @@ def test_build_layout_and_loading(small_pair):
     eos = tok.eos_token_id
     assert tok.get_vocab() == AutoTokenizer.from_pretrained(drf_dir).get_vocab()
     assert len(tok) == SMALL["vocab_size"]
+    assert tok.model_max_length == SMALL["seq_len"]
     target = AutoModelForCausalLM.from_pretrained(tgt_dir)
     drafter = AutoModelForCausalLM.from_pretrained(drf_dir)
     for m, hidden, layers in ((target, 32, 1), (drafter, 16, 1)):
@@ -132,10 +137,32 @@ def test_second_call_reuses_without_training(small_pair, monkeypatch):
     assert {p: p.stat().st_mtime_ns for p in small_pair.rglob("*")} == before
 
 
-def test_unknown_hyperparameter_is_an_error(tmp_path):
+def test_bad_arguments_are_errors(tmp_path):
     with pytest.raises(TypeError, match="unknown hyperparameters"):
         build_tiny_pair(str(tmp_path / "x"), stpes=3)
+    with pytest.raises(ValueError, match="precision"):
+        build_tiny_pair(str(tmp_path / "x"), precision="fp8")
     assert not (tmp_path / "x").exists()
+    # a directory that is not a tiny pair is never replaced
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError):
+        build_tiny_pair(str(tmp_path / "mine"), progress=False, **SMALL)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_drafter_embeddings_start_from_the_target_head():
+    """drafter_init="svd": the drafter's tied embeddings are U_k S_k of the target's head W = U S V^T,
+    i.e. its best rank-k factor (E @ V_k^T is the best rank-k approximation of W)."""
+    target, _ = random_tiny_pair("llama", vocab=50, seed=0)
+    drafter = tiny._llama(50, 8, 1, 1, 16, 32, 0, tie=True)
+    tiny._init_drafter_from_target(drafter, target)
+    w = target.get_output_embeddings().weight.detach()
+    e = drafter.get_input_embeddings().weight.detach()
+    assert drafter.get_output_embeddings().weight.data_ptr() == e.data_ptr()  # tied
+    u, sv, vh = torch.linalg.svd(w, full_matrices=False)
+    assert torch.allclose(e.norm(dim=0), sv[:8], rtol=1e-4)
+    assert torch.allclose(e @ vh[:8], (u[:, :8] * sv[:8]) @ vh[:8], atol=1e-5)
 
 
 def test_determinism(small_pair, tmp_path):
