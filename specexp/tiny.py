@@ -34,7 +34,8 @@ import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
-NAME = "tiny-v1"  # bump when the recipe changes in a way that should not reuse old builds
+NAME = "tiny-v1"  # the cache directory's name
+RECIPE = 2  # recorded in build.json: bump when the code's recipe changes, so old builds are not reused
 EOS = "<|endoftext|>"
 
 # Every knob of the recipe. `build_tiny_pair(**hyperparams)` overrides any of them; all of them
@@ -45,9 +46,10 @@ DEFAULTS: dict = {
     "max_file_bytes": 256_000,  # skip larger files (data tables rather than code)
     "eval_fraction": 0.02,  # tail of the token stream held out for the final evaluation
     # tokenizer
-    "vocab_size": 4096,  # byte-level BPE; HumanEval prompts are 40-490 tokens
+    "vocab_size": 4096,  # byte-level BPE; HumanEval prompts are 46-519 tokens (median 151)
     # shared training shape
-    "seq_len": 640,  # training window = max_position_embeddings (covers prompt <= 512 + 128 new)
+    "seq_len": 640,  # training window = max_position_embeddings: run with max_prompt_tokens <= 512
+    # and max_new_tokens <= 128 (HumanEval: 1 prompt of 164 is over 512 tokens)
     "batch_size": 1,  # small batches, many steps: the budget is steps-bound
     # target: ~5.5M parameters, trained first
     "target_hidden": 256,
@@ -176,12 +178,21 @@ def load_corpus(corpus: str | None = None, max_bytes: int = DEFAULTS["corpus_max
 
 def train_tokenizer(docs: list[str], vocab_size: int, model_max_length: int | None = None):
     """A byte-level BPE (`tokenizers`) wrapped as a `PreTrainedTokenizerFast`; EOS = BOS = PAD =
-    `<|endoftext|>` (id 0). No special tokens are added when encoding."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    `<|endoftext|>` (id 0). No special tokens are added when encoding.
+
+    Every newline is a token of its own: GPT-2's pre-tokenizer would glue a newline to the next
+    line's indentation (one token for newline + 7 spaces), so a prompt ending in a bare newline
+    (every HumanEval prompt ends with a docstring's closing quotes and a newline) would end on a
+    boundary never seen in training, and the model would answer with blank lines and comments
+    instead of the indented body."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex("\n"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], min_frequency=2,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
@@ -411,7 +422,7 @@ def _params(seed: int, corpus: str | None, hyperparams: dict) -> dict:
         raise ValueError(f"build_tiny_pair: drafter_init must be svd or random, got {p['drafter_init']!r}")
     if p["batch_size"] < 1 or p["seq_len"] < 8:
         raise ValueError("build_tiny_pair: batch_size must be >= 1 and seq_len >= 8")
-    return {"name": NAME, "seed": int(seed),
+    return {"name": NAME, "recipe": RECIPE, "seed": int(seed),
             "corpus": None if corpus is None else str(Path(corpus).expanduser().resolve()), **p}
 
 

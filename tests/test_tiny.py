@@ -94,12 +94,17 @@ def test_tokenizer_round_trip(small_pair):
     assert tok.decode(ids) == CODE
     assert len(ids) < len(CODE.encode())  # merges were learned
     assert tok.decode(tok("x" + tok.eos_token).input_ids[-1:]) == tok.eos_token
+    # a newline is always a token of its own (never glued to the next line's indentation)
+    nl = tok("\n").input_ids
+    assert len(nl) == 1
+    ids = tok('    """\n    return x\n\n\ndef f():\n').input_ids
+    assert ids.count(nl[0]) == 5 and all(tok.decode([i]) == "\n" or "\n" not in tok.decode([i]) for i in ids)
 
 
 def test_build_json_records_the_build(small_pair):
     info = json.loads((small_pair / "build.json").read_text())
     p = info["params"]
-    assert p["seed"] == 0 and p["corpus"] is None and p["name"] == "tiny-v1"
+    assert p["seed"] == 0 and p["corpus"] is None and p["name"] == "tiny-v1" and p["recipe"] == tiny.RECIPE
     for k, v in SMALL.items():
         assert p[k] == v, k
     assert set(tiny.DEFAULTS) <= set(p)
