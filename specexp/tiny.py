@@ -13,6 +13,10 @@ The build is deterministic (fixed seeds, sorted file lists) and idempotent: a pa
 build.json records the same parameters is reused at once. It is built in a temporary sibling
 directory and renamed into place at the end, so an interrupted build leaves nothing reusable.
 
+The models know positions < `seq_len` (640) only: run them with prompt + new tokens <= 640, e.g.
+max_prompt_tokens=512 and max_new_tokens<=128 (build.json "recommended"); HumanEval prompts are
+46-519 tokens with this tokenizer (one over 512).
+
 `random_tiny_pair()` gives small random-init (untrained) models sharing a vocabulary, for tests.
 """
 from __future__ import annotations
@@ -555,6 +559,8 @@ def _build(tmp: Path, p: dict, progress: bool) -> dict:
         "eos_token": EOS,
         "eos_token_id": eos_id,
         "max_position_embeddings": p["seq_len"],
+        # prompt + generation must fit in the trained window (RoPE, no extrapolation)
+        "recommended": {"max_prompt_tokens": max(1, p["seq_len"] - 128), "max_new_tokens": min(128, p["seq_len"] // 2)},
         "n_params": {"target": _n_params(target), "drafter": _n_params(drafter)},
         "losses": {**losses, **evaluation},
         "times": times,

@@ -404,9 +404,6 @@ def _trained_records(trained):
     return [r for o in outs for r in o.records], outs
 
 
-@pytest.mark.xfail(strict=False, reason="needs a tiny pair whose drafter's entropy carries signal: on tiny-v1 "
-                   "as built at 240 steps (drafter loss ~5.4 nats, entropy ~5 nats everywhere) the correlation "
-                   "is positive; remove this marker once the pair shows it")
 def test_entropy_predicts_rejection_on_the_trained_pair(trained):
     """Records from a fixed-length run: drafter entropy correlates negatively with acceptance,
     and acceptance is higher in the lowest-entropy quarter than in the highest."""
