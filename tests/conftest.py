@@ -57,6 +57,18 @@ def save_pair(root: Path, arch: str = "llama", vocab_size: int = 300) -> Path:
     return root
 
 
+class ModelsByRole:
+    """What a proposer's `bind` reads from a loaded `models.Pair`: the models by role and the
+    target's logit width."""
+
+    def __init__(self, target, drafter=None):
+        self.target, self.drafter = target, drafter
+        self.vocab_size = target.get_output_embeddings().weight.shape[0]
+
+    def get(self, role):
+        return getattr(self, role)
+
+
 @pytest.fixture(scope="session")
 def random_pair_dir(tmp_path_factory) -> Path:
     """A random-init Llama target/drafter pair with a shared 300-token BPE tokenizer, on disk."""

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import random_model
+from conftest import ModelsByRole, random_model
 
 from specexp.decode import generate
 from specexp.length import Fixed
@@ -17,17 +17,6 @@ from specexp.stopping import Stopper
 
 GAMMAS = [1, 2, 3, 5, 8]
 GREEDY = Sampling()
-
-
-class _Pair:
-    """The two attributes a proposer binds to (a loaded `models.Pair` in real runs)."""
-
-    def __init__(self, target, drafter):
-        self.target, self.drafter = target, drafter
-        self.vocab_size = target.get_output_embeddings().weight.shape[0]
-
-    def get(self, role):
-        return getattr(self, role)
 
 
 def noisy_copy(model, scale: float, seed: int):
@@ -42,7 +31,7 @@ def noisy_copy(model, scale: float, seed: int):
 
 def spec(target, drafter, prompt, n, gamma, sampling=GREEDY, stopper=None, generator=None):
     return generate(CachedLM(target), prompt, n, sampling, stopper or Stopper(),
-                    DraftModel().bind(_Pair(target, drafter)), Fixed(gamma), generator)
+                    DraftModel().bind(ModelsByRole(target, drafter)), Fixed(gamma), generator)
 
 
 def ar(target, prompt, n, sampling=GREEDY, stopper=None, generator=None):

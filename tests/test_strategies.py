@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import CONF, ROOT, compose, pair_overrides, random_model
+from conftest import ModelsByRole, CONF, ROOT, compose, pair_overrides, random_model
 from omegaconf import OmegaConf
 from scipy import stats
 
@@ -35,17 +35,6 @@ GRIDS = sorted(p.stem for p in (CONF / "grid").glob("*.yaml"))
 # `grid=<g>` once conf/config.yaml's defaults list `- grid: null`, `+grid=<g>` before that
 GRID = "grid=" if re.search(r"^\s*-\s*grid\s*:", (CONF / "config.yaml").read_text(), re.M) else "+grid="
 GREEDY = Sampling()
-
-
-class _Pair:
-    """What `bind` reads from a loaded pair: the models by role and the target's vocab size."""
-
-    def __init__(self, target, drafter):
-        self.target, self.drafter = target, drafter
-        self.vocab_size = target.get_output_embeddings().weight.shape[0]
-
-    def get(self, role):
-        return getattr(self, role)
 
 
 @functools.lru_cache(maxsize=None)
@@ -185,7 +174,7 @@ def sharp_pair():
     target = random_model("llama", vocab=64, hidden=64, layers=2, seed=0)
     with torch.no_grad():
         target.lm_head.weight.mul_(40)
-    return _Pair(target, noisy_copy(target, 0.05, seed=2))
+    return ModelsByRole(target, noisy_copy(target, 0.05, seed=2))
 
 
 # thresholds near the sharp pair's median entropy, so that every rule both drafts and stops
@@ -295,7 +284,7 @@ def bigram_pair():
     sharp = torch.tensor([0.3, 1.0, 2.0, 4.0, 6.0, 8.0])[:, None]  # some contexts certain, some not
     target = torch.randn(VS, VS, generator=g) * sharp
     drafter = target + 0.8 * torch.randn(VS, VS, generator=g)
-    return _Pair(BigramLM(target), BigramLM(drafter))
+    return ModelsByRole(BigramLM(target), BigramLM(drafter))
 
 
 def first_two_counts(pair, make_policy, draws: int, prompt: torch.Tensor, budget: int = 4) -> Counter:
@@ -355,7 +344,7 @@ def test_sampling_keeps_the_target_distribution(bigram_pair, name):
 def test_the_sampling_check_has_power(bigram_pair):
     """The same check rejects the drafter's own distribution (what a lossy decoder would give)."""
     prompt = torch.tensor([2])
-    drafter_only = _Pair(bigram_pair.drafter, bigram_pair.drafter)
+    drafter_only = ModelsByRole(bigram_pair.drafter, bigram_pair.drafter)
     counts = first_two_counts(drafter_only, None, 3000, prompt)
     assert chi2_pvalue(counts, exact_first_two(bigram_pair, prompt), 3000) < 1e-6
 

@@ -16,8 +16,7 @@ class DraftModel(Proposer):
         self.lm: CachedLM | None = None
 
     def bind(self, pair) -> "DraftModel":
-        model = pair.get(self.model) if hasattr(pair, "get") else getattr(pair, self.model)
-        self.lm = cached_lm(model, vocab_size=pair.vocab_size)
+        self.lm = cached_lm(pair.get(self.model), vocab_size=pair.vocab_size)
         return self
 
     @property
