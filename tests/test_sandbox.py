@@ -293,7 +293,7 @@ def test_no_network_without_the_guard_either(listener):
 # ---------------------------------------------------------------- many at once
 def test_run_many_keeps_order_and_isolates_failures():
     progs = ["assert True\n", "while True: pass\n", "assert False\n", "print(1)\n"]
-    outs = run_many(progs, Limits(timeout=2, cpu_seconds=30)  # wall clock fires first, not the CPU limit, workers=4)
+    outs = run_many(progs, Limits(timeout=2, cpu_seconds=30), workers=4)  # the wall clock fires first
     assert [o.reason for o in outs] == ["passed", "timeout", "AssertionError", "passed"]
 
 
