@@ -6,7 +6,7 @@ import json
 import os
 import time
 from pathlib import Path
-from types import SimpleNamespace
+from conftest import ModelsByRole
 
 import pytest
 import torch
@@ -296,7 +296,7 @@ def test_random_pair_decodes_speculatively(arch):
     from specexp.stopping import Stopper
 
     target, drafter = random_tiny_pair(arch, vocab=64, seed=0)
-    pair = SimpleNamespace(drafter=drafter, vocab_size=64)
+    pair = ModelsByRole(target, drafter)
     prompt = torch.randint(1, 64, (10,), generator=torch.Generator().manual_seed(1))
     ar = generate(CachedLM(target), prompt, 24, Sampling(), Stopper())
     sd = generate(CachedLM(target), prompt, 24, Sampling(), Stopper(), DraftModel().bind(pair), Fixed(3))
@@ -326,7 +326,7 @@ def test_default_pair_quality():
     tok = AutoTokenizer.from_pretrained(out / "target")
     target = AutoModelForCausalLM.from_pretrained(out / "target").eval()
     drafter = AutoModelForCausalLM.from_pretrained(out / "drafter").eval()
-    pair = SimpleNamespace(drafter=drafter, vocab_size=target.get_output_embeddings().weight.shape[0])
+    pair = ModelsByRole(target, drafter)
     eos = tok.eos_token_id
     emitted = forwards = 0
     for s in HumanEval(limit=5).samples():
