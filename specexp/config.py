@@ -41,6 +41,8 @@ class RunConfig:
     resume: bool = True
     metrics_file: str = "metrics.json"
     summary: bool = True
+    prompt: Optional[str] = None  # one prompt: selects dataset=prompt (conf/dataset/prompt.yaml)
+    max_new_tokens: Optional[int] = None  # when set, the generation budget of any dataset
 
 
 def register() -> None:

@@ -33,6 +33,7 @@ class Generation:
     model_prefills: dict[str, int] = field(default_factory=dict)  # per role: forwards from an empty cache
     model_prefill_seconds: dict[str, float] = field(default_factory=dict)  # per role: time in those
     records: list[dict] = field(default_factory=list)  # per drafted token (optional analysis records)
+    rejected: list[list[int]] = field(default_factory=list)  # per round: the drafts after the accepted ones
 
 
 def _sync(device: torch.device) -> None:
@@ -91,7 +92,8 @@ def generate(
             if k:
                 policy.observe(k, n)
         # 5. Emit, stopping at the first EOS / stop string among the new tokens.
-        new = draft_tokens[:n].tolist() + [nxt]
+        drafts = draft_tokens.tolist()
+        new = drafts[:n] + [nxt]
         start = len(out.tokens)
         out.tokens.extend(new)
         cut = stopper.first_stop(out.tokens, start)
@@ -104,6 +106,7 @@ def generate(
         out.drafted.append(k)
         out.accepted.append(n)
         out.emitted.append(kept)
+        out.rejected.append(drafts[n:])
         if cut is not None:
             break
     out.wall_time = time.perf_counter() - t_start

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,56 @@ class ModelSpec:
     gguf_file: str | None = None  # a GGUF file inside `name`, loaded through transformers' gguf support
     revision: str | None = None  # hub revision (branch, tag or commit)
     tokenizer: str | None = None  # tokenizer id/path when it differs from `name`
+    local: str | None = None  # an offline copy (a .gguf file or a model directory) for when the hub can't serve `name`
+    source: str = "auto"  # auto: `name` if local or in the hub cache, else `local` if present, else download `name`
+    #                       hub: always `name`; local: always `local`  (see resolve_source)
+    layers: int | None = None  # keep only the first N decoder layers (a layer-truncated self-drafter; shares weights)
+
+
+def _in_hub_cache(name: str, revision: str | None) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers depends on huggingface_hub
+        return False
+    return isinstance(try_to_load_from_cache(name, "config.json", revision=revision), str)
+
+
+def resolve_source(spec: ModelSpec) -> ModelSpec:
+    """Where the weights come from: the one place that decides. Returns a spec whose `name` (and
+    `gguf_file`) load directly, with `source` set to "hub" or "local". No network access here.
+
+    source=auto picks, in order: `name` when it is a local path or already in the Hugging Face
+    cache; then the offline copy `local` when it exists; else `name` from the hub (a download).
+    A `local` path ending in .gguf loads as `gguf_file` inside its folder."""
+    if spec.source not in ("auto", "hub", "local"):
+        raise ValueError(f"model source must be auto, hub or local, got {spec.source!r}")
+    local = Path(spec.local).expanduser() if spec.local else None
+    name_is_path = Path(spec.name).expanduser().exists()
+    use_local = spec.source == "local" or (spec.source == "auto" and local is not None and local.exists()
+                                           and not name_is_path and not _in_hub_cache(spec.name, spec.revision))
+    if use_local and local is not None:
+        if not local.exists():
+            raise FileNotFoundError(_missing(spec, None))
+        if local.suffix == ".gguf":
+            return replace(spec, name=str(local.parent), gguf_file=local.name, revision=None, source="local")
+        return replace(spec, name=str(local), gguf_file=None, revision=None, source="local")
+    if spec.source == "local" and not name_is_path:
+        raise FileNotFoundError(f"model source=local but neither `local` ({spec.local!r}) nor `name` "
+                                f"({spec.name!r}) is a local path")
+    return replace(spec, source="local" if name_is_path else "hub")
+
+
+def _missing(spec: ModelSpec, err: Exception | None) -> str:
+    hub = f"{spec.name!r} from the hub" + (f" ({type(err).__name__}: {err})" if err else "")
+    return (f"no weights for this model: could not load {hub}, and its offline copy "
+            f"{spec.local!r} does not exist. Fetch the offline copy with `specexp-fetch` "
+            "(see README: Real model offline), or give a local path.")
+
+
+def describe(spec: ModelSpec) -> str:
+    """A resolved spec as one string for the metrics (what was actually loaded)."""
+    where = f"{spec.name}/{spec.gguf_file}" if spec.gguf_file else spec.name
+    return where + (f"@{spec.revision}" if spec.revision else "") + (f"[:{spec.layers} layers]" if spec.layers else "")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -49,6 +99,8 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def _load_error(what: str, spec: ModelSpec, err: Exception) -> ValueError:
+    if spec.local and spec.source == "hub":  # the offline copy was missing (or source=hub): name both
+        return ValueError(_missing(spec, err))
     where = "local directory" if Path(spec.name).expanduser().exists() else "hub id (not a local path)"
     return ValueError(
         f"could not load {what} {spec.name!r} as a {where}"
@@ -59,7 +111,12 @@ def _load_error(what: str, spec: ModelSpec, err: Exception) -> ValueError:
 
 def load_model(spec: ModelSpec, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False):
     """A causal LM (or an encoder-decoder LM such as T5, when its config says so) in eval mode on
-    `device`, loaded once per process."""
+    `device`, loaded once per process. `spec` is resolved first (resolve_source); with `layers`,
+    the first layers of the full model, sharing its weights."""
+    spec = resolve_source(spec)  # idempotent: a resolved spec resolves to itself
+    if spec.layers:
+        full = load_model(replace(spec, layers=None), dtype, device, trust_remote_code)
+        return truncate_layers(full, spec.layers)
     key = (spec.name, spec.gguf_file, spec.revision, str(dtype), str(device))
     if key not in _MODEL_CACHE:
         try:
@@ -90,6 +147,7 @@ def _auto_class(spec: ModelSpec, trust_remote_code: bool):
 def load_tokenizer(spec: ModelSpec, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    spec = resolve_source(spec)
     name = spec.tokenizer or spec.name
     try:
         return AutoTokenizer.from_pretrained(
@@ -98,6 +156,35 @@ def load_tokenizer(spec: ModelSpec, trust_remote_code: bool = False):
         )
     except (OSError, ValueError, EnvironmentError) as err:
         raise _load_error("tokenizer", spec, err) from err
+
+
+def truncate_layers(model, n: int):
+    """The first `n` decoder layers of a decoder-only `model`, then its final norm and LM head: a
+    self-drafter (early exit) that shares every tensor with `model` (no copy, no extra memory).
+    Works for models whose decoder keeps its blocks in `.layers` (Llama, Mistral, Qwen, Gemma...)."""
+    import copy
+
+    decoder = model.get_decoder()
+    blocks = getattr(decoder, "layers", None)
+    if not isinstance(blocks, torch.nn.ModuleList):
+        raise ValueError(f"layers=N needs a decoder with a `.layers` list; {type(model).__name__} has none")
+    if not 1 <= n <= len(blocks):
+        raise ValueError(f"layers={n} but the model has {len(blocks)} decoder layers")
+    config = copy.deepcopy(model.config)
+    config.num_hidden_layers = n
+    if getattr(config, "layer_types", None):
+        config.layer_types = config.layer_types[:n]
+    short_decoder = copy.copy(decoder)  # shallow: the same parameters; own module table and config
+    short_decoder._modules = dict(decoder._modules)
+    short_decoder.layers = torch.nn.ModuleList(list(blocks)[:n])
+    short_decoder.config = config
+    short = copy.copy(model)
+    short._modules = dict(model._modules)
+    short.config = config
+    for name, child in model.named_children():
+        if child is decoder:
+            setattr(short, name, short_decoder)
+    return short
 
 
 def n_params(model) -> int:
@@ -123,7 +210,9 @@ class Pair:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.trust_remote_code = trust_remote_code
-        self.specs = {"target": target, **(others or {})}
+        self.specs = {role: (resolve_source(s) if s is not None else None)
+                      for role, s in {"target": target, **(others or {})}.items()}  # as loaded (metrics)
+        target = self.specs["target"]
         self.tokenizer = load_tokenizer(target, trust_remote_code)
         self.target = load_model(target, self.dtype, self.device, trust_remote_code)
         self._models = {"target": self.target}
@@ -141,7 +230,7 @@ class Pair:
                 raise ValueError(f"the strategy needs a {role!r} model but model_pair has none "
                                  f"(it has: {', '.join(k for k, v in self.specs.items() if v)})")
             target = self.specs["target"]
-            if (spec.tokenizer or spec.name) != (target.tokenizer or target.name):
+            if (spec.tokenizer or spec.name, spec.gguf_file) != (target.tokenizer or target.name, target.gguf_file):
                 check_same_vocab(self.tokenizer, load_tokenizer(spec, self.trust_remote_code), target.name, spec.name)
             self._models[role] = load_model(spec, self.dtype, self.device, self.trust_remote_code)
         return self._models[role]
@@ -237,6 +326,30 @@ class CachedLM:
         if length < self.length:
             self.cache.crop(length - self.length)  # negative = tokens to drop (old and new transformers)
             self.length = length
+
+
+class SubsetHeadLM(CachedLM):
+    """A drafter whose LM head scores only a subset of the vocabulary (`ids`, e.g. the tokens the
+    target predicts most often; FR-Spec, Zhao et al. 2025): on a small drafter the full head is
+    most of a forward's cost. The logits of all other ids are -inf, so drafts come from the subset
+    and `q` is a proper distribution over it: verification stays exact (greedy or sampling)."""
+
+    def __init__(self, model, ids: torch.Tensor, vocab_size: int | None = None):
+        super().__init__(model, vocab_size)
+        head = model.get_output_embeddings()
+        self.width = head.weight.shape[0]  # the full head's width
+        self.ids = ids.to(head.weight.device)
+        self.weight = head.weight.detach()[self.ids]  # [N, hidden]: a copy of N rows
+        self.bias = None if getattr(head, "bias", None) is None else head.bias.detach()[self.ids]
+
+    def _step(self, ids: torch.Tensor, keep: int | None) -> torch.Tensor:
+        out = self.model.get_decoder()(input_ids=ids[None], past_key_values=self.cache, use_cache=True)
+        self.cache = out.past_key_values
+        h = out.last_hidden_state[0, -(keep or ids.shape[0]):]
+        sub = torch.nn.functional.linear(h, self.weight, self.bias).float()
+        logits = sub.new_full((h.shape[0], self.width), float("-inf"))
+        logits[:, self.ids] = sub
+        return logits
 
 
 def cached_lm(model, vocab_size: int | None = None) -> CachedLM:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -18,11 +20,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from specexp import analysis, build, costs, record, sweep
+from specexp import analysis, build, costs, record, show, sweep
 from specexp.config import register
 from specexp.decode import generate
-from specexp.models import cached_lm
+from specexp.models import cached_lm, describe
 from specexp.stopping import Stopper
+from specexp.tasks.prompt import PromptTask
 
 log = logging.getLogger("specexp")
 
@@ -50,6 +53,13 @@ def decode_dataset(cfg: DictConfig) -> dict:
     torch.manual_seed(cfg.seed)
     pair = build.pair(cfg.model_pair)
     task = build.task(cfg.dataset, pair.tokenizer)
+    if cfg.prompt is not None and not isinstance(task, PromptTask):
+        raise ValueError(f"prompt= runs the prompt dataset, but the config selects dataset {task.name!r}: "
+                         "drop the dataset= override (or use dataset=prompt)")
+    if cfg.max_new_tokens is not None:  # the top-level budget overrides the dataset's
+        if cfg.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {cfg.max_new_tokens}")
+        task.max_new_tokens = cfg.max_new_tokens
     samples = task.samples()
     proposer, policy = build.strategy(cfg.strategy, pair)
     sampling = build.sampling(cfg.sampling)
@@ -85,8 +95,12 @@ def decode_dataset(cfg: DictConfig) -> dict:
                 for s, g in zip(samples, gs)]
 
     completions = texts(gens)
+    if isinstance(task, PromptTask) and task.show:  # one prompt: print the generation, drafts marked
+        show.show_run(show.Printer(sys.stdout), pair.tokenizer, samples[0].prompt, gens[0],
+                      bases[0] if with_baseline else None, cfg.strategy.get("name"), entropy=bool(cfg.records))
     result = {
-        "model_pair": {"name": cfg.model_pair.name, **{k: v.name for k, v in pair.specs.items() if v}},
+        "model_pair": {"name": cfg.model_pair.name, **{k: describe(v) for k, v in pair.specs.items() if v},
+                       "sources": {k: v.source for k, v in pair.specs.items() if v}},
         "dataset": {"name": task.name, "version": task.version, "n_samples": len(samples)},
         "strategy": cfg.strategy.get("name"),
         "sampling": OmegaConf.to_container(cfg.sampling),
@@ -109,7 +123,7 @@ def decode_dataset(cfg: DictConfig) -> dict:
         result["analysis"] = analysis.aggregate(result["draft_records"], [g.drafted for g in gens],
                                                 entropy_type=getattr(policy, "entropy_type", "shannon"))
     result.update(costs.report(gens, {"target": target, **(getattr(proposer, "cached_models", None) or {})},
-                               {r: s.name for r, s in pair.specs.items() if s}, costs.classic_gamma(proposer, policy),
+                               {r: describe(s) for r, s in pair.specs.items() if s}, costs.classic_gamma(proposer, policy),
                                base=bases if with_baseline else None))
     result["environment"] = record.environment(pair.device)
     return result
@@ -194,8 +208,39 @@ def _app(cfg: DictConfig) -> float | None:
     return metrics.get("tokens_per_second")  # what a sweeper (e.g. Optuna) optimises
 
 
+def hydra_quote(text: str) -> str:
+    """`text` as a quoted value of Hydra's override grammar that reads back as exactly `text`:
+    backslashes before a quote or at the end are doubled, quotes and `${` escaped."""
+    text = re.sub(r"(\\*)(\$\{)", lambda m: m.group(1) * 2 + "\\${", text)
+    text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
+    text = re.sub(r"(\\+)\Z", lambda m: m.group(1) * 2, text)
+    return f"'{text}'"
+
+
+def cli_overrides(args: list[str]) -> list[str]:
+    """The command line as Hydra gets it: `prompt=TEXT` takes TEXT literally (Hydra's grammar would
+    read `a, b` as a sweep and `${x}` as an interpolation) unless it is already in quotes, and it
+    selects dataset=prompt unless a dataset= override is given."""
+    out = []
+    for a in args:
+        if a.startswith("prompt="):
+            v = a[len("prompt="):]
+            if not (len(v) >= 2 and v[0] == v[-1] and v[0] in "'\""):
+                a = "prompt=" + hydra_quote(v)
+        out.append(a)
+    if any(a.startswith("prompt=") for a in out) and not any(a.split("=")[0].lstrip("+~") == "dataset" for a in out):
+        out.append("dataset=prompt")
+    return out
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["console"]:  # `specexp console <overrides>` is `specexp-console <overrides>`
+        from specexp import console
+
+        del sys.argv[1]
+        return console.main()
     register()
+    sys.argv[1:] = cli_overrides(sys.argv[1:])
     _app()
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 
 from specexp.length import Decision, DraftStep, LengthPolicy
-from specexp.models import CachedLM, cached_lm
+from specexp.models import CachedLM, SubsetHeadLM, cached_lm
 from specexp.proposers.base import Draft, Proposer
 from specexp.sampling import Sampling
 
@@ -11,12 +11,17 @@ from specexp.sampling import Sampling
 class DraftModel(Proposer):
     """A small causal LM drafting token by token with its own KV cache."""
 
-    def __init__(self, model: str = "drafter"):
+    def __init__(self, model: str = "drafter", vocab: int | None = None):
         self.model = model  # which model of the pair drafts (the pair's `drafter`)
+        self.vocab = vocab  # draft among the N tokens of the drafter's draft_vocab.json only (null = all)
         self.lm: CachedLM | None = None
 
     def bind(self, pair) -> "DraftModel":
-        self.lm = cached_lm(pair.get(self.model), vocab_size=pair.vocab_size)
+        model = pair.get(self.model)
+        if self.vocab:
+            self.lm = SubsetHeadLM(model, draft_vocab(model, self.vocab), vocab_size=pair.vocab_size)
+        else:
+            self.lm = cached_lm(model, vocab_size=pair.vocab_size)
         return self
 
     @property
@@ -59,6 +64,20 @@ class DraftModel(Proposer):
         # keep the context and the accepted drafts; a fully accepted draft leaves the cache one
         # behind (the last draft is fed next round together with the target's token)
         self.lm.crop(min(self.lm.length, self._start + n_accepted))
+
+
+def draft_vocab(model, n: int) -> torch.Tensor:
+    """The first `n` ids of `draft_vocab.json` in the drafter's folder: token ids, most frequent
+    first (specexp-distill writes it: how often each id was the target's top-1 on its corpus)."""
+    import json
+    from pathlib import Path
+
+    path = Path(getattr(model.config, "_name_or_path", "") or ".") / "draft_vocab.json"
+    if not path.is_file():
+        raise ValueError(f"strategy.proposer.vocab={n} needs {path} (written by specexp-distill); "
+                         "use vocab=null for the full vocabulary")
+    ids = json.loads(path.read_text())["ids"][:n]
+    return torch.tensor(sorted(ids), dtype=torch.long)
 
 
 def _record(position: int, logits: torch.Tensor, policy: LengthPolicy) -> dict:

@@ -6,6 +6,7 @@ stops, and how outputs are scored.
     mmlu.MMLU             answer-letter accuracy                conf/dataset/mmlu.yaml, mmlu_csd.yaml
     xsum.XSum             ROUGE-1/2/L F1                        conf/dataset/xsum.yaml
     wikitext.WikiText     continuation (no metric)              conf/dataset/wikitext.yaml
+    prompt.PromptTask     one prompt from the command line      conf/dataset/prompt.yaml
 
 Sources (local files, the shared copy, the hub) are resolved in loading.py; docs/datasets.md has
 the details."""

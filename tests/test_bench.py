@@ -1,0 +1,135 @@
+"""Smoke test of scripts/bench.py (the benchmark against transformers' generate) on the random tiny
+pair: every mode runs, greedy and sampled, and what it reports is well-formed and consistent.
+Timings themselves are not checked (they depend on the machine's load)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+
+import pytest
+
+from conftest import CORPUS, ROOT, pair_overrides
+
+SETTINGS = ("greedy", "T=0.7")
+
+
+def load_bench():
+    """scripts/ is not a package: import bench.py from its path (registered in sys.modules first,
+    which its dataclasses need)."""
+    name = "specexp_scripts_bench"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "bench.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def bench_run(random_pair_dir, tmp_path_factory):
+    bench = load_bench()
+    tmp = tmp_path_factory.mktemp("bench")
+    corpus = tmp / "corpus.txt"
+    corpus.write_text(CORPUS)
+    out = tmp / "bench.json"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPECEXP_CACHE", str(tmp / "cache"))  # the bigram table lands here
+        overrides = [a for o in pair_overrides(random_pair_dir) for a in ("--override", o)]
+        report = bench.main(["--pair", "tiny", *overrides, "--datasets", "humaneval", "--per-dataset", "2",
+                             "--repeats", "1", "--new-tokens", "12", "--gamma", "3", "--lookup-tokens", "4",
+                             "--truncated-layers", "1", "--bigram-corpus", str(corpus), "--temperature", "0.7",
+                             "--json", str(out)])
+    return bench, report, out
+
+
+def rows_by(report):
+    return {(r["setting"], r["mode"]): r for r in report["rows"]}
+
+
+def test_every_mode_runs_in_both_settings(bench_run):
+    bench, report, _ = bench_run
+    rows = rows_by(report)
+    assert set(rows) == {(s, m) for s in SETTINGS for m in bench.MODE_KEYS}
+    assert len(report["prompts"]) == 2 and {p["dataset"] for p in report["prompts"]} == {"humaneval"}
+    for r in rows.values():
+        assert r["tokens"] > 0 and r["wall_s"] > 0 and r["tokens_per_s"] > 0, r["name"]
+        assert r["decode_tokens_per_s"] >= r["tokens_per_s"]
+        assert 0.0 <= r["overhead_share"] <= 1.0, (r["name"], r["overhead_share"])
+        assert 0.0 <= r["prefill_s"] <= r["forward_s"] <= r["wall_s"]
+        assert r["forwards"]["target"] >= 2 and r["prefills"]["target"] == 2  # one prefill per prompt
+        assert r["tau"] >= 1.0
+
+
+def test_greedy_outputs_are_identical_to_ours_autoregressive(bench_run):
+    _, report, _ = bench_run
+    greedy = [r for r in report["rows"] if r["setting"] == "greedy"]
+    assert all(r["identical"] is True and r["identical_calls"] == [2, 2] for r in greedy), \
+        [(r["name"], r["identical_calls"]) for r in greedy if not r["identical"]]
+    sampled = [r for r in report["rows"] if r["setting"] != "greedy"]
+    assert all(r["identical"] is None for r in sampled)
+
+
+def test_acceptance_and_predictions(bench_run):
+    _, report, _ = bench_run
+    rows = rows_by(report)
+    for s in SETTINGS:
+        for mode in ("ours-spec", "hf-assisted", "ours-truncated", "hf-truncated", "ours-bigram"):
+            r = rows[(s, mode)]
+            assert r["rounds"] > 0 and 0 < r["drafted"] <= 3 * r["rounds"], (s, mode)  # gamma 3
+            assert 0.0 <= r["accept_rate"] <= 1.0 and 0.0 <= r["alpha"] <= 1.0
+            assert r["speedup"] > 0 and r["decode_speedup"] > 0
+            assert math.isfinite(r["predicted"]) and r["predicted"] > 0, (s, mode)
+            assert math.isfinite(r["measured_over_predicted"])
+            assert r["cost_ratio_c"] > 0 if r["drafter"] else r["cost_ratio_c"] == 0.0
+        for mode in ("ours-lookup", "hf-lookup"):  # drafts 0..L tokens a round: no prediction
+            r = rows[(s, mode)]
+            assert r["drafted"] <= 4 * r["rounds"] and r["predicted"] is None
+        for mode in ("ours-ar", "hf-ar"):
+            assert rows[(s, mode)]["speedup"] is None and rows[(s, mode)]["drafted"] is None
+    # Greedy, same drafter, same target: transformers' assisted generation (constant schedule, no
+    # confidence threshold) runs the same rounds as ours, which checks how its rounds are counted.
+    for ours, hf in (("ours-spec", "hf-assisted"), ("ours-truncated", "hf-truncated")):
+        a, b = rows[("greedy", ours)], rows[("greedy", hf)]
+        assert (a["rounds"], a["drafted"], a["accepted"]) == (b["rounds"], b["drafted"], b["accepted"]), (ours, hf)
+        assert a["forwards"] == b["forwards"]
+    # Prompt lookup: the same rule, except that in a prompt's last round transformers may draft up
+    # to the whole remaining budget where ours drafts one less (its own token fills the budget).
+    a, b = rows[("greedy", "ours-lookup")], rows[("greedy", "hf-lookup")]
+    assert (a["rounds"], a["accepted"], a["forwards"]) == (b["rounds"], b["accepted"], b["forwards"])
+    assert 0 <= b["drafted"] - a["drafted"] <= len(report["prompts"])
+
+
+def test_ratios_table_json_and_cleanup(bench_run):
+    bench, report, out = bench_run
+    pairs = {(q["setting"], q["ours"], q["hf"]) for q in report["ratios"]}
+    assert pairs == {(s, o, h) for s in SETTINGS for o, h in
+                     (("ours-ar", "hf-ar"), ("ours-spec", "hf-assisted"), ("ours-lookup", "hf-lookup"),
+                      ("ours-truncated", "hf-truncated"))}
+    assert all(q["ratio"] > 0 for q in report["ratios"])
+    assert {g["setting"] for g in report["goals"]} == set(SETTINGS)
+    saved = json.loads(out.read_text())
+    assert saved["rows"] == json.loads(json.dumps(report["rows"]))
+    assert saved["machine"]["torch_threads"] >= 1 and saved["machine"]["transformers"]
+    assert saved["settings"]["gamma"] == 3 and "--repeats" in saved["command"]
+    table = bench.format_table(report)
+    for r in report["rows"]:
+        assert r["name"] in table
+    # the forward hooks and the round counter are gone from the (process-cached) models
+    from specexp.models import _MODEL_CACHE
+
+    for model in _MODEL_CACHE.values():
+        assert not model._forward_hooks and not model._forward_pre_hooks
+        assert "_get_candidate_generator" not in vars(model)
+
+
+def test_missing_dataset_is_skipped_with_a_note(random_pair_dir, tmp_path, monkeypatch):
+    bench = load_bench()
+    monkeypatch.setenv("SPECEXP_SHARED_DATA", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    pair, _ = bench.load_pair("tiny", overrides=pair_overrides(random_pair_dir))
+    notes = []
+    prompts = bench.load_prompts(["gsm8k", "humaneval"], 1, pair.tokenizer, pair.device, note=notes.append)
+    assert [p.dataset for p in prompts] == ["humaneval"] and prompts[0].ids.numel() > 0
+    assert len(notes) == 1 and "gsm8k skipped" in notes[0]
