@@ -136,9 +136,10 @@ def test_resume_check_ignores_only_resume_and_summary():
 
 def test_ctrl_c_leaves_a_failed_json_not_ok(random_pair_dir, tmp_path):
     """SIGINT in the middle of decoding: the run's metrics.json says failed (KeyboardInterrupt),
-    no temp file is left, and a resumed run would redo it."""
+    no temp file is left, and a resumed run would redo it. (60 samples: a random model may stop
+    early at EOS, and the run must still be decoding when the signal comes.)"""
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "specexp", *pair_overrides(random_pair_dir), "dataset.limit=3",
+    cmd = [sys.executable, "-m", "specexp", *pair_overrides(random_pair_dir), "dataset.limit=60",
            "dataset.max_new_tokens=400", "dataset.stop=[]", "warmup=0", f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seen, deadline = b"", time.time() + 120
