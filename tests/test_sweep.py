@@ -141,7 +141,10 @@ def test_ctrl_c_leaves_a_failed_json_not_ok(random_pair_dir, tmp_path):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "specexp", *pair_overrides(random_pair_dir), "dataset.limit=60",
            "dataset.max_new_tokens=400", "dataset.stop=[]", "warmup=0", f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # SIGINT's default disposition for the child: a shell without job control starts background
+    # jobs (and so this test run) with SIGINT ignored, and Python then installs no KeyboardInterrupt
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen, deadline = b"", time.time() + 120
     try:
         while b"decoding" not in seen and time.time() < deadline:  # tqdm's bar: decoding has started
