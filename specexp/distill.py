@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from specexp.models import ModelSpec, describe, load_model, load_tokenizer, n_params, resolve_source
 
