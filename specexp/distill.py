@@ -45,6 +45,7 @@ from specexp.models import ModelSpec, describe, load_model, load_tokenizer, n_pa
 
 log = logging.getLogger(__name__)
 
+SUMMARIZE = "Summarize this article in one sentence.\n\n"  # the user turn for XSum articles
 RECIPE = 3  # bump when the recipe changes: older builds are then rebuilt, not reused
 
 
@@ -55,6 +56,12 @@ def _shared(rel: str) -> Path | None:
     root = shared_data_dir()
     p = root / rel if root else None
     return p if p is not None and p.exists() else None
+
+
+def _rows(rel: str, skip: int) -> list[dict]:
+    """The JSONL rows of a shared data file from index `skip` on; [] when the file is absent."""
+    p = _shared(rel)
+    return [json.loads(ln) for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()][skip:] if p else []
 
 
 def _chat(tok, user: str, assistant: str) -> str:
@@ -77,16 +84,9 @@ def corpus_documents(tok, sources: list[str], skip: int) -> tuple[dict[str, list
                 lines = [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
                 docs[src] = lines[len(lines) // 2:]  # the first half is the evaluation's
         elif src == "xsum":
-            p = _shared("xsum/test.jsonl")
-            if p:
-                rows = [json.loads(ln) for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()][skip:]
-                docs[src] = [_chat(tok, "Summarize this article in one sentence.\n\n" + r["document"], r["summary"])
-                             for r in rows]
+            docs[src] = [_chat(tok, SUMMARIZE + r["document"], r["summary"]) for r in _rows("xsum/test.jsonl", skip)]
         elif src == "gsm8k":
-            p = _shared("gsm8k/test.jsonl")
-            if p:
-                rows = [json.loads(ln) for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()][skip:]
-                docs[src] = [_chat(tok, r["question"], r["answer"]) for r in rows]
+            docs[src] = [_chat(tok, r["question"], r["answer"]) for r in _rows("gsm8k/test.jsonl", skip)]
         elif src == "code":
             from specexp.tiny import load_corpus
 
@@ -107,12 +107,8 @@ def corpus_documents(tok, sources: list[str], skip: int) -> tuple[dict[str, list
 def reply_prompts(skip: int, n: int) -> list[str]:
     """User turns for the target to answer: XSum articles (cut to 2,000 characters) and GSM8K
     questions from sample `skip` on, alternating; [] without the shared data."""
-    out: list[list[str]] = []
-    for rel, make in (("xsum/test.jsonl", lambda r: "Summarize this article in one sentence.\n\n" + r["document"][:2000]),
-                      ("gsm8k/test.jsonl", lambda r: r["question"])):
-        p = _shared(rel)
-        rows = [json.loads(ln) for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()][skip:] if p else []
-        out.append([make(r) for r in rows])
+    out = [[SUMMARIZE + r["document"][:2000] for r in _rows("xsum/test.jsonl", skip)],
+           [r["question"] for r in _rows("gsm8k/test.jsonl", skip)]]
     mixed = [x for pair in zip(*out) for x in pair] if all(out) else [x for o in out for x in o]
     return mixed[:n]
 
