@@ -3,7 +3,7 @@
 Commands
     python scripts/bench.py                  # the tiny pair (built on first use), HumanEval, offline (`make bench`)
     python scripts/bench.py --pair smollm2   # THE FULL MEASUREMENT (issue 7): SmolLM2-135M-Instruct (offline
-                                             # GGUF) with its distilled drafter (built on first use, ~12 min),
+                                             # GGUF) with its distilled drafter (built on first use, ~17 min),
                                              # 3 x XSum, GSM8K, HumanEval, 96 tokens max, 3 repeats, ~30 min
     python scripts/bench.py --pair smollm2 --distilled-dir /tmp/distill_small --repeats 1 --new-tokens 32
                                              # a quick end-to-end check with an already-built drafter

@@ -182,7 +182,7 @@ def test_smollm2_greedy_speculative_equals_greedy_for_every_drafter(smol, tmp_pa
 @needs_gguf
 @pytest.mark.slow
 def test_smollm2_distilled_drafter_beats_the_untrained_one():
-    """The full distilled drafter (model_pair smollm2-135m__distilled, ~12 min to build; built by
+    """The full distilled drafter (model_pair smollm2-135m__distilled, ~17 min to build; built by
     `specexp-distill` or the first run) agrees with the target far more often than the
     layer-truncated self-drafter it started from."""
     from conftest import compose
