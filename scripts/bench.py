@@ -98,7 +98,8 @@ from specexp.decode import Generation, generate
 from specexp.length import Fixed
 from specexp.models import cached_lm, describe
 from specexp.proposers import Bigram, DraftModel, PromptLookup
-from specexp.run import CONF_DIR, encode_prompt, eos_ids
+from specexp.config import CONF_DIR
+from specexp.prompting import encode_prompt, eos_ids
 from specexp.sampling import Sampling
 from specexp.stopping import Stopper
 

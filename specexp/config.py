@@ -5,12 +5,16 @@ constructor when instantiated."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
 from specexp.models import ModelSpec
 from specexp.sampling import Sampling
+
+# The configs: the repository's top-level conf/ (an editable install).
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 @dataclass

@@ -25,7 +25,8 @@ from specexp import build, show
 from specexp.config import register
 from specexp.decode import Generation, generate
 from specexp.models import cached_lm
-from specexp.run import CONF_DIR, encode_prompt, eos_ids
+from specexp.config import CONF_DIR
+from specexp.prompting import encode_prompt, eos_ids
 from specexp.stopping import Stopper
 from specexp.tasks.prompt import PromptTask
 

@@ -356,7 +356,7 @@ def main() -> None:
     from hydra.utils import instantiate
 
     from specexp.config import register
-    from specexp.run import CONF_DIR
+    from specexp.config import CONF_DIR
 
     overrides = sys.argv[1:]
     if any(a in ("-h", "--help") for a in overrides):

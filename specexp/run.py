@@ -21,31 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from specexp import analysis, build, costs, record, show, sweep
-from specexp.config import register
+from specexp.config import CONF_DIR, register
 from specexp.decode import generate
 from specexp.models import cached_lm, describe
+from specexp.prompting import encode_prompt, eos_ids
 from specexp.stopping import Stopper
 from specexp.tasks.prompt import PromptTask
 
 log = logging.getLogger("specexp")
-
-
-def encode_prompt(tokenizer, text: str, max_prompt_tokens: int | None, device) -> torch.Tensor:
-    ids = tokenizer(text)["input_ids"]
-    if max_prompt_tokens:
-        ids = ids[-max_prompt_tokens:]  # keep the end of the prompt: it is what the model continues
-    if not ids:
-        if tokenizer.bos_token_id is None:
-            raise ValueError("a prompt encodes to no tokens and the tokenizer has no BOS token")
-        ids = [tokenizer.bos_token_id]
-    return torch.tensor(ids, device=device)
-
-
-def eos_ids(pair) -> list[int]:
-    ids = {pair.tokenizer.eos_token_id}
-    gen_eos = getattr(getattr(pair.target, "generation_config", None), "eos_token_id", None)
-    ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
-    return sorted(i for i in ids if i is not None)
 
 
 def decode_dataset(cfg: DictConfig) -> dict:
@@ -199,9 +182,6 @@ def summary(m: dict, path: Path) -> str:
     return "\n".join(lines)
 
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # the repo's conf/ (editable install)
-
-
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _app(cfg: DictConfig) -> float | None:
     metrics = run(cfg)
@@ -242,6 +222,29 @@ def main() -> None:
     register()
     sys.argv[1:] = cli_overrides(sys.argv[1:])
     _app()
+
+
+# --------------------------------------------------------------------------------------------
+# Running the CLI in this process
+# --------------------------------------------------------------------------------------------
+
+def run_cli(args: list[str]) -> int:
+    """Run `specexp <args>` (e.g. ["-m", "strategy.gamma=1,2"]) in this process and return its
+    exit code: the jobs of a basic-launcher sweep share this process's model cache, and a script
+    or notebook can run several sweeps one after the other (the tests do)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    old = sys.argv
+    GlobalHydra.instance().clear()
+    sys.argv = ["specexp", *map(str, args)]
+    try:
+        main()
+        return 0
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = old
+        GlobalHydra.instance().clear()
 
 
 if __name__ == "__main__":

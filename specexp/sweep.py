@@ -341,28 +341,3 @@ class Objective(Callback):
         else:
             log.info("Objective: %s = %.6g", self.metric, value)
         job_return.return_value = value
-
-
-# --------------------------------------------------------------------------------------------
-# Running the CLI in this process
-# --------------------------------------------------------------------------------------------
-
-def run_cli(args: list[str]) -> int:
-    """Run `specexp <args>` (e.g. ["-m", "strategy.gamma=1,2"]) in this process and return its
-    exit code: the jobs of a basic-launcher sweep share this process's model cache, and a script
-    or notebook can run several sweeps one after the other (the tests do)."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    from specexp import run
-
-    old = sys.argv
-    GlobalHydra.instance().clear()
-    sys.argv = ["specexp", *map(str, args)]
-    try:
-        run.main()
-        return 0
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = old
-        GlobalHydra.instance().clear()

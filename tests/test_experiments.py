@@ -12,7 +12,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import CONF, ROOT, compose
-from specexp import sweep
+from specexp import run
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 SHARED = ROOT.parent / "shared" / "data"
@@ -120,7 +120,7 @@ def test_experiment_runs_end_to_end_on_the_random_pair(name, random_pair_dir, tm
         pytest.skip(f"offline copy {data} is absent")
     run_dir = tmp_path / "run"
     want = compose([f"experiment={name}"])
-    code = sweep.run_cli([f"experiment={name}", *smoke_overrides(want, random_pair_dir, tmp_path),
+    code = run.run_cli([f"experiment={name}", *smoke_overrides(want, random_pair_dir, tmp_path),
                           f"hydra.run.dir={run_dir}"])
     m = json.loads((run_dir / "metrics.json").read_text())
     assert code == 0 and m["status"] == "ok", m.get("error")

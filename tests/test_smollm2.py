@@ -18,7 +18,7 @@ from specexp import build
 from specexp.decode import generate
 from specexp.fetch import artifact_path
 from specexp.models import ModelSpec, cached_lm, load_model, resolve_source, truncate_layers
-from specexp.run import encode_prompt, eos_ids
+from specexp.prompting import encode_prompt, eos_ids
 from specexp.sampling import Sampling
 from specexp.stopping import Stopper
 from specexp.tasks.loading import DataUnavailable

@@ -15,7 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import ROOT, compose, pair_overrides
-from specexp import models, report, sweep
+from specexp import models, report, run, sweep
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -40,7 +40,7 @@ def fresh_cache(monkeypatch):
 
 def test_sweep_in_one_process_loads_each_model_once(random_pair_dir, tmp_path, fresh_cache):
     sweep_dir = tmp_path / "sweep"
-    code = sweep.run_cli(["-m", *tiny(random_pair_dir), "strategy.gamma=1,2,3", f"hydra.sweep.dir={sweep_dir}"])
+    code = run.run_cli(["-m", *tiny(random_pair_dir), "strategy.gamma=1,2,3", f"hydra.sweep.dir={sweep_dir}"])
     assert code == 0
     runs = metrics(sweep_dir)
     assert sorted(runs) == ["0", "1", "2"] and all(m["status"] == "ok" for m in runs.values())
@@ -56,7 +56,7 @@ def test_sweep_3x2_failure_isolated_resume_and_report(random_pair_dir, tmp_path,
     base = ["-m", *tiny(random_pair_dir), f"hydra.sweep.dir={sweep_dir}"]
 
     # 1. gamma=0 is a bad value: those two runs raise ValueError, the other four complete.
-    code = sweep.run_cli([*base, "strategy.gamma=1,0,4", "sampling=greedy,sample"])
+    code = run.run_cli([*base, "strategy.gamma=1,0,4", "sampling=greedy,sample"])
     out = capsys.readouterr()
     assert code == 1  # Hydra re-raises the first failure after the batch: the exit says so
     assert "Error executing job with overrides" in out.err and "strategy.gamma=0" in out.err
@@ -87,7 +87,7 @@ def test_sweep_3x2_failure_isolated_resume_and_report(random_pair_dir, tmp_path,
 
     # 2. The same command again: ok runs are skipped, the failed ones run (and fail) again.
     t_resume = time.time()
-    assert sweep.run_cli([*base, "strategy.gamma=1,0,4", "sampling=greedy,sample"]) == 1
+    assert run.run_cli([*base, "strategy.gamma=1,0,4", "sampling=greedy,sample"]) == 1
     out = capsys.readouterr().out
     assert out.count("specexp run skipped (resume: already ok)") == 4 and out.count("specexp run FAILED") == 2
     assert (sweep_dir / "2" / "metrics.json").stat().st_mtime_ns > failed_mtime
@@ -95,7 +95,7 @@ def test_sweep_3x2_failure_isolated_resume_and_report(random_pair_dir, tmp_path,
     assert "4 skipped (already ok), 2 failed" in sweep.summarize(sweep_dir, since=t_resume)
 
     # 3. Fixed (gamma 0 -> 2), same sweep dir: only jobs 2 and 3 run; the rest are untouched.
-    assert sweep.run_cli([*base, "strategy.gamma=1,2,4", "sampling=greedy,sample"]) == 0
+    assert run.run_cli([*base, "strategy.gamma=1,2,4", "sampling=greedy,sample"]) == 0
     out = capsys.readouterr().out
     assert out.count("specexp run skipped (resume: already ok)") == 4 and out.count("specexp run ok: [") == 2
     assert {k: (p.stat().st_mtime_ns, p.read_bytes()) for k, p in ok_files.items()} == before
@@ -121,10 +121,10 @@ def test_resume_reruns_a_job_dir_written_by_another_config(random_pair_dir, tmp_
     the same job dir is run again, not passed off as this point's result."""
     sweep_dir = tmp_path / "sweep"
     base = ["-m", *tiny(random_pair_dir), f"hydra.sweep.dir={sweep_dir}"]
-    assert sweep.run_cli([*base, "strategy.gamma=1"]) == 0
-    assert sweep.run_cli([*base, "strategy.gamma=3"]) == 0
+    assert run.run_cli([*base, "strategy.gamma=1"]) == 0
+    assert run.run_cli([*base, "strategy.gamma=3"]) == 0
     assert metrics(sweep_dir)["0"]["config"]["strategy"]["gamma"] == 3
-    assert sweep.run_cli([*base, "strategy.gamma=3", "resume=false"]) == 0  # resume off: always runs
+    assert run.run_cli([*base, "strategy.gamma=3", "resume=false"]) == 0  # resume off: always runs
 
 
 def test_resume_check_ignores_only_resume_and_summary():
@@ -248,7 +248,7 @@ def test_launcher_and_sweeper_configs_compose():
 
 def test_optuna_tunes_gamma_in_process(random_pair_dir, tmp_path):
     sweep_dir = tmp_path / "optuna"
-    code = sweep.run_cli(["-m", "hydra/sweeper=optuna_gamma", "hydra.sweeper.n_trials=3", "strategy.gamma=range(1,5)",
+    code = run.run_cli(["-m", "hydra/sweeper=optuna_gamma", "hydra.sweeper.n_trials=3", "strategy.gamma=range(1,5)",
                           *tiny(random_pair_dir), f"hydra.sweep.dir={sweep_dir}"])
     assert code == 0
     runs = metrics(sweep_dir)
