@@ -47,7 +47,9 @@ How it is timed
               synchronise, so there the share is exact but transformers pays for the syncs).
   prefill   = the first forward of each model in a call (the prompt); "decode speedup" leaves the
               prefill forwards' seconds out of both sides of the ratio.
-  speedup   = tokens/s over the same side's autoregressive tokens/s, same setting.
+  speedup   = tokens/s over the same side's autoregressive tokens/s, same setting (the throughput ratio),
+              with a 95% paired bootstrap CI over the calls (specexp.stats; the analysis and the
+              table live in specexp/benchmark.py).
   accept    = accepted drafts / drafted tokens; alpha = Leviathan et al.'s per-token acceptance
               (specexp.costs.acceptance_alpha: accepted / (accepted + rounds ending in a rejection));
               transformers' rounds are counted by wrapping its candidate generator's
@@ -81,7 +83,6 @@ import copy
 import dataclasses
 import datetime
 import json
-import math
 import os
 import platform
 import shlex
@@ -93,7 +94,8 @@ from typing import Callable
 
 import torch
 
-from specexp import build, costs
+from specexp import build
+from specexp.benchmark import LEGEND, analyse, format_table, goals, ratios  # noqa: F401 (format_table: API)
 from specexp.decode import Generation, generate
 from specexp.length import Fixed
 from specexp.models import cached_lm, describe
@@ -106,7 +108,6 @@ from specexp.stopping import Stopper
 PAIRS = {"tiny": "tiny", "smollm2": "smollm2-135m__distilled"}  # --pair -> conf/model_pair/<name>.yaml
 DEFAULT_DATASETS = {"tiny": "humaneval", "smollm2": "xsum,gsm8k,humaneval"}
 WARMUP_TOKENS = 16
-GOALS = {"ours/hf assisted": 1.3, "overhead": 0.10, "prediction": 0.10}  # issue 7, for this machine
 
 
 # ----------------------------------------------------------------------------------- arguments
@@ -134,6 +135,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="prompt lookup: longest n-gram matched, both sides (default 2, transformers' default)")
     ap.add_argument("--truncated-layers", type=int, default=4,
                     help="layer-truncated self-drafter depth (capped below the target's depth; default 4)")
+    ap.add_argument("--eagle-dir", help="a built feature drafter (specexp-eagle) for the ours-eagle* modes; "
+                                        "default with --pair smollm2: smollm2-135m__eagle's own, built if missing")
     ap.add_argument("--bigram-corpus", help="bigram table corpus (default: the Python stdlib, as strategy=bigram)")
     ap.add_argument("--temperature", type=float, default=0.7, help="the sampled setting's temperature (0: greedy only)")
     ap.add_argument("--modes", help="comma list of mode keys to run (default: all): " + ", ".join(MODE_KEYS))
@@ -283,7 +286,10 @@ def set_assistant(model, gamma: int) -> None:
 
 # ---------------------------------------------------------------------------------------- modes
 MODE_KEYS = ["ours-ar", "hf-ar", "ours-spec", "ours-spec-vocab", "hf-assisted", "ours-lookup", "hf-lookup",
-             "ours-truncated", "hf-truncated", "ours-bigram"]
+             "ours-truncated", "hf-truncated", "ours-bigram",
+             # issue 15 (specexp.eagle.bench_proposers): the feature drafter, the shipped model-free pairs
+             "ours-eagle", "ours-eagle-vocab", "ours-eagle-entropy", "ours-eagle-heuristic",
+             "ours-lookup-shipped", "ours-bigram-shipped"]
 
 
 @dataclass
@@ -390,6 +396,11 @@ def make_modes(pair, args, sync: Callable[[], None] = lambda: None) -> tuple[lis
         modes.append(ours_mode("ours-bigram", "ours bigram", target_lm, stopper,
                                Bigram(corpus=args.bigram_corpus).bind(pair), Fixed(g).bind(pair), gamma=g,
                                fixed_gamma=True))
+    if args.pair == "smollm2" or args.eagle_dir:  # issue 15: the feature drafter, the shipped model-free pairs
+        from specexp.eagle import bench_proposers
+
+        for key, name, proposer, policy, kw in bench_proposers(pair, wanted, g, args.draft_vocab, args.eagle_dir):
+            modes.append(ours_mode(key, name, target_lm, stopper, proposer, policy, **kw))
     return modes, all_clocks
 
 
@@ -440,129 +451,7 @@ def measure(modes: list[Mode], prompts: list[Prompt], sets: list[Setting], new_t
     return calls
 
 
-# ------------------------------------------------------------------------------------ analysing
-def _ratio(a, b):
-    return a / b if (a is not None and b) else None
-
-
-def mode_stats(calls: list[Call], mode: Mode) -> dict:
-    """Throughput, overhead, forwards and acceptance of one mode in one setting."""
-    gens = [c.gen for c in calls]
-    n, fw, sec, pre, pre_sec = costs.totals(gens)
-    wall = sum(g.wall_time for g in gens)
-    inside, prefill = sum(sec.values()), sum(pre_sec.values())
-    per_repeat = {}
-    for c in calls:
-        t, w = per_repeat.get(c.repeat, (0, 0.0))
-        per_repeat[c.repeat] = (t + len(c.gen.tokens), w + c.gen.wall_time)
-    drafted = sum(sum(g.drafted) for g in gens)
-    accepted = sum(sum(g.accepted) for g in gens)
-    spec = mode.gamma is not None
-    return {
-        "tokens": n, "wall_s": wall, "tokens_per_s": _ratio(n, wall),
-        "tokens_per_s_repeats": [t / w for t, w in per_repeat.values() if w],
-        "decode_tokens_per_s": _ratio(n, wall - prefill),
-        "forward_s": inside, "prefill_s": prefill, "overhead_share": 1 - inside / wall if wall else None,
-        "forwards": fw, "prefills": pre, "forward_seconds": sec, "prefill_seconds": pre_sec,
-        "seconds_per_forward": costs.measured_costs(fw, sec, pre, pre_sec),
-        "rounds": sum(len(g.drafted) for g in gens) if spec else None,
-        "drafted": drafted if spec else None, "accepted": accepted if spec else None,
-        "accept_rate": _ratio(accepted, drafted) if spec else None,
-        "alpha": costs.acceptance_alpha(gens) if spec else None,
-        "tau": _ratio(n, fw.get("target")),
-    }
-
-
-def identical_to(calls: list[Call], reference: list[Call]) -> tuple[int, int]:
-    """(calls whose tokens equal the reference's for the same repeat and prompt, calls)."""
-    ref = {(c.repeat, c.prompt): c.gen.tokens for c in reference}
-    same = sum(c.gen.tokens == ref.get((c.repeat, c.prompt)) for c in calls)
-    return same, len(calls)
-
-
-def analyse(calls, modes: list[Mode], sets: list[Setting]) -> list[dict]:
-    """One row per (setting, mode): stats, speedups against the same side's autoregressive mode,
-    the Leviathan prediction and (greedy) identity with our autoregressive output."""
-    by_key = {m.key: m for m in modes}
-    rows = []
-    for s in sets:
-        stats = {m.key: mode_stats(calls[(s.name, m.key)], m) for m in modes}
-        for m in modes:
-            st = stats[m.key]
-            base_key = "ours-ar" if m.side == "ours" else "hf-ar"
-            base = stats.get(base_key) if base_key in by_key else None
-            row = {"setting": s.name, "temperature": s.sampling.temperature, "mode": m.key, "name": m.name,
-                   "side": m.side, "gamma": m.gamma, "drafter": m.drafter, **st,
-                   "speedup": None, "decode_speedup": None, "verify_cost": None, "cost_ratio_c": None,
-                   "predicted": None, "measured_over_predicted": None, "predicted_with_verify_cost": None,
-                   "identical": None}
-            if base is not None and m.key != base_key:
-                row["speedup"] = _ratio(st["tokens_per_s"], base["tokens_per_s"])
-                row["decode_speedup"] = _ratio(st["decode_tokens_per_s"], base["decode_tokens_per_s"])
-                row["verify_cost"] = _ratio(st["seconds_per_forward"].get("target"),
-                                            base["seconds_per_forward"].get("target"))
-                if m.fixed_gamma and st["alpha"] is not None:
-                    t_ar = base["seconds_per_forward"].get("target")
-                    d = st["seconds_per_forward"].get(m.drafter) if m.drafter else 0.0
-                    c = _ratio(d, t_ar) if m.drafter else 0.0
-                    if c is not None:
-                        row["cost_ratio_c"] = c
-                        row["predicted"] = costs.leviathan_speedup(st["alpha"], m.gamma, c)
-                        row["measured_over_predicted"] = _ratio(row["decode_speedup"], row["predicted"])
-                        if row["verify_cost"]:  # the same, a verification forward costing what it measured
-                            row["predicted_with_verify_cost"] = (row["predicted"] * (m.gamma * c + 1)
-                                                                 / (m.gamma * c + row["verify_cost"]))
-            if s.sampling.greedy and "ours-ar" in by_key:
-                same, total = identical_to(calls[(s.name, m.key)], calls[(s.name, "ours-ar")])
-                row["identical"] = same == total
-                row["identical_calls"] = [same, total]
-            rows.append(row)
-    return rows
-
-
-def ratios(rows: list[dict], modes: list[Mode]) -> list[dict]:
-    """ours / transformers tokens/s for every mode that has a counterpart, per setting."""
-    idx = {(r["setting"], r["mode"]): r for r in rows}
-    out = []
-    for r in rows:
-        m = next(x for x in modes if x.key == r["mode"])
-        hf = idx.get((r["setting"], m.counterpart)) if m.side == "ours" else None
-        if hf is not None:
-            out.append({"setting": r["setting"], "ours": m.key, "hf": hf["mode"],
-                        "ratio": _ratio(r["tokens_per_s"], hf["tokens_per_s"])})
-    return out
-
-
-def goals(rows: list[dict], ratio_rows: list[dict]) -> list[dict]:
-    """Issue 7's goals for this machine, per setting: our speculative decoding (the classic
-    algorithm with the pair's drafter) against transformers' assisted generation; the overhead of
-    every one of our modes (the worst is shown); the classic algorithm's decode speedup (ours,
-    model drafters) against Leviathan et al.'s prediction."""
-    out = []
-    for setting in dict.fromkeys(r["setting"] for r in rows):
-        for q in ratio_rows:
-            if q["setting"] == setting and q["ours"] in ("ours-spec", "ours-spec-vocab") and q["ratio"] is not None:
-                goal = (f"ours speculative{' (subset head)' if q['ours'] == 'ours-spec-vocab' else ''} / hf assisted "
-                        f">= {GOALS['ours/hf assisted']}x")
-                out.append({"setting": setting, "goal": goal,
-                            "value": f"{q['ratio']:.2f}x", "met": q["ratio"] >= GOALS["ours/hf assisted"]})
-        ours = [r for r in rows if r["setting"] == setting and r["side"] == "ours" and r["overhead_share"] is not None]
-        if ours:
-            worst = max(ours, key=lambda r: r["overhead_share"])
-            out.append({"setting": setting, "goal": f"overhead <= {GOALS['overhead']:.0%} in every mode of ours",
-                        "value": f"{worst['overhead_share']:.1%} at most ({worst['name']})",
-                        "met": worst["overhead_share"] <= GOALS["overhead"]})
-        for r in rows:
-            if (r["setting"] == setting and r["side"] == "ours" and r["drafter"]
-                    and r["measured_over_predicted"] is not None):
-                v = r["measured_over_predicted"]
-                out.append({"setting": setting, "goal": f"{r['name']}: decode speedup within "
-                                                        f"{GOALS['prediction']:.0%} of the prediction",
-                            "value": f"{r['decode_speedup']:.2f}x vs {r['predicted']:.2f}x ({v:.2f})",
-                            "met": abs(v - 1) <= GOALS["prediction"]})
-    return out
-
-
+# ---------------------------------------------------------------- the whole run (analysis: specexp/benchmark.py)
 def benchmark(pair, prompts: list[Prompt], args, progress: Callable[[str], None] = lambda s: None) -> dict:
     """The whole measurement on a loaded pair: modes, timed calls, rows, ratios, goals."""
     sync = (lambda: torch.cuda.synchronize()) if pair.device.type == "cuda" else (lambda: None)
@@ -574,67 +463,12 @@ def benchmark(pair, prompts: list[Prompt], args, progress: Callable[[str], None]
         for c in clocks:
             c.remove()
     rows = analyse(calls, modes, sets)
-    ratio_rows = ratios(rows, modes)
+    ratio_rows = ratios(rows, modes, calls)
     return {"rows": rows, "ratios": ratio_rows, "goals": goals(rows, ratio_rows),
             "outputs": {f"{s}/{k}": [c.gen.tokens for c in cs if c.repeat == 0] for (s, k), cs in calls.items()}}
 
 
 # ------------------------------------------------------------------------------------ reporting
-def _f(x, fmt="{:.2f}", none="-"):
-    return none if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
-
-
-COLUMNS = [("mode", 34, lambda r: r["name"]),
-           ("tok/s", 7, lambda r: _f(r["tokens_per_s"], "{:.1f}")),
-           ("spread", 12, lambda r: (f"{min(r['tokens_per_s_repeats']):.1f}-{max(r['tokens_per_s_repeats']):.1f}"
-                                     if r["tokens_per_s_repeats"] else "-")),
-           ("speedup", 8, lambda r: _f(r["speedup"], "{:.2f}x")),
-           ("decode", 7, lambda r: _f(r["decode_speedup"], "{:.2f}x")),
-           ("predict", 8, lambda r: _f(r["predicted"], "{:.2f}x")),
-           ("meas/pr", 8, lambda r: _f(r["measured_over_predicted"])),
-           ("pr+vrf", 7, lambda r: _f(r["predicted_with_verify_cost"], "{:.2f}x")),
-           ("overhd", 7, lambda r: _f(r["overhead_share"], "{:.1%}")),
-           ("prefill", 8, lambda r: _f(r["prefill_s"] / r["wall_s"] if r["wall_s"] else None, "{:.1%}")),
-           ("accept", 7, lambda r: _f(r["accept_rate"])),
-           ("alpha", 6, lambda r: _f(r["alpha"])),
-           ("tau", 5, lambda r: _f(r["tau"])),
-           ("c", 5, lambda r: _f(r["cost_ratio_c"])),
-           ("vrf", 5, lambda r: _f(r["verify_cost"])),
-           ("same", 5, lambda r: "-" if r["identical"] is None else ("yes" if r["identical"] else "NO"))]
-
-
-def format_table(report: dict) -> str:
-    lines = []
-    for setting in dict.fromkeys(r["setting"] for r in report["rows"]):
-        lines.append(f"\n[{setting}]")
-        lines.append(" ".join(f"{h:<{w}}" if i == 0 else f"{h:>{w}}" for i, (h, w, _) in enumerate(COLUMNS)))
-        for r in report["rows"]:
-            if r["setting"] == setting:
-                lines.append(" ".join(f"{fn(r):<{w}}" if i == 0 else f"{fn(r):>{w}}"
-                                      for i, (_, w, fn) in enumerate(COLUMNS)))
-        for q in report["ratios"]:
-            if q["setting"] == setting:
-                lines.append(f"  ours/hf tokens/s, {q['ours']} vs {q['hf']}: {_f(q['ratio'], '{:.2f}x')}")
-        for r in report["rows"]:
-            if r["setting"] == setting and r.get("identical") is False:
-                same, total = r["identical_calls"]
-                lines.append(f"  {r['name']}: output differs from ours autoregressive on {total - same}/{total} calls")
-    if report["goals"]:
-        lines.append("\ngoals (issue 7):")
-        lines += [f"  [{'met' if g['met'] else 'NOT met'}] {g['setting']}: {g['goal']}: {g['value']}"
-                  for g in report["goals"]]
-    return "\n".join(lines)
-
-
-LEGEND = ("tok/s: total new tokens / total wall s; spread: per-repeat min-max; speedup: over the same side's "
-          "autoregressive (wall); decode: the same with prefill forwards left out; predict: Leviathan et al. from "
-          "alpha, gamma and c; meas/pr: decode speedup / predicted; overhd: share of wall time outside model "
-          "forwards; prefill: share in prefill forwards; accept: accepted/drafted; tau: tokens per target forward; "
-          "c: drafter/target seconds per forward; vrf: target seconds per forward here / in autoregressive decoding "
-          "(the formula assumes 1); pr+vrf: the prediction with that measured verification cost, (1 - alpha^(g+1)) / "
-          "((1 - alpha)(g c + vrf)); same: greedy output == ours autoregressive on every call")
-
-
 def machine() -> dict:
     import transformers
 

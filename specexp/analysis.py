@@ -4,56 +4,47 @@ metrics JSON's `analysis` key:
   acceptance_by_entropy   acceptance rate per drafter-entropy bin: 20 equal bins on [0, 5] nats
                           (an entropy above 5 counts in the last bin, see `above_range`)
   acceptance_by_position  acceptance rate per 0-based position in the draft
-  correlation             Pearson and Spearman (average ranks for ties) correlation of the
-                          drafter's entropy, the drafter's top probability and the target's
-                          entropy with acceptance (1 accepted, 0 not); None when undefined
+  correlation             Pearson and Spearman correlation (scipy.stats; average ranks for
+                          ties) of the drafter's entropy, the drafter's top probability and the
+                          target's entropy with acceptance (1 accepted, 0 not); None when
+                          undefined
   draft_length            mean, population std and histogram (index = length) of the draft
                           length of every round (all rounds, as record.aggregate's
                           draft_length_mean; a round with no draft counts as 0)
 
-A record is {sample, round, position, drafter_entropy, drafter_top_prob, target_entropy,
-accepted}; "accepted" is False for every token after the round's first rejection.
+A record is {sample, round, position, drafter_entropy, drafter_entropy_of, drafter_entropy_t1,
+drafter_top_prob, target_entropy, target_entropy_t1, accepted}. `drafter_entropy` is the entropy
+the length rule read (its type, of the distribution it measures: under sampling the sampling
+distribution at the run's temperature), `drafter_entropy_of` says which, and the `_t1` fields are
+Shannon entropies of softmax(logits) at temperature 1. "accepted" is False for every token after
+the round's first rejection and for a draft at or after a stop (specexp.decode's convention).
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
 
+from scipy import stats
+
 N_BINS, LO, HI = 20, 0.0, 5.0
 
 
+def _defined(x: Sequence[float], y: Sequence[float]) -> bool:
+    """A correlation needs two paired series of >= 2 values, neither constant."""
+    return len(x) == len(y) and len(set(x)) > 1 and len(set(y)) > 1
+
+
 def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
-    n = len(x)
-    if n < 2 or n != len(y):
-        return None
-    mx, my = sum(x) / n, sum(y) / n
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
-    sxx = sum((a - mx) ** 2 for a in x)
-    syy = sum((b - my) ** 2 for b in y)
-    if sxx <= 0 or syy <= 0:
-        return None
-    return max(-1.0, min(1.0, sxy / math.sqrt(sxx * syy)))
+    return float(stats.pearsonr(x, y).statistic) if _defined(x, y) else None
 
 
 def ranks(x: Sequence[float]) -> list[float]:
     """1-based ranks, ties given their average rank."""
-    order = sorted(range(len(x)), key=lambda i: x[i])
-    r = [0.0] * len(x)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            r[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return r
+    return stats.rankdata(x).tolist()
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
-    if len(x) < 2 or len(x) != len(y):
-        return None
-    return pearson(ranks(x), ranks(y))
+    return float(stats.spearmanr(x, y).statistic) if _defined(x, y) else None
 
 
 def _rate(acc: int, n: int) -> float | None:
@@ -128,6 +119,7 @@ def aggregate(records: Sequence[dict], lengths, entropy_type: str = "shannon") -
     return {
         "n_records": len(records),
         "drafter_entropy_type": entropy_type,
+        "drafter_entropy_of": sorted({r["drafter_entropy_of"] for r in records if r.get("drafter_entropy_of")}),
         "acceptance_rate": _rate(sum(bool(r["accepted"]) for r in records), len(records)),
         "acceptance_by_entropy": by_entropy(records),
         "acceptance_by_position": by_position(records),

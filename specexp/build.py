@@ -1,7 +1,8 @@
 """The one place that turns config nodes into objects (hydra.utils.instantiate)."""
 from __future__ import annotations
 
-from hydra.utils import instantiate
+from hydra.errors import InstantiationException
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from specexp.length import LengthPolicy
@@ -30,7 +31,16 @@ def pair(cfg: DictConfig) -> Pair:
 
 def strategy(cfg: DictConfig, loaded: Pair) -> tuple[Proposer | None, LengthPolicy | None]:
     """A strategy composes a proposer (who drafts) and a length policy (how long): both null for
-    the autoregressive baseline."""
+    the autoregressive baseline. Built by `strategy_objects`, then bound to the loaded models."""
+    proposer, policy = strategy_objects(cfg)
+    if proposer is None:
+        return None, None
+    return proposer.bind(loaded), policy.bind(loaded)
+
+
+def strategy_objects(cfg: DictConfig) -> tuple[Proposer | None, LengthPolicy | None]:
+    """The strategy's proposer and length policy, not yet bound to models (their constructors are
+    light: specexp.validate builds them before any model loads, to run their checks)."""
     if cfg.get("proposer") is None:
         return None, None
     if cfg.get("length") is None:
@@ -41,16 +51,39 @@ def strategy(cfg: DictConfig, loaded: Pair) -> tuple[Proposer | None, LengthPoli
         raise TypeError(f"strategy.proposer must build a specexp Proposer, got {type(proposer).__name__}")
     if not isinstance(policy, LengthPolicy):
         raise TypeError(f"strategy.length must build a specexp LengthPolicy, got {type(policy).__name__}")
-    return proposer.bind(loaded), policy.bind(loaded)
+    return proposer, policy
 
 
 def task(cfg: DictConfig, tokenizer) -> Task:
-    t = instantiate(cfg, _convert_="all")
+    """The dataset's Task (`tokenizer` None: not attached, as specexp.validate builds it)."""
+    t = instantiate_literal(cfg)
     if not isinstance(t, Task):
         raise TypeError(f"dataset must build a specexp Task, got {type(t).__name__}")
-    if hasattr(t, "set_tokenizer"):
+    if tokenizer is not None and hasattr(t, "set_tokenizer"):
         t.set_tokenizer(tokenizer)
     return t
+
+
+def instantiate_literal(cfg: DictConfig):
+    """`instantiate(cfg, _convert_="all")` with every value resolved exactly once. Hydra's
+    instantiate resolves the node, writes the results back and resolves them again, so a text
+    that holds `${` once resolved (`prompt='${oc.env:HOME}'`, JavaScript's `${name}`) would be
+    read as an interpolation; here it stays as typed. Nested `_target_` nodes are built too."""
+    def build(x):
+        if isinstance(x, list):
+            return [build(v) for v in x]
+        if not isinstance(x, dict):
+            return x
+        x = {k: build(v) for k, v in x.items() if k not in ("_convert_", "_recursive_", "_partial_")}
+        if "_target_" not in x:
+            return x
+        target = x.pop("_target_")
+        try:
+            return get_object(target)(**x)
+        except Exception as err:  # the same wrapping as Hydra's, so callers see one kind of error
+            raise InstantiationException(f"Error in call to target '{target}':\n{err!r}") from err
+
+    return build(OmegaConf.to_container(cfg, resolve=True))
 
 
 def sampling(cfg: DictConfig) -> Sampling:

@@ -1,9 +1,11 @@
 """Typed schemas of the run config, registered with Hydra's ConfigStore as `specexp_schema`.
 `conf/config.yaml` starts from it, so an override of a key that does not exist fails loudly.
-Groups whose keys depend on the chosen class (dataset, strategy) are checked by that class's
-constructor when instantiated."""
+A `+key` override adds a key even to a schema, so specexp.validate checks the composed config
+against these dataclasses again, and the groups whose keys depend on the chosen class (dataset,
+strategy) against that class's arguments, before any model loads."""
 from __future__ import annotations
 
+import importlib.resources
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -13,8 +15,11 @@ from hydra.core.config_store import ConfigStore
 from specexp.models import ModelSpec
 from specexp.sampling import Sampling
 
-# The configs: the repository's top-level conf/ (an editable install).
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+# The configs: the repository's top-level conf/ in a checkout (an editable install), else the copy
+# shipped inside the package as specexp/conf (a wheel or `pip install .`; see setup.py).
+_CHECKOUT = Path(__file__).resolve().parents[1]
+CONF_DIR = str(_CHECKOUT / "conf" if (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "conf" / "config.yaml").is_file()
+               else importlib.resources.files("specexp") / "conf")
 
 
 @dataclass
@@ -29,6 +34,14 @@ class ModelPairConfig:
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     trust_remote_code: bool = False  # allow the hub repo's own modelling code
+
+
+@dataclass
+class TimingConfig:
+    """How samples are timed (specexp/record.py, specexp/stats.py)."""
+
+    repeats: int = 1  # decodes per sample and mode, modes interleaved (ABAB); a sample's time = their median
+    spread_warning: float = 0.25  # warn when the repeats' median relative spread (max-min)/median exceeds this
 
 
 @dataclass
@@ -47,6 +60,8 @@ class RunConfig:
     summary: bool = True
     prompt: Optional[str] = None  # one prompt: selects dataset=prompt (conf/dataset/prompt.yaml)
     max_new_tokens: Optional[int] = None  # when set, the generation budget of any dataset
+    batch_size: int = 1  # samples decoded together (specexp/batch.py, docs/batching.md); 1 = one at a time
+    timing: TimingConfig = field(default_factory=TimingConfig)  # repeats per sample, spread warning
 
 
 def register() -> None:

@@ -233,7 +233,7 @@ class Console:
             columns.append((name, show.spans(tok, out["speculative"]), show.stats(out["speculative"], out["target"])))
             self.printer.side_by_side(columns)
         if self.entropy:
-            self.printer.header("per drafted token: entropy in nats")
+            self.printer.header(f"per drafted token: entropy in nats ({entropy_legend(out['speculative'], self.sampling)})")
             self.printer.body(show.entropy_table(tok, out["speculative"]))
         return out
 
@@ -261,6 +261,13 @@ class Console:
                 self.printer.line("interrupted")
             except Exception as err:  # noqa: BLE001 -- a bad command or prompt never ends the session
                 self.printer.line(f"error: {type(err).__name__}: {err}")
+
+
+def entropy_legend(gen: Generation, sampling) -> str:
+    """What the entropy columns measure: the drafter's is the one its length rule read."""
+    of = sorted({r["drafter_entropy_of"] for r in gen.records if r.get("drafter_entropy_of")})
+    target = "softmax(logits / 1)" if sampling.greedy else "the sampling distribution p"
+    return f"H drafter: {', '.join(of) or 'n/a'}, as the length rule read it; H target: shannon of {target}"
 
 
 def _keyboard():

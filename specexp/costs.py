@@ -7,9 +7,15 @@ forward of each model), is the autoregressive cost over the strategy's cost:
     SWI = N * c_target / sum_m F_m * c_m
 
 (autoregressive decoding spends one target forward per token; model-free drafters cost 0).
-Three cost models:
+Four cost models:
 
   params         c_m = the model's real parameter count (`sum(p.numel())`, embeddings included)
+  csd_paper      the CS-Drafting paper's "SWI (model size)" table (the original code's
+                 TIME_COST['model_parameters'], lfsszd/CS-Drafting@05b22e1 model.py): FLAN-T5 xxl
+                 11300, xl 3000, large 770, base 220, small 60; llama-68m 68, llama-160m 160,
+                 LLaMA-7B 70000 (sic: the table costs "7b"/"llama" at 70000, not 7000). T5
+                 models by size (name, else width), LLaMA models by "llama-68m", "llama-160m" or
+                 "7b" in their name; null unless every model is one of these
   previous_work  the T5 ratios of earlier work (xxl 1, large 0.11, base 0.04, small 0.02), when
                  every model is a T5 of one of these sizes (else null)
   measured       c_m = seconds per forward of m, measured in this run (CPU wall time, or CUDA
@@ -28,13 +34,19 @@ formula predicts, (1 - a^(g+1)) / ((1 - a)(g c + 1)), with c = the measured draf
 per-forward time ratio (the target's autoregressive step, as above) and a = the per-token acceptance probability estimated from the run
 (maximum likelihood under the formula's i.i.d. model: accepted drafts / (accepted drafts +
 rounds that ended in a rejection)). Encoder passes of encoder-decoder models (one per sample and
-model) are not counted, nor timed.
+model, `Generation.model_encoder_seconds`) are in the `measured` model, on both sides:
+(N t_ar + the target's encoder time) / (sum_m F_m c_m + every model's encoder time). The
+forward-count models (params, csd_paper, previous_work) count decoder forwards only, as the paper
+counts reviews (its cached FLAN-T5-XXL target runs no encoder at all).
 """
 from __future__ import annotations
 
 import re
 
 PREVIOUS_WORK_T5 = {"xxl": 1.0, "large": 0.11, "base": 0.04, "small": 0.02}
+# CS-Drafting's SWI (model size) costs (its TIME_COST['model_parameters']), by T5 size / LLaMA name
+CSD_PAPER = {"xxl": 11300.0, "xl": 3000.0, "large": 770.0, "base": 220.0, "small": 60.0,
+             "llama-68m": 68.0, "llama-160m": 160.0, "7b": 70000.0}
 _T5_SIZES = ("xxl", "xl", "large", "base", "small")
 _T5_D_MODEL = {512: "small", 768: "base", 1024: "large", 2048: "xl", 4096: "xxl"}  # the released T5 / FLAN-T5 widths
 
@@ -68,6 +80,24 @@ def previous_work_costs(models: dict, names: dict[str, str] | None = None) -> di
         if size not in PREVIOUS_WORK_T5:
             return None
         out[role] = PREVIOUS_WORK_T5[size]
+    return out
+
+
+def csd_paper_costs(models: dict, names: dict[str, str] | None = None) -> dict[str, float] | None:
+    """The CS-Drafting paper's table per role (CSD_PAPER: a T5 by its size, a LLaMA by "llama-68m",
+    "llama-160m" or "7b" in its name), or None unless every model has an entry."""
+    out = {}
+    for role, m in models.items():
+        cfg = getattr(m, "config", None)
+        name = ((names or {}).get(role) or getattr(cfg, "_name_or_path", "") or "").lower()
+        key = None
+        if getattr(cfg, "model_type", None) == "t5":
+            key = t5_size(m, name)
+        elif getattr(cfg, "model_type", None) == "llama":
+            key = next((k for k in ("llama-68m", "llama-160m", "7b") if k in name), None)
+        if key not in CSD_PAPER:
+            return None
+        out[role] = CSD_PAPER[key]
     return out
 
 
@@ -113,11 +143,21 @@ def swi(n_tokens: int, forwards: dict[str, int], costs: dict[str, float | None] 
     return n_tokens * costs["target"] / den if den > 0 else None
 
 
-def _swi_measured(n: int, forwards: dict[str, int], costs: dict, t_ar: float | None) -> float | None:
-    den = swi(1, forwards, costs)  # = c_target / sum F c
-    if den is None or not t_ar or not costs.get("target"):
+def _swi_measured(n: int, forwards: dict[str, int], costs: dict, t_ar: float | None,
+                  encoders: dict[str, float] | None = None, encoder_ar: float | None = None) -> float | None:
+    """(N t_ar + the autoregressive side's encoder time) / (sum_m F_m c_m + every model's encoder
+    time): the measured cost model, encoder passes of encoder-decoder models included."""
+    if not t_ar or n <= 0 or not costs.get("target"):
         return None
-    return n * den * t_ar / costs["target"]
+    den = 0.0
+    for r, f in forwards.items():
+        if f == 0:
+            continue
+        if costs.get(r) is None:
+            return None
+        den += f * costs[r]
+    den += sum((encoders or {}).values())
+    return (n * t_ar + (encoder_ar or 0.0)) / den if den > 0 else None
 
 
 def acceptance_alpha(gens) -> float | None:
@@ -150,7 +190,7 @@ def classic_gamma(proposer, policy) -> int | None:
 
 def report(gens, models: dict, names: dict[str, str] | None = None, gamma: int | None = None,
            base=None) -> dict:
-    """`cost_model_speedup` ({params, previous_work, measured, leviathan_predicted}) and the
+    """`cost_model_speedup` ({params, csd_paper, previous_work, measured, leviathan_predicted}) and the
     `cost_model` details behind it. `models`: role -> model (or CachedLM) for every model that ran
     forwards, the target as "target"; `gamma`: set for the classic algorithm; `base`: the
     autoregressive baseline's generations of the same samples, if any (the target's step cost)."""
@@ -158,12 +198,16 @@ def report(gens, models: dict, names: dict[str, str] | None = None, gamma: int |
     n, fw, sec, pre, pre_sec = totals(gens)
     for r in models:
         fw.setdefault(r, 0)
-    costs = {"params": param_costs(models), "previous_work": previous_work_costs(models, names),
+    costs = {"params": param_costs(models), "csd_paper": csd_paper_costs(models, names),
+             "previous_work": previous_work_costs(models, names),
              "measured": measured_costs(fw, sec, pre, pre_sec)}
     t_ar = costs["measured"].get("target")  # the target's autoregressive step
+    enc = _sum(getattr(g, "model_encoder_seconds", {}) for g in gens)  # encoder passes (seq2seq), per role
+    enc_ar = enc.get("target", 0.0)  # the autoregressive side pays the target's encoder too
     if base:
         _, bfw, bsec, bpre, bpre_sec = totals(base)
         t_ar = measured_costs(bfw, bsec, bpre, bpre_sec).get("target") or t_ar
+        enc_ar = _sum(getattr(b, "model_encoder_seconds", {}) for b in base).get("target", 0.0)
     alpha = acceptance_alpha(gens) if gamma is not None else None
     ratio = None
     if gamma is not None:
@@ -174,8 +218,9 @@ def report(gens, models: dict, names: dict[str, str] | None = None, gamma: int |
     return {
         "cost_model_speedup": {
             "params": swi(n, fw, costs["params"]),
+            "csd_paper": swi(n, fw, costs["csd_paper"]),
             "previous_work": swi(n, fw, costs["previous_work"]),
-            "measured": _swi_measured(n, fw, costs["measured"], t_ar),
+            "measured": _swi_measured(n, fw, costs["measured"], t_ar, enc, enc_ar),
             "leviathan_predicted": predicted,
         },
         "cost_model": {
@@ -186,6 +231,8 @@ def report(gens, models: dict, names: dict[str, str] | None = None, gamma: int |
             "prefill_seconds": pre_sec,
             "costs": costs,
             "measured_target_autoregressive": t_ar,
+            "encoder_seconds": enc,
+            "encoder_seconds_autoregressive": enc_ar,
             "leviathan": None if gamma is None else {"gamma": gamma, "alpha": alpha, "cost_ratio": ratio},
         },
     }

@@ -1,5 +1,12 @@
 """The decode loop: one function for autoregressive and speculative decoding (autoregressive is
 the special case with no proposer, i.e. a draft of length 0 every round). Batch size 1.
+
+Counting convention for a round cut by a stop (EOS or stop string): `accepted` counts the drafts
+emitted before the stop token, so every round emits `accepted + 1` tokens. Drafts after the stop
+are never emitted and never counted; an accepted draft that IS the stop token counts as the
+round's own token, not as an accepted draft, as transformers does (4.38: `n_matches -= 1` on a
+trailing EOS; 5.x: `n_matches = len(valid_tokens) - 1` after cutting at the EOS). The length
+policy observes the same count.
 """
 from __future__ import annotations
 
@@ -8,8 +15,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from specexp import entropy
 from specexp.length import LengthPolicy
-from specexp.models import CachedLM
+from specexp.models import CachedLM, check_context
 from specexp.proposers.base import Proposer
 from specexp.sampling import Sampling
 from specexp.stopping import Stopper
@@ -18,14 +26,15 @@ from specexp.verify import verify
 
 @dataclass
 class Generation:
-    """What one sample's decode produced and cost."""
+    """What one sample's decode produced and cost. Times and counts cover the whole sample,
+    `start`/`reset` included (an encoder-decoder model's encoder pass runs there)."""
 
     tokens: list[int] = field(default_factory=list)  # new tokens (stop token included, prompt excluded)
     wall_time: float = 0.0  # seconds, device synchronised
     drafted: list[int] = field(default_factory=list)  # per round: draft length k
-    accepted: list[int] = field(default_factory=list)  # per round: accepted drafts n (<= k)
+    accepted: list[int] = field(default_factory=list)  # per round: drafts emitted as accepted (module docstring)
     round_times: list[float] = field(default_factory=list)  # per round: seconds
-    emitted: list[int] = field(default_factory=list)  # per round: tokens kept (n + 1, less when cut at a stop)
+    emitted: list[int] = field(default_factory=list)  # per round: tokens kept (accepted + 1)
     target_forwards: int = 0
     drafter_forwards: int = 0
     model_forwards: dict[str, int] = field(default_factory=dict)  # per model role ("target", "drafter", ...)
@@ -34,11 +43,18 @@ class Generation:
     model_prefill_seconds: dict[str, float] = field(default_factory=dict)  # per role: time in those
     records: list[dict] = field(default_factory=list)  # per drafted token (optional analysis records)
     rejected: list[list[int]] = field(default_factory=list)  # per round: the drafts after the accepted ones
+    model_encoder_forwards: dict[str, int] = field(default_factory=dict)  # per role: encoder passes (seq2seq)
+    model_encoder_seconds: dict[str, float] = field(default_factory=dict)  # per role: time in those
+    start_time: float = 0.0  # seconds before the first round: target.start + proposer.reset (encoders)
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _counters(lm: CachedLM) -> tuple:
+    return lm.forwards, lm.forward_seconds, lm.prefills, lm.prefill_seconds, lm.encoder_forwards, lm.encoder_seconds
 
 
 @torch.inference_mode()
@@ -61,20 +77,26 @@ def generate(
     prefix of it, and every forward feeds exactly the suffix its cache has not seen."""
     device = prompt.device
     out = Generation()
-    tokens = target.start(prompt)  # decoder-only: the prompt; encoder-decoder: the decoder start token
-    if proposer is not None:
-        proposer.reset(prompt)
-    fwd0_t, fwd0_d = target.forwards, (proposer.forwards if proposer else 0)
     lms = {"target": target, **(getattr(proposer, "cached_models", None) or {})}  # role -> CachedLM
-    lm0 = {r: (m.forwards, m.forward_seconds, m.prefills, m.prefill_seconds) for r, m in lms.items()}
-    n_prompt = tokens.shape[0]
+    check_context(lms, prompt.shape[0], max_new_tokens)  # never read past a model's position limit
+    before = {r: _counters(m) for r, m in lms.items()}
+    fwd0_t, fwd0_d = target.forwards, (proposer.forwards if proposer else 0)
     _sync(device)
     t_start = time.perf_counter()
+    # 0. Start the sample (timed: an encoder-decoder target or drafter runs its encoder here).
+    tokens = target.start(prompt)  # decoder-only: the prompt; encoder-decoder: the decoder start token
+    target.keep_hidden = bool(proposer is not None and proposer.needs_features)  # feature drafters (EAGLE)
+    if proposer is not None:
+        proposer.eos = stopper.eos  # a drafter stops drafting after one of these
+        proposer.reset(prompt)
+    n_prompt = tokens.shape[0]
+    _sync(device)
+    out.start_time = time.perf_counter() - t_start
     while (budget := max_new_tokens - len(out.tokens)) > 0:
         t0 = time.perf_counter()
         # 1. Draft at most budget - 1 tokens: drafts plus the target's own token never overshoot.
         draft = None
-        if proposer is not None and budget > 1:
+        if proposer is not None and (budget > 1 or getattr(proposer, "overshoots", False)):  # cascade compat=original
             draft = proposer.propose(tokens, min(policy.begin(), budget - 1), policy, sampling, generator)
         draft_tokens = draft.tokens if draft is not None else tokens.new_empty(0)
         draft_probs = draft.probs if draft is not None else None
@@ -83,46 +105,56 @@ def generate(
         logits = target.forward(torch.cat([tokens[target.length:], draft_tokens]), keep=k + 1)
         # 3. Verify: n drafts accepted, then the target's own token (correction or bonus).
         n, nxt = verify(draft_tokens, draft_probs, logits, sampling, generator)
-        if records and k:
-            out.records.extend(_annotate(draft.records, logits, n, len(out.drafted)))
-        # 4. Roll back the rejected drafts in both caches; let the policy learn from the outcome.
+        # 4. Roll back the rejected drafts in both caches.
         target.crop(tokens.shape[0] + n)
         if draft is not None:
+            proposer.observe_target(logits, n)  # the target's side of the round (n-gram filler)
+            if target.keep_hidden:  # feature drafters: the target's hidden states of the kept tokens
+                proposer.observe_features(target.hidden[: target.hidden.shape[0] - (k - n)])
             proposer.observe(n)
-            if k:
-                policy.observe(k, n)
-        # 5. Emit, stopping at the first EOS / stop string among the new tokens.
+        # 5. Emit, stopping at the first EOS / stop string among the new tokens; a cut leaves
+        #    n = the drafts emitted before the stop token (module docstring).
         drafts = draft_tokens.tolist()
-        new = drafts[:n] + [nxt]
         start = len(out.tokens)
-        out.tokens.extend(new)
+        out.tokens.extend(drafts[:n] + [nxt])
         cut = stopper.first_stop(out.tokens, start)
         if cut is not None:
             del out.tokens[cut + 1:]
-        kept = len(out.tokens) - start
+        n = len(out.tokens) - start - 1
         tokens = torch.cat([tokens, torch.tensor(out.tokens[start:], device=device, dtype=tokens.dtype)])
+        # 6. Let the policy learn from the outcome (every round, as transformers' schedule does,
+        #    even one with no draft: drafted 0).
+        if proposer is not None:
+            policy.observe(k, n)
+        if records and k:
+            out.records.extend(_annotate(draft.records, logits, n, len(out.drafted), sampling))
         _sync(device)
         out.round_times.append(time.perf_counter() - t0)
         out.drafted.append(k)
         out.accepted.append(n)
-        out.emitted.append(kept)
+        out.emitted.append(n + 1)
         out.rejected.append(drafts[n:])
         if cut is not None:
             break
     out.wall_time = time.perf_counter() - t_start
     out.target_forwards = target.forwards - fwd0_t
     out.drafter_forwards = (proposer.forwards - fwd0_d) if proposer else 0
-    out.model_forwards = {r: m.forwards - lm0[r][0] for r, m in lms.items()}
-    out.model_forward_seconds = {r: m.forward_seconds - lm0[r][1] for r, m in lms.items()}
-    out.model_prefills = {r: m.prefills - lm0[r][2] for r, m in lms.items()}
-    out.model_prefill_seconds = {r: m.prefill_seconds - lm0[r][3] for r, m in lms.items()}
+    for r, m in lms.items():
+        f, fs, p, ps, e, es = (a - b for a, b in zip(_counters(m), before[r]))
+        out.model_forwards[r], out.model_forward_seconds[r] = f, fs
+        out.model_prefills[r], out.model_prefill_seconds[r] = p, ps
+        out.model_encoder_forwards[r], out.model_encoder_seconds[r] = e, es
     assert tokens.shape[0] == n_prompt + len(out.tokens)
     return out
 
 
-def _annotate(recs: list[dict], target_logits: torch.Tensor, n: int, round_index: int) -> list[dict]:
-    """Complete the proposer's per-token records with the target's side (Shannon entropy in nats
-    of the target's softmax at temperature 1) and the outcome."""
-    logp = target_logits[: len(recs)].log_softmax(-1)
-    h = (-(logp.exp() * logp).nan_to_num().sum(-1)).tolist()
-    return [{**r, "round": round_index, "target_entropy": h[i], "accepted": i < n} for i, r in enumerate(recs)]
+def _annotate(recs: list[dict], target_logits: torch.Tensor, n: int, round_index: int, sampling: Sampling) -> list[dict]:
+    """Complete the proposer's per-token records with the target's side and the outcome. The
+    target's entropy (Shannon, nats) is of the distribution it verifies with, as the drafter's
+    (specexp.entropy.step_probs): the sampling distribution, or softmax at T=1 under greedy; the
+    T=1 entropy is recorded too."""
+    logits = target_logits[: len(recs)]
+    h1 = entropy.of_logits(logits).tolist()
+    h = h1 if sampling.greedy else entropy.shannon(sampling.probs(logits)).tolist()
+    return [{**r, "round": round_index, "target_entropy": h[i], "target_entropy_t1": h1[i], "accepted": i < n}
+            for i, r in enumerate(recs)]

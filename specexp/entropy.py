@@ -87,6 +87,14 @@ def is_greedy(step) -> bool:
     return q is None or int((q > 0).sum()) <= 1
 
 
+def label(step, temperature: float | None = None, kind: str = "shannon") -> str:
+    """What `step_probs(step, temperature)` is, for the records: e.g. "shannon of the sampling
+    distribution q" or "shannon of softmax(logits / 1)"."""
+    if temperature is None and not is_greedy(step):
+        return f"{kind} of the sampling distribution q"
+    return f"{kind} of softmax(logits / {temperature or 1:g})"
+
+
 def step_probs(step, temperature: float | None = None) -> torch.Tensor:
     """The distribution an entropy rule measures at a draft step (module docstring)."""
     if temperature is not None:

@@ -47,6 +47,7 @@ class LengthPolicy:
     (per token) and/or `begin`/`observe` (per round)."""
 
     needs_steps = False  # True if `decide` must be called for every drafted token
+    greedy_only = False  # True if the policy works under greedy decoding only (specexp.validate checks it)
 
     def __init__(self, max_len: int = 10):
         if max_len < 0:
@@ -65,7 +66,9 @@ class LengthPolicy:
         return Decision.CONTINUE
 
     def observe(self, drafted: int, accepted: int) -> None:
-        """Called after verification with this round's draft length and accepted count."""
+        """Called after every round of a speculative decode with its draft length and accepted
+        count (specexp.decode's convention: drafts emitted before a stop). `drafted` may be 0: a
+        round whose budget left room for the target's token only, or a rule that stopped first."""
 
     def reset(self) -> None:
         """Restore the initial state. Called before each sample unless the run carries length state
@@ -119,6 +122,7 @@ class Oracle(LengthPolicy):
     disagrees with, or at `max_len`. It only chooses the length; the tokens are the drafter's."""
 
     needs_steps = True
+    greedy_only = True  # the target's argmax is the oracle: under sampling there is none
 
     def __init__(self, max_len: int = 10):
         super().__init__(max_len=max_len)
@@ -169,25 +173,37 @@ class Oracle(LengthPolicy):
 
 
 class Heuristic(LengthPolicy):
-    """transformers' `num_assistant_tokens_schedule="heuristic"`: start at `start` tokens; after a
-    round in which every drafted token was accepted draft 2 more, otherwise 1 fewer (at least 1).
-    transformers keeps the value across generate() calls; here it is reset per sample unless
-    the run sets carry_length_state=true (which is what matches transformers)."""
+    """transformers' `num_assistant_tokens_schedule="heuristic"`: start at `start` tokens; after
+    each round draft 2 more if the round's matches equal `rule`'s reference, otherwise 1 fewer (at
+    least 1). transformers updates after every round, also one with no draft (a budget of one
+    token) and counts an accepted EOS draft as no match (specexp.decode's convention, which this
+    policy observes). `rule`:
+      drafted    +2 iff matches == drafts of this round (transformers 5.x:
+                 `num_matches == len(scores[0]) - 1`; a round with no draft gives +2)
+      scheduled  +2 iff matches == the scheduled number (transformers 4.x:
+                 `num_matches == int(self.num_assistant_tokens)`; a round capped by the budget,
+                 or with no draft, gives -1)
+    transformers keeps the value across generate() calls of one assistant; here it is reset per
+    sample unless the run sets carry_length_state=true (which is what matches transformers)."""
 
-    def __init__(self, start: int = 5, max_len: int | None = None):
+    RULES = ("drafted", "scheduled")
+
+    def __init__(self, start: int = 5, max_len: int | None = None, rule: str = "drafted"):
         if start < 1:
             raise ValueError(f"start must be >= 1, got {start}")
         if max_len is not None and max_len < 1:
             raise ValueError(f"max_len must be >= 1 or null, got {max_len}")
+        if rule not in self.RULES:
+            raise ValueError(f"heuristic rule must be one of {', '.join(self.RULES)}, got {rule!r}")
         super().__init__(max_len=max_len if max_len is not None else 2**31 - 1)
-        self.start, self.cap = start, max_len
+        self.start, self.cap, self.rule = start, max_len, rule
         self.reset()
 
     def begin(self) -> int:
         return self.current if self.cap is None else min(self.current, self.cap)
 
     def observe(self, drafted: int, accepted: int) -> None:
-        if accepted == drafted:
+        if accepted == (drafted if self.rule == "drafted" else self.current):
             self.current += 2
         else:
             self.current = max(1, self.current - 1)
@@ -284,8 +300,9 @@ def _roc_threshold(scores: list[float], labels: list[int]) -> float:
 class EntropyPolicy(LengthPolicy):
     """Base of the rules that read the drafter's entropy (specexp.entropy says which distribution:
     the sampling distribution under sampling, softmax(logits / temperature) under greedy or when
-    `temperature` is set). `entropy(logits)` is what the analysis records report as the
-    drafter's entropy: this rule's measure of softmax(logits / (temperature or 1))."""
+    `temperature` is set). `step_entropy(step)` is what the rule reads and what the analysis
+    records report as the drafter's entropy (`entropy_label` says of which distribution);
+    `entropy(logits)` is this rule's measure of softmax(logits / (temperature or 1))."""
 
     needs_steps = True
 
@@ -306,7 +323,11 @@ class EntropyPolicy(LengthPolicy):
         return self.measure(entropy.softmax(logits, self.temperature or 1.0))
 
     def step_entropy(self, step: DraftStep) -> float:
+        """The entropy this rule reads at `step` (what the analysis records report)."""
         return self.measure(entropy.step_probs(step, self.temperature))
+
+    def entropy_label(self, step: DraftStep) -> str:
+        return entropy.label(step, self.temperature, self.entropy_type)
 
     def begin(self) -> int:
         self.history = []
@@ -442,16 +463,23 @@ class EntropyRelative(_FrameworkRule):
 
 class EntropyWindow(_FrameworkRule):
     """Stop when the mean entropy of the last `window` positions, the current one included,
-    exceeds theta_abs (defaults 3 and 1.5); no stop until `window` entropies are available."""
+    exceeds theta_abs (defaults 3 and 1.5); no stop until `window` entropies are available.
+    `seed_slice=true` takes the earlier entropies as the framework seed's code does,
+    `hist[-(window - 1):]`: the same for window >= 2, but at window=1 `hist[-0:]` is the whole
+    round's history, so the rule compares the mean of every entropy so far (not the current one
+    alone) with theta_abs."""
 
-    def __init__(self, theta_abs: float = 1.5, window: int = 3, **kw):
+    def __init__(self, theta_abs: float = 1.5, window: int = 3, seed_slice: bool = False, **kw):
         super().__init__(**kw)
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
-        self.theta_abs, self.window = theta_abs, window
+        self.theta_abs, self.window, self.seed_slice = theta_abs, window, seed_slice
 
     def triggered(self, h, earlier, position):
-        recent = earlier[len(earlier) - (self.window - 1):] + [h] if self.window > 1 else [h]
+        if self.seed_slice:
+            recent = earlier[-(self.window - 1):] + [h]  # window=1: earlier[-0:] == earlier (the seed's)
+        else:
+            recent = earlier[len(earlier) - (self.window - 1):] + [h] if self.window > 1 else [h]
         if len(recent) < self.window:
             return False
         return sum(recent) / len(recent) > self.theta_abs
@@ -483,27 +511,29 @@ class EntropyCombined(_FrameworkRule):
         return (a or r) if self.logic == "or" else (a and r)
 
 
-# --- AdaEDL (Agrawal, Jeon, Lee 2024, arXiv:2410.18351) ----------------------------------------
+# --- AdaEDL (Agrawal, Jeon, Lee 2024, arXiv:2410.18351; PMLR v262) -------------------------------
 
 
 class AdaEDL(EntropyPolicy):
     """Before drafting a token, stop if the entropy-based lower bound on its acceptance
-    probability, 1 - sqrt(gamma * H), is below lambda. After each round, with r = accepted /
-    drafted:
+    probability, 1 - sqrt(gamma * H), is below lambda (AdaEDL's stopping criterion). lambda
+    follows the acceptance rate: a higher lambda stops earlier. After each round with a draft,
+    with r = accepted / drafted:
         AR <- beta1 * AR + (1 - beta1) * r
-        lambda' = lambda + eps   if AR < alpha
-                  lambda - eps   elif not all drafted tokens were accepted
-                  lambda         otherwise
+        lambda' = lambda + eps   if AR < alpha     (too many rejections: stop earlier)
+                  lambda - eps   otherwise         (acceptance on target: draft longer)
         lambda <- beta2 * lambda + (1 - beta2) * lambda'
-    (`update="draft_verify"` uses the Draft & Verify adjuster instead, which AdaEDL's update
-    resembles: lambda' = lambda when the draft reached max_len, else lambda + eps if
-    AR <= alpha, else lambda - eps.) Never stops before `min_len` tokens (default 1: a round
-    with no draft teaches the threshold nothing, so a high lambda could otherwise lock the run
-    into autoregressive decoding)."""
+    (`update="draft_verify"`: Draft & Verify's adjuster, which also keeps lambda when the draft
+    reached max_len and moves it when AR <= alpha.) Each round moves lambda by (1 - beta2) eps
+    (0.001 at the defaults), so lambda and AR are kept across samples (`per_sample=false`, the
+    default: a run-long adaptation, as Draft & Verify's adjuster); `per_sample=true` resets them
+    before every sample unless carry_length_state. Never stops before `min_len` tokens (default
+    1: a round with no draft teaches lambda nothing, so a high lambda could otherwise lock the
+    run into autoregressive decoding)."""
 
     def __init__(self, lambda_init: float = 0.5, entropy_scale: float = 0.2, beta1: float = 0.5,
                  beta2: float = 0.9, eps: float = 0.01, alpha: float = 0.9, ar_init: float = 0.0,
-                 max_len: int = 10, min_len: int = 1, update: str = "adaedl", **kw):
+                 max_len: int = 10, min_len: int = 1, update: str = "adaedl", per_sample: bool = False, **kw):
         super().__init__(max_len=max_len, **kw)
         if update not in ("adaedl", "draft_verify"):
             raise ValueError(f"update must be 'adaedl' or 'draft_verify', got {update!r}")
@@ -513,8 +543,8 @@ class AdaEDL(EntropyPolicy):
             raise ValueError(f"need 0 <= min_len <= max_len, got {min_len}, {max_len}")
         self.lambda_init, self.entropy_scale = lambda_init, entropy_scale
         self.beta1, self.beta2, self.eps, self.alpha, self.ar_init = beta1, beta2, eps, alpha, ar_init
-        self.min_len, self.update = min_len, update
-        self.reset()
+        self.min_len, self.update, self.per_sample = min_len, update, per_sample
+        self.lam, self.ar = lambda_init, ar_init
 
     def bound(self, h: float) -> float:
         """The acceptance-probability lower bound 1 - sqrt(gamma * H)."""
@@ -528,22 +558,19 @@ class AdaEDL(EntropyPolicy):
         return Decision.CONTINUE
 
     def observe(self, drafted: int, accepted: int) -> None:
+        if drafted == 0:  # no draft: no acceptance rate to learn from
+            return
         self.ar = self.beta1 * self.ar + (1 - self.beta1) * accepted / drafted
-        if self.update == "adaedl":
-            if self.ar < self.alpha:
-                target = self.lam + self.eps
-            elif accepted < drafted:
-                target = self.lam - self.eps
-            else:
-                target = self.lam
+        if self.update == "draft_verify":
+            target = self.lam if drafted >= self.max_len else self.lam + (self.eps if self.ar <= self.alpha else -self.eps)
         else:
-            if drafted >= self.max_len:
-                target = self.lam
-            elif self.ar <= self.alpha:
-                target = self.lam + self.eps
-            else:
-                target = self.lam - self.eps
+            target = self.lam + (self.eps if self.ar < self.alpha else -self.eps)
         self.lam = self.beta2 * self.lam + (1 - self.beta2) * target
+
+    def start_sample(self, carry: bool = False) -> None:
+        self.history = []
+        if self.per_sample and not carry:
+            self.reset()
 
     def reset(self) -> None:
         super().reset()

@@ -1,13 +1,19 @@
 """Plots of a report (PNG, matplotlib's Agg backend, no display needed):
 
-  speedup_vs_threshold.png  speedup (top) and acceptance rate (bottom) against each strategy's
-                            swept parameter, one panel column per strategy, a line per sampling
-                            setting (and per value of a second swept parameter)
-  acceptance_by_entropy.png acceptance rate of drafted tokens per drafter-entropy bin (top) and
-                            the share of drafted tokens in each bin (bottom), a line per method;
-                            from the runs' `analysis` (records=true), else their `draft_records`
-  draft_length_hist.png     share of drafting rounds by draft length, a panel per method; from
+  speedup_vs_threshold.png  speedup (throughput ratio, 95% CI band, n samples) (top) and
+                            acceptance rate (bottom) against each strategy's swept parameter, one
+                            panel column per strategy, a line per sampling setting (and per value
+                            of a second swept parameter)
+  acceptance_by_entropy.png acceptance rate of drafted tokens per drafter-entropy bin with 95%
+                            Wilson intervals (top) and the number of drafted tokens in each bin
+                            (bottom), a line per method; empty bins are not drawn; from the runs'
+                            `analysis` (records=true), else their `draft_records`
+  draft_length_hist.png     share of drafting rounds by draft length, a panel for every run; from
                             `analysis.draft_length`, else the samples' `draft_lengths`
+
+  speedup_by_run.png        every run's speedup (throughput ratio) with its 95% CI, n samples
+
+Imports go one way: report -> plots -> collect (never back).
 """
 from __future__ import annotations
 
@@ -20,8 +26,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from statsmodels.stats.proportion import proportion_confint  # noqa: E402
 
-from specexp.report import _NOT_PARAMS, _THRESHOLD_KEYS, _get  # noqa: E402
+from specexp.collect import _NOT_PARAMS, _THRESHOLD_KEYS, _get  # noqa: E402
 
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 8,
                      "figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3})
@@ -71,13 +78,20 @@ def plot_threshold(df: pd.DataFrame, out: Path) -> Path | None:
             key = key if isinstance(key, tuple) else (key,)
             label = ", ".join(f"{k[6:]}={_num_text(v)}" if k.startswith("param.") else str(v)
                               for k, v in zip(line_keys, key))
-            agg = gl.groupby("_x")[["speedup", "acceptance_rate"]].mean(numeric_only=True).sort_index()
-            for i, col in enumerate(("speedup", "acceptance_rate")):
-                if agg[col].notna().any():
-                    axes[i][j].plot(agg.index, agg[col], marker="o", label=label)
+            cols = [c for c in ("speedup", "speedup_ci_low", "speedup_ci_high", "acceptance_rate", "n_samples")
+                    if c in gl]
+            agg = gl.groupby("_x")[cols].mean(numeric_only=True).sort_index()
+            n = int(gl["n_samples"].max()) if "n_samples" in gl and gl["n_samples"].notna().any() else None
+            if "speedup" in agg and agg["speedup"].notna().any():
+                line = axes[0][j].plot(agg.index, agg["speedup"], marker="o", label=label + (f" (n={n})" if n else ""))
+                if {"speedup_ci_low", "speedup_ci_high"} <= set(agg) and agg["speedup_ci_low"].notna().any():
+                    axes[0][j].fill_between(agg.index, agg["speedup_ci_low"], agg["speedup_ci_high"],
+                                            color=line[0].get_color(), alpha=0.2, lw=0)
+            if agg["acceptance_rate"].notna().any():
+                axes[1][j].plot(agg.index, agg["acceptance_rate"], marker="o", label=label)
         axes[0][j].set_title(f"{strat}: {x} swept")
         axes[0][j].axhline(1.0, color="grey", lw=0.8, ls="--")
-        axes[0][j].set_ylabel("speedup vs autoregressive (x)")
+        axes[0][j].set_ylabel("speedup: throughput ratio (x), 95% CI")
         axes[1][j].set_ylabel("acceptance rate")
         axes[1][j].set_ylim(0, 1.02)
         axes[1][j].set_xlabel(x)
@@ -163,15 +177,19 @@ def plot_entropy(df: pd.DataFrame, runs: list[tuple[Path, dict]], out: Path) -> 
     for key, b in sorted(per_method.items())[:MAX_PANELS]:
         e = b["edges"]
         centers = [(e[i] + e[i + 1]) / 2 for i in range(len(b["n"]))]
-        pts = [(c, a / n) for c, a, n in zip(centers, b["accepted"], b["n"]) if n]
+        pts = [(c, a, n) for c, a, n in zip(centers, b["accepted"], b["n"]) if n]  # empty bins are not drawn
+        xs = [c for c, _, _ in pts]
+        lo, hi = proportion_confint([a for _, a, _ in pts], [n for _, _, n in pts], alpha=0.05, method="wilson")
         total = sum(b["n"])
-        line = ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=f"{key} ({total} tokens)")
-        axn.plot(centers, [n / total for n in b["n"]], marker=".", color=line[0].get_color())
-    ax.set_ylabel("acceptance rate of drafted tokens")
+        line = ax.plot(xs, [a / n for _, a, n in pts], marker="o", label=f"{key} ({total} tokens)")
+        ax.fill_between(xs, lo, hi, color=line[0].get_color(), alpha=0.15, lw=0)
+        axn.plot(xs, [n for _, _, n in pts], marker=".", color=line[0].get_color())
+    ax.set_ylabel("acceptance rate of drafted tokens\n(95% Wilson interval)")
     ax.set_ylim(0, 1.02)
     ax.set_title("Acceptance by drafter entropy")
     ax.legend(loc="best")
-    axn.set_ylabel("share of drafted tokens")
+    axn.set_ylabel("drafted tokens in bin (n)")
+    axn.set_yscale("log")
     axn.set_xlabel("drafter entropy (nats, bin centre; last bin includes higher)")
     fig.tight_layout()
     path = out / "acceptance_by_entropy.png"
@@ -194,24 +212,24 @@ def _draft_hist(m: dict) -> list[int] | None:
 
 
 def plot_draft_lengths(df: pd.DataFrame, runs: list[tuple[Path, dict]], out: Path) -> Path | None:
+    """A panel for every ok run that drafted (never "the first k")."""
     label = run_labels(df)
-    per_method: dict[str, list[int]] = {}
+    job = dict(zip(df["run_dir"], df["job"]))
+    per_run: dict[str, list[int]] = {}
     for p, m in runs:
         if m.get("status") != "ok" or m.get("strategy") == "autoregressive":
             continue
         h = _draft_hist(m)
         if not h:
             continue
-        key = str(label.get(str(p.parent), m.get("strategy")))
-        cur = per_method.setdefault(key, [])
-        cur.extend([0] * (len(h) - len(cur)))
-        for i, x in enumerate(h):
-            cur[i] += x
-    if not per_method:
+        j = job.get(str(p.parent))
+        key = (f"#{j:g} " if isinstance(j, (int, float)) and not pd.isna(j) else "") + str(label.get(str(p.parent),
+                                                                                              m.get("strategy")))
+        per_run[key] = h
+    if not per_run:
         return None
-    all_items = sorted(per_method.items())
-    items = all_items[:MAX_PANELS]
-    ncol = min(3, len(items))
+    items = sorted(per_run.items())
+    ncol = min(4, len(items))
     nrow = math.ceil(len(items) / ncol)
     kmax = max(len(h) for _, h in items)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.2 * nrow), squeeze=False, sharex=True, sharey=True)
@@ -232,8 +250,7 @@ def plot_draft_lengths(df: pd.DataFrame, runs: list[tuple[Path, dict]], out: Pat
         row[0].set_ylabel("share of rounds")
     axes[0][0].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0][0].set_xlim(-0.6, kmax - 0.4)
-    fig.suptitle("Draft-length histograms" + (f" (first {len(items)} of {len(all_items)} methods)"
-                                              if len(all_items) > len(items) else ""))
+    fig.suptitle(f"Draft-length histograms ({len(items)} runs)")
     fig.tight_layout()
     path = out / "draft_length_hist.png"
     fig.savefig(path)
@@ -241,10 +258,40 @@ def plot_draft_lengths(df: pd.DataFrame, runs: list[tuple[Path, dict]], out: Pat
     return path
 
 
+def plot_speedups(df: pd.DataFrame, out: Path) -> Path | None:
+    """Every run's speedup (throughput ratio) with its 95% CI as an error bar, n in the label."""
+    ok = df[(df["status"] == "ok") & df["speedup"].notna() & (df["strategy"] != "autoregressive")]
+    if ok.empty:
+        return None
+    ok = ok.sort_values(["job", "run_dir"], na_position="last")
+    labels = run_labels(df)
+    y = list(range(len(ok)))[::-1]
+    lo = (ok["speedup"] - ok["speedup_ci_low"].fillna(ok["speedup"])).clip(lower=0)
+    hi = (ok["speedup_ci_high"].fillna(ok["speedup"]) - ok["speedup"]).clip(lower=0)
+    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.45 * len(ok)))
+    ax.errorbar(ok["speedup"], y, xerr=[lo, hi], fmt="o", capsize=4)
+    ax.axvline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_yticks(y, [f"{_job(r)}{labels.get(r['run_dir'], r['method'])} (n={r['n_samples']:.0f})"
+                      for _, r in ok.iterrows()])
+    ax.set_xlabel("speedup: throughput ratio vs the autoregressive baseline (x), 95% CI")
+    ax.set_title("Speedup per run")
+    fig.tight_layout()
+    path = out / "speedup_by_run.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _job(r) -> str:
+    j = r.get("job")
+    return f"#{j:g} " if isinstance(j, (int, float)) and not pd.isna(j) else ""
+
+
 def plot_all(df: pd.DataFrame, runs: list[tuple[Path, dict]], out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if df.empty:
         return []
-    made = [plot_threshold(df, out), plot_entropy(df, runs, out), plot_draft_lengths(df, runs, out)]
+    made = [plot_speedups(df, out), plot_threshold(df, out), plot_entropy(df, runs, out),
+            plot_draft_lengths(df, runs, out)]
     return [p for p in made if p is not None]

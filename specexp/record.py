@@ -1,12 +1,18 @@
 """Recording: per-sample records, run aggregates, and the atomic write of metrics.json.
 
 Definitions (as vLLM and the papers use them):
-  acceptance_rate      = accepted draft tokens / drafted tokens
+  acceptance_rate      = accepted draft tokens / drafted tokens (accepted: drafts emitted before a
+                         stop; an accepted EOS draft counts as the round's own token, as
+                         transformers' n_matches does; see specexp/decode.py)
   mean_accepted_length = tokens emitted / target forwards (accepted drafts + the target's token)
-  speedup              = per-sample wall-time ratio, autoregressive / strategy, same samples and budget
+  speedup              = named estimators against the run's own autoregressive decode of the same
+                         samples (specexp/stats.py): throughput_ratio (primary, with a bootstrap CI),
+                         per_token, wall_time_ratio_matched
+A sample's time is the median of its `timing.repeats` decodes (modes interleaved ABAB).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -16,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from specexp import stats
 from specexp.decode import Generation
 
 SCHEMA_VERSION = 1
@@ -120,14 +127,70 @@ def _sum_dicts(ds) -> dict:
     return out
 
 
-def speedup(gens: list[Generation], base: list[Generation]) -> dict:
-    ratios = [b.wall_time / g.wall_time for g, b in zip(gens, base) if g.wall_time > 0]
-    return {"median": statistics.median(ratios) if ratios else None,
-            "mean": statistics.fmean(ratios) if ratios else None,
-            "per_sample": ratios}
+def speedup(gens: list[Generation], base: list[Generation], seed: int = 0) -> dict:
+    """metrics.json["speedup"]: strategy `gens` against the autoregressive `base` of the same
+    samples (see stats.speedup_estimates: throughput_ratio with its CI, per_token, matched wall ratio)."""
+    return stats.speedup_estimates([len(g.tokens) for g in gens], [g.wall_time for g in gens],
+                                   [len(b.tokens) for b in base], [b.wall_time for b in base],
+                                   [g.tokens == b.tokens for g, b in zip(gens, base)], seed)
 
 
-def sample_record(sample, prompt_ids: list[int], gen: Generation, text: str, base: Generation | None) -> dict:
+def median_of_repeats(reps: list[Generation]) -> tuple[Generation, dict]:
+    """One sample decoded R times in one mode -> the repeat whose time is the median (its rounds,
+    drafts and counters) with wall_time = the median of the R times, and the repeats' record:
+    times, relative spread (max - min) / median, and whether every repeat emitted the same tokens."""
+    times = [g.wall_time for g in reps]
+    med = statistics.median(times)
+    pick = reps[times.index(statistics.median_low(times))]
+    info = {"wall_times_s": times, "spread": (max(times) - min(times)) / med if med > 0 else 0.0,
+            "identical": all(g.tokens == reps[0].tokens for g in reps)}
+    return dataclasses.replace(pick, wall_time=med), info
+
+
+def load_average() -> list[float] | None:
+    """The machine's 1, 5 and 15 minute load averages (None where the OS has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def timing_report(timing_cfg, repeat_infos: list[dict], load_before, load_after) -> dict:
+    """metrics.json["timing"]: how the times were taken and how much they could be trusted:
+    repeats, the repeats' relative spread (median and max over samples and modes), samples whose
+    repeats emitted different tokens, load average before / after, torch's thread count, and
+    the warnings (also logged)."""
+    spreads = [r["spread"] for r in repeat_infos]
+    n_mismatch = sum(not r["identical"] for r in repeat_infos)
+    out = {
+        "repeats": int(timing_cfg.repeats),
+        "order": "interleaved per sample: baseline, strategy, baseline, strategy, ...",
+        "per_sample_time": "median of the repeats",
+        "spread_median": statistics.median(spreads) if spreads else None,
+        "spread_max": max(spreads, default=None),
+        "n_repeat_mismatch": n_mismatch,
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "warnings": [],
+    }
+    limit = float(timing_cfg.spread_warning)
+    if out["repeats"] > 1 and out["spread_median"] is not None and out["spread_median"] > limit:
+        out["warnings"].append(
+            f"timing: the repeats of a sample differ by {out['spread_median']:.0%} (median of (max-min)/median), "
+            f"more than timing.spread_warning={limit}: the machine is busy (load {load_before} -> {load_after}); "
+            "speedups have wide CIs: raise timing.repeats or run on a quiet machine")
+    if n_mismatch:
+        out["warnings"].append(
+            f"timing: {n_mismatch} sample decodes emitted different tokens across their repeats (non-deterministic "
+            "kernels?); their records show the median-time repeat")
+    return out
+
+
+def sample_record(sample, prompt_ids: list[int], gen: Generation, text: str, base: Generation | None,
+                  repeats: dict | None = None, base_repeats: dict | None = None) -> dict:
+    """One sample's record; `repeats` / `base_repeats`: median_of_repeats' info per mode."""
     rec = {
         "id": sample.id,
         "prompt_tokens": len(prompt_ids),
@@ -147,4 +210,10 @@ def sample_record(sample, prompt_ids: list[int], gen: Generation, text: str, bas
         rec["baseline_wall_time_s"] = base.wall_time
         rec["baseline_new_tokens"] = len(base.tokens)
         rec["matches_baseline"] = gen.tokens == base.tokens
+    if repeats is not None:
+        rec["repeats"] = repeats
+    if base_repeats is not None:
+        rec["baseline_repeats"] = base_repeats
+    if getattr(sample, "category", None) is not None:
+        rec["category"] = sample.category
     return rec

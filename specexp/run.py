@@ -6,10 +6,11 @@
 """
 from __future__ import annotations
 
-import json
 import logging
+import os
 import re
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -20,10 +21,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from specexp import analysis, build, costs, record, show, sweep
+from specexp import analysis, batch, beam, build, categories, costs, provenance, record, show, stats, sweep, validate
 from specexp.config import CONF_DIR, register
 from specexp.decode import generate
-from specexp.models import cached_lm, describe
+from specexp.models import cached_lm, check_context, describe
 from specexp.prompting import encode_prompt, eos_ids
 from specexp.stopping import Stopper
 from specexp.tasks.prompt import PromptTask
@@ -32,10 +33,14 @@ log = logging.getLogger("specexp")
 
 
 def decode_dataset(cfg: DictConfig) -> dict:
-    """Load, warm up, decode every sample (baseline and strategy alternating), score, aggregate."""
+    """Load, warm up, decode every sample `timing.repeats` times per mode (baseline and strategy
+    alternating), score, aggregate."""
     torch.manual_seed(cfg.seed)
+    batch.check_batch_size(cfg.get("batch_size", 1))  # a bad batch_size fails before any model loads
     pair = build.pair(cfg.model_pair)
     task = build.task(cfg.dataset, pair.tokenizer)
+    if hasattr(task, "set_model"):  # scored by the target's log-likelihoods (mmlu scoring=loglikelihood)
+        task.set_model(pair.target, pair.tokenizer)
     if cfg.prompt is not None and not isinstance(task, PromptTask):
         raise ValueError(f"prompt= runs the prompt dataset, but the config selects dataset {task.name!r}: "
                          "drop the dataset= override (or use dataset=prompt)")
@@ -44,18 +49,25 @@ def decode_dataset(cfg: DictConfig) -> dict:
             raise ValueError(f"max_new_tokens must be >= 1, got {cfg.max_new_tokens}")
         task.max_new_tokens = cfg.max_new_tokens
     samples = task.samples()
+    batch_size = batch.check_batch_size(cfg.get("batch_size", 1), len(samples))  # specexp/batch.py
     proposer, policy = build.strategy(cfg.strategy, pair)
+    search = beam.from_strategy(cfg.strategy)  # strategy=beam: its own decode (specexp/beam.py), else None
     sampling = build.sampling(cfg.sampling)
     stopper = Stopper(eos_ids(pair), task.stop, pair.tokenizer)
     target = cached_lm(pair.target)  # an encoder-decoder target gets the seq2seq wrapper
     prompts = [encode_prompt(pair.tokenizer, s.prompt, task.max_prompt_tokens, pair.device) for s in samples]
+    check_context({"target": target, **(getattr(proposer, "cached_models", None) or {})},  # fail before any decode
+                  max((p.shape[0] for p in prompts), default=0), task.max_new_tokens, what="the longest prompt")
     with_baseline = bool(cfg.baseline) and proposer is not None
     if proposer is not None:
         proposer.records = bool(cfg.records)
+    batch.check_run(batch_size, proposer, pair.target, search, bool(cfg.carry_length_state))  # before any decode
 
     def decode(i: int, prompt, budget: int, speculative: bool):
         gen = torch.Generator(device=pair.device).manual_seed(cfg.seed + i)
         if not speculative:
+            if search is not None:
+                return search.generate(target, prompt, budget, stopper, sampling)
             return generate(target, prompt, budget, sampling, stopper, generator=gen)
         policy.start_sample(carry=bool(cfg.carry_length_state))  # reset unless state is carried
         return generate(target, prompt, budget, sampling, stopper, proposer, policy, gen, records=cfg.records)
@@ -67,11 +79,38 @@ def decode_dataset(cfg: DictConfig) -> dict:
     if policy is not None:
         policy.reset()
 
-    gens, bases = [], []
-    for i, prompt in enumerate(tqdm(prompts, desc=f"decoding {task.name}", unit="sample", leave=False)):
-        if with_baseline:  # alternate per sample, so drift in machine speed hits both modes alike
-            bases.append(decode(i, prompt, task.max_new_tokens, False))
-        gens.append(decode(i, prompt, task.max_new_tokens, proposer is not None))
+    # Timed decodes: every sample R times per mode, the modes alternating (ABAB...), so drift in
+    # the machine's speed hits both alike; a sample's time is the median of its R repeats.
+    repeats = int(cfg.timing.repeats)
+    if repeats < 1:
+        raise ValueError(f"timing.repeats must be >= 1, got {repeats}")
+    load_before = record.load_average()
+    gens, bases, gen_reps, base_reps = [], [], [], []
+    batch_info = None
+    if batch_size > 1:  # >>> batched decoding (specexp/batch.py): B samples at a time, per-sample Generations
+        gens, bases, gen_reps, base_reps, batch_info = batch.decode_samples(
+            pair.target, prompts, task.max_new_tokens, sampling, stopper, proposer, policy, batch_size=batch_size,
+            seed=cfg.seed, repeats=repeats, warmup=int(cfg.warmup), with_baseline=with_baseline,
+            records=bool(cfg.records), device=pair.device)
+        prompts_one_at_a_time = []  # <<< batched decoding
+    else:
+        prompts_one_at_a_time = prompts
+    for i, prompt in enumerate(tqdm(prompts_one_at_a_time, desc=f"decoding {task.name} (x{repeats})", unit="sample", leave=False)):
+        reps_s, reps_b = [], []
+        for _ in range(repeats):
+            if with_baseline:
+                reps_b.append(decode(i, prompt, task.max_new_tokens, False))
+            reps_s.append(decode(i, prompt, task.max_new_tokens, proposer is not None))
+        g, info = record.median_of_repeats(reps_s)
+        gens.append(g)
+        gen_reps.append(info)
+        if with_baseline:
+            b, info = record.median_of_repeats(reps_b)
+            bases.append(b)
+            base_reps.append(info)
+    timing = record.timing_report(cfg.timing, gen_reps + base_reps, load_before, record.load_average())
+    for w in timing["warnings"]:
+        log.warning(w)
 
     def texts(gs):
         return [task.postprocess(s, pair.tokenizer.decode(g.tokens, skip_special_tokens=True))
@@ -87,6 +126,7 @@ def decode_dataset(cfg: DictConfig) -> dict:
         "dataset": {"name": task.name, "version": task.version, "n_samples": len(samples)},
         "strategy": cfg.strategy.get("name"),
         "sampling": OmegaConf.to_container(cfg.sampling),
+        "batch_size": batch_size,
         **record.aggregate(gens),
         "quality": task.score(samples, completions),
     }
@@ -94,13 +134,20 @@ def decode_dataset(cfg: DictConfig) -> dict:
         matches = [g.tokens == b.tokens for g, b in zip(gens, bases)]
         result["baseline"] = record.aggregate(bases)
         result["quality_baseline"] = task.score(samples, texts(bases))
-        result["speedup"] = record.speedup(gens, bases)
+        result["speedup"] = record.speedup(gens, bases, seed=cfg.seed)
         result["n_matches_baseline"] = sum(matches)
         result["all_match_baseline"] = all(matches)
     result["samples"] = [
-        record.sample_record(s, p.tolist(), g, c, bases[i] if with_baseline else None)
+        record.sample_record(s, p.tolist(), g, c, bases[i] if with_baseline else None,
+                             gen_reps[i], base_reps[i] if with_baseline else None)
         for i, (s, p, g, c) in enumerate(zip(samples, prompts, gens, completions))
     ]
+    result["timing"] = timing
+    if batch_info is not None:  # batch throughput and speedups at batch_size (specexp/batch.py)
+        result["batch"] = batch_info
+    cats = categories.breakdown(samples, gens, bases if with_baseline else None, result["quality"], cfg.seed)
+    if cats is not None:  # the samples carry categories (dataset=jsonl with dataset.category)
+        result["categories"] = cats
     if cfg.records:
         result["draft_records"] = [{"sample": s.id, **r} for s, g in zip(samples, gens) for r in g.records]
         result["analysis"] = analysis.aggregate(result["draft_records"], [g.drafted for g in gens],
@@ -109,12 +156,13 @@ def decode_dataset(cfg: DictConfig) -> dict:
                                {r: describe(s) for r, s in pair.specs.items() if s}, costs.classic_gamma(proposer, policy),
                                base=bases if with_baseline else None))
     result["environment"] = record.environment(pair.device)
+    result["provenance"] = provenance.collect(pair.specs)  # git commit, model revisions / file hashes
     return result
 
 
 def run(cfg: DictConfig) -> dict:
-    """Decode and write metrics.json in the Hydra run dir: status ok, or failed with the error
-    (never a partial result passed off as one)."""
+    """Check the config, decode and write metrics.json in the Hydra run dir: status ok, or failed
+    with the error (never a partial result passed off as one, never another run's result lost)."""
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir) / cfg.metrics_file
     head = {
@@ -124,31 +172,63 @@ def run(cfg: DictConfig) -> dict:
         "overrides": list(hc.overrides.task),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    if cfg.resume and out.exists():
-        try:
-            done = json.loads(out.read_text())
-        except (OSError, ValueError):
-            done = {}
-        if done.get("status") == "ok" and sweep.same_config(done.get("config"), head["config"]):
-            log.info("resume: %s already says ok, skipping this run", out)
+    # 1. An ok result already there: this run's own is skipped (resume), another config's is kept.
+    done = sweep.read_metrics(out)
+    if done.get("status") == "ok":
+        if not sweep.same_config(done.get("config"), head["config"]):
+            raise FileExistsError(
+                f"{out.parent} holds an ok run of another config ([{' '.join(done.get('overrides') or [])}]); "
+                f"specexp does not overwrite it. Give this run its own folder (hydra.run.dir=..., or a new "
+                f"hydra.sweep.dir), or move {out} away to run here.")
+        if cfg.resume:
+            log.info("resume: %s already says ok, skipping this run (resume=false runs it again)", out)
             log.info(sweep.run_line(done, skipped=True))
             return done
-        if done.get("status") == "ok":
-            log.info("resume: %s was written by another config (the sweep changed); running again", out)
+    # 2. Check the config (specexp.validate), then decode: before any model loads, a mistake fails
+    #    with its key; whatever fails, the JSON says what happened (KeyboardInterrupt too).
     try:
+        validate.check(cfg)
         result = decode_dataset(cfg)
-    except BaseException as err:  # KeyboardInterrupt too: the JSON says what happened
-        record.write_json_atomic(out, {**head, "error": f"{type(err).__name__}: {err}",
-                                       "traceback": traceback.format_exc(), "environment": record.environment(None)})
-        log.error("run failed (%s: %s); wrote %s", type(err).__name__, err, out)
-        log.info(sweep.run_line({**head, "error": f"{type(err).__name__}: {err}"}))
+    except BaseException as err:
+        failed = {**head, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(),
+                  "environment": record.environment(None)}
+        where = save_metrics(out, failed)
+        log.error("run failed (%s: %s); wrote %s", type(err).__name__, err, where)
+        log.info(sweep.run_line(failed))
         raise
+    # 3. Write the result; where the run dir cannot take it, to a fallback file (and say so).
     metrics = {**head, "status": "ok", **result}
-    record.write_json_atomic(out, metrics)
+    where = save_metrics(out, metrics)
     if cfg.summary:
-        print(summary(metrics, out))
+        print(summary(metrics, where))
     log.info(sweep.run_line(metrics))
+    if where != out:
+        raise OSError(f"could not write {out}; the run's results are saved in {where} (status ok): "
+                      f"copy that file to {out} to keep it with its run")
     return metrics
+
+
+def save_metrics(out: Path, data: dict) -> Path:
+    """Write `data` to `out` atomically and return `out`. When that fails (a read-only or full
+    file system, a vanished folder), write it to the first writable fallback folder instead
+    (<temp dir>/specexp-unsaved, ~/.cache/specexp/unsaved, the working directory), log where,
+    and return that path: a finished decode is never lost to the write."""
+    try:
+        record.write_json_atomic(out, data)
+        return out
+    except OSError as err:
+        first = err
+    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{out.parent.name}-{out.name}"
+    for folder in (Path(tempfile.gettempdir()) / "specexp-unsaved", Path.home() / ".cache/specexp/unsaved",
+                   Path.cwd()):
+        try:
+            record.write_json_atomic(folder / name, data)
+        except OSError:
+            continue
+        log.error("could not write %s (%s: %s); saved the run's metrics (status %s) to %s instead",
+                  out, type(first).__name__, first, data.get("status"), folder / name)
+        return folder / name
+    raise OSError(f"could not write {out} ({first}) nor any fallback folder") from first
 
 
 def _f(x, fmt="{:.2f}"):
@@ -166,9 +246,20 @@ def summary(m: dict, path: Path) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines += ["  " + "  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
     if "speedup" in m:
-        lines.append(f"  speedup (per-sample time ratio): median {_f(m['speedup']['median'])}x, "
-                     f"mean {_f(m['speedup']['mean'])}x; output identical to autoregressive on "
-                     f"{m['n_matches_baseline']}/{m['dataset']['n_samples']} samples")
+        sp = m["speedup"]
+        pt, wm = sp.get("per_token") or {}, sp.get("wall_time_ratio_matched") or {}
+        lines.append(f"  speedup (throughput ratio, {int(sp['ci']['confidence'] * 100)}% bootstrap CI, "
+                     f"n={sp['n_samples']}): {stats.format_speedup(sp)}; per-token ratio geomean "
+                     f"{stats.format_ratio(pt.get('geomean'))}, median {stats.format_ratio(pt.get('median'))}; "
+                     f"wall-time ratio on identical outputs {stats.format_ratio(wm.get('geomean'))} (geomean, "
+                     f"n={wm.get('n', 0)})")
+        lines.append(f"  output identical to autoregressive on {m['n_matches_baseline']}/{m['dataset']['n_samples']} samples")
+    t = m.get("timing")
+    if t:
+        lines.append(f"  timing: {t['repeats']} repeat(s) per sample and mode, interleaved; repeat spread median "
+                     f"{_f(t['spread_median'], '{:.0%}')}; load {t['loadavg_before']} -> {t['loadavg_after']}; "
+                     f"{t['torch_threads']} torch threads")
+        lines += [f"  WARNING {w}" for w in t.get("warnings", [])]
     if m.get("cost_model_speedup") and m.get("drafter_forwards") is not None and "baseline" in m:
         c = m["cost_model_speedup"]
         x = {k: "n/a" if v is None else f"{v:.2f}x" for k, v in c.items()}
@@ -219,6 +310,10 @@ def main() -> None:
 
         del sys.argv[1]
         return console.main()
+    if sys.argv[1:2] == ["reproduce"]:  # `specexp reproduce RUN_DIR`: decode a recorded run again, compare
+        from specexp import reproduce
+
+        sys.exit(reproduce.main(sys.argv[2:], decode_dataset))
     register()
     sys.argv[1:] = cli_overrides(sys.argv[1:])
     _app()
@@ -245,6 +340,7 @@ def run_cli(args: list[str]) -> int:
     finally:
         sys.argv = old
         GlobalHydra.instance().clear()
+        sweep.release_sweep_locks()  # a sweep that raised never reached on_multirun_end
 
 
 if __name__ == "__main__":

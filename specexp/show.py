@@ -92,8 +92,10 @@ def stats(gen: Generation, base: Generation | None = None) -> str:
                      f"({accepted}/{drafted} drafts), mean accepted length {n / gen.target_forwards:.2f}")
     if gen.wall_time > 0:
         parts.append(f"{n / gen.wall_time:.1f} tokens/s")
-        if base is not None:
-            parts.append(f"speedup {base.wall_time / gen.wall_time:.2f}x over autoregressive")
+        if base is not None and base.wall_time > 0 and base.tokens:
+            # the throughput ratio, as metrics.json's speedup; one sample: no interval
+            ratio = (n / gen.wall_time) / (len(base.tokens) / base.wall_time)
+            parts.append(f"speedup (throughput ratio, one sample, no CI) {ratio:.2f}x over autoregressive")
     if base is not None:
         parts.append("output identical" if base.tokens == gen.tokens else "output differs")
     return ", ".join(parts)

@@ -1,6 +1,8 @@
-"""Sweep helpers: the one line a finished run prints, the resume check, and Hydra callbacks that
+"""Sweep helpers: the one line a finished run prints, the resume check, the job folder resolver
+(`specexp_job_dir`: a sweep never overwrites another sweep's results), and Hydra callbacks that
 a sweep config switches on (`hydra.callbacks`; see docs/sweeps.md):
 
+  SweepLock     one sweep at a time per hydra.sweep.dir (a second one fails at once)
   SweepSummary  at the end of a multirun (also when the sweep raises because a job failed),
                 print one line per run of the sweep dir (ok / skipped / failed with its error)
                 and write the report table (`<sweep dir>/report/runs.csv` and `.parquet`)
@@ -20,6 +22,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -27,6 +30,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from specexp import stats
 
 log = logging.getLogger("specexp.sweep")
 
@@ -62,7 +67,7 @@ def _num(x, fmt: str) -> str:
 def run_line(m: dict, skipped: bool = False) -> str:
     """The headline of one run, for the log: status, overrides, tokens/s, acceptance, speedup.
 
-        specexp run ok: [strategy.gamma=2 sampling=greedy] 812.3 tok/s, accept 0.412, speedup 1.31x
+        specexp run ok: [strategy.gamma=2 sampling=greedy] 812.3 tok/s, accept 0.412, speedup (throughput ratio, 95% CI) 1.31x [1.12, 1.50]
         specexp run FAILED: [strategy.gamma=0] ValueError: gamma must be >= 1, got 0
     """
     overrides = " ".join(m.get("overrides") or []) or "no overrides"
@@ -74,7 +79,7 @@ def run_line(m: dict, skipped: bool = False) -> str:
              f"mean acc. len {_num(m.get('mean_accepted_length'), '{:.2f}')}"]
     sp = m.get("speedup")
     if isinstance(sp, dict):
-        parts.append(f"speedup {_num(sp.get('median'), '{:.2f}')}x")
+        parts.append(f"speedup (throughput ratio, 95% CI) {stats.format_speedup(sp)}")
     if m.get("all_match_baseline") is not None:
         parts.append(f"matches AR {m.get('n_matches_baseline')}/{value_at(m, 'dataset.n_samples')}")
     what = "skipped (resume: already ok)" if skipped else "ok"
@@ -93,6 +98,125 @@ def same_config(stored: dict | None, current: dict | None) -> bool:
     ignoring `resume`/`summary`. A job dir reused by a different sweep point (job numbers shift
     when a sweep's lists change) is therefore run again instead of being passed off as done."""
     return stored is not None and _comparable(stored) == _comparable(current)
+
+
+def read_metrics(path: str | Path) -> dict:
+    """A metrics.json's content; {} when it is missing or unreadable (a run to do)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# --------------------------------------------------------------------------------------------
+# Job folders that never overwrite another sweep's results, and one sweep per folder at a time
+# --------------------------------------------------------------------------------------------
+
+def job_dir(sweep_dir: str, num: Any, _root_: DictConfig) -> str:
+    """Resolver `${specexp_job_dir:${hydra.sweep.dir},${hydra.job.num}}` (conf/config.yaml's
+    hydra.sweep.subdir): the folder, inside `sweep_dir`, where job `num` writes.
+
+    Job `num` writes `<num>`, unless that folder holds an ok result of another run config (an
+    earlier sweep with other lists in the same hydra.sweep.dir); then `<num>_1`, `<num>_2`, ...
+    In that chain it takes the folder that holds this config's ok result (resume: skipped),
+    else the first one without an ok result (a failed or unfinished run is retried there), else
+    a new one. Hydra evaluates this once per job, before it creates the folder; jobs of one
+    sweep each search their own names, and SweepLock keeps other sweeps out meanwhile."""
+    config = OmegaConf.to_container(_root_, resolve=False)
+    config.pop("hydra", None)  # what specexp.run saves as metrics.json's "config"
+    metrics_file = str(_root_.get("metrics_file") or "metrics.json")
+    free = None
+    for k in range(10_000):
+        name = str(num) if k == 0 else f"{num}_{k}"
+        path = Path(str(sweep_dir)) / name
+        if not path.exists():
+            return free or name
+        m = read_metrics(path / metrics_file)
+        if m.get("status") != "ok":
+            free = free or name
+        elif same_config(m.get("config"), config):
+            return name
+    raise RuntimeError(f"job {num}: 10000 folders in {sweep_dir} hold other runs' results")
+
+
+if not OmegaConf.has_resolver("specexp_job_dir"):
+    OmegaConf.register_new_resolver("specexp_job_dir", job_dir)
+
+_LOCKS: dict[str, list[int]] = {}  # lock file -> [descriptor holding it, users in this process]
+
+
+class SweepLock(Callback):
+    """One sweep at a time per hydra.sweep.dir: an exclusive, non-blocking flock on
+    `<sweep dir>/.specexp-sweep.lock`, taken when the multirun starts (in the launching process,
+    which waits for every job, whatever the launcher) and released when it ends or the process
+    exits. A second sweep into the same folder fails at once, naming the one that holds it.
+    (SweepSummary takes the same lock, so that it never reports on a folder another sweep is
+    writing and the lock outlives its report; the lock is counted per user in this process.)"""
+
+    def __init__(self) -> None:
+        self._key: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._key = lock_or_exit(str(config.hydra.sweep.dir))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        release_sweep_lock(self._key)
+
+
+class SweepBusy(RuntimeError):
+    """Another sweep holds this sweep dir's lock."""
+
+
+def acquire_sweep_lock(sweep_dir: str) -> str:
+    """Take `<sweep_dir>/.specexp-sweep.lock` for this process and return its key for
+    release_sweep_lock, or raise SweepBusy naming the process that holds it (its pid, start time
+    and command line are written in the file)."""
+    folder = Path(sweep_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".specexp-sweep.lock"
+    key = str(path.resolve())
+    if key in _LOCKS:  # held by this process already: one more user
+        _LOCKS[key][1] += 1
+        return key
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise SweepBusy(f"specexp sweep: {folder} is in use by another sweep ({holder}). Two sweeps must "
+                           "not write one folder at once: wait for that one to end, or give this one its own "
+                           "hydra.sweep.dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                  f"{' '.join(sys.argv)}\n".encode(), 0)
+    _LOCKS[key] = [fd, 1]
+    return key
+
+
+def lock_or_exit(sweep_dir: str) -> str:
+    """acquire_sweep_lock, or print why not and end the process (status 1) before any job runs:
+    Hydra turns an Exception raised in a callback into a warning and goes on, SystemExit it lets through."""
+    try:
+        return acquire_sweep_lock(sweep_dir)
+    except SweepBusy as err:
+        print(err, file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+
+def release_sweep_lock(key: str | None) -> None:
+    """One user of the lock `key` is done; the last one unlocks it."""
+    if key in _LOCKS:
+        _LOCKS[key][1] -= 1
+        if _LOCKS[key][1] <= 0:
+            os.close(_LOCKS.pop(key)[0])
+
+
+def release_sweep_locks() -> None:
+    """Release every sweep lock this process holds (specexp.run.run_cli, after a sweep that
+    raised and so never reached on_multirun_end)."""
+    while _LOCKS:
+        os.close(_LOCKS.popitem()[1][0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,10 +244,11 @@ def summarize(sweep_dir: str | Path, since: float | None = None) -> str:
         if m.get("status") == "ok":
             state = "skipped" if since is not None and p.stat().st_mtime < since else "ok"
             counts[state] += 1
-            sp = value_at(m, "speedup.median")
+            sp = m.get("speedup")
             lines.append(f"  {rel:>4} {state:<7} [{ov}] {_num(m.get('tokens_per_second'), '{:.1f}')} tok/s, "
                          f"accept {_num(m.get('acceptance_rate'), '{:.3f}')}"
-                         + (f", speedup {sp:.2f}x" if sp is not None else ""))
+                         + (f", speedup (throughput ratio, 95% CI) {stats.format_speedup(sp)}"
+                            if isinstance(sp, dict) else ""))
         else:
             counts["failed"] += 1
             lines.append(f"  {rel:>4} FAILED  [{ov}] {one_line(m.get('error'), 160)}")
@@ -137,8 +262,10 @@ def summarize(sweep_dir: str | Path, since: float | None = None) -> str:
 
 
 def _job_sort_key(p: Path, root: Path):
+    """Job folders in numeric order, each job's later folders after it: 0, 0_1, 1, 2, 10."""
     rel = p.parent.relative_to(root).parts
-    return tuple((0, int(x), "") if x.isdigit() else (1, 0, x) for x in rel)
+    return tuple((0, tuple(map(int, x.split("_"))), "") if re.fullmatch(r"\d+(_\d+)*", x) else (1, (), x)
+                 for x in rel)
 
 
 class SweepSummary(Callback):
@@ -151,8 +278,10 @@ class SweepSummary(Callback):
         self._dir: str | None = None
         self._t0 = 0.0
         self._pending = False
+        self._lock: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._lock = lock_or_exit(str(config.hydra.sweep.dir))  # never report on (or into) a busy folder
         self._dir = str(config.hydra.sweep.dir)
         self._t0 = time.time()  # a metrics.json older than this was left by an earlier sweep (skipped)
         self._pending = True
@@ -177,6 +306,8 @@ class SweepSummary(Callback):
                       f"`specexp-report {self._dir} --table NAME` for the papers' tables", file=sys.stderr, flush=True)
         except Exception as err:  # a summary must never hide the sweep's own outcome
             print(f"specexp sweep: could not summarise {self._dir}: {type(err).__name__}: {err}", file=sys.stderr)
+        finally:
+            release_sweep_lock(self._lock)
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,7 +421,7 @@ if not OmegaConf.has_resolver("specexp_gpu_count"):
 
 def objective(m: dict, metric: str = "tokens_per_second", require_match: bool = True,
               max_quality_drop: float | None = None, penalty: float = 0.0) -> tuple[float, str | None]:
-    """The value of `metric` (a dotted key of metrics.json: tokens_per_second, speedup.median,
+    """The value of `metric` (a dotted key of metrics.json: tokens_per_second, speedup.throughput_ratio,
     quality.rouge1...) and why it was penalised (None if it was not):
       require_match     all_match_baseline must not be false (greedy: same tokens as autoregressive)
       max_quality_drop  every quality score may fall at most this far below quality_baseline

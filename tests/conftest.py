@@ -116,3 +116,17 @@ def run_specexp(tmp_path):
         return proc, run_dir
 
     return _run
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """A loud list of every skipped test and its reason (a missing asset: the shared data, the
+    SmolLM2 GGUF, a GPU...): a skipped test proved nothing, and a green run must say so."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    tr = terminalreporter
+    tr.write_sep("!", f"{len(skipped)} TEST(S) SKIPPED: they proved nothing in this run", red=True, bold=True)
+    for rep in skipped:
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        where = rep.nodeid if "::" in rep.nodeid else f"{rep.nodeid} (whole module)"
+        tr.write_line(f"SKIPPED {where}: {reason.removeprefix('Skipped: ')}", red=True, bold=True)

@@ -4,6 +4,7 @@ sampling (chi-square, as for the classic algorithm)."""
 from __future__ import annotations
 
 import copy
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -13,7 +14,7 @@ from scipy.stats import chisquare
 
 from specexp.decode import generate
 from specexp.length import LengthPolicy
-from specexp.models import CachedLM
+from specexp.models import CachedLM, cached_lm
 from specexp.proposers import Bigram, Cascade, PromptLookup
 from specexp.proposers.cascade import _Items
 from specexp.sampling import Sampling
@@ -43,6 +44,9 @@ class RuleLM(torch.nn.Module):
         self.rule = torch.tensor([rule(x) for x in range(vocab)])
         self.alt = None if alt is None else torch.tensor([alt(x) for x in range(vocab)])
         self.config = SimpleNamespace(is_encoder_decoder=False, model_type=model_type, _name_or_path=name)
+
+    def get_input_embeddings(self):  # only its row count is read (the drafter's vocabulary check)
+        return SimpleNamespace(weight=torch.empty(self.vocab, 0))
 
     def forward(self, input_ids, past_key_values=None, use_cache=True, logits_to_keep=0):
         ids = input_ids[0]
@@ -209,19 +213,22 @@ def models():
     return {"target": target, "drafter": perturbed(target, 0.4, 1), "drafter2": perturbed(target, 0.9, 2), "V": V}
 
 
+@pytest.mark.parametrize("compat", ["specexp", "original"])
 @pytest.mark.parametrize("drafters,k,l", CONFIGS, ids=lambda x: str(x).replace(" ", ""))
-def test_cascade_greedy_equals_target_greedy(models, drafters, k, l):
+def test_cascade_greedy_equals_target_greedy(models, drafters, k, l, compat):
+    """Either protocol emits the target's greedy output (compat=original may run past the budget
+    in its last round: its first 24 tokens are compared, the rest continue the same greedy text)."""
     V = models["V"]
     pair = FakePair(V, **{r: models[r] for r in ("target", "drafter", "drafter2")})
     bottom = PromptLookup(bigram=Bigram.from_table(torch.randint(0, V, (V,), generator=torch.Generator().manual_seed(3))))
-    casc = Cascade(drafters, bottom, k, lenience=l).bind(pair)
+    casc = Cascade(drafters, bottom, k, lenience=l, compat=compat).bind(pair)
     total_acc = 0
     for seed in range(2):
         prompt = torch.randint(0, V, (12,), generator=torch.Generator().manual_seed(seed))
         prompt = torch.cat([prompt, prompt[:6]])  # a repeat for the lookup to find
-        base = generate(CachedLM(models["target"]), prompt, 24, GREEDY, Stopper())
         g = run(models["target"], casc, prompt, 24)
-        assert g.tokens == base.tokens
+        base = generate(CachedLM(models["target"]), prompt, len(g.tokens), GREEDY, Stopper())
+        assert len(g.tokens) >= 24 and g.tokens == base.tokens
         assert g.target_forwards == len(g.drafted) and g.drafter_forwards == sum(
             v for r, v in g.model_forwards.items() if r != "target")
         total_acc += sum(g.accepted)
@@ -347,3 +354,179 @@ def test_strategy_presets_compose(name, drafters, k, l):
     assert (casc.roles, casc.k, casc.lenience) == (drafters, k, l)
     assert type(policy) is LengthPolicy and policy.begin() == 64
     assert casc.bottom.bigram.source["corpus"] == cfg.strategy.corpus
+    assert casc.compat == "specexp" and not casc.overshoots  # specexp's protocol is the default
+    original = instantiate(compose([f"strategy={name}", "strategy.compat=original"]).strategy.proposer, _convert_="all")
+    assert original.compat == "original" and original.overshoots
+
+
+# ------------------------------------------------------------- compat="original" (CS-Drafting's protocol)
+
+
+def test_original_bottom_searches_prompt_and_text_with_wrap_around():
+    """mag.py's rule, traced by hand. Decoder-only: the prompt [5,6,7] is also the start of the
+    text, so step 1 searches [5,6,7] ++ [5,6]: the whole text [5,6,7] matches at 0..2 and its
+    continuation runs into the prompt's second copy: [5,6] (wrap-around). Fewer than k=4, so step 2
+    searches x[:-1] ++ x[:-1] for x = [5,6,7,5,6]: the suffix [5,6] first ends at 1, whose next 4
+    tokens are [7,5,5,6]. 6 tokens in all (between k and 2k-1); the bigram chain is not needed."""
+    from specexp.proposers.cascade import continuation_of_longest_suffix, original_bottom
+
+    chain = Bigram.from_table([0] * 10)
+    t = torch.tensor
+    assert original_bottom(t([5, 6, 7]), t([5, 6, 7]), 4, chain) == [5, 6, 7, 5, 5, 6]
+    # nothing found: the bigram chain fills exactly k
+    assert original_bottom(t([1]), t([1, 2]), 3, Bigram.from_table([(x + 1) % 10 for x in range(10)])) == [3, 4, 5]
+    # the longest suffix of the text ([1, 2], not [3, 1, 2]: that does not occur), earliest
+    # occurrence; an occurrence at the very end of text[:-1] gives nothing
+    assert continuation_of_longest_suffix(t([1, 2, 9, 1, 2, 3, 1, 2]), 3, 8) == [9, 1, 2]
+    assert continuation_of_longest_suffix(t([1, 2, 9, 1, 2, 3, 1, 2]), 2, 1) == [9, 1]  # suffix [2]: first at 1
+    assert continuation_of_longest_suffix(t([4, 2, 2]), 3, 1) == []
+    assert continuation_of_longest_suffix(t([4, 5, 2]), 3, 1) is None
+
+
+def _succ_cascade(V, compat, k, lenience=1, **over):
+    models = {r: RuleLM(V, succ(V)) for r in ("target", "drafter", "drafter2")}
+    models.update(over)
+    roles = ["drafter", "drafter2"][: len(k) - 1]
+    casc = Cascade(roles, PromptLookup(bigram=Bigram.from_table([(x + 1) % V for x in range(V)])), k,
+                   lenience=lenience, compat=compat).bind(FakePair(V, **models))
+    return models, casc
+
+
+def test_original_bottom_always_proposes_ten_and_the_share_only_decides_the_call():
+    """k = [[2, 3], [0, 2]], everyone says x+1, prompt [0], compat=original. Each round: the drafter
+    (share 2) reviews ONE bottom call of 10 tokens (not 2) -> 11 tokens; 11 >= the bottom's share 5,
+    so the bottom is not called again: the target gets 11 drafts, accepts all + bonus = 12 tokens.
+    Budget 30: 12, 24, then a full round at budget 6 overshoots to 36 (the original's
+    `while generated < max_length`). Budget 25: the round at budget 1 is still a cascade round.
+    specexp's protocol instead drafts 2 bottom tokens (+1) and tops up to 5, capped by the budget."""
+    V = 64
+    models, casc = _succ_cascade(V, "original", [[2, 3], [0, 2]])
+    g = run(models["target"], casc, torch.tensor([0]), 30)
+    assert g.tokens == list(range(1, 37))
+    assert g.drafted == [11, 11, 11] and g.accepted == [11, 11, 11]
+    assert g.model_forwards == {"target": 3, "drafter": 3}
+    g = run(models["target"], casc, torch.tensor([0]), 25)
+    assert len(g.tokens) == 36 and g.model_forwards == {"target": 3, "drafter": 3}
+    models, casc = _succ_cascade(V, "specexp", [[2, 3], [0, 2]])
+    g = run(models["target"], casc, torch.tensor([0]), 30)
+    assert g.tokens == list(range(1, 31)) and g.drafted[:2] == [5, 5]
+
+
+def test_original_lenience_reads_the_last_subcall_shifted_by_one():
+    """Three levels, k = [[1,0,0],[0,1,0],[0,0,10]], lenience 2, prompt [0]: base reviews small,
+    small reviews 10 bottom tokens [1..10] and accepts them (+ bonus 11). Base's argmax after 1 is
+    9, but it gives 2 the probability e^7/(e^8+e^7+14) = 0.268.
+    specexp: s(2) = small's probability of 2 at 2's position, e^8/(e^8+15) = 0.995; 0.268 < 0.995/2:
+    base rejects 2 and writes 9; the target accepts [1], corrects 9 -> drafted 2, accepted 1.
+    original: s(2) = small's distribution at the PREVIOUS position read at 2, 1/(e^8+15) = 3e-4:
+    base accepts 2 and everything after (+ bonus 12): the target accepts 12 drafts."""
+    V = 16
+    base = RuleLM(V, lambda x: 9 if x == 1 else (x + 1) % V, alt=lambda x: 2 if x == 1 else (x + 1) % V, mid=7.0)
+    k = [[1, 0, 0], [0, 1, 0], [0, 0, 10]]
+    models, casc = _succ_cascade(V, "original", k, lenience=2, drafter=base)
+    g = run(models["target"], casc, torch.tensor([0]), 13)
+    assert g.tokens == list(range(1, 14)) and g.drafted == [12] and g.accepted == [12]
+    assert g.model_forwards == {"target": 1, "drafter": 1, "drafter2": 1}
+    models, casc = _succ_cascade(V, "specexp", k, lenience=2, drafter=base)
+    g = run(models["target"], casc, torch.tensor([0]), 13)
+    assert g.tokens == list(range(1, 14)) and g.drafted[0] == 2 and g.accepted[0] == 1
+
+
+def test_original_compat_is_greedy_only_and_validated():
+    V = 16
+    models, casc = _succ_cascade(V, "original", [[2, 3], [0, 2]])
+    with pytest.raises(ValueError, match="greedily"):
+        run(models["target"], casc, torch.tensor([0]), 5, sampling=Sampling(temperature=1.0))
+    with pytest.raises(ValueError, match="compat"):
+        Cascade(["drafter"], Bigram.from_table([0]), [[1, 1], [0, 1]], compat="paper")
+    with pytest.raises(ValueError, match="bigram"):
+        Cascade(["drafter"], PromptLookup(), [[1, 1], [0, 1]], compat="original")
+
+
+def test_cascade_draft_ends_at_its_first_eos():
+    """Issue 12 item 2 for the cascade: everyone says x+1, EOS = 4, prompt [0], k [[2,3],[0,2]]:
+    the assembled draft [1,2,3,4,5] ends after 4 -> [1,2,3,4]; the target emits 1..4 and stops
+    (4 is the round's own token: 3 accepted drafts). compat=original drafts on past EOS, as the
+    original does (11 drafts), and emits the same text."""
+    V = 64
+    for compat, drafted in (("specexp", 4), ("original", 11)):
+        models, casc = _succ_cascade(V, compat, [[2, 3], [0, 2]])
+        g = generate(CachedLM(models["target"]), torch.tensor([0]), 20, GREEDY, Stopper([4]), casc, LengthPolicy(64))
+        assert g.tokens == [1, 2, 3, 4] and g.drafted == [drafted] and g.accepted == [3], compat
+
+
+ORIGINAL = os.environ.get("CSD_ORIGINAL")  # a checkout of github.com/lfsszd/CS-Drafting (05b22e1)
+SIDE_BY_SIDE = [
+    (["drafter", "drafter2"], [[5, 14, 10], [0, 1, 10], [0, 0, 10]], 2),
+    (["drafter", "drafter2"], [[5, 8, 10], [0, 1, 10], [0, 0, 10]], 500),  # lenience that bites
+    (["drafter"], [[13, 10], [0, 10]], 3),
+    (["drafter"], [[13, 10], [0, 10]], 100),
+    (["drafter2", "drafter"], [[1, 2, 3], [0, 2, 1], [0, 0, 3]], 30),
+]
+
+
+def _original_code(monkeypatch):
+    """The original's csd.py and model.py, imported as they are from CSD_ORIGINAL."""
+    import sys
+
+    import transformers
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **kw: None)  # model.py loads one at import
+    monkeypatch.syspath_prepend(ORIGINAL)
+    for name in ("csd", "mag", "model"):  # the original's top-level module names, imported afresh
+        sys.modules.pop(name, None)
+        monkeypatch.setitem(sys.modules, name, None)
+        monkeypatch.delitem(sys.modules, name)  # removed again at teardown
+    import csd
+    import model
+    return csd, model
+
+
+def _side_by_side(monkeypatch, models, V, roles, k, l, seq2seq):
+    """Decode 3 prompts with the original's `csd()` (main.py's model classes, an uncached target)
+    and with compat=original; the same tokens (up to the original's EOS: 1 for T5, else 2) and the
+    same forward count of every model."""
+    orig_csd, orig_model = _original_code(monkeypatch)
+    cls = orig_model.CountedCSDraftingEncoderDecoderModel if seq2seq else orig_model.CountedCSDraftingDecoderModel
+    eos, tag = (1, "t5-") if seq2seq else (2, "")  # csd() takes EOS 1 when "t5" is in the target's name, else 2
+    table = torch.randint(2, V, (V,), generator=torch.Generator().manual_seed(3))
+    for seed in range(3):
+        prompt = torch.randint(3, V, (12,), generator=torch.Generator().manual_seed(seed))
+        prompt = torch.cat([prompt, prompt[:6]])
+        drafts = [cls(models[r], name=tag + r) for r in roles]
+        mag = orig_model.CSDraftingMaGModel(table.clone(), name="mag")
+        target = cls(models["target"], name=tag + "target")
+        for m in drafts + [mag, target]:
+            m.vocab_size = V
+        start = torch.zeros(1, 1, dtype=torch.long) if seq2seq else prompt[None]  # T5: the decoder start id 0
+        out = orig_csd.csd(drafts + [mag], target, prompt[None], start, torch.tensor(k), max_length=40, leniency=l)
+        theirs = out[0, start.shape[1]:].tolist()
+        theirs = theirs[: theirs.index(eos) + 1] if eos in theirs else theirs
+        pair = FakePair(V, **{r: models[r] for r in ("target", "drafter", "drafter2")})
+        casc = Cascade(roles, PromptLookup(bigram=Bigram.from_table(table)), k, lenience=l, compat="original").bind(pair)
+        g = generate(cached_lm(models["target"]), prompt, 40, GREEDY, Stopper([eos]), casc, LengthPolicy(64))
+        assert g.tokens == theirs
+        assert g.model_forwards == {"target": target.forward_count, **{r: d.forward_count for r, d in zip(roles, drafts)}}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ORIGINAL, reason="set CSD_ORIGINAL to a checkout of lfsszd/CS-Drafting to run the original")
+@pytest.mark.parametrize("roles,k,l", SIDE_BY_SIDE)
+def test_compat_original_matches_the_original_code_side_by_side(models, monkeypatch, roles, k, l):
+    _side_by_side(monkeypatch, models, models["V"], roles, k, l, seq2seq=False)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ORIGINAL, reason="set CSD_ORIGINAL to a checkout of lfsszd/CS-Drafting to run the original")
+@pytest.mark.parametrize("roles,k,l", SIDE_BY_SIDE[:3])
+def test_compat_original_matches_the_original_code_side_by_side_t5(monkeypatch, roles, k, l):
+    """The same on random-init T5 models (the original's encoder-decoder path: FLAN-T5)."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    V = 96
+    torch.manual_seed(0)
+    cfg = T5Config(vocab_size=V, d_model=32, d_ff=64, num_layers=2, num_heads=2, d_kv=16, decoder_start_token_id=0,
+                   eos_token_id=1, pad_token_id=0)
+    target = T5ForConditionalGeneration(cfg).eval()
+    models = {"target": target, "drafter": perturbed(target, 0.3, 1), "drafter2": perturbed(target, 0.6, 2)}
+    _side_by_side(monkeypatch, models, V, roles, k, l, seq2seq=True)

@@ -70,11 +70,31 @@ def test_cascade_forward_counts_and_cost_models_by_hand():
     cms = rep["cost_model_speedup"]
     assert cms["params"] == pytest.approx(10000 / 3300) == pytest.approx(3.0303, abs=1e-4)
     assert cms["previous_work"] == pytest.approx(10 / 3.06) == pytest.approx(3.2680, abs=1e-4)
+    # the CS-Drafting paper's table: xxl 11300, small 60 -> 10*11300 / (3*11300 + 3*60) = 3.3157
+    assert cms["csd_paper"] == pytest.approx(113000 / 34080) == pytest.approx(3.3157, abs=1e-4)
     t = _step_seconds(g)
     assert cms["measured"] == pytest.approx(10 * t["target"] / (3 * t["target"] + 3 * t["drafter"]))
     assert cms["leviathan_predicted"] is None
     assert rep["cost_model"]["forwards"] == {"target": 3, "drafter": 3}
     assert rep["cost_model"]["costs"]["params"] == {"target": 1000.0, "drafter": 100.0}
+
+
+def test_csd_paper_cost_table():
+    """The original's TIME_COST['model_parameters']: FLAN-T5 xxl 11300, xl 3000, large 770, base 220,
+    small 60; llama-160m 160, llama-68m 68, LLaMA-7B 70000 (the table's value); others: none."""
+    t5 = {r: RuleLM(V, succ(V), model_type="t5") for r in ("target", "drafter", "drafter2")}
+    names = {"target": "google/flan-t5-xxl", "drafter": "google/flan-t5-base", "drafter2": "google/flan-t5-small"}
+    assert costs.csd_paper_costs(t5, names) == {"target": 11300, "drafter": 220, "drafter2": 60}
+    assert costs.csd_paper_costs(t5, {**names, "drafter": "google/flan-t5-xl"})["drafter"] == 3000
+    llama = {"target": RuleLM(V, succ(V), model_type="llama"), "drafter": RuleLM(V, succ(V), model_type="llama")}
+    assert costs.csd_paper_costs(llama, {"target": "huggyllama/llama-7b", "drafter": "JackFram/llama-160m"}) == \
+        {"target": 70000, "drafter": 160}
+    assert costs.csd_paper_costs(llama, {"target": "meta-llama/Llama-3.2-1B", "drafter": "JackFram/llama-68m"}) is None
+    opt = {"target": RuleLM(V, succ(V), model_type="opt")}
+    assert costs.csd_paper_costs(opt, {"target": "facebook/opt-2.7b"}) is None  # "7b" in the name is not enough
+    # FLAN-T5 forward counts of one round of the paper's matrix (target 1, base 1, small 2) over 30 tokens
+    assert costs.swi(30, {"target": 1, "drafter": 1, "drafter2": 2}, costs.csd_paper_costs(t5, names)) == \
+        pytest.approx(30 * 11300 / (11300 + 220 + 120))
 
 
 def test_classic_forward_counts_alpha_and_leviathan_by_hand():
@@ -128,3 +148,25 @@ def test_autoregressive_costs_are_one():
     g = generate(lm, torch.tensor([0]), 7, Sampling(), Stopper())
     cms = costs.report([g], {"target": lm})["cost_model_speedup"]
     assert cms["params"] == pytest.approx(1.0) and cms["measured"] == pytest.approx(1.0)
+
+
+def test_measured_cost_model_counts_encoder_passes():
+    """Issue 12 item 1 for the cost models: an encoder-decoder pair's encoder passes are time on
+    both sides. 10 tokens; strategy: target 3 forwards of 1 s, drafter 3 of 0.1 s, encoders 2 s
+    (target) and 0.5 s (drafter); baseline: 10 target steps of 1 s and its 2 s encoder pass:
+    (10*1 + 2) / (3*1 + 3*0.1 + 2 + 0.5) = 12 / 5.8 = 2.0690 (without encoders: 10 / 3.3 = 3.03)."""
+    from specexp.decode import Generation
+
+    zero = {"target": 0, "drafter": 0}
+    g = Generation(tokens=[1] * 10, model_forwards={"target": 3, "drafter": 3},
+                   model_forward_seconds={"target": 3.0, "drafter": 0.3}, model_prefills=dict(zero),
+                   model_prefill_seconds={"target": 0.0, "drafter": 0.0},
+                   model_encoder_seconds={"target": 2.0, "drafter": 0.5})
+    b = Generation(tokens=[1] * 10, model_forwards={"target": 10}, model_forward_seconds={"target": 10.0},
+                   model_prefills={"target": 0}, model_prefill_seconds={"target": 0.0},
+                   model_encoder_seconds={"target": 2.0})
+    models = {"target": RuleLM(V, succ(V), n_params=1000), "drafter": RuleLM(V, succ(V), n_params=100)}
+    rep = costs.report([g], models, base=[b])
+    assert rep["cost_model_speedup"]["measured"] == pytest.approx(12 / 5.8) == pytest.approx(2.0690, abs=1e-4)
+    assert rep["cost_model"]["encoder_seconds"] == {"target": 2.0, "drafter": 0.5}
+    assert rep["cost_model_speedup"]["params"] == pytest.approx(10000 / 3300)  # decoder forwards only

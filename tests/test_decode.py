@@ -122,8 +122,8 @@ def test_stops_on_eos_anywhere(models, where):
     out = spec(target, drafter, prompt, 30, gamma=4, stopper=stopper)
     assert out.tokens == full[: first + 1]
     assert ar(target, prompt, 30, stopper=stopper).tokens == out.tokens
-    if where == "draft":  # the EOS was an accepted draft token, not the round's last token
-        assert out.accepted[-1] > 0
+    if where == "draft":  # the EOS was drafted and accepted: it ends the draft and counts as the round's token
+        assert out.rejected[-1] == [eos] and out.emitted[-1] == out.accepted[-1] + 1
 
 
 def test_trained_pair_is_lossless_and_accepts(trained_pair_dir):

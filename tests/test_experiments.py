@@ -121,9 +121,18 @@ def test_experiment_runs_end_to_end_on_the_random_pair(name, random_pair_dir, tm
     run_dir = tmp_path / "run"
     want = compose([f"experiment={name}"])
     code = run.run_cli([f"experiment={name}", *smoke_overrides(want, random_pair_dir, tmp_path),
-                          f"hydra.run.dir={run_dir}"])
-    m = json.loads((run_dir / "metrics.json").read_text())
-    assert code == 0 and m["status"] == "ok", m.get("error")
-    assert m["config"]["strategy"]["name"] == want.strategy.name
-    assert m["dataset"]["n_samples"] == 1 and m["model_pair"]["target"] == f"{random_pair_dir}/target"
-    assert ("speedup" in m) == bool(want.baseline and want.strategy.get("proposer") is not None)
+                        f"hydra.run.dir={run_dir}", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    # an experiment that is a sweep (hydra.mode: MULTIRUN, e.g. the study) writes one run per job
+    sweep = str(want.hydra.get("mode")).endswith("MULTIRUN")
+    paths = sorted((tmp_path / "sweep").glob("*/metrics.json")) if sweep else [run_dir / "metrics.json"]
+    assert code == 0 and paths and all(p.exists() for p in paths)
+    strategies = []
+    for p in paths:
+        m = json.loads(p.read_text())
+        assert m["status"] == "ok", m.get("error")
+        assert m["dataset"]["n_samples"] == 1 and m["model_pair"]["target"] == f"{random_pair_dir}/target"
+        strategies.append(m["config"]["strategy"]["name"])
+        if not sweep:
+            assert ("speedup" in m) == bool(want.baseline and want.strategy.get("proposer") is not None)
+    swept = str(want.hydra.sweeper.get("params", {}).get("strategy", "")) if sweep else ""
+    assert strategies == (swept.split(",") if swept else [want.strategy.name])

@@ -179,10 +179,14 @@ def test_adaedl_threshold_update():
     p.observe(4, 4)
     assert p.ar == pytest.approx(0.5) and p.lam == pytest.approx(0.501)
     q = L.AdaEDL(lambda_init=0.5, ar_init=1.0)
-    q.observe(4, 4)  # AR = 1.0 >= 0.9, all accepted -> lambda unchanged
-    assert q.ar == pytest.approx(1.0) and q.lam == pytest.approx(0.5)
-    q.observe(10, 9)  # AR = 0.5 + 0.45 = 0.95 >= 0.9, one rejected -> lambda' = 0.49 -> 0.499
-    assert q.ar == pytest.approx(0.95) and q.lam == pytest.approx(0.499)
+    q.observe(4, 4)  # AR = 1.0 >= 0.9: acceptance on target -> lambda' = 0.49 -> 0.499 (drafts get longer)
+    assert q.ar == pytest.approx(1.0) and q.lam == pytest.approx(0.499)
+    q.observe(10, 9)  # AR = 0.5 + 0.45 = 0.95 >= 0.9 -> lambda' = 0.489 -> 0.9 * 0.499 + 0.0489 = 0.498
+    assert q.ar == pytest.approx(0.95) and q.lam == pytest.approx(0.498)
+    q.observe(4, 0)  # AR = 0.475 < 0.9: rejections -> lambda' = 0.508 -> 0.4990 (drafts get shorter)
+    assert q.ar == pytest.approx(0.475) and q.lam == pytest.approx(0.9 * 0.498 + 0.1 * 0.508)
+    q.observe(0, 0)  # a round with no draft: nothing to learn
+    assert q.ar == pytest.approx(0.475)
     q.reset()
     assert (q.lam, q.ar) == (0.5, 1.0)
     # a higher lambda stops earlier: lambda 0.7 stops at H > 0.45 (ln2 = 0.693)
@@ -282,10 +286,14 @@ def test_every_stateful_policy_resets_to_its_initial_state():
             p.observe(k, n)
         p.reset()
         assert [p.begin() for _ in range(3)] == fresh, type(p).__name__
-    a = L.AdaEDL(lambda_init=0.6, ar_init=0.3)
+    a = L.AdaEDL(lambda_init=0.6, ar_init=0.3, per_sample=True)
     a.observe(4, 1)
     a.start_sample(carry=False)
     assert (a.lam, a.ar) == (0.6, 0.3)
+    b = L.AdaEDL(lambda_init=0.6, ar_init=0.3)  # default: lambda adapts over the whole run
+    b.observe(4, 1)
+    b.start_sample(carry=False)
+    assert b.lam > 0.6 and b.ar != 0.3
 
 
 def test_entropy_history_is_per_round():

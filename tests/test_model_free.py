@@ -81,6 +81,45 @@ def test_bigram_chain_fills_the_rest():
     assert [r["source"] for r in d.records] == ["lookup", "lookup", "bigram", "bigram"]
 
 
+def test_draft_sized_from_the_match():
+    """Cost-aware lookup: a suffix of n tokens drafts ceil(draft_per_ngram * n), capped by max_len."""
+    seq = [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3]  # suffix [1, 2, 3] matches at 0..2: 3-gram
+    assert lookup(seq, 8) == [4, 5, 6, 7, 8, 9, 1, 2]
+    assert lookup(seq, 8, draft_per_ngram=1.0) == [4, 5, 6]
+    assert lookup(seq, 8, draft_per_ngram=1.5) == [4, 5, 6, 7, 8]  # ceil(4.5)
+    assert lookup(seq, 4, draft_per_ngram=2.0) == [4, 5, 6, 7]  # capped by the policy's length
+    # only a real match drafts: min_ngram 2 refuses a lone repeated token
+    assert lookup([5, 1, 9, 1], 4, min_ngram=2) == []
+    table = Bigram.from_table([1, 2, 3, 0])
+    # no match: ceil(draft_per_ngram * 1) tokens of fill
+    assert lookup([2, 1], 8, bigram=table, min_ngram=2, draft_per_ngram=2.0) == [2, 3]
+
+
+def test_bigram_fill_only_when_its_corpus_fits_the_text():
+    """fit = share of the prompt's next tokens the table predicts; below min_fit nothing is drafted."""
+    table = [1, 2, 3, 0]  # 0->1->2->3->0
+    b = Bigram.from_table(table)
+    assert b.fit(T([0, 1, 2, 3, 0])) == 1.0
+    assert b.fit(T([0, 2, 1, 3, 3])) == 0.0
+    assert b.fit(T([0, 1, 3, 3, 0])) == 0.5  # 0->1 and 3->0 hit, 1->3 and 3->3 miss
+    assert b.fit(T([2])) is None
+    fitting = Bigram.from_table(table)
+    fitting.min_fit = 0.5
+    fitting.reset(T([0, 1, 3, 3, 0]))
+    assert fitting.fits and fitting.propose(T([0, 1, 3]), 2, None, GREEDY, None).tokens.tolist() == [0, 1]
+    fitting.reset(T([0, 2, 1, 3, 3]))
+    assert not fitting.fits and fitting.propose(T([0, 1, 3]), 2, None, GREEDY, None).tokens.tolist() == []
+    # the lookup's fill follows the same verdict; its own matches do not
+    pl = PromptLookup(bigram=fitting)
+    pl.reset(T([0, 2, 1, 3, 3]))
+    assert pl.propose(T([0, 2, 1, 3, 3, 0, 2]), 4, None, GREEDY, None).tokens.tolist() == [1, 3, 3, 0]
+    assert pl.propose(T([0, 2, 1, 3, 3, 1, 0]), 4, None, GREEDY, None).tokens.tolist() == [2, 1, 3, 3]
+    assert pl.propose(T([0, 2, 1, 3, 3, 1, 3]), 4, None, GREEDY, None).tokens.tolist() == [3, 1, 3]  # no fill
+    fitting.min_fit = 0.0  # no fit required: the fill is on
+    pl.reset(T([0, 2, 1, 3, 3]))
+    assert pl.propose(T([0, 2, 1, 3, 3, 1, 3]), 4, None, GREEDY, None).tokens.tolist() == [3, 1, 3, 0]
+
+
 def test_encoder_decoder_lookup_searches_the_prompt_then_the_decoder_text():
     pl = PromptLookup(encoder_decoder=True)
     pl.reset(T([10, 11, 12, 13, 1]))  # the encoder prompt, ending in </s> (1)
@@ -207,3 +246,20 @@ def test_per_token_policies_are_refused():
         proposer.reset(T([1, 0]))
         with pytest.raises(ValueError, match="token by token"):
             proposer.propose(T([1, 0]), 2, PerToken(4), GREEDY, None)
+
+
+def test_shipped_smollm2_model_free_pairs_are_cost_aware():
+    """The shipped pairs draft only on a real match, sized from it, and fill only where the chain fits."""
+    from conftest import compose
+    from hydra.utils import instantiate
+
+    cfg = compose(["model_pair=smollm2-135m__prompt_lookup"])
+    pl = instantiate(cfg.strategy.proposer, _convert_="all")
+    assert (pl.min_ngram, pl.draft_per_ngram, pl.bigram.min_fit) == (2, 1.0, 0.15)
+    bg = instantiate(compose(["model_pair=smollm2-135m__bigram"]).strategy.proposer, _convert_="all")
+    assert bg.min_fit == 0.15
+    # a strategy chosen on the command line still wins over the pair's
+    assert compose(["model_pair=smollm2-135m__bigram", "strategy=autoregressive"]).strategy.proposer is None
+    # ... and gets none of the pair's cost-aware keys (they live in strategy/*_chat.yaml, not in the pair)
+    for pair in ("smollm2-135m__prompt_lookup", "smollm2-135m__bigram"):
+        assert set(compose([f"model_pair={pair}", "strategy=nasd"]).strategy) == set(compose(["strategy=nasd"]).strategy)

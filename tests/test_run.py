@@ -37,7 +37,14 @@ def test_run_writes_the_metrics_contract(run_specexp, random_pair_dir):
     assert m["mean_accepted_length"] == pytest.approx(m["new_tokens"] / m["target_forwards"])
     assert sum(m["accept_counts"]) == m["target_forwards"]  # one histogram entry per round
     assert m["acceptance_rate"] == pytest.approx(m["accepted_tokens"] / m["drafted_tokens"])
-    assert len(m["speedup"]["per_sample"]) == 2 and m["speedup"]["median"] > 0
+    sp = m["speedup"]
+    assert sp["estimator"] == "throughput_ratio" and "median" not in sp and "mean" not in sp
+    # throughput ratio = (strategy tokens / s) / (baseline tokens / s), totals over the samples
+    assert sp["throughput_ratio"] == pytest.approx(
+        (m["new_tokens"] / m["wall_time_s"]) / (m["baseline"]["new_tokens"] / m["baseline"]["wall_time_s"]))
+    assert sp["ci_low"] <= sp["throughput_ratio"] <= sp["ci_high"]
+    assert len(sp["per_token"]["per_sample"]) == 2 and sp["wall_time_ratio_matched"]["n"] == 2
+    assert m["timing"]["repeats"] == 1 and m["timing"]["torch_threads"] >= 1
     assert m["baseline"]["mean_accepted_length"] == 1.0 and m["baseline"]["drafted_tokens"] == 0
     for key in ("mean", "p50", "p90", "p99"):
         assert m["latency_ms_per_token"][key] > 0
@@ -49,7 +56,27 @@ def test_summary_and_sampling_override(run_specexp, random_pair_dir):
                                 "sampling.top_k=20", "summary=true")
     m = load(run_dir)
     assert m["sampling"] == {"temperature": 0.7, "top_k": 20, "top_p": 1.0}
+    # the override reached the decode: greedy speculative output always equals the baseline's
+    # (test_run_writes_the_metrics_contract); sampled outputs of this random pair do not
+    assert m["n_matches_baseline"] < m["n_samples"]
     assert "tokens/s" in proc.stdout and "speedup" in proc.stdout and str(run_dir) in proc.stdout
+
+
+def test_repeats_interleaved_median_time(run_specexp, random_pair_dir):
+    """timing.repeats=3: every sample decoded 3 times per mode; its time is the median of the 3,
+    the repeats emitted the same tokens (greedy), load average and spread recorded."""
+    proc, run_dir = run_specexp(*pair_overrides(random_pair_dir), *FAST, "timing.repeats=3", "summary=true")
+    m = load(run_dir)
+    t = m["timing"]
+    assert t["repeats"] == 3 and t["n_repeat_mismatch"] == 0 and len(t["loadavg_before"]) == 3
+    for s in m["samples"]:
+        for side, key in (("repeats", "wall_time_s"), ("baseline_repeats", "baseline_wall_time_s")):
+            times = s[side]["wall_times_s"]
+            assert len(times) == 3 and s[side]["identical"] is True
+            assert s[key] == pytest.approx(sorted(times)[1])  # the median of three
+            assert s[side]["spread"] == pytest.approx((max(times) - min(times)) / sorted(times)[1])
+    assert m["wall_time_s"] == pytest.approx(sum(s["wall_time_s"] for s in m["samples"]))
+    assert "3 repeat(s) per sample" in proc.stdout and "throughput ratio" in proc.stdout
 
 
 def test_autoregressive_strategy_has_no_drafter(run_specexp, random_pair_dir):
@@ -66,6 +93,10 @@ def test_multirun_sweeps_gamma(run_specexp, random_pair_dir, tmp_path):
     assert len(runs) == 2
     gammas = sorted(json.loads(p.read_text())["config"]["strategy"]["gamma"] for p in runs)
     assert gammas == [1, 2]
+    for p in runs:  # each job decoded with its own gamma, not just recorded it
+        m = json.loads(p.read_text())
+        lengths = [k for s in m["samples"] for k in s["draft_lengths"]]
+        assert max(lengths) == m["config"]["strategy"]["gamma"], (p, lengths)
 
 
 def test_console_script_is_installed(random_pair_dir, tmp_path):
@@ -137,3 +168,37 @@ def test_default_run_on_the_trained_pair(run_specexp, trained_pair_dir):
     assert m["all_match_baseline"] is True
     assert m["mean_accepted_length"] > 1.5
     assert "speedup" in proc.stdout and "tokens/s" in proc.stdout
+
+
+# ---- A/A: two jobs of the same config compared sample by sample ----------------------------
+
+def aa_sweep(run_specexp, overrides, tmp_path):
+    """`specexp -m strategy.gamma=4,4`: Hydra keeps both jobs (it does not merge duplicates);
+    then `specexp-report --stats --reference run=0`."""
+    from specexp import report
+
+    run_specexp(*overrides, "strategy.gamma=4,4", multirun=True)
+    sweep = tmp_path / "sweep"
+    assert sorted(p.parent.name for p in sweep.glob("*/metrics.json")) == ["0", "1"]
+    assert report.main([str(sweep), "--stats", "--reference", "run=0"]) == 0
+    import pandas as pd
+
+    st = pd.read_csv(sweep / "report" / "stats.csv")
+    assert st["run"].astype(str).tolist() == ["1"] and st.loc[0, "reference"].startswith("0 (")
+    assert st.loc[0, "timing"] == "each run over its own baseline"
+    return st.loc[0]
+
+
+def test_a_a_sweep_is_compared_sample_by_sample(run_specexp, random_pair_dir, tmp_path):
+    row = aa_sweep(run_specexp, [*pair_overrides(random_pair_dir), "dataset.limit=4", "dataset.max_new_tokens=8",
+                                 "summary=false"], tmp_path)
+    assert row["n_samples"] == 4 and row["ci_low"] <= row["speedup"] <= row["ci_high"]
+
+
+@pytest.mark.slow
+def test_a_a_on_the_tiny_pair_finds_no_difference(run_specexp, trained_pair_dir, tmp_path):
+    """The issue's A/A proof: the same config twice, 10 samples, 3 interleaved repeats: the CI
+    contains 1 and the verdict is "no detectable difference" (a 5% false-positive rate by design)."""
+    row = aa_sweep(run_specexp, ["dataset.limit=10", "timing.repeats=3", "summary=false"], tmp_path)
+    assert row["ci_low"] <= 1.0 <= row["ci_high"]
+    assert row["verdict"] == "no detectable difference"

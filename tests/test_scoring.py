@@ -58,7 +58,13 @@ def test_gsm8k_score_dict():
     assert out["accuracy"] == pytest.approx(2 / 3)
     assert (out["n_scored"], out["n_extracted"]) == (3, 3)
     assert [p["correct"] for p in out["per_sample"]] == [True, True, False]
-    assert out["per_sample"][2] == {"id": "gsm8k/2", "correct": False, "pred": "2", "gold": "-2"}
+    assert out["per_sample"][2] == {"id": "gsm8k/2", "correct": False, "pred": "2", "gold": "-2",
+                                    "correct_specexp": False, "pred_strict-match": None, "correct_strict-match": False,
+                                    "pred_flexible-extract": "2.", "correct_flexible-extract": False}
+    # lm-evaluation-harness: strict needs "#### N" (1 of 3); flexible takes the last number-like run
+    # ("4." -> "4" after dropping a final "."; "1,000" -> "1000"; "2." != "-2")
+    assert out["exact_match_strict_match"] == pytest.approx(1 / 3)
+    assert out["exact_match_flexible_extract"] == pytest.approx(2 / 3)
     assert task.score(samples, ["", "", ""])["n_extracted"] == 0
 
 

@@ -12,10 +12,9 @@ from test_cascade import FakePair, perturbed
 
 from specexp.decode import generate
 from specexp.length import Fixed, LengthPolicy
-from specexp.models import CachedLM, ModelSpec, cached_lm, load_model
+from specexp.models import CachedLM, ModelSpec, Seq2SeqLM, cached_lm, load_model
 from specexp.proposers import Bigram, Cascade, DraftModel, PromptLookup
 from specexp.sampling import Sampling
-from specexp.seq2seq import Seq2SeqLM
 from specexp.stopping import Stopper
 
 V = 64
@@ -141,7 +140,7 @@ def test_cli_model_free_and_cascade_on_a_t5_pair(tmp_path, run_specexp, monkeypa
     assert set(runs) == {"bigram", "prompt_lookup", "cascade_flan_t5"}
     for name, m in runs.items():
         assert m["status"] == "ok" and m["all_match_baseline"], name
-        assert set(m["cost_model_speedup"]) == {"params", "previous_work", "measured", "leviathan_predicted"}
+        assert set(m["cost_model_speedup"]) >= {"params", "previous_work", "measured", "leviathan_predicted"}
         assert m["cost_model_speedup"]["previous_work"] is None  # tiny T5s are no released size
         assert m["cost_model_speedup"]["leviathan_predicted"] is None  # not the classic algorithm
         assert m["model_forwards"]["target"] == m["target_forwards"]

@@ -2,11 +2,13 @@
 sweep summary, Ctrl-C, the launcher / sweeper configs (joblib GPU pinning, submitit, Optuna)."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, compose, pair_overrides
 from specexp import models, report, run, sweep
+from specexp.length import Fixed
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -116,15 +119,99 @@ def test_sweep_3x2_failure_isolated_resume_and_report(random_pair_dir, tmp_path,
     assert len(csv) == 6 and "tokens_per_second" in csv
 
 
-def test_resume_reruns_a_job_dir_written_by_another_config(random_pair_dir, tmp_path):
-    """Job numbers shift when a sweep's lists change: an ok metrics.json from another config in
-    the same job dir is run again, not passed off as this point's result."""
+def test_resume_never_overwrites_another_configs_result_and_resume_false_reruns(random_pair_dir, tmp_path):
+    """Job numbers shift when a sweep's lists change: an ok result of another config in job 0's
+    folder is kept, and this config's job writes 0_1; `resume=false` really runs it again."""
     sweep_dir = tmp_path / "sweep"
     base = ["-m", *tiny(random_pair_dir), f"hydra.sweep.dir={sweep_dir}"]
     assert run.run_cli([*base, "strategy.gamma=1"]) == 0
+    first = (sweep_dir / "0" / "metrics.json").read_bytes()
     assert run.run_cli([*base, "strategy.gamma=3"]) == 0
-    assert metrics(sweep_dir)["0"]["config"]["strategy"]["gamma"] == 3
-    assert run.run_cli([*base, "strategy.gamma=3", "resume=false"]) == 0  # resume off: always runs
+    runs = metrics(sweep_dir)
+    assert (sweep_dir / "0" / "metrics.json").read_bytes() == first  # gamma=1 kept
+    assert runs["0_1"]["config"]["strategy"]["gamma"] == 3 and runs["0_1"]["status"] == "ok"
+    # the same sweep again: resumed from 0_1 (untouched), no third folder
+    again = (sweep_dir / "0_1" / "metrics.json").read_bytes()
+    assert run.run_cli([*base, "strategy.gamma=3"]) == 0
+    assert (sweep_dir / "0_1" / "metrics.json").read_bytes() == again and sorted(metrics(sweep_dir)) == ["0", "0_1"]
+    # resume off: the run is done again, in its own folder, and the file is rewritten
+    assert run.run_cli([*base, "strategy.gamma=3", "resume=false"]) == 0
+    redone = json.loads((sweep_dir / "0_1" / "metrics.json").read_text())
+    assert redone["status"] == "ok" and redone["config"]["resume"] is False  # written by this run
+    assert (sweep_dir / "0" / "metrics.json").read_bytes() == first and sorted(metrics(sweep_dir)) == ["0", "0_1"]
+
+
+def test_readme_example_second_sweep_keeps_the_first(random_pair_dir, tmp_path, capsys):
+    """README: `specexp -m strategy=... ` then `specexp -m strategy.gamma=...` into the same
+    hydra.sweep.dir. The first sweep's runs stay as they were; the second writes new job
+    folders; each sweep re-run is a resume; the summary and the report see all runs."""
+    sweep_dir = tmp_path / "sweeps" / "a"
+    base = ["-m", *tiny(random_pair_dir), f"hydra.sweep.dir={sweep_dir}"]
+    assert run.run_cli([*base, "strategy=speculative,autoregressive"]) == 0
+    first = {k: (sweep_dir / k / "metrics.json").read_bytes() for k in ("0", "1")}
+    assert run.run_cli([*base, "strategy.gamma=1,2,4"]) == 0
+    runs = metrics(sweep_dir)
+    assert {k: (sweep_dir / k / "metrics.json").read_bytes() for k in ("0", "1")} == first
+    assert sorted(runs) == ["0", "0_1", "1", "1_1", "2"] and all(m["status"] == "ok" for m in runs.values())
+    assert [runs[k]["config"]["strategy"]["gamma"] for k in ("0_1", "1_1", "2")] == [1, 2, 4]
+    assert [runs[k]["strategy"] for k in ("0", "1")] == ["speculative", "autoregressive"]
+    capsys.readouterr()
+    for args, n in (("strategy=speculative,autoregressive", 2), ("strategy.gamma=1,2,4", 3)):  # both resume
+        before = {k: (sweep_dir / k / "metrics.json").read_bytes() for k in runs}
+        assert run.run_cli([*base, args]) == 0
+        assert capsys.readouterr().out.count("specexp run skipped (resume: already ok)") == n
+        assert {k: (sweep_dir / k / "metrics.json").read_bytes() for k in runs} == before
+    assert "5 runs, 5 ok" in sweep.summarize(sweep_dir) and len(report.collect([sweep_dir])) == 5
+
+
+def test_a_run_never_overwrites_another_configs_ok_result(random_pair_dir, tmp_path, capsys):
+    """The last guard, for folders the job-folder resolver does not choose (a fixed
+    hydra.run.dir given twice): the second config is refused, the first result kept."""
+    run_dir = tmp_path / "run"
+    assert run.run_cli([*tiny(random_pair_dir), "strategy.gamma=1", f"hydra.run.dir={run_dir}"]) == 0
+    first = (run_dir / "metrics.json").read_bytes()
+    assert run.run_cli([*tiny(random_pair_dir), "strategy.gamma=2", f"hydra.run.dir={run_dir}"]) == 1
+    err = capsys.readouterr().err
+    assert f"{run_dir} holds an ok run of another config" in err and "does not overwrite it" in err
+    assert (run_dir / "metrics.json").read_bytes() == first
+
+
+def test_second_sweep_into_a_busy_folder_fails_fast(random_pair_dir, tmp_path, capsys):
+    """Another sweep holds the folder's lock (an flock on another open file description, as a
+    second process has): this sweep fails at once with a message and writes nothing."""
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    other = os.open(sweep_dir / ".specexp-sweep.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(other, b"pid 4242, started 2026-01-01 00:00:00: specexp -m strategy.gamma=1,2")
+    base = ["-m", *tiny(random_pair_dir), f"hydra.sweep.dir={sweep_dir}", "strategy.gamma=1,2"]
+    try:
+        assert run.run_cli(base) == 1
+        err = capsys.readouterr().err
+        assert f"specexp sweep: {sweep_dir} is in use by another sweep (pid 4242" in err
+        assert "give this one its own hydra.sweep.dir" in err
+        assert not list(sweep_dir.rglob("metrics.json")) and not (sweep_dir / "report").exists()
+    finally:
+        os.close(other)  # that sweep ends
+    assert run.run_cli(base) == 0 and sorted(metrics(sweep_dir)) == ["0", "1"]
+    assert sweep._LOCKS == {}  # released when the sweep ended
+
+
+def test_metrics_write_failure_saves_the_results_elsewhere(random_pair_dir, tmp_path, monkeypatch, capsys):
+    """metrics.json cannot be written (here a folder is in its way, as a read-only file system
+    would refuse it): the finished run's results go to the fallback folder, and the error names it."""
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # the first fallback: <temp dir>/specexp-unsaved
+    run_dir = tmp_path / "run"
+    (run_dir / "metrics.json").mkdir(parents=True)
+    code = run.run_cli([*tiny(random_pair_dir), f"hydra.run.dir={run_dir}"])
+    assert code == 1
+    saved = list((tmp_path / "tmp" / "specexp-unsaved").glob("*-run-metrics.json"))
+    assert len(saved) == 1
+    m = json.loads(saved[0].read_text())
+    assert m["status"] == "ok" and m["new_tokens"] > 0 and m["samples"]
+    err = capsys.readouterr().err
+    assert f"could not write {run_dir / 'metrics.json'}" in err and f"saved in {saved[0]}" in err
 
 
 def test_resume_check_ignores_only_resume_and_summary():
@@ -134,28 +221,39 @@ def test_resume_check_ignores_only_resume_and_summary():
     assert not sweep.same_config(None, a)
 
 
+class WaitForInterrupt(Fixed):
+    """A length policy that, at its first draft round, says so on stderr and waits for a signal:
+    the Ctrl-C test interrupts a run that is certainly decoding (an event, not a clock)."""
+
+    def begin(self) -> int:
+        print("specexp-test: decoding, waiting for SIGINT", file=sys.stderr, flush=True)
+        signal.pause()  # SIGINT's KeyboardInterrupt is raised here
+        return super().begin()
+
+
 def test_ctrl_c_leaves_a_failed_json_not_ok(random_pair_dir, tmp_path):
     """SIGINT in the middle of decoding: the run's metrics.json says failed (KeyboardInterrupt),
-    no temp file is left, and a resumed run would redo it. (60 samples: a random model may stop
-    early at EOS, and the run must still be decoding when the signal comes.)"""
+    no temp file is left, and a resumed run would redo it. The run waits inside its first draft
+    round (WaitForInterrupt) until the signal comes."""
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "specexp", *pair_overrides(random_pair_dir), "dataset.limit=60",
-           "dataset.max_new_tokens=400", "dataset.stop=[]", "warmup=0", f"hydra.run.dir={run_dir}"]
+    cmd = [sys.executable, "-m", "specexp", *pair_overrides(random_pair_dir), "dataset.limit=1",
+           "dataset.max_new_tokens=8", "warmup=0", "strategy.length._target_=test_sweep.WaitForInterrupt",
+           f"hydra.run.dir={run_dir}"]
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), ENV.get("PYTHONPATH", "")])}
     # SIGINT's default disposition for the child: a shell without job control starts background
     # jobs (and so this test run) with SIGINT ignored, and Python then installs no KeyboardInterrupt
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    seen, deadline = b"", time.time() + 120
+    seen = b""
     try:
-        while b"decoding" not in seen and time.time() < deadline:  # tqdm's bar: decoding has started
+        while b"waiting for SIGINT" not in seen:
             chunk = os.read(proc.stderr.fileno(), 4096)
-            if not chunk:
+            if not chunk:  # the child ended without reaching the draft round
                 break
             seen += chunk
-        assert b"decoding" in seen, seen.decode(errors="replace")[-2000:]
-        time.sleep(0.5)
+        assert b"waiting for SIGINT" in seen, seen.decode(errors="replace")[-2000:]
         proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=60)
+        proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -167,21 +265,21 @@ def test_ctrl_c_leaves_a_failed_json_not_ok(random_pair_dir, tmp_path):
 
 def test_run_line():
     ok = {"status": "ok", "overrides": ["strategy.gamma=2"], "tokens_per_second": 812.34, "acceptance_rate": 0.4123,
-          "mean_accepted_length": 2.5, "speedup": {"median": 1.31}, "all_match_baseline": True,
-          "n_matches_baseline": 5, "dataset": {"n_samples": 5}}
-    assert sweep.run_line(ok) == ("specexp run ok: [strategy.gamma=2] 812.3 tok/s, accept 0.412, "
-                                  "mean acc. len 2.50, speedup 1.31x, matches AR 5/5")
+          "mean_accepted_length": 2.5, "all_match_baseline": True, "n_matches_baseline": 5, "dataset": {"n_samples": 5},
+          "speedup": {"estimator": "throughput_ratio", "throughput_ratio": 1.31, "ci_low": 1.12, "ci_high": 1.5}}
+    assert sweep.run_line(ok) == ("specexp run ok: [strategy.gamma=2] 812.3 tok/s, accept 0.412, mean acc. len 2.50, "
+                                  "speedup (throughput ratio, 95% CI) 1.31x [1.12, 1.50], matches AR 5/5")
     assert "skipped (resume: already ok)" in sweep.run_line(ok, skipped=True)
     bad = {"status": "failed", "overrides": ["strategy.gamma=0"], "error": "ValueError:\ngamma must be >= 1"}
     assert sweep.run_line(bad) == "specexp run FAILED: [strategy.gamma=0] ValueError: gamma must be >= 1"
 
 
 def test_objective_penalises_changed_output_and_quality_drop():
-    m = {"tokens_per_second": 100.0, "speedup": {"median": 1.5}, "all_match_baseline": True,
+    m = {"tokens_per_second": 100.0, "speedup": {"estimator": "throughput_ratio", "throughput_ratio": 1.5}, "all_match_baseline": True,
          "n_matches_baseline": 4, "dataset": {"n_samples": 4},
          "quality": {"rouge1": 0.30}, "quality_baseline": {"rouge1": 0.31}}
     assert sweep.objective(m) == (100.0, None)
-    assert sweep.objective(m, metric="speedup.median") == (1.5, None)
+    assert sweep.objective(m, metric="speedup.throughput_ratio") == (1.5, None)
     value, why = sweep.objective({**m, "all_match_baseline": False, "n_matches_baseline": 3})
     assert value == 0.0 and "differs from autoregressive on 1 samples" in why
     assert sweep.objective(m, max_quality_drop=0.005, penalty=-1.0)[0] == -1.0
@@ -240,6 +338,8 @@ def test_launcher_and_sweeper_configs_compose():
     assert c.hydra.sweeper.params["strategy.tau"] == "interval(0.25, 5.0)" and c.strategy.name == "entropy_static"
     c = compose(["hydra/callbacks=sweep_summary"])
     assert c.hydra.callbacks.sweep_summary._target_ == "specexp.sweep.SweepSummary"
+    for extra in ([], ["hydra/launcher=joblib_gpus"], ["hydra/sweeper=optuna_gamma"]):  # the lock is always on
+        assert compose(extra).hydra.callbacks.sweep_lock._target_ == "specexp.sweep.SweepLock"
     from hydra.utils import get_class
 
     for name in ("SweepSummary", "PinGPU", "Objective"):

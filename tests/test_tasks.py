@@ -7,7 +7,6 @@ import csv
 import gzip
 import json
 import re
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,7 +19,7 @@ from specexp.tasks import loading
 from specexp.tasks.base import Sample, Task
 from specexp.tasks.gsm8k import GSM8K
 from specexp.tasks.humaneval import HumanEval
-from specexp.tasks.loading import DataUnavailable, read_local, render, shared_data_dir
+from specexp.tasks.loading import DataUnavailable, render, shared_data_dir
 from specexp.tasks.mmlu import MMLU, SUBJECTS
 from specexp.tasks.wikitext import WikiText, split_words
 from specexp.tasks.xsum import XSum
@@ -256,12 +255,22 @@ def test_auto_uses_path_then_shared_then_hub(tmp_path, monkeypatch):
     assert len(GSM8K().samples()) == 2  # 3. the hub
 
 
+def _no_network(*a, **k):
+    raise AssertionError("offline: no connection may be attempted")
+
+
 def test_nothing_reachable_names_every_source_fast(tmp_path, monkeypatch):
+    """Offline, the hub is never contacted (an event, not a clock): a connection attempt fails the test."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("SPECEXP_SHARED_DATA", str(tmp_path / "nowhere"))
-    t0 = time.monotonic()
+    attempts = []  # recorded, since the probe runs in a thread where an exception would be swallowed
+    monkeypatch.setattr(loading.socket, "create_connection", lambda *a, **k: attempts.append(a) or _no_network())
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: attempts.append(a) or _no_network())
     with pytest.raises(DataUnavailable) as err:
         GSM8K().samples()
-    assert time.monotonic() - t0 < 2
+    assert attempts == []
     msg = str(err.value)
     assert "dataset.path: not set" in msg and "shared copy" in msg and "SPECEXP_SHARED_DATA" in msg
     assert "hub openai/gsm8k" in msg and "HF_HUB_OFFLINE=1" in msg and "dataset.source=hub" in msg
@@ -275,10 +284,16 @@ def test_hub_unreachable_is_detected_without_hanging(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
     monkeypatch.setenv("SPECEXP_SHARED_DATA", str(tmp_path / "nowhere"))
-    t0 = time.monotonic()
+    # events, not a clock: one probe with a finite timeout, and datasets is never asked to download
+    probes, real = [], loading.socket.create_connection
+    monkeypatch.setattr(loading.socket, "create_connection", lambda addr, timeout=None, *a: probes.append(
+        (addr, timeout)) or real(addr, timeout, *a))
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", _no_network)
     with pytest.raises(DataUnavailable, match="cannot connect to 127.0.0.1:9"):
         XSum().samples()
-    assert time.monotonic() - t0 < 5
+    assert probes == [(("127.0.0.1", 9), 3.0)]
 
 
 def test_hub_errors_become_data_unavailable(monkeypatch):
@@ -400,6 +415,8 @@ def fixture_path(kind: str, tmp_path: Path) -> str | None:
     if kind == "wikitext":
         (tmp_path / "wiki.test.raw").write_text(WIKI_RAW * 3)
         return str(tmp_path / "wiki.test.raw")
+    if kind == "jsonl":  # the user's own rows
+        return str(write(tmp_path / "rows.jsonl", [{"prompt": f"Q{i}", "answer": f"A{i}"} for i in range(3)], "jsonl"))
     return None  # humaneval: the package
 
 
@@ -412,8 +429,10 @@ def test_config_keys_are_commented_and_build_the_task(path, tmp_path):
     cfg.path = fixture_path(kind, tmp_path)
     if kind == "wikitext":
         cfg.prefix_words, cfg.min_words = 4, 6
+    if kind == "jsonl":  # no default limit or reference: the user's file decides
+        cfg.limit, cfg.reference = 2, "answer"
     task = instantiate(cfg, _convert_="all")
-    assert isinstance(task, Task) and task.name == kind and task.chat is False
+    assert isinstance(task, Task) and task.name == (kind if kind != "jsonl" else "jsonl:rows") and task.chat is False
     assert task.limit and task.max_new_tokens > 0 and isinstance(task.stop, list)
     samples = task.samples()
     assert 0 < len(samples) <= task.limit and all(s.prompt and s.reference is not None for s in samples)

@@ -127,7 +127,7 @@ def test_prompt_run_marks_the_drafts_and_reproduces_the_run(trained_pair_dir, tm
     assert "tokens/s" in stats and "speedup" in stats and "output identical" in stats
     title, text, _ = section(proc.stdout, "autoregressive")
     assert "identical" in title and text == strip(marked)  # greedy: the target alone writes the same
-    assert "speedup (per-sample time ratio)" in proc.stdout  # then the usual summary
+    assert "speedup (throughput ratio" in proc.stdout  # then the usual summary
 
 
 def test_prompt_text_is_taken_literally_and_needs_the_prompt_dataset(random_pair_dir):

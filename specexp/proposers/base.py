@@ -18,11 +18,15 @@ class Draft:
 class Proposer:
     """Proposes draft tokens that continue `tokens`.
 
-    Contract with the decode loop, per sample: `reset(prompt)`, then each round
-    `propose(tokens, max_len, policy, sampling, generator)` followed by `observe(n_accepted)`."""
+    Contract with the decode loop, per sample: `eos` is set, then `reset(prompt)`, then each round
+    `propose(tokens, max_len, policy, sampling, generator)` followed by `observe(n_accepted)`.
+    A proposer ends its draft after a token in `eos` (kept as the last draft, as transformers'
+    assistant does): nothing after it could be emitted."""
 
     forwards = 0  # model forwards spent proposing (0 for model-free proposers)
+    needs_features = False  # True: the target keeps its last hidden states and the loop calls observe_features (EAGLE)
     records = False  # fill Draft.records with per-token analysis records (set by the run)
+    eos: frozenset[int] | set[int] = frozenset()  # ids that end a generation (set from the loop's Stopper.eos)
 
     def bind(self, pair) -> "Proposer":
         """Attach the loaded models (called once per run by the builder); returns self."""
@@ -37,3 +41,11 @@ class Proposer:
 
     def observe(self, n_accepted: int) -> None:
         pass
+
+    def observe_target(self, logits: torch.Tensor, n_accepted: int) -> None:
+        """The target's logits [k+1, V] of the round just verified (called before `observe`);
+        rows 0..n are the accepted drafts' positions and the target's own token. Default: unused."""
+
+    def observe_features(self, hidden: torch.Tensor) -> None:
+        """Only when `needs_features` (called before `observe`): the target's last hidden states
+        [m, H] of the tokens it kept this round (its unseen suffix, then the accepted drafts)."""

@@ -263,18 +263,24 @@ def chain(table: torch.Tensor, last: int, k: int) -> list[int]:
 class Bigram(Proposer):
     """Drafts the bigram chain from the last token. `table`: a built JSON table (scripts/
     build_bigram.py); else the table is built on first use from `corpus`/`dataset` with the
-    target's tokenizer and cached. Model-free: no forwards, deterministic proposals."""
+    target's tokenizer and cached. Model-free: no forwards, deterministic proposals.
+
+    min_fit: draft only for prompts whose own next tokens the table predicts at least this often
+    (`fit`: its corpus fits the text; a chain counted on code drafts junk into prose, and every
+    junk token widens the target's verification); 0 = always draft."""
 
     forwards = 0
 
     def __init__(self, table: str | None = None, corpus: str | None = None, dataset: str | None = None,
                  dataset_config: str | None = None, split: str = "train", data_files=None,
-                 text_field: str = "text", max_bytes: int = DEFAULT_MAX_BYTES):
+                 text_field: str = "text", max_bytes: int = DEFAULT_MAX_BYTES, min_fit: float = 0.0):
         self.table_path = table
         self.source = dict(corpus=corpus, dataset=dataset, dataset_config=dataset_config, split=split,
                            data_files=data_files, text_field=text_field, max_bytes=max_bytes)
         self.table: torch.Tensor | None = None
         self.meta: dict = {}
+        self.min_fit = min_fit
+        self.fits = True  # this sample's verdict (reset)
 
     @classmethod
     def from_table(cls, table: torch.Tensor | list[int]) -> "Bigram":
@@ -299,6 +305,20 @@ class Bigram(Proposer):
             self.table = fit_table(self.table, vocab, int(self.meta.get("fallback_token", 0)))
         return self
 
+    def fit(self, text: torch.Tensor) -> float | None:
+        """Share of the positions of `text` [L] whose next token is the table's successor (None: L < 2)."""
+        if self.table is None:
+            raise RuntimeError("Bigram drafter without a table: call bind(pair) (or use Bigram.from_table)")
+        text = text.cpu().long()
+        if text.shape[0] < 2:
+            return None
+        ok = text[:-1] < self.table.numel()
+        return float((self.table[text[:-1][ok]] == text[1:][ok]).sum()) / (text.shape[0] - 1)
+
+    def reset(self, prompt: torch.Tensor) -> None:
+        fit = self.fit(prompt) if self.min_fit > 0 else None
+        self.fits = fit is None or fit >= self.min_fit
+
     def draft(self, last: int, k: int) -> list[int]:
         if self.table is None:
             raise RuntimeError("Bigram drafter without a table: call bind(pair) (or use Bigram.from_table)")
@@ -307,6 +327,6 @@ class Bigram(Proposer):
     def propose(self, tokens: torch.Tensor, max_len: int, policy: LengthPolicy | None, sampling: Sampling | None,
                 generator: torch.Generator | None) -> Draft:
         check_policy(policy, "the bigram drafter")
-        out = self.draft(int(tokens[-1]), max_len) if max_len > 0 else []
+        out = self.draft(int(tokens[-1]), max_len) if max_len > 0 and self.fits else []
         recs = [{"position": j, "source": "bigram"} for j in range(len(out))] if self.records else []
         return Draft(torch.tensor(out, dtype=tokens.dtype, device=tokens.device), None, recs)

@@ -45,7 +45,23 @@ sampled output follows the target's distribution:
 
 Each neural drafter keeps a KV cache of the last sequence it scored and reuses its longest
 common prefix with the next one. Forward counts are per drafter (one per review); the bottom
-costs none.
+costs none. The draft the target gets ends at its first EOS (kept), as every proposer's does.
+
+`compat="original"` follows the protocol of the original code (lfsszd/CS-Drafting at 05b22e1,
+`csd.py`, `mag.py`, `model.py`: the classes `main.py` runs) where it differs from the above;
+greedy only, as the original:
+  1. every call of the bottom proposes at least ORIGINAL_BOTTOM_TOKENS (10) tokens: the k-matrix
+     share only decides whether it is called (`_csd_iteration`'s `propose(..., _MAG_GENERATION)`);
+  2. the bottom is the original max-gram (`original_bottom`): it searches `prompt ++ text[:-1]`
+     (decoder-only: the prompt twice) and lets a continuation run across the seams;
+  3. no cap: neither the policy's `max_len` nor the sample's budget cut the draft, so the last
+     round may overshoot `max_new_tokens` (the decode loop calls `propose` even at budget 1 for
+     a proposer with `overshoots`);
+  4. a reviewer compares a draft token d with s(d) = what the LAST sub-call of its row reported
+     (`review(..., new_probs, ...)`), shifted by one: a reviewer reports for each token it emits
+     after the first its own probability at the PREVIOUS position (`prob_res` in `review`), for
+     its first token what it was given, and a bottom call 1 for the whole text. With lenience 1
+     s is never read, so only the lenient presets are affected.
 """
 from __future__ import annotations
 
@@ -56,8 +72,41 @@ import torch
 from specexp.length import LengthPolicy
 from specexp.models import CachedLM, cached_lm
 from specexp.proposers.base import Draft, Proposer
-from specexp.proposers.bigram import check_policy
+from specexp.proposers.bigram import Bigram, check_policy
+from specexp.proposers.lookup import longest_suffix_match
 from specexp.sampling import Sampling, sample
+
+COMPAT = ("specexp", "original")
+ORIGINAL_BOTTOM_TOKENS = 10  # csd.py `_MAG_GENERATION`: tokens per call of the original's bottom
+
+
+def continuation_of_longest_suffix(text: torch.Tensor, k: int, max_suffix: int) -> list[int] | None:
+    """The (up to) k tokens that follow, in `text[:-1]`, the earliest occurrence of the longest
+    suffix of `text` (at most `max_suffix` tokens) that occurs there; None when not even the last
+    token does. An occurrence at the very end of `text[:-1]` gives an empty continuation."""
+    m = longest_suffix_match(text, max_suffix=max_suffix)  # the earliest occurrence (prefer="first")
+    if m is None:
+        return None
+    e = m[1]
+    return text[e + 1: min(e + 1 + k, text.shape[0] - 1)].tolist()
+
+
+def original_bottom(context: torch.Tensor, ids: torch.Tensor, k: int, chain: Bigram) -> list[int]:
+    """The tokens the original's max-gram bottom (mag.py `draft_sample_k_bn_gram`) appends to
+    `ids` (decoder-only: prompt + text; encoder-decoder: the decoder's tokens), `context` being the
+    prompt (the encoder's input):
+      1. the continuation of `ids`'s longest suffix in `context ++ ids[:-1]`;
+      2. fewer than k so far: up to k more, likewise in `x[:-1] ++ x[:-1]` (x = ids + step 1);
+      3. still fewer than k: the bigram chain from the last token, up to k in all.
+    k to 2k - 1 tokens. The searched texts hold their pieces twice or back to back, so a match at
+    the end of one piece continues into the next (e.g. from the prompt's end into its start)."""
+    new = continuation_of_longest_suffix(torch.cat([context, ids]), k, ids.shape[0]) or []
+    if len(new) < k:
+        x = torch.cat([ids, ids.new_tensor(new)])
+        new += continuation_of_longest_suffix(torch.cat([x[:-1], x]), k, x.shape[0]) or []
+    if len(new) < k:
+        new += chain.draft(new[-1] if new else int(ids[-1]), k - len(new))
+    return new
 
 
 @dataclass
@@ -115,7 +164,8 @@ class Cascade(Proposer):
     model-free `bottom` drafter, driven by `k_matrix` with lenience `lenience` (>= 1) at the
     intermediate levels. See the module docstring."""
 
-    def __init__(self, drafters: list[str], bottom: Proposer, k_matrix: list[list[int]], lenience: float = 1.0):
+    def __init__(self, drafters: list[str], bottom: Proposer, k_matrix: list[list[int]], lenience: float = 1.0,
+                 compat: str = "specexp"):
         drafters = list(drafters or [])
         n = len(drafters) + 1
         k = [[int(x) for x in row] for row in k_matrix]
@@ -132,8 +182,17 @@ class Cascade(Proposer):
             raise ValueError(f"cascade: each drafter role may appear once, got {drafters}")
         if bottom is None or getattr(bottom, "cached_models", None):
             raise ValueError("cascade: the bottom drafter must be a model-free proposer (prompt lookup, bigram)")
+        if compat not in COMPAT:
+            raise ValueError(f"cascade: compat must be specexp or original, got {compat!r}")
+        chain = bottom if isinstance(bottom, Bigram) else getattr(bottom, "bigram", None)
+        if compat == "original" and chain is None:
+            raise ValueError("cascade: compat=original needs a bigram chain at the bottom (PromptLookup with "
+                             "bigram, or Bigram): the original fills its max-gram drafts from one")
         self.roles, self.bottom, self.k, self.lenience, self.n = drafters, bottom, k, float(lenience), n
+        self.compat, self._chain = compat, chain  # specexp (the module doc) | original (the original code's protocol)
+        self.overshoots = compat == "original"  # the decode loop lets its drafts run past the budget
         self.levels: list[_Reviewer] = []
+        self.prompt: torch.Tensor | None = None
 
     def bind(self, pair) -> "Cascade":
         vocab = getattr(pair, "vocab_size", None)
@@ -155,6 +214,7 @@ class Cascade(Proposer):
         for lv in self.levels:
             lv.reset(prompt)
         self.bottom.reset(prompt)
+        self.prompt = prompt.cpu()
 
     # ----------------------------------------------------------------------------------------
 
@@ -164,7 +224,12 @@ class Cascade(Proposer):
             raise RuntimeError("cascade: call bind(pair) before proposing")
         check_policy(policy, "the cascade")
         self._policy, self._sampling, self._gen = policy, sampling, generator
+        if self.compat == "original":
+            return self._propose_original(tokens)
         items = self._draft(0, tokens, max_len) if max_len > 0 else _Items()
+        stop = next((i for i, t in enumerate(items.tokens) if t in self.eos), None)
+        if stop is not None:  # the draft ends at its first EOS (kept), as every proposer's does
+            items = items.cut(stop + 1)
         out = torch.tensor(items.tokens, dtype=tokens.dtype, device=tokens.device)
         probs = None
         if not sampling.greedy and any(q is not None for q in items.q):
@@ -262,3 +327,63 @@ class Cascade(Proposer):
         y = int(sample(r_all[len(sub)], gen))
         out.extend(_Items([y], [r_all[len(sub)]], [1.0], [role]))
         return out
+
+    # ------------------------------------------------------------- compat="original" (greedy)
+
+    def _propose_original(self, tokens: torch.Tensor) -> Draft:
+        if not self._sampling.greedy:
+            raise ValueError("cascade: compat=original reproduces the original code, which decodes greedily only; "
+                             "use sampling=greedy, or compat=specexp for sampling")
+        new, _, src = self._draft_original(0, tokens)
+        recs = [{"position": j, "source": s} for j, s in enumerate(src)] if self.records else []
+        return Draft(torch.tensor(new, dtype=tokens.dtype, device=tokens.device), None, recs)
+
+    def _draft_original(self, row: int, seq: torch.Tensor) -> tuple[list[int], list, list[str]]:
+        """Row `row`'s draft after `seq` as `_csd_iteration` builds it: drafter j is called while
+        the draft is shorter than the cumulative share k[row][row..j], whatever a call adds (no cap).
+        Returns the tokens, what the row's reviewer compares each with (the row's LAST sub-call's
+        report; `_vouch` reads it) and each token's source."""
+        toks: list[int] = []
+        s: list = []
+        src: list[str] = []
+        share = 0
+        for j in range(row, self.n):
+            share += self.k[row][j]
+            while len(toks) < share:
+                cur = torch.cat([seq, seq.new_tensor(toks)]) if toks else seq
+                if j == self.n - 1:  # the bottom reports a one-hot of every token (an int: the token)
+                    new = original_bottom(self.prompt, cur.cpu(), ORIGINAL_BOTTOM_TOKENS, self._chain)  # on the CPU
+                    s_new, who = list(new), "bottom"
+                else:
+                    new, s_new = self._review_original(j, cur)
+                    who = self.roles[j]
+                s = list(toks) + s_new  # earlier tokens: one-hot (the bottom under the last call saw them)
+                toks, src = toks + new, src + [who] * len(new)
+        return toks, s, src
+
+    def _review_original(self, j: int, seq: torch.Tensor) -> tuple[list[int], list]:
+        """Drafter j reviews the draft of rows j+1.. after `seq` (greedy; lenience l: also accept d
+        when its probability exceeds s(d) / l). Returns the accepted tokens plus its own next token,
+        and its report on them: for its first token what it was given there (a one-hot, read at
+        whatever token now stands there), for each later token its own probability at the
+        PREVIOUS position of that token (the original's `prob_res`, shifted by one)."""
+        sub, s_sub, _ = self._draft_original(j + 1, seq)
+        lv = self.levels[j]
+        start = seq.shape[0]
+        logits = lv.logits(torch.cat([seq, seq.new_tensor(sub)]), start)  # [len(sub) + 1, V]
+        best = logits.argmax(-1).tolist()
+        probs = logits.float().softmax(-1) if self.lenience > 1 else None
+        n = 0
+        while n < len(sub) and (best[n] == sub[n] or (
+                probs is not None and float(probs[n, sub[n]]) > _vouch(s_sub[n], sub[n]) / self.lenience)):
+            n += 1
+        out = sub[:n] + [best[n]]
+        lv.keep(start + n)
+        shifted = [float(probs[i - 1, out[i]]) if probs is not None else 1.0 for i in range(1, n + 1)]
+        return out, [s_sub[0] if sub else 1.0] + shifted  # (an empty sub-draft: the original would fail)
+
+
+def _vouch(entry, token: int) -> float:
+    """A report entry read at `token`: an int is a one-hot of that token id, a float a probability
+    already taken at the token it vouches for."""
+    return float(entry == token) if isinstance(entry, int) else entry

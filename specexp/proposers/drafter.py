@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import torch
 
+from specexp import entropy
 from specexp.length import Decision, DraftStep, LengthPolicy
 from specexp.models import CachedLM, SubsetHeadLM, cached_lm
 from specexp.proposers.base import Draft, Proposer
@@ -9,15 +10,21 @@ from specexp.sampling import Sampling
 
 
 class DraftModel(Proposer):
-    """A small causal LM drafting token by token with its own KV cache."""
+    """A small causal LM drafting token by token with its own KV cache. The draft ends after an
+    EOS token (`eos`, kept as the last draft), as transformers' assistant, the SVIP code and the
+    Entropy Drafting thesis' code stop there."""
 
     def __init__(self, model: str = "drafter", vocab: int | None = None):
         self.model = model  # which model of the pair drafts (the pair's `drafter`)
         self.vocab = vocab  # draft among the N tokens of the drafter's draft_vocab.json only (null = all)
         self.lm: CachedLM | None = None
+        self.embed_limit: int | None = None  # ids >= this can't be embedded by the drafter (see _check_vocab)
 
     def bind(self, pair) -> "DraftModel":
         model = pair.get(self.model)
+        if hasattr(model, "as_proposer"):  # a feature drafter (proposers/eagle.py) drafts from the target's features
+            return model.as_proposer(self.model, self.vocab).bind(pair)
+        self.embed_limit = _check_vocab(model, pair, self.model)
         if self.vocab:
             self.lm = SubsetHeadLM(model, draft_vocab(model, self.vocab), vocab_size=pair.vocab_size)
         else:
@@ -39,20 +46,22 @@ class DraftModel(Proposer):
     def propose(self, tokens, max_len, policy: LengthPolicy, sampling: Sampling, generator) -> Draft:
         self._start = tokens.shape[0]
         feed = tokens[self.lm.length:]  # what the cache has not seen: the prompt, or the last 1-2 tokens
+        if self.embed_limit is not None and int(feed.max()) >= self.embed_limit:
+            max_len = 0  # an id the drafter cannot embed (see _check_vocab): no draft, the target decodes alone
         out, probs, recs = [], [], []
         for j in range(max_len):
             logits = self.lm.forward(feed, keep=1)[-1]
             q = sampling.probs(logits)
             tok = sampling.pick(q, generator)
-            decision = (policy.decide(DraftStep(j, logits, q, tok, tokens, out, sampling.greedy)) if policy.needs_steps
-                        else Decision.CONTINUE)
+            step = DraftStep(j, logits, q, tok, tokens, out, sampling.greedy)
+            decision = policy.decide(step) if policy.needs_steps else Decision.CONTINUE
             if decision is Decision.STOP_BEFORE:
                 break
             out.append(tok)
             probs.append(q)
             if self.records:
-                recs.append(_record(j, logits, policy))
-            if decision is Decision.STOP_AFTER:
+                recs.append(_record(step, policy))
+            if decision is Decision.STOP_AFTER or (self.eos and int(tok) in self.eos):
                 break
             feed = tok.view(1)
         if not out:
@@ -80,12 +89,32 @@ def draft_vocab(model, n: int) -> torch.Tensor:
     return torch.tensor(sorted(ids), dtype=torch.long)
 
 
-def _record(position: int, logits: torch.Tensor, policy: LengthPolicy) -> dict:
-    """The drafter's side of an analysis record: the policy's own entropy measure when it has one
-    (else Shannon, nats, temperature 1) and the top probability."""
-    p = logits.float().softmax(-1)
-    if hasattr(policy, "entropy"):
-        h = float(policy.entropy(logits))
+def _check_vocab(model, pair, role: str) -> int | None:
+    """The drafter must embed every id the context can hold: refuse one whose embedding table is
+    smaller than the tokenizer (else the target's tokens crash it mid-run). A table that holds the
+    tokenizer but not the target's padded head width is handled: a context with an id past it
+    (a padding id the target sampled) gets no drafts. Returns that limit, or None."""
+    embeddings = getattr(model, "get_input_embeddings", lambda: None)()
+    if embeddings is None:  # a model without an embedding table (e.g. a test's lookup-table LM)
+        return None
+    rows = embeddings.weight.shape[0]
+    tokenizer = getattr(pair, "tokenizer", None)
+    needed = len(tokenizer) if tokenizer is not None else pair.vocab_size
+    if rows < needed:
+        raise ValueError(f"the {role} model embeds {rows} token ids but the target's "
+                         f"{'tokenizer has' if tokenizer is not None else 'vocabulary has'} {needed}: the target's "
+                         f"tokens would be out of the {role}'s range. Use a {role} with the target's vocabulary")
+    return rows if rows < pair.vocab_size else None
+
+
+def _record(step: DraftStep, policy: LengthPolicy) -> dict:
+    """The drafter's side of an analysis record: the entropy the length rule measured at this step
+    (the rule's own type, of the distribution it reads; Shannon by entropy.step_probs' convention
+    for rules without one), what it is of, the Shannon entropy at T=1 and the top probability at T=1."""
+    p1 = entropy.softmax(step.logits)
+    if hasattr(policy, "step_entropy"):
+        h, of = policy.step_entropy(step), policy.entropy_label(step)
     else:
-        h = float(-(p * p.clamp_min(1e-30).log()).sum())
-    return {"position": position, "drafter_entropy": h, "drafter_top_prob": float(p.max())}
+        h, of = float(entropy.shannon(entropy.step_probs(step))), entropy.label(step)
+    return {"position": step.position, "drafter_entropy": h, "drafter_entropy_of": of,
+            "drafter_entropy_t1": float(entropy.shannon(p1)), "drafter_top_prob": float(p1.max())}

@@ -7,11 +7,19 @@ continuation is shorter than the draft (or nothing matched), the rest of the dra
 bigram chain from the last proposed token. No model, no forwards; proposals are deterministic
 (`Draft.probs = None`: verification treats them as one-hot drafts).
 
+Cost-aware use (the shipped smollm2-135m__prompt_lookup pair): every drafted token widens the
+target's verification forward, so a junk draft is a loss. `min_ngram` >= 2 drafts only on a real
+match; `draft_per_ngram` sizes the draft from the match (a suffix of n tokens drafts
+ceil(draft_per_ngram * n), at most the policy's length); the bigram fill drafts only when its
+corpus fits the text (`Bigram(min_fit=...)`).
+
 Encoder-decoder targets: the text searched is the encoder prompt followed by the decoder tokens;
 the suffix is taken from the decoder tokens, and a continuation found in the prompt stops at the
 prompt's end.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -60,17 +68,23 @@ class PromptLookup(Proposer):
     max_ngram: longest suffix tried (null: unbounded, the max-gram rule); min_ngram: shortest
     suffix accepted as a match; prefer: "first" (earliest occurrence: the prompt, then the
     generated text) or "last" (most recent); bigram: the chain that fills the rest of the draft
-    (a `Bigram`, or null: draft only what the lookup found, possibly nothing)."""
+    (a `Bigram`, or null: draft only what the lookup found, possibly nothing); draft_per_ngram:
+    draft ceil(draft_per_ngram * n) tokens after a match of n (ceil(draft_per_ngram) of fill
+    without one), at most `max_len` (null: always `max_len`)."""
 
     forwards = 0
 
     def __init__(self, max_ngram: int | None = None, min_ngram: int = 1, prefer: str = "first",
-                 bigram: Bigram | None = None, encoder_decoder: bool | None = None):
+                 bigram: Bigram | None = None, encoder_decoder: bool | None = None,
+                 draft_per_ngram: float | None = None):
         if prefer not in ("first", "last"):
             raise ValueError(f"prompt lookup: prefer must be 'first' or 'last', got {prefer!r}")
         if min_ngram < 1 or (max_ngram is not None and max_ngram < min_ngram):
             raise ValueError(f"prompt lookup: need 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}")
+        if draft_per_ngram is not None and draft_per_ngram <= 0:
+            raise ValueError(f"prompt lookup: draft_per_ngram must be > 0 or null, got {draft_per_ngram}")
         self.max_ngram, self.min_ngram, self.prefer = max_ngram, min_ngram, prefer
+        self.draft_per_ngram = draft_per_ngram
         self.bigram = bigram
         self.encoder_decoder = encoder_decoder  # None: inferred (the decoder text does not start with the prompt)
         self.prompt: torch.Tensor | None = None
@@ -84,6 +98,8 @@ class PromptLookup(Proposer):
 
     def reset(self, prompt: torch.Tensor) -> None:
         self.prompt = prompt.cpu()  # searched on the CPU: many tiny ops, no kernel launches
+        if self.bigram is not None:
+            self.bigram.reset(prompt)  # does the fill's corpus fit this text?
 
     def _history(self, tokens: torch.Tensor) -> tuple[torch.Tensor, int | None]:
         """The text to search and where the prompt segment ends (None: one segment)."""
@@ -118,8 +134,11 @@ class PromptLookup(Proposer):
         if max_len <= 0:
             return Draft(tokens.new_empty(0), None)
         found, n = self.lookup(tokens, max_len)  # (on the CPU)
+        if self.draft_per_ngram is not None:  # size the draft from the match: longer matches run on longer
+            max_len = min(max_len, math.ceil(self.draft_per_ngram * max(n, 1)))
+            found = found[:max_len]
         fill = []
-        if len(found) < max_len and self.bigram is not None:
+        if len(found) < max_len and self.bigram is not None and self.bigram.fits:
             fill = self.bigram.draft(found[-1] if found else int(tokens[-1]), max_len - len(found))
         out = found + fill
         recs = []

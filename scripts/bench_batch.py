@@ -1,0 +1,172 @@
+"""Batched decoding benchmark (docs/batching.md): for each batch size, the batch throughput
+(new tokens of all prompts / wall time) and per-sequence latency of our autoregressive loop,
+transformers' batched `generate` (left padding, greedy; static batches) and each speculative
+strategy, with the strategy's speedup against our autoregressive loop at the same batch size and
+the crossover batch size where speculation stops paying.
+
+    python scripts/bench_batch.py --pair tiny --batch-sizes 1,4,8
+    python scripts/bench_batch.py --pair smollm2-135m__truncated --strategies speculative,prompt_lookup
+
+Batch size 1 runs the batch-1 loop (specexp.decode.generate); larger sizes specexp.batch. Modes
+are interleaved within each repeat (ABC ABC ...) so machine drift hits all alike; a number is the
+median over repeats. Greedy, EOS only (no stop strings), the same prompts for every mode; every
+row of every mode is checked against our batch-1 autoregressive output (`identical` column).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+
+    from specexp.config import CONF_DIR, register
+
+    register()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return hcompose("config", overrides=overrides)
+
+
+def hf_generate(model, prompts, batch_size: int, new_tokens: int, eos: int) -> tuple[list[list[int]], list[float]]:
+    """transformers' batched greedy generate over static batches of `batch_size` (left padding);
+    returns each row's new tokens (cut after its first EOS) and its latency (its batch's time)."""
+    out, lat = [], []
+    for s in range(0, len(prompts), batch_size):
+        chunk = prompts[s: s + batch_size]
+        width = max(p.shape[0] for p in chunk)
+        ids = torch.full((len(chunk), width), eos, dtype=torch.long, device=chunk[0].device)
+        mask = torch.zeros_like(ids)
+        for b, p in enumerate(chunk):
+            ids[b, width - p.shape[0]:], mask[b, width - p.shape[0]:] = p, 1
+        t0 = time.perf_counter()
+        gen = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
+                             pad_token_id=eos, eos_token_id=eos)
+        dt = time.perf_counter() - t0
+        for row in gen[:, width:].tolist():
+            out.append(row[: row.index(eos) + 1] if eos in row else row)
+            lat.append(dt)
+    return out, lat
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pair", default="tiny", help="a conf/model_pair name (default: tiny)")
+    ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
+    ap.add_argument("--strategies", default="speculative,prompt_lookup,bigram",
+                    help="comma list of conf/strategy names to run speculatively (default: %(default)s)")
+    ap.add_argument("--batch-sizes", default="1,4,8", help="comma list (default: %(default)s)")
+    ap.add_argument("--prompts", type=int, default=8, help="HumanEval prompts (default 8)")
+    ap.add_argument("--new-tokens", type=int, default=64, help="most new tokens per prompt; EOS stops (default 64)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    ap.add_argument("--no-hf", action="store_true", help="skip transformers' generate")
+    ap.add_argument("--json", help="output JSON (default outputs/bench/batch-<pair>-<date>.json)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from tqdm.auto import tqdm
+
+    from specexp import build
+    from specexp.batch import check_supported, generate_batch
+    from specexp.decode import generate
+    from specexp.models import cached_lm
+    from specexp.prompting import encode_prompt, eos_ids
+    from specexp.sampling import Sampling
+    from specexp.stopping import Stopper
+
+    sizes = [int(x) for x in args.batch_sizes.split(",")]
+    base = [f"model_pair={args.pair}", "dataset=humaneval", f"dataset.limit={args.prompts}", *args.override]
+    cfg = compose(base)
+    pair = build.pair(cfg.model_pair)
+    task = build.task(cfg.dataset, pair.tokenizer)
+    prompts = [encode_prompt(pair.tokenizer, s.prompt, task.max_prompt_tokens, pair.device) for s in task.samples()]
+    if max(sizes) > len(prompts):
+        raise SystemExit(f"--batch-sizes up to {max(sizes)} needs at least that many prompts (--prompts)")
+    eos = sorted(eos_ids(pair))
+    stopper, greedy = Stopper(eos), Sampling()
+    strategies = {}
+    for name in [s for s in args.strategies.split(",") if s]:
+        proposer, policy = build.strategy(compose(base + [f"strategy={name}"]).strategy, pair)
+        check_supported(proposer, pair.target)
+        strategies[name] = (proposer, policy)
+
+    def ours(proposer, policy, B, ps, n):
+        if B == 1:  # the batch-1 loop
+            lm, out = cached_lm(pair.target), []
+            for p in ps:
+                if policy is not None:
+                    policy.start_sample()
+                out.append(generate(lm, p, n, greedy, stopper, proposer, policy))
+            return out
+        return generate_batch(pair.target, ps, n, greedy, stopper, proposer, policy, batch_size=B)
+
+    # each mode: (batch size, prompts, new tokens) -> generations (hf: tokens and latencies)
+    modes = {"ours-autoregressive": lambda B, ps=prompts, n=args.new_tokens: ours(None, None, B, ps, n)}
+    if not args.no_hf:
+        modes["hf-generate"] = lambda B, ps=prompts, n=args.new_tokens: hf_generate(pair.target, ps, B, n, eos[0])
+    for name, (proposer, policy) in strategies.items():
+        modes[f"ours-{name}"] = lambda B, ps=prompts, n=args.new_tokens, p=proposer, q=policy: ours(p, q, B, ps, n)
+
+    for fn in modes.values():  # warm-up, untimed: every batch size, a few tokens
+        for B in sizes:
+            fn(B, prompts[:B], 8)
+    reference = [g.tokens for g in ours(None, None, 1, prompts, args.new_tokens)]
+    load_before = os.getloadavg()
+    times = {(m, B): [] for m in modes for B in sizes}
+    lat, tokens, identical = {}, {}, {}
+    with tqdm(total=len(sizes) * args.repeats * len(modes), desc="bench-batch", leave=False) as bar:
+        for B in sizes:
+            for _ in range(args.repeats):
+                for m, fn in modes.items():
+                    t0 = time.perf_counter()
+                    res = fn(B)
+                    times[m, B].append(time.perf_counter() - t0)
+                    toks, la = res if m == "hf-generate" else ([g.tokens for g in res], [g.wall_time for g in res])
+                    lat[m, B], tokens[m, B] = statistics.median(la), sum(len(t) for t in toks)
+                    identical[m, B] = sum(t == r for t, r in zip(toks, reference))
+                    bar.update(1)
+    rows = []
+    for B in sizes:
+        ar = tokens["ours-autoregressive", B] / statistics.median(times["ours-autoregressive", B])
+        for m in modes:
+            tps = tokens[m, B] / statistics.median(times[m, B])
+            rows.append({"batch_size": B, "mode": m, "tokens_per_second": tps,
+                         "latency_s_p50": lat[m, B], "speedup_vs_ours_ar_same_batch": tps / ar,
+                         "identical_to_batch1_ar": identical[m, B], "n_prompts": len(prompts),
+                         "wall_times_s": times[m, B]})
+    crossover = {}
+    for name in strategies:
+        losing = [r["batch_size"] for r in rows if r["mode"] == f"ours-{name}" and r["speedup_vs_ours_ar_same_batch"] < 1]
+        crossover[name] = min(losing) if losing else None
+    result = {"pair": args.pair, "prompts": len(prompts), "new_tokens": args.new_tokens, "repeats": args.repeats,
+              "estimator": "tokens/s = new tokens of all prompts / median wall time over repeats (modes interleaved)",
+              "torch_threads": torch.get_num_threads(), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+              "rows": rows, "crossover_batch_size": crossover}
+    head = f"{'B':>3} {'mode':<26} {'tok/s':>8} {'lat p50 s':>9} {'vs AR@B':>8} {'identical':>9}"
+    print(head)
+    for r in rows:
+        print(f"{r['batch_size']:>3} {r['mode']:<26} {r['tokens_per_second']:>8.1f} {r['latency_s_p50']:>9.2f} "
+              f"{r['speedup_vs_ours_ar_same_batch']:>7.2f}x {r['identical_to_batch1_ar']:>4}/{len(prompts)}")
+    print(f"crossover batch size (first B where the strategy is slower than our AR at B; None: never): {crossover}")
+    print(f"load average {load_before} -> {result['loadavg_after']}, torch threads {torch.get_num_threads()}")
+    out = Path(args.json or ROOT / "outputs" / "bench" / f"batch-{args.pair}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

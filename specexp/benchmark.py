@@ -1,0 +1,217 @@
+"""The analysis half of scripts/bench.py (the benchmark against transformers' `generate`): per
+mode and setting, throughput, forwards, acceptance, speedups with their CIs (specexp.stats), the
+Leviathan prediction, the ours / transformers ratios, issue 7's goals, and the printed table.
+It takes the benchmark's timed calls (objects with .repeat, .prompt and .gen: a Generation whose
+wall_time is the whole call) and its modes (.key, .name, .side, .gamma, .fixed_gamma, .drafter,
+.counterpart); it loads and runs no model.
+
+Speedups and the ours / hf ratio are throughput ratios (total tokens / total seconds, one mode over
+the other) with a 95% paired bootstrap CI over the calls (prompt x repeat), each call paired with
+the other mode's call of the same prompt, repeat and seed (specexp.stats.speedup_estimates).
+"""
+from __future__ import annotations
+
+import math
+
+from specexp import costs, stats
+
+GOALS = {"ours/hf assisted": 1.3, "overhead": 0.10, "prediction": 0.10}  # issue 7, for this machine
+
+
+def _ratio(a, b):
+    return a / b if (a is not None and b) else None
+
+
+def mode_stats(calls: list, mode) -> dict:
+    """Throughput, overhead, forwards and acceptance of one mode in one setting."""
+    gens = [c.gen for c in calls]
+    n, fw, sec, pre, pre_sec = costs.totals(gens)
+    wall = sum(g.wall_time for g in gens)
+    inside, prefill = sum(sec.values()), sum(pre_sec.values())
+    per_repeat = {}
+    for c in calls:
+        t, w = per_repeat.get(c.repeat, (0, 0.0))
+        per_repeat[c.repeat] = (t + len(c.gen.tokens), w + c.gen.wall_time)
+    drafted = sum(sum(g.drafted) for g in gens)
+    accepted = sum(sum(g.accepted) for g in gens)
+    spec = mode.gamma is not None
+    return {
+        "tokens": n, "wall_s": wall, "tokens_per_s": _ratio(n, wall),
+        "tokens_per_s_repeats": [t / w for t, w in per_repeat.values() if w],
+        "decode_tokens_per_s": _ratio(n, wall - prefill),
+        "forward_s": inside, "prefill_s": prefill, "overhead_share": 1 - inside / wall if wall else None,
+        "forwards": fw, "prefills": pre, "forward_seconds": sec, "prefill_seconds": pre_sec,
+        "seconds_per_forward": costs.measured_costs(fw, sec, pre, pre_sec),
+        "rounds": sum(len(g.drafted) for g in gens) if spec else None,
+        "drafted": drafted if spec else None, "accepted": accepted if spec else None,
+        "accept_rate": _ratio(accepted, drafted) if spec else None,
+        "alpha": costs.acceptance_alpha(gens) if spec else None,
+        "tau": _ratio(n, fw.get("target")),
+    }
+
+
+def paired_speedup(calls: list, base: list, seed: int = 0) -> dict:
+    """stats.speedup_estimates of `calls` over `base`, each call paired with the base call of the
+    same repeat and prompt: the throughput ratio (= tokens/s over base tokens/s) and its CI."""
+    ref = {(c.repeat, c.prompt): c.gen for c in base}
+    pairs = [(c.gen, ref[(c.repeat, c.prompt)]) for c in calls if (c.repeat, c.prompt) in ref]
+    return stats.speedup_estimates([len(g.tokens) for g, _ in pairs], [g.wall_time for g, _ in pairs],
+                                   [len(b.tokens) for _, b in pairs], [b.wall_time for _, b in pairs],
+                                   [g.tokens == b.tokens for g, b in pairs], seed)
+
+
+def identical_to(calls: list, reference: list) -> tuple[int, int]:
+    """(calls whose tokens equal the reference's for the same repeat and prompt, calls)."""
+    ref = {(c.repeat, c.prompt): c.gen.tokens for c in reference}
+    same = sum(c.gen.tokens == ref.get((c.repeat, c.prompt)) for c in calls)
+    return same, len(calls)
+
+
+def analyse(calls: dict, modes: list, sets: list) -> list[dict]:
+    """One row per (setting, mode): stats, speedups against the same side's autoregressive mode,
+    the Leviathan prediction and (greedy) identity with our autoregressive output."""
+    by_key = {m.key: m for m in modes}
+    rows = []
+    for s in sets:
+        by_mode = {m.key: mode_stats(calls[(s.name, m.key)], m) for m in modes}
+        for m in modes:
+            st = by_mode[m.key]
+            base_key = "ours-ar" if m.side == "ours" else "hf-ar"
+            base = by_mode.get(base_key) if base_key in by_key else None
+            row = {"setting": s.name, "temperature": s.sampling.temperature, "mode": m.key, "name": m.name,
+                   "side": m.side, "gamma": m.gamma, "drafter": m.drafter, **st,
+                   "speedup": None, "speedup_ci": None, "decode_speedup": None, "verify_cost": None, "cost_ratio_c": None,
+                   "predicted": None, "measured_over_predicted": None, "predicted_with_verify_cost": None,
+                   "identical": None}
+            if base is not None and m.key != base_key:
+                sp = paired_speedup(calls[(s.name, m.key)], calls[(s.name, base_key)])
+                row["speedup"], row["speedup_ci"] = sp["throughput_ratio"], [sp["ci_low"], sp["ci_high"]]
+                row["decode_speedup"] = _ratio(st["decode_tokens_per_s"], base["decode_tokens_per_s"])
+                row["verify_cost"] = _ratio(st["seconds_per_forward"].get("target"),
+                                            base["seconds_per_forward"].get("target"))
+                if m.fixed_gamma and st["alpha"] is not None:
+                    t_ar = base["seconds_per_forward"].get("target")
+                    d = st["seconds_per_forward"].get(m.drafter) if m.drafter else 0.0
+                    c = _ratio(d, t_ar) if m.drafter else 0.0
+                    if c is not None:
+                        row["cost_ratio_c"] = c
+                        row["predicted"] = costs.leviathan_speedup(st["alpha"], m.gamma, c)
+                        row["measured_over_predicted"] = _ratio(row["decode_speedup"], row["predicted"])
+                        if row["verify_cost"]:  # the same, a verification forward costing what it measured
+                            row["predicted_with_verify_cost"] = (row["predicted"] * (m.gamma * c + 1)
+                                                                 / (m.gamma * c + row["verify_cost"]))
+            if s.sampling.greedy and "ours-ar" in by_key:
+                same, total = identical_to(calls[(s.name, m.key)], calls[(s.name, "ours-ar")])
+                row["identical"] = same == total
+                row["identical_calls"] = [same, total]
+            rows.append(row)
+    return rows
+
+
+def ratios(rows: list[dict], modes: list, calls: dict | None = None) -> list[dict]:
+    """ours / transformers tokens/s for every mode that has a counterpart, per setting (with its
+    paired bootstrap CI when the timed `calls` are given)."""
+    idx = {(r["setting"], r["mode"]): r for r in rows}
+    out = []
+    for r in rows:
+        m = next(x for x in modes if x.key == r["mode"])
+        hf = idx.get((r["setting"], m.counterpart)) if m.side == "ours" else None
+        if hf is not None:
+            ci = None
+            if calls is not None:
+                sp = paired_speedup(calls[(r["setting"], m.key)], calls[(r["setting"], hf["mode"])])
+                ci = [sp["ci_low"], sp["ci_high"]]
+            out.append({"setting": r["setting"], "ours": m.key, "hf": hf["mode"],
+                        "ratio": _ratio(r["tokens_per_s"], hf["tokens_per_s"]), "ratio_ci": ci})
+    return out
+
+
+def goals(rows: list[dict], ratio_rows: list[dict]) -> list[dict]:
+    """Issue 7's goals for this machine, per setting: our speculative decoding (the classic
+    algorithm with the pair's drafter) against transformers' assisted generation; the overhead of
+    every one of our modes (the worst is shown); the classic algorithm's decode speedup (ours,
+    model drafters) against Leviathan et al.'s prediction."""
+    out = []
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+        for q in ratio_rows:
+            if q["setting"] == setting and q["ours"] in ("ours-spec", "ours-spec-vocab") and q["ratio"] is not None:
+                goal = (f"ours speculative{' (subset head)' if q['ours'] == 'ours-spec-vocab' else ''} / hf assisted "
+                        f">= {GOALS['ours/hf assisted']}x")
+                out.append({"setting": setting, "goal": goal,
+                            "value": f"{q['ratio']:.2f}x", "met": q["ratio"] >= GOALS["ours/hf assisted"]})
+        ours = [r for r in rows if r["setting"] == setting and r["side"] == "ours" and r["overhead_share"] is not None]
+        if ours:
+            worst = max(ours, key=lambda r: r["overhead_share"])
+            out.append({"setting": setting, "goal": f"overhead <= {GOALS['overhead']:.0%} in every mode of ours",
+                        "value": f"{worst['overhead_share']:.1%} at most ({worst['name']})",
+                        "met": worst["overhead_share"] <= GOALS["overhead"]})
+        for r in rows:
+            if (r["setting"] == setting and r["side"] == "ours" and r["drafter"]
+                    and r["measured_over_predicted"] is not None):
+                v = r["measured_over_predicted"]
+                out.append({"setting": setting, "goal": f"{r['name']}: decode speedup within "
+                                                        f"{GOALS['prediction']:.0%} of the prediction",
+                            "value": f"{r['decode_speedup']:.2f}x vs {r['predicted']:.2f}x ({v:.2f})",
+                            "met": abs(v - 1) <= GOALS["prediction"]})
+    return out
+
+
+
+# ------------------------------------------------------------------------------------ reporting
+def _f(x, fmt="{:.2f}", none="-"):
+    return none if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+
+
+COLUMNS = [("mode", 34, lambda r: r["name"]),
+           ("tok/s", 7, lambda r: _f(r["tokens_per_s"], "{:.1f}")),
+           ("spread", 12, lambda r: (f"{min(r['tokens_per_s_repeats']):.1f}-{max(r['tokens_per_s_repeats']):.1f}"
+                                     if r["tokens_per_s_repeats"] else "-")),
+           ("speedup [95% CI]", 20, lambda r: stats.format_ratio(r["speedup"], *(r.get("speedup_ci") or [None, None]))
+            if r["speedup"] is not None else "-"),
+           ("decode", 7, lambda r: _f(r["decode_speedup"], "{:.2f}x")),
+           ("predict", 8, lambda r: _f(r["predicted"], "{:.2f}x")),
+           ("meas/pr", 8, lambda r: _f(r["measured_over_predicted"])),
+           ("pr+vrf", 7, lambda r: _f(r["predicted_with_verify_cost"], "{:.2f}x")),
+           ("overhd", 7, lambda r: _f(r["overhead_share"], "{:.1%}")),
+           ("prefill", 8, lambda r: _f(r["prefill_s"] / r["wall_s"] if r["wall_s"] else None, "{:.1%}")),
+           ("accept", 7, lambda r: _f(r["accept_rate"])),
+           ("alpha", 6, lambda r: _f(r["alpha"])),
+           ("tau", 5, lambda r: _f(r["tau"])),
+           ("c", 5, lambda r: _f(r["cost_ratio_c"])),
+           ("vrf", 5, lambda r: _f(r["verify_cost"])),
+           ("same", 5, lambda r: "-" if r["identical"] is None else ("yes" if r["identical"] else "NO"))]
+
+
+def format_table(report: dict) -> str:
+    lines = []
+    for setting in dict.fromkeys(r["setting"] for r in report["rows"]):
+        lines.append(f"\n[{setting}]")
+        lines.append(" ".join(f"{h:<{w}}" if i == 0 else f"{h:>{w}}" for i, (h, w, _) in enumerate(COLUMNS)))
+        for r in report["rows"]:
+            if r["setting"] == setting:
+                lines.append(" ".join(f"{fn(r):<{w}}" if i == 0 else f"{fn(r):>{w}}"
+                                      for i, (_, w, fn) in enumerate(COLUMNS)))
+        for q in report["ratios"]:
+            if q["setting"] == setting:
+                lines.append(f"  ours/hf tokens/s (throughput ratio, 95% CI), {q['ours']} vs {q['hf']}: "
+                             f"{stats.format_ratio(q['ratio'], *(q.get('ratio_ci') or [None, None]))}")
+        for r in report["rows"]:
+            if r["setting"] == setting and r.get("identical") is False:
+                same, total = r["identical_calls"]
+                lines.append(f"  {r['name']}: output differs from ours autoregressive on {total - same}/{total} calls")
+    if report["goals"]:
+        lines.append("\ngoals (issue 7):")
+        lines += [f"  [{'met' if g['met'] else 'NOT met'}] {g['setting']}: {g['goal']}: {g['value']}"
+                  for g in report["goals"]]
+    return "\n".join(lines)
+
+
+LEGEND = ("tok/s: total new tokens / total wall s; spread: per-repeat min-max; speedup: throughput ratio over the "
+          "same side's autoregressive, 95% paired bootstrap CI over calls (prompt x repeat); decode: the same with prefill forwards left out; predict: Leviathan et al. from "
+          "alpha, gamma and c; meas/pr: decode speedup / predicted; overhd: share of wall time outside model "
+          "forwards; prefill: share in prefill forwards; accept: accepted/drafted; tau: tokens per target forward; "
+          "c: drafter/target seconds per forward; vrf: target seconds per forward here / in autoregressive decoding "
+          "(the formula assumes 1); pr+vrf: the prediction with that measured verification cost, (1 - alpha^(g+1)) / "
+          "((1 - alpha)(g c + vrf)); same: greedy output == ours autoregressive on every call")
+
+

@@ -1,0 +1,378 @@
+"""Paired statistics across the runs of a sweep (`specexp-report DIR --stats`), the framework
+seed's success criteria and factor importance. The tests themselves are scipy / statsmodels
+calls in specexp/stats.py; this module decides what is compared with what.
+
+Runs are comparable when they decoded the same samples: same model pair, dataset (version),
+token budget, seed and sampling (GROUP_KEYS), and the same sample ids (checked). Against
+  - no --reference: each run's own autoregressive baseline (decoded interleaved in the run);
+  - --reference KEY=VALUE ...: the run of the same group matching every KEY=VALUE; when several
+    match (`strategy=speculative` over a gamma grid), the fastest by tokens/s, labelled "selected"
+    (selected on the same samples, which favours the reference: the comparison is conservative).
+Per run: the speedup (geometric mean of per-sample ratios of seconds per token, reference / run;
+between two runs that both carry their own interleaved baseline, each side's seconds per token
+over its baseline's, which cancels load drift between the runs) with a paired 95% bootstrap CI, Wilcoxon and paired t p, paired Cohen's d, Holm across the sweep,
+a verdict; the same for acceptance rate and quality (bootstrap for ROUGE, McNemar for pass/fail).
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from specexp import stats
+from specexp.collect import QUALITY_SAMPLE_KEYS, _missing
+
+GROUP_KEYS = ("model_pair", "dataset", "dataset_version", "max_new_tokens", "seed", "sampling")
+OWN_BASELINE = "own autoregressive baseline"
+STATS_COLUMNS = ["run", "method", "reference", "n_samples", "speedup", "ci_low", "ci_high", "p_wilcoxon", "p_ttest",
+                 "p_holm", "cohens_d", "verdict"]
+FIXED = "speculative"  # the fixed-gamma strategy (the seed's "best fixed-k")
+NOT_DYNAMIC = ("autoregressive", FIXED)
+
+
+# ------------------------------------------------------------------------------------------
+# Selecting runs
+# ------------------------------------------------------------------------------------------
+
+def parse_reference(items: list[str] | None) -> dict[str, str] | None:
+    """["strategy=speculative", "strategy.gamma=4"] -> {"strategy": "speculative", ...}."""
+    if not items:
+        return None
+    out = {}
+    for it in items:
+        key, sep, val = it.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--reference {it!r}: expected KEY=VALUE, e.g. strategy=speculative or run=0")
+        out[key.strip()] = val.strip()
+    return out
+
+
+def run_names(df: pd.DataFrame) -> pd.Series:
+    """Each run's dir relative to the runs' common parent ("0", "3", "sweepA/2")."""
+    dirs = df["run_dir"].astype(str)
+    root = os.path.commonpath(list(dirs)) if len(dirs) > 1 else str(Path(dirs.iloc[0]).parent)
+    return dirs.map(lambda d: os.path.relpath(d, root) if d != root else Path(d).name)
+
+
+def _columns_for(df: pd.DataFrame, key: str) -> list[str]:
+    cands = [key, f"override.{key}", f"param.{key}"]
+    if key.startswith("strategy."):
+        cands.append(f"param.{key[len('strategy.'):]}")
+    return [c for c in cands if c in df.columns]
+
+
+def _equal(v, text: str) -> bool:
+    if _missing(v):
+        return text.lower() in ("null", "none", "")
+    if str(v) == text:
+        return True
+    try:
+        return math.isclose(float(v), float(text))
+    except (TypeError, ValueError):
+        return False
+
+
+def match(df: pd.DataFrame, reference: dict[str, str]) -> pd.Series:
+    """Which runs match every KEY=VALUE (KEY: a column such as strategy or method, a Hydra
+    override such as strategy.gamma, a strategy parameter, or `run`: the run's dir name)."""
+    mask = pd.Series(True, index=df.index)
+    names = run_names(df)
+    for key, val in reference.items():
+        if key == "run":
+            mask &= names == val
+            continue
+        cols = _columns_for(df, key)
+        if not cols:
+            raise ValueError(f"--reference {key}={val}: no run has a key {key!r}; use a column (strategy, method, "
+                             "dataset, sampling), a Hydra override (strategy.gamma) or run=<job dir>")
+        hit = pd.Series(False, index=df.index)
+        for c in cols:
+            hit |= df[c].map(lambda v, val=val: _equal(v, val))
+        mask &= hit
+    return mask
+
+
+def _values_hint(df: pd.DataFrame, reference: dict[str, str]) -> str:
+    parts = []
+    for key in reference:
+        if key == "run":
+            parts.append("run: " + ", ".join(sorted(run_names(df))))
+            continue
+        for c in _columns_for(df, key)[:1]:
+            parts.append(f"{key}: " + ", ".join(sorted({str(v) for v in df[c].dropna()})))
+    return "; ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------
+# Per-sample data of a run
+# ------------------------------------------------------------------------------------------
+
+def _rows(samples: pd.DataFrame, run_dir: str) -> pd.DataFrame:
+    return samples[samples["run_dir"] == run_dir].set_index("sample").sort_index()
+
+
+def _quality_key(a: pd.DataFrame, b: pd.DataFrame, prefix_a: str, prefix_b: str) -> str | None:
+    for k in QUALITY_SAMPLE_KEYS:
+        if f"{prefix_a}{k}" in a and f"{prefix_b}{k}" in b and a[f"{prefix_a}{k}"].notna().all() \
+                and b[f"{prefix_b}{k}"].notna().all():
+            return k
+    return None
+
+
+def _compare_quality(ref: pd.Series, run: pd.Series, key: str, seed: int) -> dict:
+    if key in ("passed", "correct"):  # pass/fail: McNemar on the discordant pairs
+        c = stats.compare_binary(ref.astype(bool).tolist(), run.astype(bool).tolist(), seed)
+        test = "McNemar exact"
+    else:  # a score: paired bootstrap of the mean difference
+        c = stats.compare_scores(ref.astype(float).tolist(), run.astype(float).tolist(), seed)
+        test = "paired bootstrap + Wilcoxon"
+    return {"quality_metric": key, "quality_test": test, "quality_diff": c["difference"],
+            "quality_ci_low": c["ci_low"], "quality_ci_high": c["ci_high"], "quality_p": c["p"]}
+
+
+def _pair(run: pd.DataFrame, ref: pd.DataFrame | None, seed: int, name: str) -> dict:
+    """The comparison of one run's per-sample rows with the reference's rows (same ids; None: the
+    run's own baseline columns)."""
+    if len(run) < 2:
+        raise ValueError(f"run {name}: a paired comparison needs at least 2 samples, it has {len(run)}: "
+                         "raise dataset.limit")
+    run_s, run_tok = run["wall_time_s"], run["new_tokens"]
+    if ref is None:
+        ref_s, ref_tok, timing = run["baseline_wall_time_s"], run["baseline_new_tokens"], "interleaved in the run"
+    elif _has_baseline(run) and _has_baseline(ref):
+        # Two runs ran one after the other, so the machine's load may differ between them; each
+        # run's own baseline was decoded interleaved with it. Dividing each side's seconds/token by
+        # its own baseline's cancels that drift: the per-sample ratio becomes
+        # (ref / ref's baseline) / (run / run's baseline), in seconds per token.
+        ref_s, ref_tok = ref["wall_time_s"] / ref["baseline_wall_time_s"], ref["new_tokens"] / ref["baseline_new_tokens"]
+        run_s, run_tok = run_s / run["baseline_wall_time_s"], run_tok / run["baseline_new_tokens"]
+        timing = "each run over its own baseline"
+    else:
+        ref_s, ref_tok, timing = ref["wall_time_s"], ref["new_tokens"], "raw (runs one after the other)"
+    out = stats.compare_times(ref_s.tolist(), ref_tok.tolist(), run_s.tolist(), run_tok.tolist(), seed)
+    out["timing"] = timing
+    # acceptance: only against a reference that drafts too
+    if ref is not None and run["acceptance_rate"].notna().all() and ref["acceptance_rate"].notna().all():
+        c = stats.compare_scores(ref["acceptance_rate"].tolist(), run["acceptance_rate"].tolist(), seed)
+        out.update({"acceptance_run": float(run["acceptance_rate"].mean()),
+                    "acceptance_reference": float(ref["acceptance_rate"].mean()),
+                    "acceptance_diff": c["difference"], "acceptance_ci_low": c["ci_low"],
+                    "acceptance_ci_high": c["ci_high"], "acceptance_p": c["p"]})
+    if ref is None:
+        k = _quality_key(run, run, "quality_baseline.", "quality.")
+        if k:
+            out.update(_compare_quality(run[f"quality_baseline.{k}"], run[f"quality.{k}"], k, seed))
+    else:
+        k = _quality_key(ref, run, "quality.", "quality.")
+        if k:
+            out.update(_compare_quality(ref[f"quality.{k}"], run[f"quality.{k}"], k, seed))
+    return out
+
+
+def _has_baseline(rows: pd.DataFrame) -> bool:
+    return rows["baseline_wall_time_s"].notna().all() and rows["baseline_new_tokens"].notna().all()
+
+
+# ------------------------------------------------------------------------------------------
+# The stats table
+# ------------------------------------------------------------------------------------------
+
+def _groups(ok: pd.DataFrame):
+    keyed = ok.assign(**{c: ok[c].astype(object).where(ok[c].notna(), "–") for c in GROUP_KEYS if c in ok})
+    return keyed.groupby([c for c in GROUP_KEYS if c in ok], sort=True, dropna=False)
+
+
+def compare_runs(df: pd.DataFrame, samples: pd.DataFrame, reference: dict[str, str] | None = None,
+                 seed: int = 0) -> pd.DataFrame:
+    """One row per compared run (columns STATS_COLUMNS and the acceptance_* / quality_* ones)."""
+    ok = df[df["status"] == "ok"].copy()
+    if ok.empty:
+        raise ValueError("--stats: no ok runs to compare")
+    ok["run"] = run_names(ok)
+    rows = []
+    if reference is None:
+        for _, r in ok.sort_values("run").iterrows():
+            run = _rows(samples, r["run_dir"])
+            if r["strategy"] == "autoregressive" or run.empty or run["baseline_wall_time_s"].isna().any():
+                continue  # nothing to compare with inside the run
+            rows.append({"run": r["run"], "method": r["method"], "reference": OWN_BASELINE,
+                         **_pair(run, None, seed, r["run"])})
+        if not rows:
+            raise ValueError("--stats: no run carries its own autoregressive baseline (baseline=true); pass "
+                             "--reference strategy=autoregressive to compare with a separate autoregressive run")
+    else:
+        hits = match(ok, reference)
+        if not hits.any():
+            raise ValueError(f"--reference {' '.join(f'{k}={v}' for k, v in reference.items())} matches no ok run; "
+                             f"values here: {_values_hint(ok, reference)}")
+        for _, g in _groups(ok):
+            refs = g[hits.loc[g.index]]
+            if refs.empty:
+                continue
+            best = refs.loc[refs["tokens_per_second"].idxmax()]
+            label = f"{best['run']} ({best['method']})" + (
+                f", selected: fastest of {len(refs)} matching runs by tokens/s" if len(refs) > 1 else "")
+            ref_rows = _rows(samples, best["run_dir"])
+            for _, r in g.sort_values("run").iterrows():
+                if r["run_dir"] == best["run_dir"]:
+                    continue
+                run = _rows(samples, r["run_dir"])
+                if list(run.index) != list(ref_rows.index):
+                    raise ValueError(
+                        f"--stats: run {r['run']} decoded other samples ({len(run)}: {_ids(run)}) than its reference "
+                        f"{best['run']} ({len(ref_rows)}: {_ids(ref_rows)}); paired statistics need the same samples: "
+                        "give both the same dataset, dataset.limit, seed and max_new_tokens")
+                rows.append({"run": r["run"], "method": r["method"], "reference": label,
+                             **_pair(run, ref_rows, seed, r["run"])})
+        if not rows:
+            raise ValueError(f"--reference {' '.join(f'{k}={v}' for k, v in reference.items())}: every matching run "
+                             "is alone in its group (same pair, dataset, budget, seed, sampling): nothing to compare")
+    out = pd.DataFrame(rows)
+    for c in ("acceptance_p", "quality_p", "acceptance_diff", "quality_diff", "acceptance_ci_low",
+              "acceptance_ci_high", "quality_ci_low", "quality_ci_high"):
+        if c not in out:
+            out[c] = None
+    # Holm within each family of tests across the sweep; verdicts from the corrected p and the CI
+    out["p_holm"] = stats.holm(_nones(out["p_wilcoxon"]))
+    out["verdict"] = [stats.verdict(lo, hi, p) for lo, hi, p in zip(_nones(out["ci_low"]), _nones(out["ci_high"]),
+                                                                   out["p_holm"])]
+    out["acceptance_p_holm"] = stats.holm(_nones(out["acceptance_p"]))
+    out["acceptance_verdict"] = [
+        None if p is None else stats.verdict(lo, hi, p, null=0.0, up="higher", down="lower")
+        for lo, hi, p in zip(_nones(out["acceptance_ci_low"]), _nones(out["acceptance_ci_high"]), out["acceptance_p_holm"])]
+    out["quality_p_holm"] = stats.holm(_nones(out["quality_p"]))
+    out["quality_verdict"] = [
+        None if p is None else stats.verdict(lo, hi, p, null=0.0, up="better", down="worse")
+        for lo, hi, p in zip(_nones(out["quality_ci_low"]), _nones(out["quality_ci_high"]), out["quality_p_holm"])]
+    first = [c for c in STATS_COLUMNS if c in out]
+    return out[first + [c for c in out.columns if c not in first]]
+
+
+def _nones(col) -> list:
+    return [None if _missing(v) else float(v) for v in col]
+
+
+def _ids(rows: pd.DataFrame) -> str:
+    ids = list(rows.index)
+    return ", ".join(map(str, ids[:3])) + (", ..." if len(ids) > 3 else "")
+
+
+# ------------------------------------------------------------------------------------------
+# The framework seed's success criteria
+# ------------------------------------------------------------------------------------------
+
+def _ms_per_token(rows: pd.DataFrame) -> float:
+    return 1000.0 * rows["wall_time_s"].sum() / rows["new_tokens"].sum()
+
+
+def _select(g: pd.DataFrame, samples: pd.DataFrame, ids: list[str]) -> pd.Series:
+    """The run of `g` with the lowest ms/token on the samples `ids`."""
+    ms = {rd: _ms_per_token(_rows(samples, rd).loc[ids]) for rd in g["run_dir"]}
+    return g.set_index("run_dir").loc[min(ms, key=ms.get)]
+
+
+def success_criteria(df: pd.DataFrame, samples: pd.DataFrame, seed: int = 0) -> list[dict]:
+    """Per group (dataset x pair x sampling ...): the best dynamic strategy against the best
+    fixed-k, each selected by ms/token on one half of the samples and compared on the other
+    half (all samples, labelled, with fewer than 4), with the seed's three criteria:
+      1. more than 10% faster: the speedup's CI lies above 1.10 (met), below it (not met), else undecided;
+      2. acceptance within 10%: the CI of (mean dynamic acceptance / mean fixed acceptance) lies at or
+         above 0.90 (met), below it (not met), else undecided;
+      3. no quality loss: no significant decrease (paired bootstrap / McNemar, p < 0.05 and lower)."""
+    ok = df[df["status"] == "ok"].copy()
+    ok["run"] = run_names(ok) if not ok.empty else []
+    out = []
+    for keys, g in (_groups(ok) if not ok.empty else []):
+        fixed, dyn = g[g["strategy"] == FIXED], g[~g["strategy"].isin(NOT_DYNAMIC)]
+        if fixed.empty or dyn.empty:
+            continue
+        ids = sorted(set.intersection(*[set(_rows(samples, rd).index) for rd in g["run_dir"]]))
+        if len(ids) < 2:
+            continue
+        split = len(ids) >= 4
+        sel, rep = stats.split_halves(ids) if split else (ids, ids)
+        bf, bd = _select(fixed, samples, sel), _select(dyn, samples, sel)
+        ref, run = _rows(samples, bf.name).loc[rep], _rows(samples, bd.name).loc[rep]
+        c = _pair(run, ref, seed, bd["run"])
+        row = {"setting": _setting(dict(zip([c for c in GROUP_KEYS if c in ok], keys))), "best_fixed": f"{bf['run']} ({bf['method']})",
+               "best_dynamic": f"{bd['run']} ({bd['method']})", "n_selection": len(sel), "n_report": len(rep),
+               "split_half": split, **{k: c.get(k) for k in ("speedup", "ci_low", "ci_high", "p_wilcoxon")}}
+        row["faster_10pct"] = _decide(c["ci_low"], c["ci_high"], 1.10)
+        if run["acceptance_rate"].notna().all() and ref["acceptance_rate"].notna().all():
+            lo, hi = stats.bootstrap_ci([run["acceptance_rate"], ref["acceptance_rate"]],
+                                        lambda a, b, axis=-1: np.mean(a, axis) / np.mean(b, axis), seed)
+            row["acceptance_ratio"] = float(run["acceptance_rate"].mean() / ref["acceptance_rate"].mean())
+            row["acceptance_ci_low"], row["acceptance_ci_high"] = lo, hi
+            row["acceptance_within_10pct"] = _decide(lo, hi, 0.90, inclusive=True)
+        else:
+            row["acceptance_within_10pct"] = "n/a (no acceptance)"
+        if c.get("quality_metric"):
+            worse = c["quality_p"] is not None and c["quality_p"] < stats.ALPHA and c["quality_diff"] < 0
+            row["quality_metric"], row["quality_diff"], row["quality_p"] = (c["quality_metric"], c["quality_diff"],
+                                                                            c["quality_p"])
+            row["no_quality_loss"] = "not met" if worse else "met"
+        else:
+            row["no_quality_loss"] = "n/a (no per-sample quality)"
+        out.append(row)
+    return out
+
+
+def _setting(k: dict) -> str:
+    return (f"{k.get('model_pair')} / {k.get('dataset')} / {k.get('sampling')} "
+            f"({k.get('max_new_tokens')} tokens, seed {k.get('seed')})")
+
+
+def _decide(lo, hi, bar: float, inclusive: bool = False) -> str:
+    if lo is None or hi is None:
+        return "undecided (no CI)"
+    if lo > bar or (inclusive and lo >= bar):
+        return "met"
+    if hi < bar:
+        return "not met"
+    return f"undecided (CI [{lo:.2f}, {hi:.2f}] contains {bar:.2f})"
+
+
+# ------------------------------------------------------------------------------------------
+# Factor importance
+# ------------------------------------------------------------------------------------------
+
+def factor_importance(df: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame | None:
+    """Which swept config keys explain the variance of the per-sample speedup (log of the
+    per-token ratio against each run's own baseline): an OLS model (statsmodels) with the
+    strategy and every varying Hydra override as categorical factors plus the sample as a block,
+    and its sequential (type I) ANOVA in that order: a key that applies to one strategy only
+    (a threshold) is measured after the strategy, i.e. nested in it, and the shares add up to 1.
+    Columns: factor, df, sum_sq, share (of the total sum of squares), F, p. None when no key
+    varies or no run has per-sample speedups."""
+    import warnings
+
+    import statsmodels.formula.api as smf
+    from statsmodels.stats.anova import anova_lm
+
+    ok = df[(df["status"] == "ok") & (df["strategy"] != "autoregressive")]
+    data = samples[samples["run_dir"].isin(ok["run_dir"]) & samples["speedup_per_token"].notna()].copy()
+    if data.empty:
+        return None
+    label = ok.set_index("run_dir").map(lambda v: "–" if _missing(v) else str(v))  # "–": the key does not apply
+    factors = [c for c in ["strategy", *sorted(c for c in ok.columns if c.startswith("override."))]
+               if label[c].nunique() > 1 and not (c == "override.strategy" and "strategy" in label)]
+    if not factors:
+        return None
+    names = {c: f"f{i}" for i, c in enumerate(factors)}
+    for c in factors:
+        data[names[c]] = data["run_dir"].map(label[c])
+    data["y"] = np.log(data["speedup_per_token"].astype(float))
+    data["blk"] = data["sample"].astype(str)
+    terms = [f"C({names[c]})" for c in factors] + (["C(blk)"] if data["blk"].nunique() > 1 else [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nested keys make the design rank-deficient; type I handles it
+        table = anova_lm(smf.ols("y ~ " + " + ".join(terms), data=data).fit(), typ=1)
+    total = table["sum_sq"].sum()
+    back = {f"C({v})": k.removeprefix("override.") for k, v in names.items()}
+    back.update({"C(blk)": "sample (block)", "Residual": "residual"})
+    return pd.DataFrame({"factor": [back.get(i, i) for i in table.index], "df": table["df"].values,
+                         "sum_sq": table["sum_sq"].values, "share": (table["sum_sq"] / total).values,
+                         "F": table["F"].values, "p": table["PR(>F)"].values})

@@ -1,0 +1,184 @@
+"""The study report of a sweep: `DIR/report/final_report.md` with what ran (configs, environment,
+estimator), the tables with CIs and verdicts, the framework seed's success criteria, factor
+importance, the figures, and `processed_data.csv` (one row per run x sample) beside it."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from specexp import compare, plots, stats
+from specexp.collect import _missing
+from specexp.tables import SPEEDUP_NOTE, Section, render, render_markdown
+
+ESTIMATOR_TEXT = (
+    "Speed is compared sample by sample. Each sample is decoded `timing.repeats` times per mode, the modes "
+    "interleaved (baseline, strategy, baseline, ...), and its time is the median of its repeats. A run's speedup is "
+    "the **throughput ratio**: strategy tokens/s over autoregressive tokens/s, totals over the samples, with a 95% "
+    "paired bootstrap CI over samples (scipy.stats.bootstrap, BCa, 2000 resamples, seeded). The paired statistics "
+    "compare per-sample seconds per token: geometric mean of the ratios (reference / run) with a paired bootstrap "
+    "CI, Wilcoxon signed-rank and paired t-test on the log ratios, paired Cohen's d, Holm's correction across the "
+    "runs of the sweep (statsmodels). Verdict: faster / slower when the Holm-corrected Wilcoxon p < 0.05 and the CI "
+    "excludes 1, else no detectable difference.")
+
+KMEANS_NOTE = (
+    "KMeans + PCA (the seed's clustering of runs) is not used: the factors of a sweep are few, designed and "
+    "categorical, so the ANOVA above answers 'which keys matter' directly, with a test; clusters of a dozen runs in "
+    "a PCA of their metrics would describe the grid, not test it, and move with every rerun.")
+
+
+def _cell(x, fmt="{:.3g}") -> str:
+    return "–" if x is None or _missing(x) else fmt.format(x)
+
+
+def stats_section(st: pd.DataFrame) -> Section:
+    """The paired statistics table (stats.csv) for printing."""
+    rows = []
+    for _, r in st.iterrows():
+        acc = ("–" if _missing(r.get("acceptance_diff")) else
+               f"{r['acceptance_diff']:+.3f} [{_cell(r['acceptance_ci_low'], '{:+.3f}')}, "
+               f"{_cell(r['acceptance_ci_high'], '{:+.3f}')}] {r.get('acceptance_verdict') or ''}".rstrip())
+        qual = ("–" if _missing(r.get("quality_diff")) else
+                f"{r['quality_metric']} {r['quality_diff']:+.3f} [{_cell(r['quality_ci_low'], '{:+.3f}')}, "
+                f"{_cell(r['quality_ci_high'], '{:+.3f}')}] ({r['quality_test']}, p={_cell(r['quality_p'])}) "
+                f"{r.get('quality_verdict') or ''}".rstrip())
+        rows.append([str(r["run"]), str(r["method"]), str(r["reference"]), str(r["n_samples"]),
+                     stats.format_ratio(r["speedup"], _num(r["ci_low"]), _num(r["ci_high"])),
+                     _cell(r["p_wilcoxon"]), _cell(r["p_holm"]), _cell(r["cohens_d"], "{:.2f}"), r["verdict"],
+                     acc, qual])
+    return Section("Paired statistics against the reference",
+                   ["run", "method", "reference", "n", "speedup (geomean) [95% CI]", "p Wilcoxon", "p Holm",
+                    "Cohen's d", "verdict", "acceptance Δ [95% CI]", "quality Δ [95% CI]"], rows,
+                   ([f"with n = {int(st['n_samples'].min())} samples the Wilcoxon test cannot reach p < 0.05 (its "
+                     "smallest p is 2 / 2^n): raise dataset.limit to 6 or more for a verdict."]
+                    if len(st) and st["n_samples"].min() < 6 else []) + ["speedup: geometric mean over samples of (reference s/token) / (run s/token), paired 95% bootstrap "
+                    "CI (between two runs with their own interleaved baselines, each side's s/token is taken over its "
+                    "baseline's, cancelling load drift between the runs); p Holm: Wilcoxon p corrected across the runs listed; verdict: faster / slower when p Holm < 0.05 "
+                    "and the CI excludes 1.",
+                    "acceptance Δ: run minus reference acceptance rate per sample (mean, paired bootstrap CI, Wilcoxon, "
+                    "Holm); quality Δ: run minus reference (pass/fail: McNemar exact; scores: paired bootstrap)."])
+
+
+def _num(x):
+    return None if _missing(x) else float(x)
+
+
+def criteria_section(rows: list[dict]) -> Section | None:
+    if not rows:
+        return None
+    out = []
+    for r in rows:
+        out.append([r["setting"], r["best_dynamic"], r["best_fixed"],
+                    f"{r['n_selection']} / {r['n_report']}" + ("" if r["split_half"] else " (same samples)"),
+                    stats.format_ratio(r["speedup"], r["ci_low"], r["ci_high"]), r["faster_10pct"],
+                    (stats.format_ratio(r.get("acceptance_ratio"), r.get("acceptance_ci_low"),
+                                        r.get("acceptance_ci_high")).replace("x", "", 1)
+                     if r.get("acceptance_ratio") else "–")
+                    + f": {r['acceptance_within_10pct']}",
+                    (f"{r['quality_metric']} {r['quality_diff']:+.3f} (p={_cell(r['quality_p'])}): "
+                     if r.get("quality_metric") else "") + r["no_quality_loss"]])
+    n_met = sum(r["faster_10pct"] == "met" for r in rows)
+    return Section("Success criteria (framework seed): best dynamic strategy vs best fixed-k",
+                   ["setting", "best dynamic", "best fixed-k", "n select / report", "speedup [95% CI]",
+                    "> 10% faster", "acceptance ratio [95% CI]: within 10%", "no quality loss"], out,
+                   ["Selection (winner's curse): both runs are chosen by ms/token on one half of the samples (every "
+                    "other sample in id order) and compared on the other half; with fewer than 4 samples on the same "
+                    "samples, as marked.",
+                    "> 10% faster: met when the speedup's CI lies above 1.10, not met when below, else undecided. "
+                    "Acceptance within 10%: the CI of the ratio of mean acceptance rates at or above 0.90. No quality "
+                    "loss: no significant decrease (McNemar exact / paired bootstrap + Wilcoxon, p < 0.05).",
+                    f"Criterion 1 met on {n_met} of {len(rows)} setting(s); the seed asks for at least half."])
+
+
+def factors_section(f: pd.DataFrame | None) -> Section | None:
+    if f is None or f.empty:
+        return None
+    rows = [[r["factor"], _cell(r["df"], "{:.0f}"), _cell(r["share"], "{:.1%}"), _cell(r["F"], "{:.2f}"),
+             _cell(r["p"])] for _, r in f.iterrows()]
+    return Section("Factor importance: what explains the per-sample speedup", ["factor", "df", "share of variance",
+                                                                                "F", "p"], rows,
+                   ["Sequential (type I) ANOVA of an OLS model (statsmodels) of log per-sample speedup (per-token "
+                    "ratio against each run's own baseline) on the strategy and every varying Hydra override as "
+                    "categorical factors, in the order listed (a key of one strategy only is nested in it), with the "
+                    "sample as a block. share: the factor's sum of squares over the total."])
+
+
+def config_section(df: pd.DataFrame) -> Section:
+    ok = df.copy()
+    ok["run"] = compare.run_names(ok)
+    varying = [c for c in ok.columns if c.startswith("override.") and ok[c].astype(str).nunique() > 1]
+    rows = []
+    for _, r in ok.sort_values("run").iterrows():
+        rows.append([r["run"], r["status"], str(r["method"]), str(r.get("dataset")), str(r.get("sampling")),
+                     _cell(r.get("n_samples"), "{:.0f}"), _cell(r.get("timing_repeats"), "{:.0f}"),
+                     " ".join(f"{c[9:]}={r[c]}" for c in varying if not _missing(r[c])) or "–"])
+    common = [c for c in ok.columns if c.startswith("override.") and c not in varying and ok[c].notna().all()]
+    notes = ["common overrides: " + " ".join(f"{c[9:]}={ok[c].iloc[0]}" for c in common)] if common else []
+    return Section("Configurations", ["run", "status", "method", "dataset", "sampling", "samples", "repeats",
+                                "varying overrides"], rows, notes)
+
+
+def environment_lines(runs: list[tuple[Path, dict]]) -> list[str]:
+    envs, loads = set(), []
+    for _, m in runs:
+        e = m.get("environment") or {}
+        if e:
+            envs.add(f"{e.get('device_name')}; torch {e.get('torch')}, transformers {e.get('transformers')}, "
+                     f"specexp {e.get('specexp')}, python {e.get('python')}")
+        t = m.get("timing") or {}
+        if t.get("loadavg_before"):
+            loads.append((t["loadavg_before"][0], (t.get("loadavg_after") or [math.nan])[0], t.get("torch_threads"),
+                          t.get("spread_median")))
+    out = [f"- environment: {e}" for e in sorted(envs)]
+    if loads:
+        out.append("- load average (1 min) before / after each run: "
+                   + ", ".join(f"{a:.2f}/{b:.2f}" for a, b, _, _ in loads)
+                   + f"; torch threads: {sorted({x for _, _, x, _ in loads})}")
+        spreads = [s for *_, s in loads if s is not None]
+        if spreads:
+            out.append("- repeat spread (median over samples of (max-min)/median): "
+                       + ", ".join(f"{s:.0%}" for s in spreads))
+    return out
+
+
+def write_final_report(df: pd.DataFrame, samples: pd.DataFrame, runs: list[tuple[Path, dict]], out: Path,
+                       reference: dict | None = None, seed: int = 0) -> tuple[Path, str]:
+    """final_report.md + processed_data.csv + stats.csv + the figures in `out`; returns the report's
+    path and the comparison table (Markdown) for the console."""
+    out.mkdir(parents=True, exist_ok=True)
+    samples.to_csv(out / "processed_data.csv", index=False)
+    parts = ["# Study report", "", "## What ran", "", *environment_lines(runs), f"- estimator: {ESTIMATOR_TEXT}", "",
+             render_markdown([config_section(df)], "Configurations").split("\n", 2)[2]]
+    parts += [render(df, "runs", "md", samples)]
+    comparison = ""
+    try:
+        st = compare.compare_runs(df, samples, reference, seed)
+        st.to_csv(out / "stats.csv", index=False)
+        comparison = render_markdown([stats_section(st)], "Comparison")
+        parts.append(comparison)
+    except ValueError as err:
+        parts.append(f"## Comparison\n\nno paired statistics: {err}\n")
+    if (reference or {}).get("strategy") != compare.FIXED and (df["strategy"] == compare.FIXED).any():
+        try:  # the seed's default comparison, when the sweep has fixed-gamma runs
+            st2 = compare.compare_runs(df, samples, {"strategy": compare.FIXED}, seed)
+            st2.to_csv(out / "stats_vs_best_fixed.csv", index=False)
+            parts.append(render_markdown([stats_section(st2)], "Comparison against the best fixed-gamma run"))
+        except ValueError as err:
+            parts.append(f"## Comparison against the best fixed-gamma run\n\nnot possible: {err}\n")
+    extra = [criteria_section(compare.success_criteria(df, samples, seed)),
+             factors_section(compare.factor_importance(df, samples))]
+    extra = [s for s in extra if s is not None]
+    parts.append(render_markdown(extra, "Analysis") if extra else
+                 "## Analysis\n\nno success criteria (needs fixed-gamma and dynamic runs on the same samples) "
+                 "and no factor importance (needs a swept key).\n")
+    parts.append(KMEANS_NOTE + "\n")
+    if (df["strategy"].isin(["entropy_static", "entropy_ma", "entropy_cum", "heuristic"])).any():
+        parts.append(render(df, "thesis_6_6", "md", samples))
+    figures = plots.plot_all(df, runs, out)
+    parts += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures] + [""]
+    parts += ["## Files", "", "- `runs.csv`: one row per run; `processed_data.csv`: one row per run x sample; "
+              "`stats.csv`: the paired statistics.", "", SPEEDUP_NOTE, ""]
+    path = out / "final_report.md"
+    path.write_text("\n".join(parts))
+    return path, comparison

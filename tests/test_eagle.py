@@ -1,0 +1,218 @@
+"""The feature drafter (EAGLE-style, specexp/proposers/eagle.py) and its training (specexp/eagle.py):
+greedy output equal to the target's own under every length policy, the target's distribution
+kept under sampling, reproducible training, and a small build end to end."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CONF, CORPUS, ModelsByRole, compose, random_model
+from scipy.stats import chisquare
+
+from specexp import build
+from specexp.decode import generate
+from specexp.distill import teacher_read
+from specexp.eagle import build_feature_drafter, chain_acceptance, heldout_agreement, init_feature_drafter, train
+from specexp.length import Fixed
+from specexp.models import CachedLM, ModelSpec, load_model
+from specexp.proposers import DraftModel, FeatureDrafter
+from specexp.proposers.eagle import FeatureDrafterModel
+from specexp.sampling import Sampling
+from specexp.stopping import Stopper
+
+V = 64
+TRAIN = dict(lr=3e-3, epochs=20.0, batch=8, seed=0, unroll=2, feature_weight=1.0, token_weight=0.5)
+
+
+def quick_train(target, seed: int = 0, epochs: float = 20.0):
+    """A feature drafter for `target` trained for seconds on the target's reads of random windows."""
+    w = torch.randint(0, target.config.vocab_size, (64, 32), generator=torch.Generator().manual_seed(0))
+    ids, probs, hidden = teacher_read(target, w, 8, 16, False)
+    data = {"windows": w, "ids": ids, "probs": probs, "hidden": hidden}
+    drafter = init_feature_drafter(target, seed)
+    embed, head = target.get_input_embeddings(), target.get_output_embeddings()
+    for q in (*embed.parameters(), *head.parameters()):
+        q.requires_grad_(False)
+    curve = train(drafter, embed, head.weight.detach(), data, torch.arange(8, 64), torch.arange(V),
+                  {**TRAIN, "seed": seed, "epochs": epochs}, progress=False)
+    return drafter, data, curve
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A random Llama target with a sharpened head (peaked distributions) and a quickly trained
+    feature drafter for it."""
+    target = random_model("llama", vocab=V, hidden=64, layers=2, seed=0)
+    target.lm_head.weight.data *= 8
+    drafter, data, _ = quick_train(target)
+    return target, drafter, data
+
+
+def strategies_drafting_with_the_drafter() -> list[str]:
+    """Every shipped strategy whose proposer is the pair's drafter model: one per length policy."""
+    return sorted(p.stem for p in (CONF / "strategy").glob("*.yaml")
+                  if "specexp.proposers.DraftModel" in (t := p.read_text()) and "specexp.length." in t)
+
+
+def test_training_lowers_the_loss_and_raises_agreement(tiny):
+    target, drafter, data = tiny
+    embed, head = target.get_input_embeddings(), target.get_output_embeddings()
+    untrained = init_feature_drafter(target, 0)
+    held = torch.arange(8)
+    assert heldout_agreement(drafter, embed, head, data, held, 8) > heldout_agreement(untrained, embed, head, data,
+                                                                                      held, 8) + 0.1
+    chain = chain_acceptance(drafter, embed, head, data, held, gamma=4, stride=2)
+    assert chain["gamma"] == 4 and len(chain["acceptance_per_position"]) == 4
+    assert 1.0 <= chain["mean_accepted_length"] <= 5.0
+
+
+@pytest.mark.parametrize("name", strategies_drafting_with_the_drafter())
+def test_greedy_output_equals_the_target_for_every_length_policy(tiny, name):
+    """The shipped strategy, built as a run builds it, on a pair whose drafter is a feature drafter:
+    DraftModel hands over to FeatureDrafter, and greedy output is the target's own."""
+    target, drafter, _ = tiny
+    cfg = compose([f"strategy={name}"])
+    proposer, policy = build.strategy(cfg.strategy, ModelsByRole(target, drafter))
+    assert isinstance(proposer, FeatureDrafter) and proposer.needs_features
+    lm, stopper, drafted, accepted = CachedLM(target), Stopper(), 0, 0
+    for seed in range(3):
+        prompt = torch.randint(0, V, (6 + seed,), generator=torch.Generator().manual_seed(seed))
+        ref = generate(lm, prompt, 40, Sampling(), stopper)
+        assert lm.hidden is None  # the autoregressive run keeps no hidden states
+        policy.start_sample()
+        g = generate(lm, prompt, 40, Sampling(), stopper, proposer, policy, torch.Generator().manual_seed(seed))
+        assert g.tokens == ref.tokens
+        assert g.drafted[0] == 0  # the first round reads the prompt: no features to draft from yet
+        drafted, accepted = drafted + sum(g.drafted), accepted + sum(g.accepted)
+    assert drafted > 0 and 0 < accepted  # drafts were made and some were accepted
+
+
+def test_drafter_cache_is_rolled_back_to_the_target_features(tiny):
+    """After every round the drafter's cache holds exactly the positions fed with the target's
+    features: tokens[:-1] of the sequence (the last token's feature is not known yet)."""
+    target, drafter, _ = tiny
+    proposer = DraftModel().bind(ModelsByRole(target, drafter))
+    lm, policy, stopper = CachedLM(target), Fixed(3), Stopper()
+    prompt = torch.tensor([5, 9, 2, 7, 1])
+    seen = []
+    real_observe = proposer.observe
+
+    def observe(n):
+        real_observe(n)
+        seen.append((proposer.lm.length, proposer.lm.pending.shape[0]))
+
+    proposer.observe = observe
+    g = generate(lm, prompt, 30, Sampling(), stopper, proposer, policy)
+    lengths = [prompt.shape[0] + sum(g.emitted[:i]) for i in range(len(g.emitted))]  # tokens before each round
+    for (cached, pending), before, n in zip(seen, lengths, g.accepted):
+        # round start: `before` tokens; the target kept features for before + n of them (all but the new last)
+        assert cached + pending == before + n + 1  # cached + unfed real features (f_{-1} counts once)
+        assert cached <= before
+
+
+def _joint23(model, prompt, sampling, v):
+    """Exact distribution [v, v] of the 2nd and 3rd sampled tokens (the 1st marginalised out)."""
+    def probs(seq):
+        return sampling.probs(CachedLM(model).forward(torch.tensor(seq))[-1])
+
+    p1 = probs(prompt)
+    out = torch.zeros(v, v)
+    for a in range(v):
+        if p1[a] == 0:
+            continue
+        p2 = probs(prompt + [a])
+        for b in range(v):
+            if p2[b] > 0:
+                out[b] += p1[a] * p2[b] * probs(prompt + [a, b])
+    return out
+
+
+@pytest.mark.parametrize("sampling", [Sampling(1.0), Sampling(0.7, top_k=5)], ids=["T1", "T0.7-topk5"])
+def test_feature_drafter_sampling_preserves_target_distribution(sampling):
+    """Chi-square goodness of fit of the 2nd and 3rd tokens (both drafted by the feature drafter,
+    gamma 2, after the first round read the prompt) against the target's exact joint."""
+    v = 8
+    target = random_model("llama", vocab=v, hidden=32, layers=2, seed=10)
+    target.lm_head.weight.data *= 8
+    drafter = init_feature_drafter(target, 1)
+    prompt = [1, 2, 3]
+    p = _joint23(target, prompt, sampling, v)
+    proposer = DraftModel().bind(ModelsByRole(target, drafter))
+    lm, policy, stopper = CachedLM(target), Fixed(2), Stopper()
+    n_draws, counts, accepted = 2000, torch.zeros(v, v), 0
+    for i in range(n_draws):
+        g = generate(lm, torch.tensor(prompt), 4, sampling, stopper, proposer, policy, torch.Generator().manual_seed(i))
+        assert g.drafted[:2] == [0, 2]
+        counts[g.tokens[1], g.tokens[2]] += 1
+        accepted += g.accepted[1]
+    assert 0 < accepted < 2 * n_draws  # both acceptance and rejection paths were exercised
+    expected = (p * n_draws).flatten()
+    keep = expected >= 5  # pool the rare cells into one, as chi-square needs
+    obs = torch.cat([counts.flatten()[keep], counts.flatten()[~keep].sum()[None]])
+    exp = torch.cat([expected[keep], expected[~keep].sum()[None]])
+    obs, exp = obs[exp > 0], exp[exp > 0]
+    assert counts.flatten()[p.flatten() == 0].sum() == 0  # never a token the filters removed
+    assert chisquare(obs.numpy(), exp.numpy() * obs.sum().item() / exp.sum().item()).pvalue > 1e-3
+
+
+def test_training_is_reproducible():
+    target = random_model("llama", vocab=V, hidden=64, layers=2, seed=0)
+    a, _, curve_a = quick_train(target, seed=3, epochs=2)
+    b, _, curve_b = quick_train(target, seed=3, epochs=2)
+    c, _, _ = quick_train(target, seed=4, epochs=2)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa) and curve_a == curve_b
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_small_build_end_to_end(random_pair_dir, tmp_path):
+    """specexp-eagle's build on a tiny target: build.json, reuse, the teacher cache, and the built
+    folder loads as the pair's drafter and drafts (with an 8k-style subset head) losslessly."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS)
+    spec = ModelSpec(name=str(random_pair_dir / "target"))
+    kw = dict(corpus=(str(corpus),), replies=0, tokens=2000, seq_len=32, topk=4, subset=64, epochs=2.0,
+              batch=8, progress=False)
+    out = Path(build_feature_drafter(spec, str(tmp_path / "eagle"), **kw))
+    info = json.loads((out / "build.json").read_text())
+    assert info["params"]["subset"] == 64 and info["steps"] >= 1 and info["training_curve"]
+    assert set(info["heldout_top1_agreement"]) == {"untrained", "trained"}
+    assert info["heldout_chain_acceptance"]["gamma"] == 4
+    assert len(list(tmp_path.glob(".eagle-teacher-*.pt"))) == 1  # the target's reads, kept for reruns
+    stamp = (out / "build.json").stat().st_mtime_ns
+    assert build_feature_drafter(spec, str(out), **kw) == str(out)  # same parameters: reused
+    assert (out / "build.json").stat().st_mtime_ns == stamp
+
+    target = load_model(spec, torch.float32, torch.device("cpu"))
+    drafter = load_model(ModelSpec(name=str(out)), torch.float32, torch.device("cpu"))
+    assert isinstance(drafter, FeatureDrafterModel)
+    proposer = DraftModel(vocab=32).bind(ModelsByRole(target, drafter))
+    assert isinstance(proposer, FeatureDrafter) and proposer.lm.ids.numel() == 32
+    lm, stopper = CachedLM(target), Stopper()
+    prompt = torch.tensor([5, 17, 42, 8, 99])
+    ref = generate(lm, prompt, 24, Sampling(), stopper)
+    g = generate(lm, prompt, 24, Sampling(), stopper, proposer, Fixed(3))
+    assert g.tokens == ref.tokens and sum(g.drafted) > 0
+
+
+def test_eagle_pair_composes_with_any_strategy():
+    cfg = compose(["model_pair=smollm2-135m__eagle", "strategy=entropy_static"])
+    assert cfg.model_pair.build._target_ == "specexp.eagle.build_feature_drafter"
+    assert cfg.model_pair.drafter.name == cfg.model_pair.dir
+    assert cfg.strategy.proposer._target_ == "specexp.proposers.DraftModel"  # handed over at bind
+
+
+@pytest.mark.slow
+def test_full_smollm2_build():
+    """The default build (about 20 minutes on 2 idle cores): needs the SmolLM2 GGUF (specexp-fetch)."""
+    from hydra.utils import instantiate
+
+    cfg = compose(["model_pair=smollm2-135m__eagle"])
+    if not Path(cfg.model_pair.target.local).exists():
+        pytest.skip("SmolLM2 GGUF not fetched (specexp-fetch)")
+    out = Path(instantiate(cfg.model_pair.build))
+    info = json.loads((out / "build.json").read_text())
+    assert info["heldout_top1_agreement"]["trained"] > info["heldout_top1_agreement"]["untrained"] + 0.2
+    assert info["heldout_chain_acceptance"]["rounds"] > 0
