@@ -21,11 +21,10 @@ import transformers
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from specexp import build, show
-from specexp.config import register
+from specexp import build, show, validate
+from specexp.config import CONF_DIR, register
 from specexp.decode import Generation, generate
 from specexp.models import cached_lm
-from specexp.config import CONF_DIR
 from specexp.prompting import encode_prompt, eos_ids
 from specexp.stopping import Stopper
 from specexp.tasks.prompt import PromptTask
@@ -52,10 +51,14 @@ WORD = re.compile(r"""(?:'(?:\\.|[^'\\])*'|"(?:\\.|[^"\\])*"|\[[^\]]*\]|[^\s'"\[
 
 
 def compose_config(overrides: list[str]):
-    """The run config as `specexp <overrides>` composes it."""
+    """The run config as `specexp <overrides>` composes and checks it (specexp.validate)."""
     register()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=overrides)
+        cfg = compose("config", overrides=overrides)
+    probe = cfg.copy()  # the console's prompts come one by one: check the rest with a stand-in text
+    probe.dataset.text = probe.dataset.get("text") or "-"
+    validate.check(probe)  # unknown keys, types, ranges and choices fail as they do for `specexp`
+    return cfg
 
 
 def _key(override: str) -> str:
@@ -100,8 +103,6 @@ class Console:
         cfg = compose_config(self.start + list(overrides.values()))
         proposer, policy = build.strategy(cfg.strategy, self.pair)
         sampling = build.sampling(cfg.sampling)
-        if cfg.max_new_tokens is not None and cfg.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {cfg.max_new_tokens}")
         self._task(cfg, "check").samples()  # a dataset option that cannot work (chat without a template) fails now
         self.cfg, self.overrides, self.proposer, self.policy, self.sampling = cfg, overrides, proposer, policy, sampling
 

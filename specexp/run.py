@@ -41,12 +41,7 @@ def decode_dataset(cfg: DictConfig) -> dict:
     task = build.task(cfg.dataset, pair.tokenizer)
     if hasattr(task, "set_model"):  # scored by the target's log-likelihoods (mmlu scoring=loglikelihood)
         task.set_model(pair.target, pair.tokenizer)
-    if cfg.prompt is not None and not isinstance(task, PromptTask):
-        raise ValueError(f"prompt= runs the prompt dataset, but the config selects dataset {task.name!r}: "
-                         "drop the dataset= override (or use dataset=prompt)")
-    if cfg.max_new_tokens is not None:  # the top-level budget overrides the dataset's
-        if cfg.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {cfg.max_new_tokens}")
+    if cfg.max_new_tokens is not None:  # the top-level budget overrides the dataset's (checked in validate)
         task.max_new_tokens = cfg.max_new_tokens
     samples = task.samples()
     batch_size = batch.check_batch_size(cfg.get("batch_size", 1), len(samples))  # specexp/batch.py

@@ -134,6 +134,7 @@ def test_prompt_text_is_taken_literally_and_needs_the_prompt_dataset(random_pair
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
+    from specexp import validate
     from specexp.run import cli_overrides, decode_dataset
 
     parser = OverridesParser.create()
@@ -144,8 +145,8 @@ def test_prompt_text_is_taken_literally_and_needs_the_prompt_dataset(random_pair
         assert OmegaConf.create({"prompt": value}).prompt == text
     assert cli_overrides(["prompt=x", "dataset=wikitext"]) == ["prompt='x'", "dataset=wikitext"]
     cfg = compose([*pair_overrides(random_pair_dir), "prompt='hello'", "dataset=wikitext"])
-    with pytest.raises(ValueError, match="prompt= runs the prompt dataset"):
-        decode_dataset(cfg)
+    with pytest.raises(validate.ConfigError, match="prompt= runs the prompt dataset"):
+        validate.check(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
     # dataset=prompt with dataset.text, and the top-level budget
     cfg = compose([*pair_overrides(random_pair_dir), "dataset=prompt", "dataset.text='def f('", "max_new_tokens=5",
                    "warmup=0", "dataset.show=false"])
