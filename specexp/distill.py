@@ -348,30 +348,36 @@ def _build(spec: ModelSpec, tmp: Path, p: dict, progress: bool) -> dict:
     return info
 
 
-def main() -> None:
-    """Hydra front end: builds the `model_pair`'s drafter through its `build` node."""
+def build_cli(command: str, default_pair: str, step: str, doc: str | None) -> None:
+    """The Hydra front end of a pair's build step (`specexp-distill`, `specexp-eagle`): compose the
+    config from the command line (model_pair=`default_pair` unless given), check that the pair's
+    `build` node is `step`, and run it."""
     import sys
 
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from specexp.config import register
-    from specexp.config import CONF_DIR
+    from specexp.config import CONF_DIR, register
 
     overrides = sys.argv[1:]
     if any(a in ("-h", "--help") for a in overrides):
-        print(__doc__)
+        print(doc)
         return
     if not any(o.startswith("model_pair=") for o in overrides):
-        overrides = ["model_pair=smollm2-135m__distilled", *overrides]
+        overrides = [f"model_pair={default_pair}", *overrides]
     register()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     build = cfg.model_pair.get("build")
-    if build is None or not str(build.get("_target_", "")).endswith("distill_drafter"):
-        sys.exit(f"specexp-distill: model_pair {cfg.model_pair.name!r} has no distill_drafter build step")
+    if build is None or not str(build.get("_target_", "")).endswith(step):
+        sys.exit(f"{command}: model_pair {cfg.model_pair.name!r} has no {step} build step")
     logging.basicConfig(level=logging.INFO)
-    print(f"specexp-distill: drafter ready at {instantiate(build)}")
+    print(f"{command}: drafter ready at {instantiate(build)}")
+
+
+def main() -> None:
+    """`specexp-distill`: builds the `model_pair`'s drafter through its `build` node."""
+    build_cli("specexp-distill", "smollm2-135m__distilled", "distill_drafter", __doc__)
 
 
 if __name__ == "__main__":

@@ -315,28 +315,10 @@ def _build(spec: ModelSpec, tmp: Path, p: dict, cache: Path | None, progress: bo
 
 
 def main() -> None:
-    """Hydra front end: builds the `model_pair`'s feature drafter through its `build` node."""
-    import sys
+    """`specexp-eagle`: builds the `model_pair`'s feature drafter through its `build` node."""
+    from specexp.distill import build_cli
 
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-
-    from specexp.config import CONF_DIR, register
-
-    overrides = sys.argv[1:]
-    if any(a in ("-h", "--help") for a in overrides):
-        print(__doc__)
-        return
-    if not any(o.startswith("model_pair=") for o in overrides):
-        overrides = ["model_pair=smollm2-135m__eagle", *overrides]
-    register()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    build = cfg.model_pair.get("build")
-    if build is None or not str(build.get("_target_", "")).endswith("build_feature_drafter"):
-        sys.exit(f"specexp-eagle: model_pair {cfg.model_pair.name!r} has no build_feature_drafter build step")
-    logging.basicConfig(level=logging.INFO)
-    print(f"specexp-eagle: feature drafter ready at {instantiate(build)}")
+    build_cli("specexp-eagle", "smollm2-135m__eagle", "build_feature_drafter", __doc__)
 
 
 if __name__ == "__main__":
