@@ -133,14 +133,15 @@ def swi(n_tokens: int, forwards: dict[str, int], costs: dict[str, float | None] 
     """Standardized walltime improvement: N c_target / sum_m F_m c_m (None when a cost is missing)."""
     if costs is None or costs.get("target") is None or n_tokens <= 0:
         return None
-    den = 0.0
-    for r, f in forwards.items():
-        if f == 0:
-            continue
-        if costs.get(r) is None:
-            return None
-        den += f * costs[r]
-    return n_tokens * costs["target"] / den if den > 0 else None
+    den = _forward_cost(forwards, costs)
+    return n_tokens * costs["target"] / den if den else None
+
+
+def _forward_cost(forwards: dict[str, int], costs: dict) -> float | None:
+    """sum_m F_m c_m over the models that ran (None when one of them has no cost)."""
+    if any(f and costs.get(r) is None for r, f in forwards.items()):
+        return None
+    return sum(f * costs[r] for r, f in forwards.items() if f)
 
 
 def _swi_measured(n: int, forwards: dict[str, int], costs: dict, t_ar: float | None,
@@ -149,13 +150,9 @@ def _swi_measured(n: int, forwards: dict[str, int], costs: dict, t_ar: float | N
     time): the measured cost model, encoder passes of encoder-decoder models included."""
     if not t_ar or n <= 0 or not costs.get("target"):
         return None
-    den = 0.0
-    for r, f in forwards.items():
-        if f == 0:
-            continue
-        if costs.get(r) is None:
-            return None
-        den += f * costs[r]
+    den = _forward_cost(forwards, costs)
+    if den is None:
+        return None
     den += sum((encoders or {}).values())
     return (n * t_ar + (encoder_ar or 0.0)) / den if den > 0 else None
 

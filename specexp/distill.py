@@ -257,8 +257,6 @@ def distill_drafter(target: Any, out_dir: str, layers: int = 4,
     """Build (or reuse) a distilled drafter for `target` (a ModelSpec or its config node) in
     `out_dir`; returns `out_dir`. Parameters: see the module docstring and conf/model_pair/
     smollm2-135m__distilled.yaml."""
-    from specexp.tiny import _lock, _share
-
     spec = target if isinstance(target, ModelSpec) else ModelSpec(**dict(target))
     resolved = resolve_source(spec)
     params = {"recipe": RECIPE, "target": describe(resolved), "layers": layers, "corpus": list(corpus),
@@ -266,6 +264,16 @@ def distill_drafter(target: Any, out_dir: str, layers: int = 4,
               "batch": batch, "lr": lr, "hidden_weight": hidden_weight,
               "replies": replies, "reply_tokens": reply_tokens, "reply_batch": reply_batch,
               "reply_share": reply_share, "heldout": heldout, "seed": seed}
+    return build_once(out_dir, params, lambda tmp: _build(resolved, tmp, params, progress), force, threads)
+
+
+def build_once(out_dir, params: dict, build, force: bool = False, threads: int = 0) -> str:
+    """Run `build(tmp) -> info` once per `params` into `out_dir` (a drafter's folder): under a file
+    lock, skipped when `out_dir/build.json` records the same params and the weights are there; built
+    in a temporary folder that is renamed into place, so a crash never leaves half a drafter.
+    `threads` (0 = torch's default) sets torch's CPU threads for the build."""
+    from specexp.tiny import _lock, _share
+
     out = Path(out_dir).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
     with _lock(out.parent / f".{out.name}.lock"):
@@ -277,7 +285,7 @@ def distill_drafter(target: Any, out_dir: str, layers: int = 4,
         try:
             tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
             try:
-                info = _build(resolved, tmp, params, progress)
+                info = build(tmp)
                 (tmp / "build.json").write_text(json.dumps(info, indent=2))
                 _share(tmp)
                 if out.exists():

@@ -36,15 +36,13 @@ import hashlib
 import json
 import logging
 import math
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from specexp.distill import corpus_documents, reply_prompts, target_replies, teacher_read, windows
+from specexp.distill import build_once, corpus_documents, reply_prompts, target_replies, teacher_read, windows
 from specexp.models import ModelSpec, describe, load_model, load_tokenizer, n_params, resolve_source
 from specexp.proposers import DraftModel
 from specexp.proposers.eagle import FeatureDrafterConfig, FeatureDrafterModel, FeatureLM
@@ -220,8 +218,6 @@ def build_feature_drafter(target: Any, out_dir: str, corpus: tuple[str, ...] = (
     """Build (or reuse) a feature drafter for `target` (a ModelSpec or its config node) in
     `out_dir`; returns `out_dir`. Parameters: the module docstring and
     conf/model_pair/smollm2-135m__eagle.yaml."""
-    from specexp.tiny import _lock, _share
-
     spec = target if isinstance(target, ModelSpec) else ModelSpec(**dict(target))
     resolved = resolve_source(spec)
     params = {"recipe": RECIPE, "target": describe(resolved), "corpus": list(corpus), "skip": skip,
@@ -230,40 +226,12 @@ def build_feature_drafter(target: Any, out_dir: str, corpus: tuple[str, ...] = (
               "batch": batch, "lr": lr, "unroll": unroll, "feature_weight": feature_weight,
               "token_weight": token_weight, "heldout": heldout, "seed": seed}
     out = Path(out_dir).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(out.parent / f".{out.name}.lock"):
-        if not force and _done(out, params):
-            return str(out)
-        threads_before = torch.get_num_threads()
-        if threads:
-            torch.set_num_threads(threads)
-        try:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-            try:
-                info = _build(resolved, tmp, params, out.parent / f".{out.name}-teacher-{_data_key(params)}.pt",
-                              progress)
-                (tmp / "build.json").write_text(json.dumps(info, indent=2))
-                _share(tmp)
-                if out.exists():
-                    shutil.rmtree(out)
-                tmp.rename(out)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-        finally:
-            torch.set_num_threads(threads_before)
-    return str(out)
+    cache = out.parent / f".{out.name}-teacher-{_data_key(params)}.pt"  # the target's reads, kept across builds
+    return build_once(out, params, lambda tmp: _build(resolved, tmp, params, cache, progress), force, threads)
 
 
 def _data_key(params: dict) -> str:
     return hashlib.sha256(json.dumps({k: params[k] for k in DATA_KEYS}, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _done(out: Path, params: dict) -> bool:
-    try:
-        info = json.loads((out / "build.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return info.get("params") == params and (out / "model.safetensors").is_file()
 
 
 def _build(spec: ModelSpec, tmp: Path, p: dict, cache: Path | None, progress: bool) -> dict:
