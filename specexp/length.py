@@ -516,20 +516,23 @@ class EntropyCombined(_FrameworkRule):
 
 class AdaEDL(EntropyPolicy):
     """Before drafting a token, stop if the entropy-based lower bound on its acceptance
-    probability, 1 - sqrt(gamma * H), is below lambda (AdaEDL's stopping criterion). lambda
-    follows the acceptance rate: a higher lambda stops earlier. After each round with a draft,
-    with r = accepted / drafted:
+    probability, 1 - sqrt(gamma * H), is below lambda (the paper's Sec. 3; Appendix B derives the
+    bound from Pinsker's inequality with CE(p_DM, p_TM) ~ (1 + gamma) H_DM). A higher lambda
+    stops earlier. After each round with a draft, lambda follows the paper's Algorithm 1, with
+    r = accepted / drafted and L = max_len:
         AR <- beta1 * AR + (1 - beta1) * r
-        lambda' = lambda + eps   if AR < alpha     (too many rejections: stop earlier)
-                  lambda - eps   otherwise         (acceptance on target: draft longer)
+        lambda' = lambda + eps   if AR < alpha        (below the target acceptance: stop earlier)
+                  lambda - eps   elif accepted != L   (not yet drafting the most: draft longer)
+                  lambda         otherwise
         lambda <- beta2 * lambda + (1 - beta2) * lambda'
-    (`update="draft_verify"`: Draft & Verify's adjuster, which also keeps lambda when the draft
-    reached max_len and moves it when AR <= alpha.) Each round moves lambda by (1 - beta2) eps
-    (0.001 at the defaults), so lambda and AR are kept across samples (`per_sample=false`, the
-    default: a run-long adaptation, as Draft & Verify's adjuster); `per_sample=true` resets them
-    before every sample unless carry_length_state. Never stops before `min_len` tokens (default
-    1: a round with no draft teaches lambda nothing, so a high lambda could otherwise lock the
-    run into autoregressive decoding)."""
+    with the paper's beta1 0.5, beta2 0.9, eps 0.01, alpha 0.9, gamma 0.2 (Sec. 4.4).
+    (`update="draft_verify"`: Draft & Verify's adjuster, which the paper modifies: it keeps lambda
+    when the draft reached max_len and raises it when AR <= alpha.) Each round moves lambda by at
+    most (1 - beta2) eps = 0.001; lambda and AR are kept across samples by default
+    (`per_sample=false`); `per_sample=true` resets them before every sample unless
+    carry_length_state. Never stops before `min_len` tokens (default 1, ours: a round with no
+    draft teaches lambda nothing, so a high lambda could otherwise lock the run into
+    autoregressive decoding)."""
 
     def __init__(self, lambda_init: float = 0.5, entropy_scale: float = 0.2, beta1: float = 0.5,
                  beta2: float = 0.9, eps: float = 0.01, alpha: float = 0.9, ar_init: float = 0.0,
@@ -563,8 +566,12 @@ class AdaEDL(EntropyPolicy):
         self.ar = self.beta1 * self.ar + (1 - self.beta1) * accepted / drafted
         if self.update == "draft_verify":
             target = self.lam if drafted >= self.max_len else self.lam + (self.eps if self.ar <= self.alpha else -self.eps)
+        elif self.ar < self.alpha:  # Algorithm 1, lines 9-15
+            target = self.lam + self.eps
+        elif accepted != self.max_len:
+            target = self.lam - self.eps
         else:
-            target = self.lam + (self.eps if self.ar < self.alpha else -self.eps)
+            target = self.lam
         self.lam = self.beta2 * self.lam + (1 - self.beta2) * target
 
     def start_sample(self, carry: bool = False) -> None:

@@ -249,6 +249,24 @@ def test_adaedl_lambda_moves_the_right_way_and_adapts_over_the_run():
     assert high.lam == pytest.approx(0.499)
 
 
+def test_adaedl_follows_the_papers_algorithm_1():
+    """Agrawal, Jeon, Lee 2024 (PMLR v262), Algorithm 1 with Sec. 4.4's b1 0.5, b2 0.9, eps 0.01,
+    alpha 0.9, worked by hand. Line 11: once AR reaches alpha, lambda drops only while the round
+    did not accept the maximum draft length L; a round that accepted all L keeps lambda (the old
+    rule lowered it)."""
+    p = L.AdaEDL(lambda_init=0.5, ar_init=1.0, max_len=4)
+    p.observe(4, 4)  # AR = 0.5 + 0.5 * 1 = 1 >= 0.9, n_acc = L: lambda' = lambda
+    assert (p.ar, p.lam) == (pytest.approx(1.0), pytest.approx(0.5))
+    p.observe(4, 3)  # AR = 0.5 + 0.375 = 0.875 < 0.9: lambda' = 0.51, lambda = 0.45 + 0.051
+    assert (p.ar, p.lam) == (pytest.approx(0.875), pytest.approx(0.501))
+    p.observe(2, 2)  # AR = 0.4375 + 0.5 = 0.9375 >= 0.9, n_acc 2 != 4: lambda' = 0.491
+    assert (p.ar, p.lam) == (pytest.approx(0.9375), pytest.approx(0.9 * 0.501 + 0.1 * 0.491))
+    # a draft capped below L by the budget that is fully accepted still lowers lambda (n_acc != L)
+    q = L.AdaEDL(lambda_init=0.5, ar_init=1.0, max_len=4)
+    q.observe(3, 3)
+    assert q.lam == pytest.approx(0.499)
+
+
 # --- 11-13. claims checked against their sources --------------------------------------------------
 
 def test_strategy_docs_cite_sources_and_match_the_installed_transformers():
