@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from specexp.decode import Generation, _annotate, _sync
+from specexp.decode import Generation, annotate, emit, sync
 from specexp.length import Decision, DraftStep, LengthPolicy
 from specexp.models import cache_arg, cache_of
 from specexp.proposers.base import Draft, Proposer
@@ -242,10 +242,10 @@ def _count(out: Generation, role: str, seconds: float, prefill: bool) -> None:
 
 def _timed_forward(cache: RaggedCache, feeds, keep, rows: list[_Row], role: str, device) -> list[torch.Tensor]:
     prefill = [cache.length[b] == 0 and feeds[b] is not None for b in range(len(rows))]
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     logits = cache.forward(feeds, keep)
-    _sync(device)
+    sync(device)
     dt = time.perf_counter() - t0
     for b, row in enumerate(rows):
         if feeds[b] is not None:
@@ -337,7 +337,7 @@ def generate_batch(
         new = []
         while len(rows) + len(new) < batch_size and pending:
             i = pending.pop(0)
-            _sync(device)
+            sync(device)
             row = _Row(i, prompts[i], generators[i], _copy(policy) if policy is not None else None,
                        None, time.perf_counter())
             if row.policy is not None:
@@ -384,25 +384,17 @@ def generate_batch(
                 row.proposer.observe(n)
             # 5. Emit, stopping at the first EOS / stop string (as specexp.decode).
             drafts_l = dtoks[b].tolist()
-            start = len(out.tokens)
-            out.tokens.extend(drafts_l[:n] + [nxt])
-            cut = stopper.first_stop(out.tokens, start)
-            if cut is not None:
-                del out.tokens[cut + 1:]
-            n = len(out.tokens) - start - 1
-            row.tokens = torch.cat([row.tokens, torch.tensor(out.tokens[start:], device=device, dtype=row.tokens.dtype)])
+            n, new, stopped = emit(out, drafts_l, n, nxt, stopper)
+            row.tokens = torch.cat([row.tokens, torch.tensor(new, device=device, dtype=row.tokens.dtype)])
             # 6. The row's policy learns from its outcome.
             if proposer is not None:
                 row.policy.observe(k, n)
             if records and k and d is not None:
-                out.records.extend(_annotate(d.records, logits[b], n, len(out.drafted), sampling))
-            out.drafted.append(k)
-            out.accepted.append(n)
-            out.emitted.append(n + 1)
-            out.rejected.append(drafts_l[n:])
-            if cut is not None or len(out.tokens) >= max_new_tokens:
+                out.records.extend(annotate(d.records, logits[b], n, len(out.drafted), sampling))
+            out.log_round(k, n, drafts_l[n:])
+            if stopped or len(out.tokens) >= max_new_tokens:
                 finished.append(b)
-        _sync(device)
+        sync(device)
         now = time.perf_counter()
         for row in rows:
             row.out.round_times.append(now - t0)
@@ -493,7 +485,7 @@ def decode_samples(target_model, prompts, max_new_tokens: int, sampling: Samplin
             for m in modes:
                 t0 = time.perf_counter()
                 runs[m].append(batch_one_ar(bar) if m == "ar_batch1" else batched(m == "strategy", bar=bar))
-                _sync(device)
+                sync(device)
                 seconds[m].append(time.perf_counter() - t0)
 
     def per_sample(reps: list[list[Generation]]):

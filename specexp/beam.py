@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from specexp.decode import Generation, _sync
+from specexp.decode import Generation, sync
 from specexp.models import CachedLM, cache_arg, cache_of
 from specexp.sampling import Sampling
 from specexp.stopping import Stopper
@@ -50,10 +50,10 @@ class BeamSearch:
 
     def _forward(self, model, ids: torch.Tensor, cache, out: Generation):
         """One batched forward of ids [B, n] after `cache`; the last position's float32 logits [B, V]."""
-        _sync(ids.device)
+        sync(ids.device)
         t0 = time.perf_counter()
         res = model(input_ids=ids, **cache_arg(model, cache), use_cache=True, logits_to_keep=1)
-        _sync(ids.device)
+        sync(ids.device)
         dt = time.perf_counter() - t0
         out.target_forwards += 1
         out.model_forward_seconds["target"] = out.model_forward_seconds.get("target", 0.0) + dt
@@ -75,7 +75,7 @@ class BeamSearch:
         eos = torch.tensor(sorted(stopper.eos), dtype=torch.long, device=device)
         K = max(2, 1 + eos.numel()) * B
         out = Generation()
-        _sync(device)
+        sync(device)
         t_start = time.perf_counter()
         # The prompt once; its cache copied to the B beams. Only beam 0 is live at the start.
         logits, cache = self._forward(model, prompt[None], None, out)
@@ -121,7 +121,7 @@ class BeamSearch:
         tokens = done_tokens[0]
         cut = stopper.first_stop(tokens, 0)
         out.tokens = tokens if cut is None else tokens[: cut + 1]
-        _sync(device)
+        sync(device)
         out.wall_time = time.perf_counter() - t_start
         out.round_times, out.drafted, out.accepted, out.emitted, out.rejected = \
             [out.wall_time], [0], [0], [len(out.tokens)], [[]]

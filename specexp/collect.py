@@ -184,6 +184,7 @@ def flatten(path: Path, m: dict) -> tuple[dict, dict]:
         "top_p": _get(m, "sampling.top_p", _get(cfg, "sampling.top_p")),
         "seed": cfg.get("seed"),
         "experiment": choices.get("experiment"),
+        "batch_size": m.get("batch_size") or cfg.get("batch_size") or 1,  # samples decoded at a time (specexp/batch.py)
     }
     for k, v in (cfg.get("strategy") or {}).items():
         if k in ("name", "proposer", "length") or (isinstance(v, str) and "${" in v):
@@ -214,6 +215,7 @@ def flatten(path: Path, m: dict) -> tuple[dict, dict]:
         "baseline_tokens_per_second": _get(m, "baseline.tokens_per_second"),
         "baseline_ms_per_token": _ms(_get(m, "baseline.tokens_per_second")),
         **_speedup_columns(m.get("speedup")),
+        **_batch_columns(m.get("batch")),
         "timing_repeats": _get(m, "timing.repeats"),
         "timing_spread_median": _get(m, "timing.spread_median"),
     })
@@ -246,16 +248,27 @@ def _speedup_columns(sp) -> dict:
             "speedup_per_token_geomean": _get(sp, "per_token.geomean"), "speedup_source": "paired"}
 
 
+def _batch_columns(b) -> dict:
+    """A batched run's batch throughput (all rows' new tokens / whole-dataset wall time, median over
+    repeats) and its two speedups: against autoregressive at the same batch size and at batch 1."""
+    b = b if isinstance(b, dict) else {}
+    tps = b.get("tokens_per_second") or {}
+    return {"batch_tokens_per_second": tps.get("strategy", tps.get("autoregressive")),
+            "batch_speedup_same_batch": b.get("speedup_vs_autoregressive_same_batch"),
+            "batch_speedup_batch1": b.get("speedup_vs_autoregressive_batch1")}
+
+
 def _is_ar(row) -> bool:
     return row.get("strategy") == "autoregressive"
 
 
-_JOIN_KEYS = ("model_pair", "target", "dataset", "dataset_version", "samples_key", "max_new_tokens", "sampling")
+_JOIN_KEYS = ("model_pair", "target", "dataset", "dataset_version", "samples_key", "max_new_tokens", "sampling",
+              "batch_size")  # per-sample latencies at batch B compare with autoregressive at the same B only
 
 
 def join_baselines(df: pd.DataFrame, times: list[dict]) -> pd.DataFrame:
     """Fill speedup for runs without a paired baseline from a separate autoregressive run with
-    the same model pair, dataset (version), samples, token budget and sampling settings."""
+    the same model pair, dataset (version), samples, token budget, sampling settings and batch size."""
     if df.empty:
         return df
     ok = df["status"] == "ok"

@@ -3,7 +3,7 @@ seed's success criteria and factor importance. The tests themselves are scipy / 
 calls in specexp/stats.py; this module decides what is compared with what.
 
 Runs are comparable when they decoded the same samples: same model pair, dataset (version),
-token budget, seed and sampling (GROUP_KEYS), and the same sample ids (checked). Against
+token budget, seed, sampling and batch size (GROUP_KEYS), and the same sample ids (checked). Against
   - no --reference: each run's own autoregressive baseline (decoded interleaved in the run);
   - --reference KEY=VALUE ...: the run of the same group matching every KEY=VALUE; when several
     match (`strategy=speculative` over a gamma grid), the fastest by tokens/s, labelled "selected"
@@ -25,7 +25,7 @@ import pandas as pd
 from specexp import stats
 from specexp.collect import QUALITY_SAMPLE_KEYS, _missing
 
-GROUP_KEYS = ("model_pair", "dataset", "dataset_version", "max_new_tokens", "seed", "sampling")
+GROUP_KEYS = ("model_pair", "dataset", "dataset_version", "max_new_tokens", "seed", "sampling", "batch_size")
 OWN_BASELINE = "own autoregressive baseline"
 STATS_COLUMNS = ["run", "method", "reference", "n_samples", "speedup", "ci_low", "ci_high", "p_wilcoxon", "p_ttest",
                  "p_holm", "cohens_d", "verdict"]
@@ -322,7 +322,8 @@ def success_criteria(df: pd.DataFrame, samples: pd.DataFrame, seed: int = 0) -> 
 
 def _setting(k: dict) -> str:
     return (f"{k.get('model_pair')} / {k.get('dataset')} / {k.get('sampling')} "
-            f"({k.get('max_new_tokens')} tokens, seed {k.get('seed')})")
+            f"({k.get('max_new_tokens')} tokens, seed {k.get('seed')}"
+            + (f", batch {k['batch_size']}" if k.get("batch_size") not in (None, 1, "–") else "") + ")")
 
 
 def _decide(lo, hi, bar: float, inclusive: bool = False) -> str:

@@ -1,5 +1,6 @@
 """The decode loop: one function for autoregressive and speculative decoding (autoregressive is
-the special case with no proposer, i.e. a draft of length 0 every round). Batch size 1.
+the special case with no proposer, i.e. a draft of length 0 every round). Batch size 1;
+specexp/batch.py runs the same steps for B rows at once (sharing `emit` and `Generation.log_round`).
 
 Counting convention for a round cut by a stop (EOS or stop string): `accepted` counts the drafts
 emitted before the stop token, so every round emits `accepted + 1` tokens. Drafts after the stop
@@ -47,8 +48,28 @@ class Generation:
     model_encoder_seconds: dict[str, float] = field(default_factory=dict)  # per role: time in those
     start_time: float = 0.0  # seconds before the first round: target.start + proposer.reset (encoders)
 
+    def log_round(self, k: int, n: int, rejected: list[int]) -> None:
+        """A round's counts: k drafted, n emitted as accepted (so n + 1 emitted), the drafts after them."""
+        self.drafted.append(k)
+        self.accepted.append(n)
+        self.emitted.append(n + 1)
+        self.rejected.append(rejected)
 
-def _sync(device: torch.device) -> None:
+
+def emit(out: Generation, drafts: list[int], n: int, nxt: int, stopper: Stopper) -> tuple[int, list[int], bool]:
+    """Step 5 of a round: append the n accepted drafts and the target's token `nxt` to out.tokens,
+    cut after the first EOS / stop string among them. Returns (n' = the drafts emitted before the
+    stop, so the round emitted n' + 1 tokens; the tokens emitted; whether the sample stopped)."""
+    start = len(out.tokens)
+    out.tokens.extend(drafts[:n] + [nxt])
+    cut = stopper.first_stop(out.tokens, start)
+    if cut is not None:
+        del out.tokens[cut + 1:]
+    return len(out.tokens) - start - 1, out.tokens[start:], cut is not None
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device (CUDA) so that a timer read after it covers the queued work."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -81,7 +102,7 @@ def generate(
     check_context(lms, prompt.shape[0], max_new_tokens)  # never read past a model's position limit
     before = {r: _counters(m) for r, m in lms.items()}
     fwd0_t, fwd0_d = target.forwards, (proposer.forwards if proposer else 0)
-    _sync(device)
+    sync(device)
     t_start = time.perf_counter()
     # 0. Start the sample (timed: an encoder-decoder target or drafter runs its encoder here).
     tokens = target.start(prompt)  # decoder-only: the prompt; encoder-decoder: the decoder start token
@@ -90,7 +111,7 @@ def generate(
         proposer.eos = stopper.eos  # a drafter stops drafting after one of these
         proposer.reset(prompt)
     n_prompt = tokens.shape[0]
-    _sync(device)
+    sync(device)
     out.start_time = time.perf_counter() - t_start
     while (budget := max_new_tokens - len(out.tokens)) > 0:
         t0 = time.perf_counter()
@@ -115,26 +136,18 @@ def generate(
         # 5. Emit, stopping at the first EOS / stop string among the new tokens; a cut leaves
         #    n = the drafts emitted before the stop token (module docstring).
         drafts = draft_tokens.tolist()
-        start = len(out.tokens)
-        out.tokens.extend(drafts[:n] + [nxt])
-        cut = stopper.first_stop(out.tokens, start)
-        if cut is not None:
-            del out.tokens[cut + 1:]
-        n = len(out.tokens) - start - 1
-        tokens = torch.cat([tokens, torch.tensor(out.tokens[start:], device=device, dtype=tokens.dtype)])
+        n, new, stopped = emit(out, drafts, n, nxt, stopper)
+        tokens = torch.cat([tokens, torch.tensor(new, device=device, dtype=tokens.dtype)])
         # 6. Let the policy learn from the outcome (every round, as transformers' schedule does,
         #    even one with no draft: drafted 0).
         if proposer is not None:
             policy.observe(k, n)
         if records and k:
-            out.records.extend(_annotate(draft.records, logits, n, len(out.drafted), sampling))
-        _sync(device)
+            out.records.extend(annotate(draft.records, logits, n, len(out.drafted), sampling))
+        sync(device)
         out.round_times.append(time.perf_counter() - t0)
-        out.drafted.append(k)
-        out.accepted.append(n)
-        out.emitted.append(n + 1)
-        out.rejected.append(drafts[n:])
-        if cut is not None:
+        out.log_round(k, n, drafts[n:])
+        if stopped:
             break
     out.wall_time = time.perf_counter() - t_start
     out.target_forwards = target.forwards - fwd0_t
@@ -148,7 +161,7 @@ def generate(
     return out
 
 
-def _annotate(recs: list[dict], target_logits: torch.Tensor, n: int, round_index: int, sampling: Sampling) -> list[dict]:
+def annotate(recs: list[dict], target_logits: torch.Tensor, n: int, round_index: int, sampling: Sampling) -> list[dict]:
     """Complete the proposer's per-token records with the target's side and the outcome. The
     target's entropy (Shannon, nats) is of the distribution it verifies with, as the drafter's
     (specexp.entropy.step_probs): the sampling distribution, or softmax at T=1 under greedy; the

@@ -104,13 +104,21 @@ def _group_title(keys: tuple, names: tuple) -> str:
     for k, n in zip(keys, names):
         if k is None or (isinstance(k, float) and math.isnan(k)):
             continue
+        if n == "batch":  # batch size: named only when samples were decoded B > 1 at a time
+            if k not in (1, "–"):
+                parts.append(f"batch {k}")
+            continue
         parts.append(f"{n} {k}" if n in ("pair",) else str(k))
     return " / ".join(parts)
 
 
 def _groups(df: pd.DataFrame, cols: list[str]):
+    """Groups of runs by `cols`; runs decoded at different batch sizes never share a group (a
+    frame without the column is batch 1 throughout)."""
     if df.empty:
         return []
+    if "batch_size" in cols and "batch_size" not in df:
+        df = df.assign(batch_size=1)
     keyed = df.assign(**{c: df[c].astype(object).where(df[c].notna(), "–") for c in cols})
     return list(keyed.groupby(cols, sort=True, dropna=False))
 
@@ -156,9 +164,21 @@ def table_runs(df: pd.DataFrame, samples: pd.DataFrame | None = None) -> list[Se
             _first_line(r.get("error"), 140) or "",
         ])
     n_fail = int((df["status"] != "ok").sum())
-    return [Section("", ["job", "status", "method", "sampling", "dataset", "tok/s", "accept", "acc. len",
-                         "speedup [95% CI]", "baseline", "error"], rows,
-                    [f"{len(df)} runs, {len(df) - n_fail} ok, {n_fail} failed.", SPEEDUP_NOTE])]
+    cols = ["job", "status", "method", "sampling", "dataset", "tok/s", "accept", "acc. len", "speedup [95% CI]",
+            "baseline", "error"]
+    notes = [f"{len(df)} runs, {len(df) - n_fail} ok, {n_fail} failed.", SPEEDUP_NOTE]
+    if "batch_size" in df and (df["batch_size"].fillna(1) > 1).any():  # batched runs: their batch columns
+        order = df.sort_values(["job", "run_dir"], na_position="last")
+        for row, (_, r) in zip(rows, order.iterrows()):
+            b = r.get("batch_size")
+            row[10:10] = [_f(b, "{:.0f}", "1"), _f(r.get("batch_tokens_per_second"), "{:.1f}"),
+                          _f(r.get("batch_speedup_same_batch"), "{:.2f}x"), _f(r.get("batch_speedup_batch1"), "{:.2f}x")]
+        cols[10:10] = ["B", "batch tok/s", "vs AR@B", "vs AR@1"]
+        notes.append("B: samples decoded at a time (batch_size). batch tok/s: new tokens of all samples / wall time "
+                     "of the whole dataset's decode, median over repeats; vs AR@B, vs AR@1: that throughput over "
+                     "autoregressive decoding's at the same B and at batch 1 (docs/batching.md). tok/s and speedup "
+                     "at B > 1 are per-sequence: each sample's latency, shared with the other rows.")
+    return [Section("", cols, rows, notes)]
 
 
 THESIS_COLUMNS = [("No drafter", "autoregressive", ()),
@@ -213,7 +233,7 @@ def table_thesis_6_6(df: pd.DataFrame, samples: pd.DataFrame | None = None) -> l
     cols = ["Setting", "", *[c[0] for c in THESIS_COLUMNS]]
     rows, notes, splits = [], [], set()
     paired_used = False
-    for keys, g in _groups(ok, ["model_pair", "dataset", "sampling"]):
+    for keys, g in _groups(ok, ["model_pair", "dataset", "sampling", "batch_size"]):
         ps = samples[samples["run_dir"].isin(g["run_dir"])] if samples is not None and not samples.empty else None
         ids = None
         if ps is not None:
@@ -250,7 +270,7 @@ def table_thesis_6_6(df: pd.DataFrame, samples: pd.DataFrame | None = None) -> l
             params[label] = chosen + (f" (best of {len(sub)})" if len(sub) > 1 else "")
         if not ms:
             continue
-        title = _group_title(keys, ("pair", "dataset", "sampling"))
+        title = _group_title(keys, ("pair", "dataset", "sampling", "batch"))
         rows.append([title, "ms/token", *[_f(ms.get(c[0])) for c in THESIS_COLUMNS]])
         rows.append(["", "vs. no drafter [95% CI]", *[sp.get(c[0], "–") for c in THESIS_COLUMNS]])
         rows.append(["", "selected", *[params.get(c[0], "–") for c in THESIS_COLUMNS]])
@@ -292,7 +312,7 @@ def table_reproduction(df: pd.DataFrame, samples: pd.DataFrame | None = None) ->
     separate autoregressive run when there is one, else from the paired baselines."""
     ok = _ok(df)
     sections = []
-    for keys, g in _groups(ok, ["model_pair", "dataset", "experiment"]):
+    for keys, g in _groups(ok, ["model_pair", "dataset", "experiment", "batch_size"]):
         qk = _quality_key(g)
         qlabel = QUALITY_LABEL.get(qk, qk or "Quality")
         rows, seed_notes = [], []
@@ -318,7 +338,8 @@ def table_reproduction(df: pd.DataFrame, samples: pd.DataFrame | None = None) ->
                                       "(mean of per-sample rates); the table's acceptance rate is pooled.")
         n = g["n_samples"].dropna()
         title = (f"{keys[0]} on {keys[1]}" + (f" ({int(n.max())} samples)" if not n.empty else "")
-                 + (f", experiment {keys[2]}" if keys[2] != "–" else ""))
+                 + (f", experiment {keys[2]}" if keys[2] != "–" else "")
+                 + (f", {_group_title(keys[3:], ('batch',))}" if keys[3] not in (1, "–") else ""))
         sections.append(Section(title, ["Method", "Sampling", qlabel, "Speedup [95% CI]", "Acceptance rate"], rows,
                                 [SPEEDUP_NOTE] + seed_notes))
     return sections or [Section("Paper reproduction", ["Method", "Sampling", "Quality", "Speedup", "Acceptance rate"],
@@ -383,7 +404,7 @@ def table_specbench(df: pd.DataFrame, samples: pd.DataFrame | None = None) -> li
     per_category = [Section(*s) for s in categories.specbench_sections(df)] if not df.empty else []
     ok = _ok(df)
     sections = []
-    for keys, g in _groups(ok, ["model_pair", "sampling"]):
+    for keys, g in _groups(ok, ["model_pair", "sampling", "batch_size"]):
         datasets = sorted(g["dataset"].dropna().unique())
         cols = ["Method"] + [f"{d} {x}" for d in datasets for x in ("τ", "speedup [95% CI]")] + ["Mean τ", "Mean speedup"]
         rows = []
@@ -398,7 +419,8 @@ def table_specbench(df: pd.DataFrame, samples: pd.DataFrame | None = None) -> li
                 sps += [sp] if sp is not None else []
             row += [_f(statistics.fmean(taus) if taus else None), _f(statistics.fmean(sps) if sps else None, "{:.2f}x")]
             rows.append(row)
-        sections.append(Section(f"Spec-Bench style: {keys[0]}, {_samp_name(keys[1])}", cols, rows,
+        batch = f", {_group_title(keys[2:], ('batch',))}" if keys[2] not in (1, "–") else ""
+        sections.append(Section(f"Spec-Bench style: {keys[0]}, {_samp_name(keys[1])}{batch}", cols, rows,
                                 ["τ: mean accepted length (tokens per target forward). " + SPEEDUP_NOTE,
                                  "Mean speedup: the plain mean of the datasets' throughput ratios (no CI)."]))
     return per_category + sections or [Section("Spec-Bench style", ["Method"], [], ["no ok runs"])]

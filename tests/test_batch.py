@@ -307,3 +307,40 @@ def test_smollm2_rows_equal_batch_one():
     for proposer in (DraftModel().bind(pair), PromptLookup(max_ngram=3).bind(pair)):
         got = generate_batch(pair.target, prompts, 32, GREEDY, stopper, proposer, Fixed(4), batch_size=4)
         assert [g.tokens for g in got] == [r.tokens for r in ref]
+
+
+def test_reports_and_statistics_group_by_batch_size(run_specexp, random_pair_dir, tmp_path):
+    """A sweep over batch_size 1,2 x {autoregressive, speculative} without in-run baselines: each
+    speculative run is joined with, and compared against, the autoregressive run of ITS batch
+    size (never the other one), and the tables name the batch size."""
+    from conftest import pair_overrides
+
+    from specexp import collect, compare, tables
+
+    run_specexp(*pair_overrides(random_pair_dir), "strategy=autoregressive,speculative", "batch_size=1,2",
+                "dataset.limit=2", "dataset.max_new_tokens=8", "warmup=0", "baseline=false", "summary=false",
+                multirun=True)
+    sweep = tmp_path / "sweep"
+    runs = collect.load_runs([sweep])
+    df = collect.collect([sweep], runs)
+    assert len(df) == 4 and (df["status"] == "ok").all()
+    assert sorted(df["batch_size"]) == [1, 1, 2, 2]
+    ar = {int(r["batch_size"]): r["run_dir"] for _, r in df[df["strategy"] == "autoregressive"].iterrows()}
+    for _, r in df[df["strategy"] == "speculative"].iterrows():
+        assert r["speedup_source"] == f"ar_run:{ar[int(r['batch_size'])]}"
+    spec2 = df[(df["strategy"] == "speculative") & (df["batch_size"] == 2)].iloc[0]
+    assert spec2["batch_tokens_per_second"] > 0 and spec2["batch_speedup_same_batch"] is None  # no AR in-run
+
+    samples = collect.collect_samples(runs, df)
+    st = compare.compare_runs(df, samples, reference={"strategy": "autoregressive"})
+    names = dict(zip(df["run_dir"], compare.run_names(df)))
+    assert len(st) == 2
+    for _, r in st.iterrows():
+        run_dir = next(d for d, n in names.items() if n == r["run"])
+        b = int(df.set_index("run_dir").loc[run_dir, "batch_size"])
+        assert r["reference"].startswith(names[ar[b]] + " ")
+
+    runs_md = tables.render(df, "runs")
+    assert "| B |" in runs_md and "vs AR@B" in runs_md
+    bench = tables.render(df, "specbench", samples=samples)
+    assert bench.count("Spec-Bench style: ") == 2 and "batch 2" in bench
