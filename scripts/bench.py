@@ -7,6 +7,10 @@ Commands
                                              # 3 x XSum, GSM8K, HumanEval, 96 tokens max, 3 repeats, ~30 min
     python scripts/bench.py --pair smollm2 --distilled-dir /tmp/distill_small --repeats 1 --new-tokens 32
                                              # a quick end-to-end check with an already-built drafter
+    python scripts/bench.py --pair smollm2 --batch-sizes 1,4,8,16 --ignore-eos --new-tokens 64
+                                             # batched decoding (issue 16; scripts/bench_batch.py): tokens/s,
+                                             # latency and speedups per batch size, transformers' batched
+                                             # generate as the reference, the crossover batch size per drafter
 Run the full measurement on a quiet machine (nothing else on the cores); `--threads N` pins torch's
 CPU threads (default: torch's own default). The table is printed and written as JSON (`--json`,
 default outputs/bench/<pair>-<date>.json) with the command line, date and machine.
@@ -143,7 +147,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--json", help="output JSON (default outputs/bench/<pair>-<date>.json)")
+    ap.add_argument("--batch-sizes", help="batched decoding instead (issue 16): e.g. 1,4,8,16; runs "
+                                          "scripts/bench_batch.py on this pair's drafters (see BATCH_STRATEGIES)")
+    ap.add_argument("--batch-prompts", type=int, help="--batch-sizes: HumanEval prompts (default: the largest size)")
+    ap.add_argument("--ignore-eos", action="store_true", help="--batch-sizes: exactly --new-tokens per prompt")
     return ap.parse_args(argv)
+
+
+# --batch-sizes: the pair bench_batch loads, and the drafters it compares (PAIR:STRATEGY = another pair's drafter)
+BATCH_PAIRS = {"tiny": "tiny", "smollm2": "smollm2-135m__truncated"}
+BATCH_STRATEGIES = {"tiny": "speculative,prompt_lookup,bigram",
+                    "smollm2": "speculative,prompt_lookup,bigram"}  # speculative: the truncated self-drafter
+
+
+def batch_argv(args: argparse.Namespace) -> list[str]:
+    """bench_batch's command line for `--batch-sizes` (the distilled drafter joins with --distilled-dir)."""
+    sizes = [int(x) for x in args.batch_sizes.split(",")]
+    strategies = BATCH_STRATEGIES[args.pair]
+    argv = ["--pair", BATCH_PAIRS[args.pair], "--batch-sizes", args.batch_sizes,
+            "--prompts", str(args.batch_prompts or max(sizes)), "--new-tokens", str(args.new_tokens),
+            "--repeats", str(args.repeats), "--threads", str(args.threads)]
+    if args.pair == "smollm2" and args.distilled_dir:
+        strategies += ",smollm2-135m__distilled:speculative"
+        argv += ["--pair-override", f"smollm2-135m__distilled:model_pair.dir={args.distilled_dir}",
+                 "--pair-override", "smollm2-135m__distilled:model_pair.build=null"]
+    argv += ["--strategies", strategies, *(["--ignore-eos"] if args.ignore_eos else [])]
+    argv += [x for o in args.override for x in ("--override", o)]
+    return argv + (["--json", args.json] if args.json else [])
 
 
 # ------------------------------------------------------------------------------ pair and prompts
@@ -488,6 +518,11 @@ def machine() -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.batch_sizes:  # issue 16: batched decoding, one interleaved run (scripts/bench_batch.py)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import bench_batch
+
+        return bench_batch.main(batch_argv(args))
     if args.threads:
         torch.set_num_threads(args.threads)
     started = datetime.datetime.now().astimezone()

@@ -6,11 +6,15 @@ the crossover batch size where speculation stops paying.
 
     python scripts/bench_batch.py --pair tiny --batch-sizes 1,4,8
     python scripts/bench_batch.py --pair smollm2-135m__truncated --strategies speculative,prompt_lookup
+    python scripts/bench.py --pair smollm2 --batch-sizes 1,4,8,16     # the same, from the main bench
 
 Batch size 1 runs the batch-1 loop (specexp.decode.generate); larger sizes specexp.batch. Modes
 are interleaved within each repeat (ABC ABC ...) so machine drift hits all alike; a number is the
-median over repeats. Greedy, EOS only (no stop strings), the same prompts for every mode; every
-row of every mode is checked against our batch-1 autoregressive output (`identical` column).
+median over repeats. Greedy, EOS only (no stop strings; `--ignore-eos`: exactly --new-tokens per
+prompt, vLLM's throughput protocol), the same prompts for every mode; every row of every mode is
+checked against our batch-1 autoregressive output (`identical` column). A strategy written
+PAIR:STRATEGY drafts with another pair's proposer (e.g. smollm2-135m__distilled:speculative, its
+distilled drafter) for --pair's target; that pair must share the target's tokenizer.
 """
 from __future__ import annotations
 
@@ -38,9 +42,17 @@ def compose(overrides: list[str]):
         return hcompose("config", overrides=overrides)
 
 
-def hf_generate(model, prompts, batch_size: int, new_tokens: int, eos: int) -> tuple[list[list[int]], list[float]]:
+def hf_generate(model, prompts, batch_size: int, new_tokens: int, eos: int,
+                ignore_eos: bool = False) -> tuple[list[list[int]], list[float]]:
     """transformers' batched greedy generate over static batches of `batch_size` (left padding);
-    returns each row's new tokens (cut after its first EOS) and its latency (its batch's time)."""
+    returns each row's new tokens (cut after its first EOS) and its latency (its batch's time).
+    `ignore_eos`: no EOS ends a row (exactly new_tokens each), as ours with no stop ids."""
+    import copy
+
+    gc = copy.deepcopy(model.generation_config)
+    gc.max_new_tokens, gc.do_sample, gc.pad_token_id = new_tokens, False, eos
+    gc.eos_token_id = None if ignore_eos else eos
+    gc.top_k, gc.top_p, gc.temperature = None, None, None
     out, lat = [], []
     for s in range(0, len(prompts), batch_size):
         chunk = prompts[s: s + batch_size]
@@ -50,11 +62,10 @@ def hf_generate(model, prompts, batch_size: int, new_tokens: int, eos: int) -> t
         for b, p in enumerate(chunk):
             ids[b, width - p.shape[0]:], mask[b, width - p.shape[0]:] = p, 1
         t0 = time.perf_counter()
-        gen = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
-                             pad_token_id=eos, eos_token_id=eos)
+        gen = model.generate(ids, attention_mask=mask, generation_config=gc)
         dt = time.perf_counter() - t0
         for row in gen[:, width:].tolist():
-            out.append(row[: row.index(eos) + 1] if eos in row else row)
+            out.append(row[: row.index(eos) + 1] if eos in row and not ignore_eos else row)
             lat.append(dt)
     return out, lat
 
@@ -64,7 +75,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--pair", default="tiny", help="a conf/model_pair name (default: tiny)")
     ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
     ap.add_argument("--strategies", default="speculative,prompt_lookup,bigram",
-                    help="comma list of conf/strategy names to run speculatively (default: %(default)s)")
+                    help="comma list of conf/strategy names to run speculatively on --pair, or PAIR:STRATEGY "
+                         "(another pair's proposer, same tokenizer) (default: %(default)s)")
+    ap.add_argument("--pair-override", action="append", default=[], metavar="PAIR:KEY=VALUE",
+                    help="an override for the pair of a PAIR:STRATEGY entry (e.g. its model_pair.dir)")
+    ap.add_argument("--ignore-eos", action="store_true", help="no EOS ends a row: exactly --new-tokens per prompt")
     ap.add_argument("--batch-sizes", default="1,4,8", help="comma list (default: %(default)s)")
     ap.add_argument("--prompts", type=int, default=8, help="HumanEval prompts (default 8)")
     ap.add_argument("--new-tokens", type=int, default=64, help="most new tokens per prompt; EOS stops (default 64)")
@@ -95,10 +110,20 @@ def main(argv: list[str] | None = None) -> dict:
     if max(sizes) > len(prompts):
         raise SystemExit(f"--batch-sizes up to {max(sizes)} needs at least that many prompts (--prompts)")
     eos = sorted(eos_ids(pair))
-    stopper, greedy = Stopper(eos), Sampling()
-    strategies = {}
+    stopper, greedy = Stopper([] if args.ignore_eos else eos), Sampling()
+    strategies, other_pairs = {}, {}
     for name in [s for s in args.strategies.split(",") if s]:
-        proposer, policy = build.strategy(compose(base + [f"strategy={name}"]).strategy, pair)
+        if ":" in name:  # another pair's proposer (its drafter) for this target
+            other, strat = name.split(":", 1)
+            ovr = [o.split(":", 1)[1] for o in args.pair_override if o.split(":", 1)[0] == other]
+            ocfg = compose([f"model_pair={other}", "dataset=humaneval", f"strategy={strat}", *ovr])
+            if other not in other_pairs:
+                other_pairs[other] = build.pair(ocfg.model_pair)
+            if other_pairs[other].tokenizer.get_vocab() != pair.tokenizer.get_vocab():
+                raise SystemExit(f"{name}: pair {other} has another tokenizer than {args.pair}")
+            proposer, policy = build.strategy(ocfg.strategy, other_pairs[other])
+        else:
+            proposer, policy = build.strategy(compose(base + [f"strategy={name}"]).strategy, pair)
         check_supported(proposer, pair.target)
         strategies[name] = (proposer, policy)
 
@@ -115,7 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
     # each mode: (batch size, prompts, new tokens) -> generations (hf: tokens and latencies)
     modes = {"ours-autoregressive": lambda B, ps=prompts, n=args.new_tokens: ours(None, None, B, ps, n)}
     if not args.no_hf:
-        modes["hf-generate"] = lambda B, ps=prompts, n=args.new_tokens: hf_generate(pair.target, ps, B, n, eos[0])
+        modes["hf-generate"] = lambda B, ps=prompts, n=args.new_tokens: hf_generate(pair.target, ps, B, n, eos[0],
+                                                                                  args.ignore_eos)
     for name, (proposer, policy) in strategies.items():
         modes[f"ours-{name}"] = lambda B, ps=prompts, n=args.new_tokens, p=proposer, q=policy: ours(p, q, B, ps, n)
 
@@ -150,7 +176,16 @@ def main(argv: list[str] | None = None) -> dict:
     for name in strategies:
         losing = [r["batch_size"] for r in rows if r["mode"] == f"ours-{name}" and r["speedup_vs_ours_ar_same_batch"] < 1]
         crossover[name] = min(losing) if losing else None
+    ar1 = next(r for r in rows if r["batch_size"] == sizes[0] and r["mode"] == "ours-autoregressive")
+    summary = {}
+    for B in sizes:
+        ar = next(r for r in rows if r["batch_size"] == B and r["mode"] == "ours-autoregressive")
+        hf = next((r for r in rows if r["batch_size"] == B and r["mode"] == "hf-generate"), None)
+        summary[B] = {"ours_ar_vs_ours_ar_at_first_size": ar["tokens_per_second"] / ar1["tokens_per_second"],
+                      "ours_ar_vs_hf_generate": ar["tokens_per_second"] / hf["tokens_per_second"] if hf else None}
     result = {"pair": args.pair, "prompts": len(prompts), "new_tokens": args.new_tokens, "repeats": args.repeats,
+              "ignore_eos": args.ignore_eos, "strategies": list(strategies), "argv": sys.argv[1:] if argv is None else argv,
+              "autoregressive_scaling": summary,
               "estimator": "tokens/s = new tokens of all prompts / median wall time over repeats (modes interleaved)",
               "torch_threads": torch.get_num_threads(), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
               "rows": rows, "crossover_batch_size": crossover}
@@ -159,6 +194,10 @@ def main(argv: list[str] | None = None) -> dict:
     for r in rows:
         print(f"{r['batch_size']:>3} {r['mode']:<26} {r['tokens_per_second']:>8.1f} {r['latency_s_p50']:>9.2f} "
               f"{r['speedup_vs_ours_ar_same_batch']:>7.2f}x {r['identical_to_batch1_ar']:>4}/{len(prompts)}")
+    for B, v in summary.items():
+        hf = f"{v['ours_ar_vs_hf_generate']:.2f}x transformers' generate at B={B}" if v["ours_ar_vs_hf_generate"] else ""
+        print(f"ours autoregressive at B={B}: {v['ours_ar_vs_ours_ar_at_first_size']:.2f}x its tokens/s at B={sizes[0]}"
+              + (f", {hf}" if hf else ""))
     print(f"crossover batch size (first B where the strategy is slower than our AR at B; None: never): {crossover}")
     print(f"load average {load_before} -> {result['loadavg_after']}, torch threads {torch.get_num_threads()}")
     out = Path(args.json or ROOT / "outputs" / "bench" / f"batch-{args.pair}-{time.strftime('%Y%m%d-%H%M%S')}.json")

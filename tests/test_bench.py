@@ -142,3 +142,25 @@ def test_missing_dataset_is_skipped_with_a_note(random_pair_dir, tmp_path, monke
     prompts = bench.load_prompts(["gsm8k", "humaneval"], 1, pair.tokenizer, pair.device, note=notes.append)
     assert [p.dataset for p in prompts] == ["humaneval"] and prompts[0].ids.numel() > 0
     assert len(notes) == 1 and "gsm8k skipped" in notes[0]
+
+
+def test_batch_sizes_flag_runs_the_batched_bench(random_pair_dir, tmp_path, monkeypatch):
+    """`bench.py --batch-sizes 1,2` (issue 16): every mode at every batch size, transformers'
+    batched generate included, each row identical to batch-1 autoregressive; a crossover entry per
+    drafter; --ignore-eos decodes exactly --new-tokens per prompt on every side."""
+    bench = load_bench()
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS)
+    monkeypatch.setenv("SPECEXP_CACHE", str(tmp_path / "cache"))
+    overrides = [a for o in (*pair_overrides(random_pair_dir), f"++strategy.corpus={corpus}")
+                 for a in ("--override", o)]
+    out = tmp_path / "batch.json"
+    res = bench.main(["--pair", "tiny", *overrides, "--batch-sizes", "1,2", "--batch-prompts", "3",
+                      "--new-tokens", "6", "--repeats", "1", "--ignore-eos", "--json", str(out)])
+    assert json.loads(out.read_text())["crossover_batch_size"] == res["crossover_batch_size"]
+    modes = {"ours-autoregressive", "hf-generate", "ours-speculative", "ours-prompt_lookup", "ours-bigram"}
+    assert {(r["batch_size"], r["mode"]) for r in res["rows"]} == {(b, m) for b in (1, 2) for m in modes}
+    for r in res["rows"]:
+        assert r["identical_to_batch1_ar"] == 3 and r["tokens_per_second"] > 0, r
+    assert set(res["crossover_batch_size"]) == {"speculative", "prompt_lookup", "bigram"}
+    assert res["ignore_eos"] and set(res["autoregressive_scaling"]) == {1, 2}
