@@ -33,14 +33,14 @@ import json
 import logging
 import math
 import random
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from specexp.builds import build_once
+from specexp.training import warmup_cosine
 from specexp.models import ModelSpec, describe, load_model, load_tokenizer, n_params, resolve_source
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def corpus_documents(tok, sources: list[str], skip: int) -> tuple[dict[str, list
         elif src == "gsm8k":
             docs[src] = [_chat(tok, r["question"], r["answer"]) for r in _rows("gsm8k/test.jsonl", skip)]
         elif src == "code":
-            from specexp.tiny import load_corpus
+            from specexp.corpus import load_corpus
 
             docs[src], _ = load_corpus(None, max_bytes=2_000_000)
         else:
@@ -233,7 +233,7 @@ def train(drafter, w, t_ids, t_probs, t_hidden, steps: int, batch: int, lr: floa
     for step in bar:
         idx = order[step * batch: (step + 1) * batch]
         for g in opt.param_groups:  # linear warm-up, cosine decay to 10%
-            g["lr"] = lr * min(1.0, (step + 1) / 20) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+            g["lr"] = warmup_cosine(step, steps, lr)
         loss = _loss(drafter, w[idx], t_ids[idx], t_probs[idx], t_hidden[idx], hidden_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -265,45 +265,6 @@ def distill_drafter(target: Any, out_dir: str, layers: int = 4,
               "replies": replies, "reply_tokens": reply_tokens, "reply_batch": reply_batch,
               "reply_share": reply_share, "heldout": heldout, "seed": seed}
     return build_once(out_dir, params, lambda tmp: _build(resolved, tmp, params, progress), force, threads)
-
-
-def build_once(out_dir, params: dict, build, force: bool = False, threads: int = 0) -> str:
-    """Run `build(tmp) -> info` once per `params` into `out_dir` (a drafter's folder): under a file
-    lock, skipped when `out_dir/build.json` records the same params and the weights are there; built
-    in a temporary folder that is renamed into place, so a crash never leaves half a drafter.
-    `threads` (0 = torch's default) sets torch's CPU threads for the build."""
-    from specexp.tiny import _lock, _share
-
-    out = Path(out_dir).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(out.parent / f".{out.name}.lock"):
-        if not force and _done(out, params):
-            return str(out)
-        threads_before = torch.get_num_threads()
-        if threads:
-            torch.set_num_threads(threads)
-        try:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-            try:
-                info = build(tmp)
-                (tmp / "build.json").write_text(json.dumps(info, indent=2))
-                _share(tmp)
-                if out.exists():
-                    shutil.rmtree(out)
-                tmp.rename(out)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-        finally:
-            torch.set_num_threads(threads_before)
-    return str(out)
-
-
-def _done(out: Path, params: dict) -> bool:
-    try:
-        info = json.loads((out / "build.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return info.get("params") == params and (out / "model.safetensors").is_file()
 
 
 def _build(spec: ModelSpec, tmp: Path, p: dict, progress: bool) -> dict:

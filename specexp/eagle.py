@@ -42,7 +42,9 @@ from typing import Any
 
 import torch
 
-from specexp.distill import build_once, corpus_documents, reply_prompts, target_replies, teacher_read, windows
+from specexp.builds import build_once
+from specexp.training import warmup_cosine
+from specexp.distill import corpus_documents, reply_prompts, target_replies, teacher_read, windows
 from specexp.models import ModelSpec, describe, load_model, load_tokenizer, n_params, resolve_source
 from specexp.proposers import DraftModel
 from specexp.proposers.eagle import FeatureDrafterConfig, FeatureDrafterModel, FeatureLM
@@ -144,7 +146,7 @@ def train(drafter, embed, head_w, data: dict, rows: torch.Tensor, subset: torch.
     for step in bar:
         idx = order[step * p["batch"]: (step + 1) * p["batch"]]
         for g in opt.param_groups:  # linear warm-up, cosine decay to 10%
-            g["lr"] = p["lr"] * min(1.0, (step + 1) / 20) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+            g["lr"] = warmup_cosine(step, steps, p["lr"])
         loss, parts = loss_terms(drafter, embed, head_w, data["windows"][idx], data["ids"][idx], data["probs"][idx],
                                  data["hidden"][idx], subset, p["unroll"], p["feature_weight"], p["token_weight"])
         opt.zero_grad(set_to_none=True)

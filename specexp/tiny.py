@@ -21,33 +21,30 @@ max_prompt_tokens=512 and max_new_tokens<=128 (build.json "recommended"); HumanE
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
-import shutil
-import sysconfig
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+
+from specexp import training
+from specexp.builds import build_once
+from specexp.corpus import EOS, MAX_BYTES, MAX_FILE_BYTES, load_corpus
 
 log = logging.getLogger(__name__)
 
 NAME = "tiny-v1"  # the cache directory's name
 RECIPE = 2  # recorded in build.json: bump when the code's recipe changes, so old builds are not reused
-EOS = "<|endoftext|>"
 
 # Every knob of the recipe. `build_tiny_pair(**hyperparams)` overrides any of them; all of them
 # (with the seed and the corpus) are recorded in build.json and decide whether a build is reused.
 DEFAULTS: dict = {
     # corpus
-    "corpus_max_bytes": 4_000_000,  # cap on the corpus text (files picked by a hash of their path)
-    "max_file_bytes": 256_000,  # skip larger files (data tables rather than code)
+    "corpus_max_bytes": MAX_BYTES,  # cap on the corpus text (files picked by a hash of their path)
+    "max_file_bytes": MAX_FILE_BYTES,  # skip larger files (data tables rather than code)
     "eval_fraction": 0.02,  # tail of the token stream held out for the final evaluation
     # tokenizer
     "vocab_size": 4096,  # byte-level BPE; HumanEval prompts are 46-519 tokens (median 151)
@@ -83,97 +80,10 @@ DEFAULTS: dict = {
     "precision": "auto",
 }
 
-_SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__",
-              "pydoc_data", "encodings"}  # tests, third-party code, and data tables
-
-
 def default_tiny_dir() -> str:
     """`$SPECEXP_CACHE/tiny-v1`, or `~/.cache/specexp/tiny-v1` when SPECEXP_CACHE is unset."""
     root = os.environ.get("SPECEXP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "specexp")
     return os.path.join(root, NAME)
-
-
-# --------------------------------------------------------------------------------------------
-# corpus
-
-
-def _pick(candidates: list[tuple[str, Path]], max_file_bytes: int, max_bytes: int) -> list[tuple[str, Path]]:
-    """Files to use: those not over `max_file_bytes`; if they exceed `max_bytes` together, a
-    deterministic spread (ordered by a hash of the relative path, not alphabetically, so the
-    capped corpus still covers every package); returned sorted by relative path."""
-    sizes = {rel: p.stat().st_size for rel, p in candidates}
-    ok = sorted((rel, p) for rel, p in candidates if sizes[rel] <= max_file_bytes)
-    if sum(sizes[rel] for rel, _ in ok) <= max_bytes:
-        return ok
-    chosen, total = [], 0
-    for rel, p in sorted(ok, key=lambda rp: hashlib.sha256(rp[0].encode()).hexdigest()):
-        if total + sizes[rel] <= max_bytes:
-            chosen.append((rel, p))
-            total += sizes[rel]
-    return sorted(chosen)
-
-
-def _walk(root: Path, suffixes: tuple[str, ...] | None, skip_dirs: set[str]) -> list[tuple[str, Path]]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in skip_dirs and not d.startswith("."))
-        for f in sorted(filenames):
-            if f.startswith(".") or (suffixes and not f.endswith(suffixes)):
-                continue
-            p = Path(dirpath) / f
-            if p.is_file():
-                out.append((p.relative_to(root).as_posix(), p))
-    return out
-
-
-def _read_text(p: Path) -> str | None:
-    data = p.read_bytes()
-    if b"\0" in data:
-        return None  # binary
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
-def load_corpus(corpus: str | None = None, max_bytes: int = DEFAULTS["corpus_max_bytes"],
-                max_file_bytes: int = DEFAULTS["max_file_bytes"]) -> tuple[list[str], dict]:
-    """The training documents and a description of them.
-
-    corpus=None: the standard library's `.py` sources (no tests, no site-packages); a file: its
-    text (cut at `max_bytes`); a directory: its UTF-8 text files, recursively."""
-    if corpus is None:
-        root = Path(sysconfig.get_paths()["stdlib"])
-        files = _pick(_walk(root, (".py",), _SKIP_DIRS), max_file_bytes, max_bytes)
-        source = f"python stdlib ({root})"
-    else:
-        root = Path(corpus).expanduser().resolve()
-        if root.is_file():
-            files = [(root.name, root)]
-        elif root.is_dir():
-            files = _pick(_walk(root, None, {"__pycache__"}), max_file_bytes, max_bytes)
-        else:
-            raise FileNotFoundError(f"tiny corpus {corpus!r} is neither a file nor a directory")
-        source = str(root)
-    docs, names = [], []
-    for rel, p in files:
-        text = _read_text(p)
-        if text and text.strip():
-            docs.append(text.replace(EOS, ""))
-            names.append(rel)
-    if root.is_file() and docs:
-        docs[0] = docs[0].encode()[:max_bytes].decode("utf-8", errors="ignore")
-    if not docs:
-        raise ValueError(f"tiny corpus {source!r} has no UTF-8 text")
-    joined = EOS.join(docs)
-    info = {
-        "source": source,
-        "files": len(docs),
-        "bytes": sum(len(d.encode()) for d in docs),
-        "sha256": hashlib.sha256(joined.encode()).hexdigest(),
-        "first_files": names[:5],
-    }
-    return docs, info
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,68 +163,6 @@ def random_tiny_pair(arch: str = "llama", vocab: int = 256, seed: int = 0, draft
 # training
 
 
-def _use_bf16(precision: str) -> bool:
-    if precision == "auto":
-        cpu = getattr(torch, "cpu", None)
-        try:
-            return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
-        except AttributeError:  # older torch: no probe, stay in float32
-            return False
-    if precision not in ("bf16", "fp32"):
-        raise ValueError(f"build_tiny_pair: precision must be auto, bf16 or fp32, got {precision!r}")
-    return precision == "bf16"
-
-
-def _autocast(bf16: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
-
-
-def _lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    frac = (step - warmup) / max(1, total - warmup)
-    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
-
-
-def _optimizer(model, lr: float, wd: float):
-    return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=wd)
-
-
-def _step(opt, model, loss, lr: float, clip: float) -> None:
-    for g in opt.param_groups:
-        g["lr"] = lr
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-    opt.step()
-
-
-def _kl(student_logits, teacher_logits) -> torch.Tensor:
-    """Mean over positions of KL(teacher || student)."""
-    s = F.log_softmax(student_logits.float().flatten(0, -2), -1)
-    t = F.log_softmax(teacher_logits.float().flatten(0, -2), -1)
-    return F.kl_div(s, t, log_target=True, reduction="batchmean")
-
-
-def _ce(logits, labels) -> torch.Tensor:
-    return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten())
-
-
-def _batches(stream: torch.Tensor, n: int, batch: int, seq: int, gen: torch.Generator):
-    """n batches of `batch` random windows of seq+1 tokens."""
-    hi = stream.numel() - seq - 1
-    for _ in range(n):
-        starts = torch.randint(0, hi, (batch,), generator=gen)
-        yield torch.stack([stream[s: s + seq + 1] for s in starts.tolist()])
-
-
-def _bar(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True, leave=True)
-
-
 @torch.no_grad()
 def _evaluate(target, drafter, stream: torch.Tensor, p: dict) -> dict:
     """Held-out losses and the drafter's top-1 agreement with the target (a proxy for greedy
@@ -330,8 +178,8 @@ def _evaluate(target, drafter, stream: torch.Tensor, p: dict) -> dict:
         t = target(input_ids=xb[:, :-1]).logits
         d = drafter(input_ids=xb[:, :-1]).logits
         w = xb.shape[0] / n
-        tl += w * _ce(t, xb[:, 1:]).item()
-        dl += w * _ce(d, xb[:, 1:]).item()
+        tl += w * training.ce(t, xb[:, 1:]).item()
+        dl += w * training.ce(d, xb[:, 1:]).item()
         agree += w * (t.argmax(-1) == d.argmax(-1)).float().mean().item()
     return {"eval_tokens": n * seq, "target_loss": round(tl, 4), "drafter_loss": round(dl, 4),
             "top1_agreement": round(agree, 4)}
@@ -364,17 +212,17 @@ def _train(target, drafter, stream: torch.Tensor, p: dict, seed: int, progress: 
     """Phase 1: the target learns the corpus. Phase 2: the drafter is distilled from the finished,
     frozen target (loss (1-w) CE(data) + w KL(target || drafter), w = distill_weight)."""
     gen = torch.Generator().manual_seed(seed)
-    seq, b, bf16 = p["seq_len"], p["batch_size"], _use_bf16(p["precision"])
+    seq, b, bf16 = p["seq_len"], p["batch_size"], training.use_bf16(p["precision"])
     losses: dict = {}
-    opt = _optimizer(target, p["target_lr"], p["weight_decay"])
+    opt = training.optimizer(target, p["target_lr"], p["weight_decay"])
     target.train()
     ema = None
-    with _bar(p["steps"], "tiny: target", progress) as bar:
-        for i, x in enumerate(_batches(stream, p["steps"], b, seq, gen)):
-            with _autocast(bf16):
+    with training.bar(p["steps"], "tiny: target", progress) as bar:
+        for i, x in enumerate(training.batches(stream, p["steps"], b, seq, gen)):
+            with training.autocast(bf16):
                 logits = target(input_ids=x[:, :-1]).logits
-            loss = _ce(logits, x[:, 1:])
-            _step(opt, target, loss, _lr_at(i, p["steps"], p["target_lr"], p["warmup"], p["min_lr_ratio"]),
+            loss = training.ce(logits, x[:, 1:])
+            training.step(opt, target, loss, training.lr_at(i, p["steps"], p["target_lr"], p["warmup"], p["min_lr_ratio"]),
                   p["grad_clip"])
             ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
             bar.set_postfix(loss=f"{ema:.3f}", refresh=False)
@@ -385,20 +233,20 @@ def _train(target, drafter, stream: torch.Tensor, p: dict, seed: int, progress: 
 
     if p["drafter_init"] == "svd" and drafter.config.tie_word_embeddings:
         _init_drafter_from_target(drafter, target)
-    opt = _optimizer(drafter, p["drafter_lr"], p["weight_decay"])
+    opt = training.optimizer(drafter, p["drafter_lr"], p["weight_decay"])
     drafter.train()
     w = p["distill_weight"]
     ema_kl = ema_ce = None
-    with _bar(p["distill_steps"], "tiny: drafter (distil)", progress) as bar:
-        for j, x in enumerate(_batches(stream, p["distill_steps"], b, seq, gen)):
+    with training.bar(p["distill_steps"], "tiny: drafter (distil)", progress) as bar:
+        for j, x in enumerate(training.batches(stream, p["distill_steps"], b, seq, gen)):
             inp = x[:, :-1]
-            with torch.no_grad(), _autocast(bf16):
+            with torch.no_grad(), training.autocast(bf16):
                 t_logits = target(input_ids=inp).logits
-            with _autocast(bf16):
+            with training.autocast(bf16):
                 d_logits = drafter(input_ids=inp).logits
-            kl, ce = _kl(d_logits, t_logits), _ce(d_logits, x[:, 1:])
-            _step(opt, drafter, w * kl + (1 - w) * ce,
-                  _lr_at(j, p["distill_steps"], p["drafter_lr"], p["warmup"], p["min_lr_ratio"]), p["grad_clip"])
+            kl, ce = training.kl(d_logits, t_logits), training.ce(d_logits, x[:, 1:])
+            training.step(opt, drafter, w * kl + (1 - w) * ce,
+                  training.lr_at(j, p["distill_steps"], p["drafter_lr"], p["warmup"], p["min_lr_ratio"]), p["grad_clip"])
             ema_kl = kl.item() if ema_kl is None else 0.98 * ema_kl + 0.02 * kl.item()
             ema_ce = ce.item() if ema_ce is None else 0.98 * ema_ce + 0.02 * ce.item()
             bar.set_postfix(kl=f"{ema_kl:.3f}", loss=f"{ema_ce:.3f}", refresh=False)
@@ -421,7 +269,7 @@ def _params(seed: int, corpus: str | None, hyperparams: dict) -> dict:
     for k in ("steps", "distill_steps", "warmup", "eval_windows"):
         if p[k] < 0:
             raise ValueError(f"build_tiny_pair: {k} must be >= 0, got {p[k]}")
-    _use_bf16(p["precision"])  # validates it
+    training.use_bf16(p["precision"])  # validates it
     if p["drafter_init"] not in ("svd", "random"):
         raise ValueError(f"build_tiny_pair: drafter_init must be svd or random, got {p['drafter_init']!r}")
     if p["batch_size"] < 1 or p["seq_len"] < 8:
@@ -441,31 +289,6 @@ def _existing(out: Path, params: dict) -> bool:
                for f in ("config.json", "model.safetensors", "tokenizer.json"))
 
 
-@contextlib.contextmanager
-def _lock(path: Path):
-    """An exclusive inter-process lock (POSIX flock; a no-op elsewhere), so that concurrent jobs
-    asking for the same pair build it once."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        yield
-        return
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _share(root: Path) -> None:
-    """Ordinary permissions (mkdtemp makes the directory private): 0o777 / 0o666 less the umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for p in [root, *root.rglob("*")]:
-        p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -478,29 +301,10 @@ def build_tiny_pair(out_dir: str | None = None, seed: int = 0, corpus: str | Non
     params = _params(seed, corpus, hyperparams)
     if not force and _existing(out, params):
         return str(out)
-    if out.is_file() or (out.is_dir() and not (out / "build.json").is_file() and any(out.iterdir())):
-        raise FileExistsError(f"{out} exists and is not a tiny model pair; not replacing it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(out.parent / f".{out.name}.lock"):
-        if not force and _existing(out, params):  # built by another process while we waited
-            return str(out)
-        log.info("building the tiny model pair in %s", out)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        try:
-            info = _build(tmp, params, progress)
-            (tmp / "build.json").write_text(json.dumps(info, indent=2) + "\n")  # last: marks completeness
-            _share(tmp)
-            if out.exists():  # a stale or different build: move it aside, then swap
-                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-                os.replace(out, old / "pair")
-                os.replace(tmp, out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    log.info("tiny pair ready in %s (%.0f s)", out, info["wall_time_s"])
+    log.info("building the tiny model pair in %s", out)
+    t0 = time.perf_counter()
+    build_once(out, params, lambda tmp: _build(tmp, params, progress), force, done=_existing)
+    log.info("tiny pair ready in %s (%.0f s)", out, time.perf_counter() - t0)
     return str(out)
 
 
@@ -566,7 +370,7 @@ def _build(tmp: Path, p: dict, progress: bool) -> dict:
         "times": times,
         "wall_time_s": times["total_s"],
         "threads": torch.get_num_threads(),
-        "bf16_autocast": _use_bf16(p["precision"]),
+        "bf16_autocast": training.use_bf16(p["precision"]),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "tokenizers": tokenizers.__version__},
         "files": files,

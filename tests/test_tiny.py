@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from specexp import tiny
-from specexp.tiny import build_tiny_pair, default_tiny_dir, load_corpus, random_tiny_pair
+from specexp.corpus import load_corpus
+from specexp.tiny import build_tiny_pair, default_tiny_dir, random_tiny_pair
 
 # A build small enough for unit tests (a few seconds): 1-layer models on a 150 kB corpus.
 SMALL = dict(corpus_max_bytes=150_000, vocab_size=320, seq_len=64, batch_size=2, steps=4, distill_steps=2,

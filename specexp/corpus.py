@@ -1,0 +1,97 @@
+"""Training text for the pairs this project builds (the tiny pair, the bigram table, the
+distillation text): the Python standard library's own sources by default, which every install
+has, or a file or folder of the user's. Deterministic: sorted file lists, and a capped corpus is
+a spread chosen by a hash of each file's path."""
+from __future__ import annotations
+
+import hashlib
+import os
+import sysconfig
+from pathlib import Path
+
+EOS = "<|endoftext|>"  # the document separator (removed from the documents' own text)
+MAX_BYTES = 4_000_000  # cap on the corpus text (files picked by a hash of their path)
+MAX_FILE_BYTES = 256_000  # skip larger files (data tables rather than code)
+
+_SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__",
+              "pydoc_data", "encodings"}  # tests, third-party code, and data tables
+
+
+
+def _pick(candidates: list[tuple[str, Path]], max_file_bytes: int, max_bytes: int) -> list[tuple[str, Path]]:
+    """Files to use: those not over `max_file_bytes`; if they exceed `max_bytes` together, a
+    deterministic spread (ordered by a hash of the relative path, not alphabetically, so the
+    capped corpus still covers every package); returned sorted by relative path."""
+    sizes = {rel: p.stat().st_size for rel, p in candidates}
+    ok = sorted((rel, p) for rel, p in candidates if sizes[rel] <= max_file_bytes)
+    if sum(sizes[rel] for rel, _ in ok) <= max_bytes:
+        return ok
+    chosen, total = [], 0
+    for rel, p in sorted(ok, key=lambda rp: hashlib.sha256(rp[0].encode()).hexdigest()):
+        if total + sizes[rel] <= max_bytes:
+            chosen.append((rel, p))
+            total += sizes[rel]
+    return sorted(chosen)
+
+
+def _walk(root: Path, suffixes: tuple[str, ...] | None, skip_dirs: set[str]) -> list[tuple[str, Path]]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in skip_dirs and not d.startswith("."))
+        for f in sorted(filenames):
+            if f.startswith(".") or (suffixes and not f.endswith(suffixes)):
+                continue
+            p = Path(dirpath) / f
+            if p.is_file():
+                out.append((p.relative_to(root).as_posix(), p))
+    return out
+
+
+def _read_text(p: Path) -> str | None:
+    data = p.read_bytes()
+    if b"\0" in data:
+        return None  # binary
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def load_corpus(corpus: str | None = None, max_bytes: int = MAX_BYTES,
+                max_file_bytes: int = MAX_FILE_BYTES) -> tuple[list[str], dict]:
+    """The training documents and a description of them.
+
+    corpus=None: the standard library's `.py` sources (no tests, no site-packages); a file: its
+    text (cut at `max_bytes`); a directory: its UTF-8 text files, recursively."""
+    if corpus is None:
+        root = Path(sysconfig.get_paths()["stdlib"])
+        files = _pick(_walk(root, (".py",), _SKIP_DIRS), max_file_bytes, max_bytes)
+        source = f"python stdlib ({root})"
+    else:
+        root = Path(corpus).expanduser().resolve()
+        if root.is_file():
+            files = [(root.name, root)]
+        elif root.is_dir():
+            files = _pick(_walk(root, None, {"__pycache__"}), max_file_bytes, max_bytes)
+        else:
+            raise FileNotFoundError(f"corpus {corpus!r} is neither a file nor a directory")
+        source = str(root)
+    docs, names = [], []
+    for rel, p in files:
+        text = _read_text(p)
+        if text and text.strip():
+            docs.append(text.replace(EOS, ""))
+            names.append(rel)
+    if root.is_file() and docs:
+        docs[0] = docs[0].encode()[:max_bytes].decode("utf-8", errors="ignore")
+    if not docs:
+        raise ValueError(f"corpus {source!r} has no UTF-8 text")
+    joined = EOS.join(docs)
+    info = {
+        "source": source,
+        "files": len(docs),
+        "bytes": sum(len(d.encode()) for d in docs),
+        "sha256": hashlib.sha256(joined.encode()).hexdigest(),
+        "first_files": names[:5],
+    }
+    return docs, info
