@@ -54,6 +54,8 @@ def build_once(out_dir, params: dict, build, force: bool = False, threads: int =
     with lock(out.parent / f".{out.name}.lock"):
         if not force and done(out, params):  # built by another process while we waited
             return str(out)
+        for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a killed build (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
         threads_before = torch.get_num_threads()
         if threads:
             torch.set_num_threads(threads)
