@@ -39,50 +39,12 @@ What runs
   when it has one (SmolLM2-Instruct; the tiny pair has none). Both sides stop at EOS (real use),
   after at most `--new-tokens` tokens.
 
-How it is timed
-  One warm-up decode (16 tokens) per mode and setting, untimed. Then `--repeats` rounds; in each,
-  for every setting and prompt, every mode decodes that prompt once, the order of the modes rotating
-  from prompt to prompt (no mode always goes first). Sampling seeds depend on (repeat, prompt) only:
-  every mode sees the same seed. Wall time is taken around the whole call (the GPU synchronised).
-  tokens/s  = total new tokens / total wall seconds over all prompts and repeats (EOS included);
-              "spread" = the lowest and highest of the per-repeat values.
-  overhead  = wall time outside model forwards / wall time. Forward time: our CachedLM's own timer
-              for ours; forward hooks on the model objects for transformers (on CUDA the hooks
-              synchronise, so there the share is exact but transformers pays for the syncs).
-  prefill   = the first forward of each model in a call (the prompt); "decode speedup" leaves the
-              prefill forwards' seconds out of both sides of the ratio.
-  speedup   = tokens/s over the same side's autoregressive tokens/s, same setting (the throughput ratio),
-              with a 95% paired bootstrap CI over the calls (specexp.stats; the analysis and the
-              table live in specexp/benchmark.py).
-  accept    = accepted drafts / drafted tokens; alpha = Leviathan et al.'s per-token acceptance
-              (specexp.costs.acceptance_alpha: accepted / (accepted + rounds ending in a rejection));
-              transformers' rounds are counted by wrapping its candidate generator's
-              update_candidate_strategy (drafted = candidates, accepted = matches).
-  tau       = mean accepted length: new tokens / target forwards (prefill included).
-  c         = drafter seconds per forward / target seconds per forward in the same side's
-              autoregressive run (prefill forwards left out of both; specexp.costs.measured_costs).
-  predicted = Leviathan et al.'s (1 - alpha^(g+1)) / ((1 - alpha)(g c + 1)), for drafters that draft
-              exactly g tokens every round (model drafters, bigram; not prompt lookup, which drafts
-              0..L). It models the decode phase only: compare it with the decode speedup.
-  vrf       = target seconds per forward in this mode / in autoregressive decoding (prefill left
-              out): the formula assumes a verification forward of g+1 tokens costs one step (true on
-              a GPU, not on a CPU); "pr+vrf" is the prediction with the measured vrf in place of 1,
-              (1 - alpha^(g+1)) / ((1 - alpha)(g c + vrf)): what is left between it and the measured
-              decode speedup is time outside forwards.
-  identical = greedy only: the mode's tokens equal our autoregressive tokens on every prompt and repeat.
-
-Known differences between the sides (transformers 5.23)
-  * Sampled assisted generation: transformers applies the temperature twice to the assistant's
-    logits (its candidate logits are raw / T^2: the drafter samples at T=0.49 for T=0.7). Still
-    lossless (the same q is used to verify), but acceptance is lower than with the drafter at T.
-    Greedy is unaffected: there both sides run the same rounds and forwards.
-  * Prompt lookup: in a prompt's last round transformers may draft the whole remaining budget,
-    ours one token less; otherwise the same rule.
+How it is timed, what each column means, and the known differences between the sides:
+docs/benchmark.md.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
 import datetime
@@ -108,6 +70,9 @@ from specexp.config import CONF_DIR
 from specexp.prompting import encode_prompt, eos_ids
 from specexp.sampling import Sampling
 from specexp.stopping import Stopper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules below
+from bench_hf import ForwardClock, counting_rounds, hf_sampling, set_assistant  # noqa: E402
 
 PAIRS = {"tiny": "tiny", "smollm2": "smollm2-135m__distilled"}  # --pair -> conf/model_pair/<name>.yaml
 DEFAULT_DATASETS = {"tiny": "humaneval", "smollm2": "xsum,gsm8k,humaneval"}
@@ -148,32 +113,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--json", help="output JSON (default outputs/bench/<pair>-<date>.json)")
     ap.add_argument("--batch-sizes", help="batched decoding instead (issue 16): e.g. 1,4,8,16; runs "
-                                          "scripts/bench_batch.py on this pair's drafters (see BATCH_STRATEGIES)")
+                                          "scripts/bench_batch.py on this pair's drafters (bench_batch.BENCH_STRATEGIES)")
     ap.add_argument("--batch-prompts", type=int, help="--batch-sizes: HumanEval prompts (default: the largest size)")
     ap.add_argument("--ignore-eos", action="store_true", help="--batch-sizes: exactly --new-tokens per prompt")
     return ap.parse_args(argv)
-
-
-# --batch-sizes: the pair bench_batch loads, and the drafters it compares (PAIR:STRATEGY = another pair's drafter)
-BATCH_PAIRS = {"tiny": "tiny", "smollm2": "smollm2-135m__truncated"}
-BATCH_STRATEGIES = {"tiny": "speculative,prompt_lookup,bigram",
-                    "smollm2": "speculative,prompt_lookup,bigram"}  # speculative: the truncated self-drafter
-
-
-def batch_argv(args: argparse.Namespace) -> list[str]:
-    """bench_batch's command line for `--batch-sizes` (the distilled drafter joins with --distilled-dir)."""
-    sizes = [int(x) for x in args.batch_sizes.split(",")]
-    strategies = BATCH_STRATEGIES[args.pair]
-    argv = ["--pair", BATCH_PAIRS[args.pair], "--batch-sizes", args.batch_sizes,
-            "--prompts", str(args.batch_prompts or max(sizes)), "--new-tokens", str(args.new_tokens),
-            "--repeats", str(args.repeats), "--threads", str(args.threads)]
-    if args.pair == "smollm2" and args.distilled_dir:
-        strategies += ",smollm2-135m__distilled:speculative"
-        argv += ["--pair-override", f"smollm2-135m__distilled:model_pair.dir={args.distilled_dir}",
-                 "--pair-override", "smollm2-135m__distilled:model_pair.build=null"]
-    argv += ["--strategies", strategies, *(["--ignore-eos"] if args.ignore_eos else [])]
-    argv += [x for o in args.override for x in ("--override", o)]
-    return argv + (["--json", args.json] if args.json else [])
 
 
 # ------------------------------------------------------------------------------ pair and prompts
@@ -239,79 +182,6 @@ def load_prompts(datasets: list[str], per_dataset: int, tokenizer, device,
     if not out:
         raise SystemExit("no prompts: every dataset was skipped")
     return out
-
-
-# ----------------------------------------------------------------------- transformers' side
-class ForwardClock:
-    """Forwards of one model object and the wall time inside them (hooks around the top-level
-    call). Layer-truncated models are shallow copies that share the target's hook tables, so each
-    clock only counts calls of its own object. The first forward after `reset` is the prefill."""
-
-    def __init__(self, model, sync: Callable[[], None]):
-        self.model, self.sync = model, sync
-        self.handles = [model.register_forward_pre_hook(self._pre), model.register_forward_hook(self._post)]
-        self.reset()
-
-    def reset(self) -> None:
-        self.forwards, self.seconds, self.prefill_seconds, self._t0 = 0, 0.0, 0.0, None
-
-    def _pre(self, module, *_):
-        if module is self.model:
-            self.sync()
-            self._t0 = time.perf_counter()
-
-    def _post(self, module, *_):
-        if module is self.model and self._t0 is not None:
-            self.sync()
-            dt = time.perf_counter() - self._t0
-            self.prefill_seconds += dt if self.forwards == 0 else 0.0
-            self.seconds += dt
-            self.forwards += 1
-            self._t0 = None
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
-@contextlib.contextmanager
-def counting_rounds(model):
-    """Yields a list that fills with (drafted, accepted) per round of transformers' assisted
-    generation on `model`: its candidate generator's `update_candidate_strategy(input_ids,
-    scores, num_matches)` sees scores for the candidates plus one, and the matches kept."""
-    rounds: list[tuple[int, int]] = []
-    original = model._get_candidate_generator
-
-    def wrapped(*args, **kwargs):
-        gen = original(*args, **kwargs)
-        update = gen.update_candidate_strategy
-
-        def record(input_ids, scores, num_matches):
-            rounds.append((int(scores.shape[1]) - 1, int(num_matches)))
-            return update(input_ids, scores, num_matches)
-
-        gen.update_candidate_strategy = record
-        return gen
-
-    model._get_candidate_generator = wrapped  # an instance attribute shadows the method
-    try:
-        yield rounds
-    finally:
-        del model._get_candidate_generator
-
-
-def hf_sampling(s: Sampling) -> dict:
-    if s.greedy:
-        return {"do_sample": False}
-    return {"do_sample": True, "temperature": s.temperature, "top_k": 0, "top_p": 1.0}  # HF's default top_k is 50
-
-
-def set_assistant(model, gamma: int) -> None:
-    """transformers reads the assisted-generation settings from the assistant's generation_config."""
-    gc = model.generation_config
-    gc.num_assistant_tokens = gamma
-    gc.num_assistant_tokens_schedule = "constant"
-    gc.assistant_confidence_threshold = 0.0  # 0 = off: always draft num_assistant_tokens
 
 
 # ---------------------------------------------------------------------------------------- modes
@@ -519,10 +389,9 @@ def machine() -> dict:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.batch_sizes:  # issue 16: batched decoding, one interleaved run (scripts/bench_batch.py)
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
         import bench_batch
 
-        return bench_batch.main(batch_argv(args))
+        return bench_batch.main(bench_batch.from_bench(args))
     if args.threads:
         torch.set_num_threads(args.threads)
     started = datetime.datetime.now().astimezone()

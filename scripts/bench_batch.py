@@ -31,6 +31,28 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# scripts/bench.py --batch-sizes: the pair loaded, and the drafters it compares (PAIR:STRATEGY = another pair's drafter)
+BENCH_PAIRS = {"tiny": "tiny", "smollm2": "smollm2-135m__truncated"}
+BENCH_STRATEGIES = {"tiny": "speculative,prompt_lookup,bigram",
+                    "smollm2": "speculative,prompt_lookup,bigram"}  # speculative: the truncated self-drafter
+
+
+def from_bench(args) -> list[str]:
+    """This script's command line for `scripts/bench.py --batch-sizes` (its parsed `args`) (the distilled drafter joins with --distilled-dir)."""
+    sizes = [int(x) for x in args.batch_sizes.split(",")]
+    strategies = BENCH_STRATEGIES[args.pair]
+    argv = ["--pair", BENCH_PAIRS[args.pair], "--batch-sizes", args.batch_sizes,
+            "--prompts", str(args.batch_prompts or max(sizes)), "--new-tokens", str(args.new_tokens),
+            "--repeats", str(args.repeats), "--threads", str(args.threads)]
+    if args.pair == "smollm2" and args.distilled_dir:
+        strategies += ",smollm2-135m__distilled:speculative"
+        argv += ["--pair-override", f"smollm2-135m__distilled:model_pair.dir={args.distilled_dir}",
+                 "--pair-override", "smollm2-135m__distilled:model_pair.build=null"]
+    argv += ["--strategies", strategies, *(["--ignore-eos"] if args.ignore_eos else [])]
+    argv += [x for o in args.override for x in ("--override", o)]
+    return argv + (["--json", args.json] if args.json else [])
+
+
 def compose(overrides: list[str]):
     from hydra import compose as hcompose
     from hydra import initialize_config_dir
