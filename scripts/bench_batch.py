@@ -10,7 +10,8 @@ the crossover batch size where speculation stops paying.
 
 Batch size 1 runs the batch-1 loop (specexp.decode.generate); larger sizes specexp.batch. Modes
 are interleaved within each repeat (ABC ABC ...) so machine drift hits all alike; a number is the
-median over repeats. Greedy, EOS only (no stop strings; `--ignore-eos`: exactly --new-tokens per
+median over repeats; last, the ceiling: the model's own decode-step forward at each B (no loop,
+no prefill), which bounds how far any decode loop can scale. Greedy, EOS only (no stop strings; `--ignore-eos`: exactly --new-tokens per
 prompt, vLLM's throughput protocol), the same prompts for every mode; every row of every mode is
 checked against our batch-1 autoregressive output (`identical` column). A strategy written
 PAIR:STRATEGY drafts with another pair's proposer (e.g. smollm2-135m__distilled:speculative, its
@@ -90,6 +91,30 @@ def hf_generate(model, prompts, batch_size: int, new_tokens: int, eos: int,
             out.append(row[: row.index(eos) + 1] if eos in row and not ignore_eos else row)
             lat.append(dt)
     return out, lat
+
+
+@torch.inference_mode()
+def forward_ceiling(model, sizes: list[int], context: int = 200, repeats: int = 12) -> dict:
+    """The upper bound on batched decoding's scaling here: one decode-step forward of the model
+    itself (transformers' forward, a `context`-token cache per row, no decode loop, no prefill) at
+    each batch size, the sizes interleaved, median of `repeats` after two warm-ups. Returns
+    {B: {"ms_per_step", "tokens_per_second", "vs_batch1"}}."""
+    import copy
+
+    vocab = model.get_input_embeddings().weight.shape[0]
+    gen = torch.Generator().manual_seed(0)
+    caches = {B: model(input_ids=torch.randint(0, vocab, (B, context), generator=gen).to(model.device),
+                       use_cache=True).past_key_values for B in sizes}
+    times = {B: [] for B in sizes}
+    for _ in range(repeats + 2):
+        for B in sizes:
+            cache, x = copy.deepcopy(caches[B]), torch.randint(0, vocab, (B, 1), generator=gen).to(model.device)
+            t0 = time.perf_counter()
+            model(input_ids=x, past_key_values=cache, use_cache=True)
+            times[B].append(time.perf_counter() - t0)
+    med = {B: statistics.median(v[2:]) for B, v in times.items()}
+    return {B: {"ms_per_step": 1000 * med[B], "tokens_per_second": B / med[B],
+                "vs_batch1": (B / med[B]) / (1 / med[sizes[0]]) if sizes[0] == 1 else None} for B in sizes}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -205,7 +230,9 @@ def main(argv: list[str] | None = None) -> dict:
         hf = next((r for r in rows if r["batch_size"] == B and r["mode"] == "hf-generate"), None)
         summary[B] = {"ours_ar_vs_ours_ar_at_first_size": ar["tokens_per_second"] / ar1["tokens_per_second"],
                       "ours_ar_vs_hf_generate": ar["tokens_per_second"] / hf["tokens_per_second"] if hf else None}
+    ceiling = forward_ceiling(pair.target, sizes)
     result = {"pair": args.pair, "prompts": len(prompts), "new_tokens": args.new_tokens, "repeats": args.repeats,
+              "forward_ceiling": ceiling,
               "ignore_eos": args.ignore_eos, "strategies": list(strategies), "argv": sys.argv[1:] if argv is None else argv,
               "autoregressive_scaling": summary,
               "estimator": "tokens/s = new tokens of all prompts / median wall time over repeats (modes interleaved)",
@@ -220,6 +247,10 @@ def main(argv: list[str] | None = None) -> dict:
         hf = f"{v['ours_ar_vs_hf_generate']:.2f}x transformers' generate at B={B}" if v["ours_ar_vs_hf_generate"] else ""
         print(f"ours autoregressive at B={B}: {v['ours_ar_vs_ours_ar_at_first_size']:.2f}x its tokens/s at B={sizes[0]}"
               + (f", {hf}" if hf else ""))
+    for B, v in ceiling.items():
+        print(f"ceiling at B={B}: the model's own decode-step forward (200-token cache, no loop, no prefill) "
+              f"{v['ms_per_step']:.1f} ms = {v['tokens_per_second']:.1f} tok/s"
+              + (f", {v['vs_batch1']:.2f}x batch 1" if v["vs_batch1"] else ""))
     print(f"crossover batch size (first B where the strategy is slower than our AR at B; None: never): {crossover}")
     print(f"load average {load_before} -> {result['loadavg_after']}, torch threads {torch.get_num_threads()}")
     out = Path(args.json or ROOT / "outputs" / "bench" / f"batch-{args.pair}-{time.strftime('%Y%m%d-%H%M%S')}.json")

@@ -164,3 +164,4 @@ def test_batch_sizes_flag_runs_the_batched_bench(random_pair_dir, tmp_path, monk
         assert r["identical_to_batch1_ar"] == 3 and r["tokens_per_second"] > 0, r
     assert set(res["crossover_batch_size"]) == {"speculative", "prompt_lookup", "bigram"}
     assert res["ignore_eos"] and set(res["autoregressive_scaling"]) == {1, 2}
+    assert res["forward_ceiling"][1]["vs_batch1"] == 1.0 and res["forward_ceiling"][2]["ms_per_step"] > 0

@@ -206,7 +206,7 @@ def test_eagle_pair_composes_with_any_strategy():
 
 @pytest.mark.slow
 def test_full_smollm2_build():
-    """The default build (about 20 minutes on 2 idle cores): needs the SmolLM2 GGUF (specexp-fetch)."""
+    """The default build (17 minutes on a 2-core CPU with one torch thread): needs the SmolLM2 GGUF (specexp-fetch)."""
     from hydra.utils import instantiate
 
     cfg = compose(["model_pair=smollm2-135m__eagle"])
