@@ -30,6 +30,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from specexp import categories, stats
+from specexp.dotted import value_at
 from specexp.seed_estimators import seed_estimators
 
 # Strategy parameters that are plumbing, not hyperparameters (never in a method label).
@@ -73,15 +74,6 @@ def load_runs(paths: Iterable[str | Path]) -> list[tuple[Path, dict]]:
     return out
 
 
-def _get(d: Any, dotted: str, default: Any = None) -> Any:
-    cur = d
-    for part in dotted.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return default
-        cur = cur[part]
-    return cur
-
-
 def _scalar(x: Any) -> bool:
     return x is None or isinstance(x, (str, int, float, bool))
 
@@ -118,7 +110,7 @@ def _hydra_info(run_dir: Path) -> dict:
         h = (yaml.safe_load(f.read_text()) or {}).get("hydra", {})
     except Exception:
         return {}
-    return {"job": _get(h, "job.num"), "choices": _get(h, "runtime.choices", {}) or {}}
+    return {"job": value_at(h, "job.num"), "choices": value_at(h, "runtime.choices", {}) or {}}
 
 
 def sampling_label(s: dict | None) -> str | None:
@@ -169,19 +161,19 @@ def flatten(path: Path, m: dict) -> tuple[dict, dict]:
         "status": m.get("status", "unknown"),
         "error": _first_line(m.get("error")),
         "started_at": m.get("started_at"),
-        "strategy": m.get("strategy") or _get(cfg, "strategy.name") or choices.get("strategy"),
-        "model_pair": _get(m, "model_pair.name") or _get(cfg, "model_pair.name"),
-        "target": _get(m, "model_pair.target") or _get(cfg, "model_pair.target.name"),
-        "drafter": _get(m, "model_pair.drafter") or _get(cfg, "model_pair.drafter.name"),
-        "dataset": _get(m, "dataset.name") or choices.get("dataset"),
-        "dataset_version": _get(m, "dataset.version"),
-        "n_samples": _get(m, "dataset.n_samples"),
-        "max_new_tokens": _get(cfg, "max_new_tokens") or _get(cfg, "dataset.max_new_tokens"),
+        "strategy": m.get("strategy") or value_at(cfg, "strategy.name") or choices.get("strategy"),
+        "model_pair": value_at(m, "model_pair.name") or value_at(cfg, "model_pair.name"),
+        "target": value_at(m, "model_pair.target") or value_at(cfg, "model_pair.target.name"),
+        "drafter": value_at(m, "model_pair.drafter") or value_at(cfg, "model_pair.drafter.name"),
+        "dataset": value_at(m, "dataset.name") or choices.get("dataset"),
+        "dataset_version": value_at(m, "dataset.version"),
+        "n_samples": value_at(m, "dataset.n_samples"),
+        "max_new_tokens": value_at(cfg, "max_new_tokens") or value_at(cfg, "dataset.max_new_tokens"),
         "samples_key": hashlib.sha1("\n".join(ids).encode()).hexdigest()[:10] if ids else None,
         "sampling": sampling_label(m.get("sampling") or cfg.get("sampling")),
-        "temperature": _get(m, "sampling.temperature", _get(cfg, "sampling.temperature")),
-        "top_k": _get(m, "sampling.top_k", _get(cfg, "sampling.top_k")),
-        "top_p": _get(m, "sampling.top_p", _get(cfg, "sampling.top_p")),
+        "temperature": value_at(m, "sampling.temperature", value_at(cfg, "sampling.temperature")),
+        "top_k": value_at(m, "sampling.top_k", value_at(cfg, "sampling.top_k")),
+        "top_p": value_at(m, "sampling.top_p", value_at(cfg, "sampling.top_p")),
         "seed": cfg.get("seed"),
         "experiment": choices.get("experiment"),
         "batch_size": m.get("batch_size") or cfg.get("batch_size") or 1,  # samples decoded at a time (specexp/batch.py)
@@ -198,11 +190,11 @@ def flatten(path: Path, m: dict) -> tuple[dict, dict]:
     row.update({
         "tokens_per_second": m.get("tokens_per_second"),
         "ms_per_token": _ms(m.get("tokens_per_second")),
-        "latency_ms_mean": _get(m, "latency_ms_per_token.mean"),
-        "latency_ms_p50": _get(m, "latency_ms_per_token.p50"),
-        "latency_ms_p90": _get(m, "latency_ms_per_token.p90"),
-        "latency_ms_p99": _get(m, "latency_ms_per_token.p99"),
-        "time_per_sample_s_p50": _get(m, "time_per_sample_s.p50"),
+        "latency_ms_mean": value_at(m, "latency_ms_per_token.mean"),
+        "latency_ms_p50": value_at(m, "latency_ms_per_token.p50"),
+        "latency_ms_p90": value_at(m, "latency_ms_per_token.p90"),
+        "latency_ms_p99": value_at(m, "latency_ms_per_token.p99"),
+        "time_per_sample_s_p50": value_at(m, "time_per_sample_s.p50"),
         "acceptance_rate": m.get("acceptance_rate"),
         "mean_accepted_length": m.get("mean_accepted_length"),
         "draft_length_mean": m.get("draft_length_mean"),
@@ -212,12 +204,12 @@ def flatten(path: Path, m: dict) -> tuple[dict, dict]:
         "drafter_forwards": m.get("drafter_forwards"),
         "n_matches_baseline": m.get("n_matches_baseline"),
         "all_match_baseline": m.get("all_match_baseline"),
-        "baseline_tokens_per_second": _get(m, "baseline.tokens_per_second"),
-        "baseline_ms_per_token": _ms(_get(m, "baseline.tokens_per_second")),
+        "baseline_tokens_per_second": value_at(m, "baseline.tokens_per_second"),
+        "baseline_ms_per_token": _ms(value_at(m, "baseline.tokens_per_second")),
         **_speedup_columns(m.get("speedup")),
         **_batch_columns(m.get("batch")),
-        "timing_repeats": _get(m, "timing.repeats"),
-        "timing_spread_median": _get(m, "timing.spread_median"),
+        "timing_repeats": value_at(m, "timing.repeats"),
+        "timing_spread_median": value_at(m, "timing.spread_median"),
     })
     for prefix, q in (("quality", m.get("quality")), ("quality_baseline", m.get("quality_baseline"))):
         for k, v in (q or {}).items():
@@ -245,7 +237,7 @@ def _speedup_columns(sp) -> dict:
                 "speedup_per_token_geomean": None, "speedup_source": None}
     return {"speedup": sp["throughput_ratio"], "speedup_ci_low": sp.get("ci_low"), "speedup_ci_high": sp.get("ci_high"),
             "speedup_estimator": sp.get("estimator", "throughput_ratio"),
-            "speedup_per_token_geomean": _get(sp, "per_token.geomean"), "speedup_source": "paired"}
+            "speedup_per_token_geomean": value_at(sp, "per_token.geomean"), "speedup_source": "paired"}
 
 
 def _batch_columns(b) -> dict:
@@ -366,7 +358,6 @@ def write_table(df: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Path]:
     return csv, pq
 
 
-
 # --------------------------------------------------------------------------------------------
 # Per-sample table (processed_data.csv)
 # --------------------------------------------------------------------------------------------
@@ -411,8 +402,8 @@ def collect_samples(runs: list[tuple[Path, dict]], df: pd.DataFrame) -> pd.DataF
                    "matches_baseline": s.get("matches_baseline"),
                    "drafted": s.get("drafted"), "accepted": s.get("accepted"),
                    "acceptance_rate": s["accepted"] / s["drafted"] if s.get("drafted") else None,
-                   "repeat_spread": _get(s, "repeats.spread"),
-                   "baseline_repeat_spread": _get(s, "baseline_repeats.spread")}
+                   "repeat_spread": value_at(s, "repeats.spread"),
+                   "baseline_repeat_spread": value_at(s, "baseline_repeats.spread")}
             row.update({f"quality.{k}": v for k, v in q.get(sid, {}).items()})
             row.update({f"quality_baseline.{k}": v for k, v in qb.get(sid, {}).items()})
             rows.append(row)

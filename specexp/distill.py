@@ -161,6 +161,25 @@ def windows(tok, docs: dict[str, list[str]], tokens: int, seq_len: int, seed: in
     return w[torch.randperm(len(w), generator=torch.Generator().manual_seed(seed))]
 
 
+def training_windows(target, tok, p: dict, progress: bool, sort_replies: bool = False) -> tuple[torch.Tensor, dict]:
+    """The build's text as [N, seq_len] windows, and the documents used per source: the corpus
+    (`p["corpus"]`, XSum/GSM8K from sample `p["skip"]` on) and, with `p["replies"]`, the target's own
+    greedy chat replies, which take `reply_share` of `tokens` (the rest split evenly).
+    `sort_replies`: answer the prompts in order of length (batches of like lengths: less padding)."""
+    docs, used = corpus_documents(tok, p["corpus"], p["skip"])
+    if p["replies"]:
+        prompts = reply_prompts(p["skip"], p["replies"])
+        prompts = sorted(prompts, key=len) if sort_replies else prompts
+        docs["replies"] = target_replies(target, tok, prompts, p["reply_tokens"], p["reply_batch"], progress)
+        used["replies"] = len(docs["replies"])
+        docs = {k: v for k, v in docs.items() if v}
+    shares = None
+    if "replies" in docs:
+        n_rep = int(p["tokens"] * p["reply_share"])
+        shares = {k: (n_rep if k == "replies" else (p["tokens"] - n_rep) // max(1, len(docs) - 1)) for k in docs}
+    return windows(tok, docs, p["tokens"], p["seq_len"], p["seed"], shares), used
+
+
 # ------------------------------------------------------------------------------ 2. the teacher
 @torch.inference_mode()
 def teacher_read(target, w: torch.Tensor, topk: int, batch: int, progress: bool):
@@ -272,17 +291,7 @@ def _build(spec: ModelSpec, tmp: Path, p: dict, progress: bool) -> dict:
     torch.manual_seed(p["seed"])
     tok = load_tokenizer(spec)
     target = load_model(spec, torch.float32, torch.device("cpu"))
-    docs, used = corpus_documents(tok, p["corpus"], p["skip"])
-    if p["replies"]:
-        docs["replies"] = target_replies(target, tok, reply_prompts(p["skip"], p["replies"]), p["reply_tokens"],
-                                         p["reply_batch"], progress)
-        used["replies"] = len(docs["replies"])
-        docs = {k: v for k, v in docs.items() if v}
-    shares = None
-    if "replies" in docs:  # the target's own replies take `reply_share` of the tokens; the rest split evenly
-        n_rep = int(p["tokens"] * p["reply_share"])
-        shares = {k: (n_rep if k == "replies" else (p["tokens"] - n_rep) // max(1, len(docs) - 1)) for k in docs}
-    w = windows(tok, docs, p["tokens"], p["seq_len"], p["seed"], shares)
+    w, used = training_windows(target, tok, p, progress)
     n_held = max(1, int(len(w) * p["heldout"]))
     t_ids, t_probs, t_hidden = teacher_read(target, w, p["topk"], p["batch"], progress)
     t_read = time.perf_counter() - t0

@@ -44,7 +44,7 @@ import torch
 
 from specexp.builds import build_once
 from specexp.training import warmup_cosine
-from specexp.distill import corpus_documents, reply_prompts, target_replies, teacher_read, windows
+from specexp.distill import teacher_read, training_windows
 from specexp.models import ModelSpec, describe, load_model, load_tokenizer, n_params, resolve_source
 from specexp.proposers import DraftModel
 from specexp.proposers.eagle import FeatureDrafterConfig, FeatureDrafterModel, FeatureLM
@@ -61,17 +61,7 @@ def teacher_data(target, tok, p: dict, cache: Path | None, progress: bool) -> di
     `cache` when it holds them (written atomically after a read)."""
     if cache is not None and cache.is_file():
         return torch.load(cache)
-    docs, used = corpus_documents(tok, p["corpus"], p["skip"])
-    if p["replies"]:
-        prompts = sorted(reply_prompts(p["skip"], p["replies"]), key=len)  # batches of like lengths: less padding
-        docs["replies"] = target_replies(target, tok, prompts, p["reply_tokens"], p["reply_batch"], progress)
-        used["replies"] = len(docs["replies"])
-        docs = {k: v for k, v in docs.items() if v}
-    shares = None
-    if "replies" in docs:  # the target's own replies take `reply_share` of the tokens; the rest split evenly
-        n_rep = int(p["tokens"] * p["reply_share"])
-        shares = {k: (n_rep if k == "replies" else (p["tokens"] - n_rep) // max(1, len(docs) - 1)) for k in docs}
-    w = windows(tok, docs, p["tokens"], p["seq_len"], p["seed"], shares)
+    w, used = training_windows(target, tok, p, progress, sort_replies=True)
     t0 = time.perf_counter()
     ids, probs, hidden = teacher_read(target, w, p["topk"], p["batch"], progress)
     data = {"windows": w, "ids": ids, "probs": probs, "hidden": hidden, "documents": used,

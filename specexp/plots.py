@@ -28,7 +28,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from statsmodels.stats.proportion import proportion_confint  # noqa: E402
 
-from specexp.collect import _NOT_PARAMS, _THRESHOLD_KEYS, _get  # noqa: E402
+from specexp.collect import _NOT_PARAMS, _THRESHOLD_KEYS  # noqa: E402
+from specexp.dotted import value_at  # noqa: E402
 
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 8,
                      "figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3})
@@ -109,7 +110,7 @@ def plot_threshold(df: pd.DataFrame, out: Path) -> Path | None:
 
 def _entropy_bins(m: dict) -> dict | None:
     """{edges, n, accepted} from analysis.acceptance_by_entropy, else binned from draft_records."""
-    a = _get(m, "analysis.acceptance_by_entropy")
+    a = value_at(m, "analysis.acceptance_by_entropy")
     if isinstance(a, dict) and a.get("edges") and a.get("n") is not None:
         return {"edges": list(a["edges"]), "n": list(a["n"]), "accepted": list(a.get("accepted") or [])}
     recs = m.get("draft_records")
@@ -199,7 +200,7 @@ def plot_entropy(df: pd.DataFrame, runs: list[tuple[Path, dict]], out: Path) -> 
 
 
 def _draft_hist(m: dict) -> list[int] | None:
-    h = _get(m, "analysis.draft_length.histogram")
+    h = value_at(m, "analysis.draft_length.histogram")
     if isinstance(h, list) and sum(h):
         return [int(x) for x in h]
     lengths = [int(k) for s in (m.get("samples") or []) for k in (s.get("draft_lengths") or [])]

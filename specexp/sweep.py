@@ -32,22 +32,13 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from specexp import stats
+from specexp.dotted import value_at
 
 log = logging.getLogger("specexp.sweep")
 
 # Keys of the run config that do not change what a run measures: a metrics.json written with
 # other values of these still counts as "the same run" for resume.
 RESUME_IGNORED_KEYS = ("resume", "summary")
-
-
-def value_at(d: Any, dotted: str, default: Any = None) -> Any:
-    """d["a"]["b"] for "a.b" (keys may contain '@', e.g. quality.pass@1); default when absent."""
-    cur = d
-    for part in dotted.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return default
-        cur = cur[part]
-    return cur
 
 
 # --------------------------------------------------------------------------------------------

@@ -112,6 +112,12 @@ def _group_title(keys: tuple, names: tuple) -> str:
     return " / ".join(parts)
 
 
+def _batch_suffix(batch) -> str:
+    """", batch B" for a group decoded B > 1 samples at a time; "" at batch 1."""
+    title = _group_title((batch,), ("batch",))
+    return f", {title}" if title else ""
+
+
 def _groups(df: pd.DataFrame, cols: list[str]):
     """Groups of runs by `cols`; runs decoded at different batch sizes never share a group (a
     frame without the column is batch 1 throughout)."""
@@ -150,9 +156,11 @@ def group_speedup_cell(g: pd.DataFrame) -> str:
 # --------------------------------------------------------------------------------------------
 
 def table_runs(df: pd.DataFrame, samples: pd.DataFrame | None = None) -> list[Section]:
-    """Every run: job, status, method, sampling, dataset, tokens/s, acceptance, speedup (source)."""
+    """Every run: job, status, method, sampling, dataset, tokens/s, acceptance, speedup (source);
+    with batched runs among them, also the batch size and the batch throughput columns."""
     if df.empty:
         return [Section("", ["run"], [], ["no metrics.json found"])]
+    batched = "batch_size" in df and bool((df["batch_size"].fillna(1) > 1).any())
     rows = []
     for _, r in df.sort_values(["job", "run_dir"], na_position="last").iterrows():
         rows.append([
@@ -161,19 +169,16 @@ def table_runs(df: pd.DataFrame, samples: pd.DataFrame | None = None) -> list[Se
             _f(r.get("tokens_per_second"), "{:.1f}"), _f(r.get("acceptance_rate"), "{:.3f}"),
             _f(r.get("mean_accepted_length")), speedup_cell(r),
             "–" if _missing(r.get("speedup_source")) else str(r.get("speedup_source")).split(":")[0],
+            *([_f(r.get("batch_size"), "{:.0f}", "1"), _f(r.get("batch_tokens_per_second"), "{:.1f}"),
+               _f(r.get("batch_speedup_same_batch"), "{:.2f}x"), _f(r.get("batch_speedup_batch1"), "{:.2f}x")]
+              if batched else []),
             _first_line(r.get("error"), 140) or "",
         ])
     n_fail = int((df["status"] != "ok").sum())
     cols = ["job", "status", "method", "sampling", "dataset", "tok/s", "accept", "acc. len", "speedup [95% CI]",
-            "baseline", "error"]
+            "baseline", *(["B", "batch tok/s", "vs AR@B", "vs AR@1"] if batched else []), "error"]
     notes = [f"{len(df)} runs, {len(df) - n_fail} ok, {n_fail} failed.", SPEEDUP_NOTE]
-    if "batch_size" in df and (df["batch_size"].fillna(1) > 1).any():  # batched runs: their batch columns
-        order = df.sort_values(["job", "run_dir"], na_position="last")
-        for row, (_, r) in zip(rows, order.iterrows()):
-            b = r.get("batch_size")
-            row[10:10] = [_f(b, "{:.0f}", "1"), _f(r.get("batch_tokens_per_second"), "{:.1f}"),
-                          _f(r.get("batch_speedup_same_batch"), "{:.2f}x"), _f(r.get("batch_speedup_batch1"), "{:.2f}x")]
-        cols[10:10] = ["B", "batch tok/s", "vs AR@B", "vs AR@1"]
+    if batched:
         notes.append("B: samples decoded at a time (batch_size). batch tok/s: new tokens of all samples / wall time "
                      "of the whole dataset's decode, median over repeats; vs AR@B, vs AR@1: that throughput over "
                      "autoregressive decoding's at the same B and at batch 1 (docs/batching.md). tok/s and speedup "
@@ -339,7 +344,7 @@ def table_reproduction(df: pd.DataFrame, samples: pd.DataFrame | None = None) ->
         n = g["n_samples"].dropna()
         title = (f"{keys[0]} on {keys[1]}" + (f" ({int(n.max())} samples)" if not n.empty else "")
                  + (f", experiment {keys[2]}" if keys[2] != "–" else "")
-                 + (f", {_group_title(keys[3:], ('batch',))}" if keys[3] not in (1, "–") else ""))
+                 + _batch_suffix(keys[3]))
         sections.append(Section(title, ["Method", "Sampling", qlabel, "Speedup [95% CI]", "Acceptance rate"], rows,
                                 [SPEEDUP_NOTE] + seed_notes))
     return sections or [Section("Paper reproduction", ["Method", "Sampling", "Quality", "Speedup", "Acceptance rate"],
@@ -419,8 +424,7 @@ def table_specbench(df: pd.DataFrame, samples: pd.DataFrame | None = None) -> li
                 sps += [sp] if sp is not None else []
             row += [_f(statistics.fmean(taus) if taus else None), _f(statistics.fmean(sps) if sps else None, "{:.2f}x")]
             rows.append(row)
-        batch = f", {_group_title(keys[2:], ('batch',))}" if keys[2] not in (1, "–") else ""
-        sections.append(Section(f"Spec-Bench style: {keys[0]}, {_samp_name(keys[1])}{batch}", cols, rows,
+        sections.append(Section(f"Spec-Bench style: {keys[0]}, {_samp_name(keys[1])}{_batch_suffix(keys[2])}", cols, rows,
                                 ["τ: mean accepted length (tokens per target forward). " + SPEEDUP_NOTE,
                                  "Mean speedup: the plain mean of the datasets' throughput ratios (no CI)."]))
     return per_category + sections or [Section("Spec-Bench style", ["Method"], [], ["no ok runs"])]

@@ -48,6 +48,32 @@ def random_model(arch: str, vocab: int, hidden: int, layers: int, seed: int, eos
     raise ValueError(arch)
 
 
+def noisy_copy(model, scale: float, seed: int):
+    """A drafter that agrees with the target often but not always: the target plus weight noise."""
+    import copy
+
+    torch.manual_seed(seed)
+    d = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in d.parameters():
+            p.add_(scale * p.std().nan_to_num() * torch.randn_like(p))
+    return d
+
+
+def pooled_chisquare(counts: torch.Tensor, p: torch.Tensor, n_draws: int) -> float:
+    """Chi-square goodness-of-fit p-value (scipy) of observed `counts` against the exact
+    probabilities `p` over `n_draws` draws (same shape), the cells expecting fewer than 5 draws
+    pooled into one, as the test needs."""
+    from scipy.stats import chisquare
+
+    expected, counts = (p * n_draws).flatten(), counts.flatten()
+    keep = expected >= 5
+    obs = torch.cat([counts[keep], counts[~keep].sum()[None]])
+    exp = torch.cat([expected[keep], expected[~keep].sum()[None]])
+    obs, exp = obs[exp > 0], exp[exp > 0]
+    return float(chisquare(obs.numpy(), exp.numpy() * obs.sum().item() / exp.sum().item()).pvalue)
+
+
 def save_pair(root: Path, arch: str = "llama", vocab_size: int = 300) -> Path:
     tok = make_tokenizer(vocab_size)
     for role, hidden, layers, seed in (("target", 64, 2, 0), ("drafter", 32, 1, 1)):

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import random_model
+from conftest import pooled_chisquare, random_model
 from scipy.stats import chisquare
 
 from specexp.decode import generate
@@ -297,12 +297,7 @@ def _chi_square_cascade(n_draws, sampling, cascade_cls=Cascade):
         counts[g.tokens[0], g.tokens[1]] += 1
         accepted += sum(g.accepted)
     assert counts.flatten()[p.flatten() == 0].sum() == 0
-    expected = (p * n_draws).flatten()
-    keep = expected >= 5
-    obs = torch.cat([counts.flatten()[keep], counts.flatten()[~keep].sum()[None]])
-    exp = torch.cat([expected[keep], expected[~keep].sum()[None]])
-    obs, exp = obs[exp > 0], exp[exp > 0]
-    return chisquare(obs.numpy(), exp.numpy() * obs.sum().item() / exp.sum().item()).pvalue, accepted / n_draws
+    return pooled_chisquare(counts, p, n_draws), accepted / n_draws
 
 
 class _NaiveQ(Cascade):

@@ -2,11 +2,10 @@
 generation, never overshoots its budget and stops on EOS wherever it appears."""
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
-from conftest import ModelsByRole, random_model
+from conftest import ModelsByRole, noisy_copy, random_model
 
 from specexp.decode import generate
 from specexp.length import Fixed
@@ -19,14 +18,6 @@ GAMMAS = [1, 2, 3, 5, 8]
 GREEDY = Sampling()
 
 
-def noisy_copy(model, scale: float, seed: int):
-    """A drafter that agrees with the target often but not always: the target plus weight noise."""
-    torch.manual_seed(seed)
-    d = copy.deepcopy(model)
-    with torch.no_grad():
-        for p in d.parameters():
-            p.add_(scale * p.std().nan_to_num() * torch.randn_like(p))
-    return d
 
 
 def spec(target, drafter, prompt, n, gamma, sampling=GREEDY, stopper=None, generator=None):

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ModelsByRole, random_model
-from test_decode import noisy_copy
+from conftest import ModelsByRole, noisy_copy, random_model
 from test_length import C, BEFORE, run
 
 from specexp import entropy

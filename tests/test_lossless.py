@@ -25,7 +25,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import CONF, CORPUS, compose, make_tokenizer, random_model
+from conftest import CONF, CORPUS, compose, make_tokenizer, noisy_copy, random_model
 from scipy import stats
 
 from specexp import build, verify
@@ -109,7 +109,7 @@ def llama_pair(tmp_path_factory):
     target = random_model("llama", len(tok), 64, 2, seed=0, eos=tok.eos_token_id)
     with torch.no_grad():
         target.lm_head.weight.mul_(6)  # sharper: the drafters agree with the target often enough
-    models = {"target": target, "drafter": _noisy_copy(target, 0.3, seed=1), "drafter2": _noisy_copy(target, 0.6, seed=2)}
+    models = {"target": target, "drafter": noisy_copy(target, 0.3, seed=1), "drafter2": noisy_copy(target, 0.6, seed=2)}
     prompts = [torch.tensor(tok(CORPUS[i * 37: i * 37 + 40])["input_ids"]) for i in range(2)]
     pair = LoadedPair(models, tok)
     target = CachedLM(target)
@@ -123,15 +123,6 @@ def llama_pair(tmp_path_factory):
     return pair, table, prompts, reference
 
 
-def _noisy_copy(model, scale: float, seed: int):
-    import copy
-
-    torch.manual_seed(seed)
-    d = copy.deepcopy(model)
-    with torch.no_grad():
-        for p in d.parameters():
-            p.add_(scale * p.std().nan_to_num() * torch.randn_like(p))
-    return d
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -5,7 +5,6 @@ pair, threshold grids sweep, and a user's strategies outside the package run thr
 hydra.searchpath."""
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import os
@@ -15,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import ModelsByRole, CONF, ROOT, compose, pair_overrides, random_model
+from conftest import ModelsByRole, CONF, ROOT, compose, noisy_copy, pair_overrides, random_model
 from omegaconf import OmegaConf
 from scipy import stats
 
@@ -157,13 +156,6 @@ def test_every_strategy_is_lossless_on_the_random_pair(random_pair, name):
     assert all(0 <= n <= k <= policy.max_len for o in outs for n, k in zip(o.accepted, o.drafted))
 
 
-def noisy_copy(model, scale: float, seed: int):
-    torch.manual_seed(seed)
-    d = copy.deepcopy(model)
-    with torch.no_grad():
-        for p in d.parameters():
-            p.add_(scale * p.std().nan_to_num() * torch.randn_like(p))
-    return d
 
 
 @pytest.fixture(scope="module")
