@@ -188,7 +188,7 @@ def load_prompts(datasets: list[str], per_dataset: int, tokenizer, device,
 MODE_KEYS = ["ours-ar", "hf-ar", "ours-spec", "ours-spec-vocab", "hf-assisted", "ours-lookup", "hf-lookup",
              "ours-truncated", "hf-truncated", "ours-bigram",
              # issue 15 (specexp.eagle.bench_proposers): the feature drafter, the shipped model-free pairs
-             "ours-eagle", "ours-eagle-vocab", "ours-eagle-entropy", "ours-eagle-heuristic",
+             "ours-eagle", "ours-eagle-vocab", "ours-eagle-entropy", "ours-eagle-vocab-entropy", "ours-eagle-heuristic",
              "ours-lookup-shipped", "ours-bigram-shipped"]
 
 

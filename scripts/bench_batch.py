@@ -54,17 +54,6 @@ def from_bench(args) -> list[str]:
     return argv + (["--json", args.json] if args.json else [])
 
 
-def compose(overrides: list[str]):
-    from hydra import compose as hcompose
-    from hydra import initialize_config_dir
-
-    from specexp.config import CONF_DIR, register
-
-    register()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return hcompose("config", overrides=overrides)
-
-
 def hf_generate(model, prompts, batch_size: int, new_tokens: int, eos: int,
                 ignore_eos: bool = False) -> tuple[list[list[int]], list[float]]:
     """transformers' batched greedy generate over static batches of `batch_size` (left padding);
@@ -142,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from specexp import build
     from specexp.batch import check_supported, generate_batch
+    from specexp.config import compose
     from specexp.decode import generate
     from specexp.models import cached_lm
     from specexp.prompting import encode_prompt, eos_ids

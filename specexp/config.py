@@ -66,3 +66,14 @@ class RunConfig:
 
 def register() -> None:
     ConfigStore.instance().store(name="specexp_schema", node=RunConfig)
+
+
+def compose(overrides: list[str]):
+    """The run config `specexp <overrides>` would compose (not checked, not run): for scripts and
+    builders that take one node of it (a pair's build, a strategy)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return hydra_compose("config", overrides=overrides)

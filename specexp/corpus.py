@@ -95,3 +95,26 @@ def load_corpus(corpus: str | None = None, max_bytes: int = MAX_BYTES,
         "first_files": names[:5],
     }
     return docs, info
+
+
+def code_stubs(seed: int = 0) -> list[str]:
+    """Coding requests in HumanEval's form, from the standard library (so none is HumanEval's
+    own): each public module-level function with a docstring of 40+ characters, as its signature
+    and docstring with the body left to write. Shuffled by `seed`."""
+    import ast
+    import random
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    out = []
+    for _, f in sorted(_walk(root, (".py",), _SKIP_DIRS)):
+        text = _read_text(f)
+        try:
+            tree = ast.parse(text or "")
+        except (SyntaxError, ValueError):
+            continue
+        for node in tree.body:
+            doc = ast.get_docstring(node) if isinstance(node, ast.FunctionDef) else None
+            if doc and len(doc) >= 40 and not node.name.startswith("_"):
+                out.append(f'def {node.name}({ast.unparse(node.args)}):\n    """{doc}\n    """\n')
+    random.Random(seed).shuffle(out)
+    return out

@@ -104,13 +104,27 @@ def corpus_documents(tok, sources: list[str], skip: int) -> tuple[dict[str, list
     return docs, info
 
 
-def reply_prompts(skip: int, n: int) -> list[str]:
-    """User turns for the target to answer: XSum articles (cut to 2,000 characters) and GSM8K
-    questions from sample `skip` on, alternating; [] without the shared data."""
-    out = [[SUMMARIZE + r["document"][:2000] for r in _rows("xsum/test.jsonl", skip)],
-           [r["question"] for r in _rows("gsm8k/test.jsonl", skip)]]
-    mixed = [x for pair in zip(*out) for x in pair] if all(out) else [x for o in out for x in o]
-    return mixed[:n]
+def reply_prompts(skip: int, n: int, mix: dict[str, int] | None = None, article_chars: int = 2000) -> list[str]:
+    """`n` user turns for the target to answer, interleaved by `mix` (source: turns per round;
+    default one XSum article and one GSM8K question): XSum articles (cut to `article_chars`) and
+    GSM8K questions from sample `skip` on, and `code`: HumanEval-style stubs of the standard
+    library's functions (corpus.code_stubs). A source without data here is left out."""
+    from specexp.corpus import code_stubs
+
+    mix = mix or {"xsum": 1, "gsm8k": 1}
+    pools = {"xsum": lambda: [SUMMARIZE + r["document"][:article_chars] for r in _rows("xsum/test.jsonl", skip)],
+             "gsm8k": lambda: [r["question"] for r in _rows("gsm8k/test.jsonl", skip)],
+             "code": code_stubs}
+    unknown = set(mix) - set(pools)
+    if unknown:
+        raise ValueError(f"reply prompts: unknown source(s) {sorted(unknown)}; known: {sorted(pools)}")
+    queues = {k: pools[k]() for k in mix}
+    out: list[str] = []
+    while len(out) < n and any(queues.values()):
+        for k, per_round in mix.items():
+            out += queues[k][:per_round]
+            queues[k] = queues[k][per_round:]
+    return out[:n]
 
 
 @torch.inference_mode()
@@ -161,15 +175,13 @@ def windows(tok, docs: dict[str, list[str]], tokens: int, seq_len: int, seed: in
     return w[torch.randperm(len(w), generator=torch.Generator().manual_seed(seed))]
 
 
-def training_windows(target, tok, p: dict, progress: bool, sort_replies: bool = False) -> tuple[torch.Tensor, dict]:
+def training_windows(target, tok, p: dict, progress: bool) -> tuple[torch.Tensor, dict]:
     """The build's text as [N, seq_len] windows, and the documents used per source: the corpus
     (`p["corpus"]`, XSum/GSM8K from sample `p["skip"]` on) and, with `p["replies"]`, the target's own
-    greedy chat replies, which take `reply_share` of `tokens` (the rest split evenly).
-    `sort_replies`: answer the prompts in order of length (batches of like lengths: less padding)."""
+    greedy chat replies, which take `reply_share` of `tokens` (the rest split evenly)."""
     docs, used = corpus_documents(tok, p["corpus"], p["skip"])
     if p["replies"]:
         prompts = reply_prompts(p["skip"], p["replies"])
-        prompts = sorted(prompts, key=len) if sort_replies else prompts
         docs["replies"] = target_replies(target, tok, prompts, p["reply_tokens"], p["reply_batch"], progress)
         used["replies"] = len(docs["replies"])
         docs = {k: v for k, v in docs.items() if v}

@@ -2,17 +2,20 @@
 hidden states. The drafter and how it drafts: specexp/proposers/eagle.py.
 
     specexp-eagle                                    # SmolLM2-135M (model_pair smollm2-135m__eagle)
-    specexp-eagle model_pair.build.tokens=20000      # a smaller build
+    specexp-eagle model_pair.build.replies=100       # a smaller build
     python -m specexp.eagle model_pair.build.epochs=2
 
 Recipe (deterministic: fixed seeds, fixed data order, a fixed number of steps):
-  1. The text is the distilled drafter's (specexp/distill.py, whose readers this reuses): the
-     target's own greedy chat replies to XSum / GSM8K prompts, plus XSum, GSM8K and Python
-     stdlib text, XSum / GSM8K from sample `skip` on (the evaluation keeps the first ones).
-  2. The target reads every window once (distill.teacher_read): at every position p its last
-     hidden state f_p (what its LM head reads) and its top-k next-token distribution. Both are
-     cached next to the output folder (`.<name>-teacher-<key>.pt`): a crash or a rerun with other
-     training settings does not read again.
+  1. The text is the target's own: its greedy replies to `replies` chat prompts, XSum articles
+     (cut to `article_chars`) and GSM8K questions from sample `skip` on (the evaluation keeps the
+     first ones) and HumanEval-style stubs of the standard library's functions, mixed by
+     `reply_mix`. Greedy acceptance asks the drafter to predict exactly this text: the target's
+     argmax after its own tokens. Optionally `corpus_tokens` of other text (`corpus`).
+  2. The target's reads are kept while it writes (replies_with_reads: a hook on its final norm):
+     at every position p of prompt + reply its last hidden state f_p (what its LM head reads) and
+     its top-k next-token distribution; the corpus text is read once (distill.teacher_read). Both
+     are cached next to the output folder (`.<name>-teacher-<key>.pt`): a crash or a rerun with
+     other training settings does not generate again.
   3. The drafter: fc([f_{p-1} ; e(x_p)]) -> one decoder layer (initialised from the target's last)
      -> final norm (the target's) -> f^_p, e = the target's embeddings, frozen; f_{-1} = 0.
      Loss per position, mean:  feature_weight * smoothL1(f^_p, f_p)
@@ -44,28 +47,113 @@ import torch
 
 from specexp.builds import build_once
 from specexp.training import warmup_cosine
-from specexp.distill import teacher_read, training_windows
+from specexp.distill import teacher_read
 from specexp.models import ModelSpec, describe, load_model, load_tokenizer, n_params, resolve_source
 from specexp.proposers import DraftModel
 from specexp.proposers.eagle import FeatureDrafterConfig, FeatureDrafterModel, FeatureLM
 
 log = logging.getLogger(__name__)
 
-RECIPE = 2  # bump when the recipe changes: older builds are then rebuilt, not reused
-DATA_KEYS = ("target", "corpus", "skip", "tokens", "seq_len", "topk", "replies", "reply_tokens", "reply_share", "seed")
+RECIPE = 3  # bump when the recipe changes: older builds are then rebuilt, not reused
+DATA_KEYS = ("target", "replies", "reply_mix", "article_chars", "reply_tokens", "reply_batch", "corpus",
+             "corpus_tokens", "skip", "seq_len", "topk", "seed")
 
 
 # ------------------------------------------------------------------------------- 1-2. the data
+@torch.inference_mode()
+def replies_with_reads(target, tok, prompts: list[str], max_new_tokens: int, batch: int, topk: int,
+                       progress: bool) -> list[dict]:
+    """The target's greedy replies to `prompts` (user turns, in its chat template), each as its
+    token ids (prompt + reply, EOS kept) with what the target computed while writing them: its last
+    hidden state at every position (a hook on the final norm, which the prefill and every decoding
+    step pass through) and its top-k next-token distribution there (renormalised). One pass: no
+    second read of the text. Batched by prompt length, left-padded; returned in prompt order."""
+    from tqdm.auto import tqdm
+
+    if not getattr(tok, "chat_template", None):
+        raise ValueError("eagle: the target's tokenizer has no chat template to put the reply prompts in; "
+                         "set model_pair.build.replies=0 and give it model_pair.build.corpus text instead")
+    prompt_ids = [tok(tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                              add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+                  for q in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    head, seen, out = target.get_output_embeddings(), [], [None] * len(prompts)
+    hook = target.get_decoder().norm.register_forward_hook(lambda _m, _i, h: seen.append(h))
+    bar = tqdm(total=len(prompts), desc="eagle: the target answers", unit="prompt", disable=not progress)
+    written, t0 = 0, time.perf_counter()
+    try:
+        for s in range(0, len(order), batch):
+            rows = order[s: s + batch]
+            width = max(len(prompt_ids[i]) for i in rows)
+            ids = torch.full((len(rows), width), pad)
+            mask = torch.zeros_like(ids)
+            for r, i in enumerate(rows):  # left padding: every prompt ends where the replies start
+                ids[r, width - len(prompt_ids[i]):] = torch.tensor(prompt_ids[i])
+                mask[r, width - len(prompt_ids[i]):] = 1
+            seen.clear()
+            gen = target.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                  pad_token_id=pad, top_k=None, top_p=None, temperature=None)
+            hidden = torch.cat(seen, dim=1)  # [b, positions fed]: the last generated token is never fed
+            for r, i in enumerate(rows):
+                reply = gen[r, width:].tolist()
+                if tok.eos_token_id in reply:  # the reply ends at its EOS (kept); padding follows
+                    reply = reply[: reply.index(tok.eos_token_id) + 1]
+                start = width - len(prompt_ids[i])
+                n = min(len(prompt_ids[i]) + len(reply), hidden.shape[1] - start)
+                h = hidden[r, start: start + n]
+                p, j = head(h).float().softmax(-1).topk(topk, dim=-1)
+                out[i] = {"ids": gen[r, start: start + n].clone(), "prompt_tokens": len(prompt_ids[i]),
+                          "top_ids": j.int(), "top_probs": (p / p.sum(-1, keepdim=True)).half(), "hidden": h.half()}
+                written += len(reply)
+            bar.update(len(rows))
+            bar.set_postfix(reply_tok_s=f"{written / (time.perf_counter() - t0):.0f}")
+    finally:
+        hook.remove()
+        bar.close()
+    return out
+
+
+def pack(reads: list[dict], seq_len: int, seed: int) -> dict:
+    """The replies end to end in a seeded order, cut into [N, seq_len] windows (the tail that fills
+    no window is dropped), as the training data: windows, top-k ids / probs, hidden states."""
+    order = torch.randperm(len(reads), generator=torch.Generator().manual_seed(seed)).tolist()
+    cat = {k: torch.cat([reads[i][k] for i in order]) for k in ("ids", "top_ids", "top_probs", "hidden")}
+    n = cat["ids"].shape[0] // seq_len
+    return {"windows": cat["ids"][: n * seq_len].view(n, seq_len),
+            **{k: cat[src][: n * seq_len].view(n, seq_len, -1)
+               for k, src in (("ids", "top_ids"), ("probs", "top_probs"), ("hidden", "hidden"))}}
+
+
 def teacher_data(target, tok, p: dict, cache: Path | None, progress: bool) -> dict:
-    """Windows [N, L] and the target's reads of them (top-k ids / probs, hidden states), from
-    `cache` when it holds them (written atomically after a read)."""
+    """The training windows [N, L] and the target's reads of them (top-k ids / probs, hidden
+    states): the target's replies to `replies` chat prompts, read while it writes them, then
+    `corpus_tokens` of `corpus` text it reads (distill.teacher_read); rows shuffled by the seed.
+    From `cache` when it holds them (written atomically after the reads)."""
+    from specexp.distill import corpus_documents, reply_prompts, windows
+
     if cache is not None and cache.is_file():
         return torch.load(cache)
-    w, used = training_windows(target, tok, p, progress, sort_replies=True)
     t0 = time.perf_counter()
-    ids, probs, hidden = teacher_read(target, w, p["topk"], p["batch"], progress)
-    data = {"windows": w, "ids": ids, "probs": probs, "hidden": hidden, "documents": used,
-            "read_seconds": time.perf_counter() - t0}
+    parts, used = [], {}
+    if p["replies"]:
+        prompts = reply_prompts(p["skip"], p["replies"], p["reply_mix"], p["article_chars"])
+        reads = replies_with_reads(target, tok, prompts, p["reply_tokens"], p["reply_batch"], p["topk"], progress)
+        parts.append(pack(reads, p["seq_len"], p["seed"]))
+        used["replies"] = {"prompts": len(reads), "prompt_tokens": sum(r["prompt_tokens"] for r in reads),
+                           "reply_tokens": sum(len(r["ids"]) - r["prompt_tokens"] for r in reads)}
+    if p["corpus"] and p["corpus_tokens"]:
+        docs, used["corpus"] = corpus_documents(tok, p["corpus"], p["skip"])
+        w = windows(tok, docs, p["corpus_tokens"], p["seq_len"], p["seed"])
+        ids, probs, hidden = teacher_read(target, w, p["topk"], p["batch"], progress)
+        parts.append({"windows": w, "ids": ids, "probs": probs, "hidden": hidden})
+    if not parts or not sum(len(q["windows"]) for q in parts):
+        raise ValueError("eagle: no training text (model_pair.build.replies and corpus_tokens give none here); "
+                         "the replies need ../shared/data or the code stubs, the corpus `code` always works")
+    data = {k: torch.cat([q[k] for q in parts]) for k in ("windows", "ids", "probs", "hidden")}
+    rows = torch.randperm(len(data["windows"]), generator=torch.Generator().manual_seed(p["seed"]))
+    data = {k: v[rows] for k, v in data.items()}
+    data.update(documents=used, read_seconds=time.perf_counter() - t0)
     if cache is not None:
         part = cache.with_name(cache.name + ".part")
         torch.save(data, part)
@@ -168,20 +256,22 @@ def heldout_agreement(drafter, embed, head, data: dict, rows: torch.Tensor, batc
 
 
 @torch.inference_mode()
-def chain_acceptance(drafter, embed, head, data: dict, rows: torch.Tensor, gamma: int = 4, stride: int = 4) -> dict:
+def chain_acceptance(drafter, embed, head, data: dict, rows: torch.Tensor, gamma: int = 4, stride: int = 4,
+                     first: list[int] | None = None) -> dict:
     """Greedy chain drafting as FeatureDrafter does it (real features up to the start, then its
-    own), from every `stride`-th start t of the held-out windows whose next `gamma` tokens are the
-    target's own greedy continuation (so the target's verdict on every draft is known):
-    acceptance per draft position, and the mean accepted length per round (accepted + 1)."""
+    own), from every `stride`-th start t (from 8, or `first[i]` for the i-th row) of the held-out
+    windows whose next `gamma` tokens are the target's own greedy continuation (so the target's
+    verdict on every draft is known): acceptance per draft position, and the mean accepted length
+    per round (accepted + 1)."""
     lm = FeatureLM(drafter, embed, head)
     w, top1, hidden = data["windows"], data["ids"][..., 0].long(), data["hidden"]
     accepted = torch.zeros(gamma + 1)  # accepted[j]: rounds that accepted >= j drafts
     rounds = 0
-    for r in rows.tolist():
+    for i, r in enumerate(rows.tolist()):
         x, greedy = w[r], (w[r][1:] == top1[r][:-1])  # greedy[p]: x_{p+1} is the target's argmax after x_p
         lm.start(x)
         known = 0  # features handed over: f_0 .. f_{known-1}
-        for t in range(8, x.shape[0] - gamma, stride):
+        for t in range(8 if first is None else first[i], x.shape[0] - gamma, stride):
             if not bool(greedy[t: t + gamma].all()):
                 continue
             lm.add_features(hidden[r][known:t].float())  # as the decode loop does: real features up to f_{t-1}
@@ -196,15 +286,16 @@ def chain_acceptance(drafter, embed, head, data: dict, rows: torch.Tensor, gamma
             lm.crop(lm.real_length)
     per_pos = (accepted[1:] / accepted[:-1].clamp_min(1)).tolist()  # P(accept j | j-1 accepted)
     return {"gamma": gamma, "rounds": rounds, "acceptance_per_position": [round(a, 4) for a in per_pos],
-            "mean_accepted_length": round(float(accepted[1:].sum() / max(1, rounds)) + 1.0, 4)}
+            "mean_accepted_length": round(float(accepted[1:].sum() / max(1, rounds)) + 1.0, 4),
+            "rounds_accepting_at_least": [int(a) for a in accepted]}  # [j]: rounds that accepted >= j drafts
 
 
 # --------------------------------------------------------------------------------- the command
-def build_feature_drafter(target: Any, out_dir: str, corpus: tuple[str, ...] = ("xsum", "gsm8k", "code"),
-                          skip: int = 500, tokens: int = 30_000, seq_len: int = 256, topk: int = 8,
-                          replies: int = 48, reply_tokens: int = 128, reply_batch: int = 16,
-                          reply_share: float = 0.6, subset: int = 2048, epochs: float = 5.0, batch: int = 8,
-                          lr: float = 1e-3, unroll: int = 2, feature_weight: float = 1.0, token_weight: float = 0.5,
+def build_feature_drafter(target: Any, out_dir: str, replies: int = 600, reply_mix: dict | None = None,
+                          article_chars: int = 1000, reply_tokens: int = 128, reply_batch: int = 32,
+                          corpus: tuple[str, ...] = (), corpus_tokens: int = 0, skip: int = 500, seq_len: int = 256,
+                          topk: int = 8, subset: int = 2048, epochs: float = 8.0, batch: int = 8, lr: float = 3e-3,
+                          unroll: int = 2, feature_weight: float = 0.1, token_weight: float = 1.0,
                           heldout: float = 0.05, seed: int = 0, threads: int = 0, progress: bool = True,
                           force: bool = False) -> str:
     """Build (or reuse) a feature drafter for `target` (a ModelSpec or its config node) in
@@ -212,10 +303,11 @@ def build_feature_drafter(target: Any, out_dir: str, corpus: tuple[str, ...] = (
     conf/model_pair/smollm2-135m__eagle.yaml."""
     spec = target if isinstance(target, ModelSpec) else ModelSpec(**dict(target))
     resolved = resolve_source(spec)
-    params = {"recipe": RECIPE, "target": describe(resolved), "corpus": list(corpus), "skip": skip,
-              "tokens": tokens, "seq_len": seq_len, "topk": topk, "replies": replies, "reply_tokens": reply_tokens,
-              "reply_batch": reply_batch, "reply_share": reply_share, "subset": subset, "epochs": epochs,
-              "batch": batch, "lr": lr, "unroll": unroll, "feature_weight": feature_weight,
+    params = {"recipe": RECIPE, "target": describe(resolved), "replies": replies,
+              "reply_mix": dict(reply_mix or {"xsum": 1, "gsm8k": 2, "code": 2}), "article_chars": article_chars,
+              "reply_tokens": reply_tokens, "reply_batch": reply_batch, "corpus": list(corpus),
+              "corpus_tokens": corpus_tokens, "skip": skip, "seq_len": seq_len, "topk": topk, "subset": subset,
+              "epochs": epochs, "batch": batch, "lr": lr, "unroll": unroll, "feature_weight": feature_weight,
               "token_weight": token_weight, "heldout": heldout, "seed": seed}
     out = Path(out_dir).expanduser()
     cache = out.parent / f".{out.name}-teacher-{_data_key(params)}.pt"  # the target's reads, kept across builds
@@ -286,47 +378,41 @@ if __name__ == "__main__":
 
 
 # ------------------------------------------------------------------------ the benchmark's modes
-def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    from specexp.config import CONF_DIR, register
-
-    register()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=overrides)
-
-
 def bench_proposers(pair, wanted: set[str], gamma: int, vocab: int, eagle_dir: str | None = None):
     """scripts/bench.py's issue-15 modes on a loaded SmolLM2 pair, as (key, name, proposer, policy,
     Mode fields): the feature drafter (registered as the pair's role "eagle"; `eagle_dir`, else
     the smollm2-135m__eagle pair's own, built if missing) with Fixed(gamma), its `vocab` subset
-    head, the shipped entropy_static and heuristic length rules; and the shipped model-free pairs'
-    strategies exactly as composed (smollm2-135m__prompt_lookup, smollm2-135m__bigram)."""
+    head, the shipped entropy_static rule (full and subset head) and heuristic rule; and the
+    shipped model-free pairs' strategies exactly as composed (smollm2-135m__prompt_lookup,
+    smollm2-135m__bigram)."""
     from hydra.utils import instantiate
 
     from specexp import build
+    from specexp.config import compose
     from specexp.length import Fixed
 
     out = []
     if any(k.startswith("ours-eagle") for k in wanted):
         if eagle_dir is None:
-            eagle_dir = instantiate(_compose(["model_pair=smollm2-135m__eagle"]).model_pair.build)
+            eagle_dir = instantiate(compose(["model_pair=smollm2-135m__eagle"]).model_pair.build)
         pair.specs["eagle"] = ModelSpec(name=str(eagle_dir))
         fixed = {"gamma": gamma, "fixed_gamma": True, "drafter": "eagle", "counterpart": "hf-assisted"}
         rules = {"entropy_static": None, "heuristic": None}
         for rule in rules:
-            rules[rule] = instantiate(_compose([f"strategy={rule}"]).strategy.length, _convert_="all")
+            rules[rule] = instantiate(compose([f"strategy={rule}"]).strategy.length, _convert_="all")
         for key, name, v, policy, kw in (
                 ("ours-eagle", "ours eagle (feature drafter)", None, Fixed(gamma), fixed),
                 ("ours-eagle-vocab", f"ours eagle ({vocab // 1024}k head)", vocab, Fixed(gamma), fixed),
                 ("ours-eagle-entropy", "ours eagle, entropy_static", None, rules["entropy_static"],
                  {"drafter": "eagle", "counterpart": "hf-assisted"}),
+                ("ours-eagle-vocab-entropy", f"ours eagle ({vocab // 1024}k head), entropy_static", vocab,
+                 rules["entropy_static"], {"drafter": "eagle", "counterpart": "hf-assisted"}),
                 ("ours-eagle-heuristic", "ours eagle, heuristic", None, rules["heuristic"],
                  {"drafter": "eagle", "counterpart": "hf-assisted"})):
             if key in wanted and (v is None or vocab):
                 out.append((key, name, DraftModel("eagle", vocab=v).bind(pair), policy.bind(pair), kw))
     for key, name in (("ours-lookup-shipped", "smollm2-135m__prompt_lookup"), ("ours-bigram-shipped", "smollm2-135m__bigram")):
         if key in wanted:
-            proposer, policy = build.strategy(_compose([f"model_pair={name}"]).strategy, pair)
+            proposer, policy = build.strategy(compose([f"model_pair={name}"]).strategy, pair)
             out.append((key, f"ours {name.split('__')[1]} (shipped pair)", proposer, policy, {}))
     return out

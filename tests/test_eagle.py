@@ -13,7 +13,8 @@ from conftest import CONF, CORPUS, ModelsByRole, compose, pooled_chisquare, rand
 from specexp import build
 from specexp.decode import generate
 from specexp.distill import teacher_read
-from specexp.eagle import build_feature_drafter, chain_acceptance, heldout_agreement, init_feature_drafter, train
+from specexp.eagle import (build_feature_drafter, chain_acceptance, heldout_agreement, init_feature_drafter,
+                           replies_with_reads, train)
 from specexp.length import Fixed
 from specexp.models import CachedLM, ModelSpec, load_model
 from specexp.proposers import DraftModel, FeatureDrafter
@@ -65,6 +66,24 @@ def test_training_lowers_the_loss_and_raises_agreement(tiny):
     chain = chain_acceptance(drafter, embed, head, data, held, gamma=4, stride=2)
     assert chain["gamma"] == 4 and len(chain["acceptance_per_position"]) == 4
     assert 1.0 <= chain["mean_accepted_length"] <= 5.0
+
+
+def test_chain_acceptance_from_the_reply_on(tiny):
+    """On the target's own greedy reply every position from the prompt's last token on starts a
+    round (`first`), and the counts add up to the mean accepted length."""
+    target, drafter, _ = tiny
+    embed, head = target.get_input_embeddings(), target.get_output_embeddings()
+    prompt = torch.tensor([5, 17, 42, 8, 9, 30, 2, 11, 40, 7])
+    x = torch.tensor(generate(CachedLM(target), prompt, 30, Sampling(), Stopper()).tokens)  # its greedy reply
+    x = torch.cat([prompt, x])
+    ids, probs, hidden = teacher_read(target, x[None], 4, 1, False)
+    data = {"windows": x[None], "ids": ids, "probs": probs, "hidden": hidden}
+    chain = chain_acceptance(drafter, embed, head, data, torch.tensor([0]), gamma=4, stride=1, first=[len(prompt) - 1])
+    assert chain["rounds"] == len(x) - 4 - (len(prompt) - 1)
+    at_least = chain["rounds_accepting_at_least"]
+    assert at_least[0] == chain["rounds"] and all(a >= b for a, b in zip(at_least, at_least[1:]))
+    assert chain["mean_accepted_length"] == pytest.approx(sum(at_least[1:]) / at_least[0] + 1, abs=1e-4)
+    assert at_least[1] > 0  # the trained drafter gets some right
 
 
 @pytest.mark.parametrize("name", strategies_drafting_with_the_drafter())
@@ -167,7 +186,7 @@ def test_small_build_end_to_end(random_pair_dir, tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(CORPUS)
     spec = ModelSpec(name=str(random_pair_dir / "target"))
-    kw = dict(corpus=(str(corpus),), replies=0, tokens=2000, seq_len=32, topk=4, subset=64, epochs=2.0,
+    kw = dict(corpus=(str(corpus),), corpus_tokens=2000, replies=0, seq_len=32, topk=4, subset=64, epochs=2.0,
               batch=8, progress=False)
     out = Path(build_feature_drafter(spec, str(tmp_path / "eagle"), **kw))
     info = json.loads((out / "build.json").read_text())
@@ -191,6 +210,70 @@ def test_small_build_end_to_end(random_pair_dir, tmp_path):
     assert g.tokens == ref.tokens and sum(g.drafted) > 0
 
 
+CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def chat_target(random_pair_dir, tmp_path):
+    """The random pair's target with a chat template (its tokenizer has none)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(random_pair_dir / "target")
+    tok.chat_template = CHAT
+    target = load_model(ModelSpec(name=str(random_pair_dir / "target")), torch.float32, torch.device("cpu"))
+    target.save_pretrained(tmp_path / "chat-target")
+    tok.save_pretrained(tmp_path / "chat-target")
+    return target, tok, ModelSpec(name=str(tmp_path / "chat-target"))
+
+
+def test_replies_are_read_while_the_target_writes_them(random_pair_dir, tmp_path):
+    """Batched, left-padded generation with a hook on the final norm keeps, at every position of
+    prompt + reply, what the target computes reading that text alone: the same hidden state and
+    top-k; and the reply is the target's greedy continuation."""
+    target, tok, _ = chat_target(random_pair_dir, tmp_path)
+    prompts = ["hi", "the quick brown fox jumps over the lazy dog and runs far away", "one two three"]
+    reads = replies_with_reads(target, tok, prompts, 10, 2, 4, False)  # batches of unequal prompt lengths
+    assert len(reads) == 3
+    for q, r in zip(prompts, reads):
+        text = tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        assert r["ids"][: r["prompt_tokens"]].tolist() == tok(text, add_special_tokens=False)["input_ids"]
+        ids, probs, hidden = teacher_read(target, r["ids"][None], 4, 1, False)
+        assert torch.equal(ids[0, :, 0], r["top_ids"][:, 0])
+        torch.testing.assert_close(hidden[0].float(), r["hidden"].float(), atol=2e-3, rtol=1e-2)
+        torch.testing.assert_close(probs[0].float(), r["top_probs"].float(), atol=2e-3, rtol=1e-2)
+        p = r["prompt_tokens"]
+        assert len(r["ids"]) > p and torch.equal(r["ids"][p:], r["top_ids"][p - 1: -1, 0])  # greedy replies
+
+
+def test_reply_prompts_follow_the_mix():
+    from specexp.corpus import code_stubs
+    from specexp.distill import SUMMARIZE, reply_prompts
+
+    stubs = code_stubs()
+    assert len(stubs) > 100 and all(s.startswith("def ") and s.rstrip().endswith('"""') for s in stubs)
+    assert reply_prompts(500, 7, {"code": 3}) == stubs[:7]
+    with pytest.raises(ValueError, match="unknown source"):
+        reply_prompts(500, 3, {"sharegpt": 1})
+    mixed = reply_prompts(500, 10, {"xsum": 1, "gsm8k": 2, "code": 2}, article_chars=100)
+    if not mixed[0].startswith(SUMMARIZE):
+        pytest.skip("no shared data (../shared/data): XSum and GSM8K prompts are absent")
+    assert [m.startswith(SUMMARIZE) for m in mixed] == [True, False, False, False, False] * 2
+    assert mixed[3:5] == stubs[:2] and mixed[8:10] == stubs[2:4]
+    assert all(len(m) <= len(SUMMARIZE) + 100 for m in mixed[::5])
+
+
+def test_build_from_the_targets_replies(random_pair_dir, tmp_path):
+    """A build whose text is the target's replies to stdlib stubs (no shared data needed)."""
+    _, _, spec = chat_target(random_pair_dir, tmp_path)
+    out = Path(build_feature_drafter(spec, str(tmp_path / "eagle"), replies=6, reply_mix={"code": 1},
+                                     reply_tokens=8, reply_batch=3, seq_len=16, topk=4, subset=64, epochs=1.0,
+                                     batch=4, progress=False))
+    info = json.loads((out / "build.json").read_text())
+    replies = info["corpus_documents"]["replies"]
+    assert replies["prompts"] == 6 and 0 < replies["reply_tokens"] <= 6 * 8
+    assert info["windows"]["tokens"] == 16 * (info["windows"]["train"] + info["windows"]["heldout"])
+
+
 def test_eagle_pair_composes_with_any_strategy():
     cfg = compose(["model_pair=smollm2-135m__eagle", "strategy=entropy_static"])
     assert cfg.model_pair.build._target_ == "specexp.eagle.build_feature_drafter"
@@ -200,10 +283,10 @@ def test_eagle_pair_composes_with_any_strategy():
 
 @pytest.mark.slow
 def test_full_smollm2_build():
-    """The default build (17 minutes on a 2-core CPU with one torch thread): needs the SmolLM2 GGUF (specexp-fetch)."""
+    """The default build (19 minutes on 2 CPU cores; reused when built): needs the SmolLM2 GGUF (specexp-fetch)."""
     from hydra.utils import instantiate
 
-    cfg = compose(["model_pair=smollm2-135m__eagle"])
+    cfg = compose(["model_pair=smollm2-135m__eagle", "model_pair.build.threads=2"])  # the suite runs on one thread
     if not Path(cfg.model_pair.target.local).exists():
         pytest.skip("SmolLM2 GGUF not fetched (specexp-fetch)")
     out = Path(instantiate(cfg.model_pair.build))
