@@ -113,7 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--json", help="output JSON (default outputs/bench/<pair>-<date>.json)")
     ap.add_argument("--batch-sizes", help="batched decoding instead (issue 16): e.g. 1,4,8,16; runs "
-                                          "scripts/bench_batch.py on this pair's drafters (bench_batch.BENCH_STRATEGIES)")
+                                          "scripts/bench_batch.py on this pair's drafters "
+                                          "(bench_batch.BENCH_STRATEGIES)")
     ap.add_argument("--batch-prompts", type=int, help="--batch-sizes: HumanEval prompts (default: the largest size)")
     ap.add_argument("--ignore-eos", action="store_true", help="--batch-sizes: exactly --new-tokens per prompt")
     return ap.parse_args(argv)
@@ -188,8 +189,8 @@ def load_prompts(datasets: list[str], per_dataset: int, tokenizer, device,
 MODE_KEYS = ["ours-ar", "hf-ar", "ours-spec", "ours-spec-vocab", "hf-assisted", "ours-lookup", "hf-lookup",
              "ours-truncated", "hf-truncated", "ours-bigram",
              # issue 15 (specexp.eagle.bench_proposers): the feature drafter, the shipped model-free pairs
-             "ours-eagle", "ours-eagle-vocab", "ours-eagle-entropy", "ours-eagle-vocab-entropy", "ours-eagle-heuristic",
-             "ours-lookup-shipped", "ours-bigram-shipped"]
+             "ours-eagle", "ours-eagle-vocab", "ours-eagle-entropy", "ours-eagle-vocab-entropy",
+             "ours-eagle-heuristic", "ours-lookup-shipped", "ours-bigram-shipped"]
 
 
 @dataclass

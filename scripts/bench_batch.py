@@ -11,9 +11,10 @@ the crossover batch size where speculation stops paying.
 Batch size 1 runs the batch-1 loop (specexp.decode.generate); larger sizes specexp.batch. Modes
 are interleaved within each repeat (ABC ABC ...) so machine drift hits all alike; a number is the
 median over repeats; last, the ceiling: the model's own decode-step forward at each B (no loop,
-no prefill), which bounds how far any decode loop can scale. Greedy, EOS only (no stop strings; `--ignore-eos`: exactly --new-tokens per
-prompt, vLLM's throughput protocol), the same prompts for every mode; every row of every mode is
-checked against our batch-1 autoregressive output (`identical` column). A strategy written
+no prefill), which bounds how far any decode loop can scale. Greedy, EOS only (no stop strings;
+`--ignore-eos`: exactly --new-tokens per prompt, vLLM's throughput protocol), the same prompts
+for every mode; every row of every mode is checked against our batch-1 autoregressive output
+(`identical` column). A strategy written
 PAIR:STRATEGY drafts with another pair's proposer (e.g. smollm2-135m__distilled:speculative, its
 distilled drafter) for --pair's target; that pair must share the target's tokenizer.
 """
@@ -39,7 +40,8 @@ BENCH_STRATEGIES = {"tiny": "speculative,prompt_lookup,bigram",
 
 
 def from_bench(args) -> list[str]:
-    """This script's command line for `scripts/bench.py --batch-sizes` (its parsed `args`) (the distilled drafter joins with --distilled-dir)."""
+    """This script's command line for `scripts/bench.py --batch-sizes`, from bench.py's parsed
+    `args` (the distilled drafter joins with --distilled-dir)."""
     sizes = [int(x) for x in args.batch_sizes.split(",")]
     strategies = BENCH_STRATEGIES[args.pair]
     argv = ["--pair", BENCH_PAIRS[args.pair], "--batch-sizes", args.batch_sizes,

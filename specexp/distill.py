@@ -108,10 +108,11 @@ def reply_prompts(skip: int, n: int, mix: dict[str, int] | None = None, article_
     """`n` user turns for the target to answer, interleaved by `mix` (source: turns per round;
     default one XSum article and one GSM8K question): XSum articles (cut to `article_chars`) and
     GSM8K questions from sample `skip` on, and `code`: HumanEval-style stubs of the standard
-    library's functions (corpus.code_stubs). A source without data here is left out."""
+    library's functions (corpus.code_stubs). A source without data here, or with 0 turns per
+    round, is left out."""
     from specexp.corpus import code_stubs
 
-    mix = mix or {"xsum": 1, "gsm8k": 1}
+    mix = {k: v for k, v in (mix or {"xsum": 1, "gsm8k": 1}).items() if v > 0}  # 0 would never drain its queue
     pools = {"xsum": lambda: [SUMMARIZE + r["document"][:article_chars] for r in _rows("xsum/test.jsonl", skip)],
              "gsm8k": lambda: [r["question"] for r in _rows("gsm8k/test.jsonl", skip)],
              "code": code_stubs}

@@ -60,27 +60,29 @@ DATA_KEYS = ("target", "replies", "reply_mix", "article_chars", "reply_tokens", 
 
 
 # ------------------------------------------------------------------------------- 1-2. the data
-@torch.inference_mode()
-def replies_with_reads(target, tok, prompts: list[str], max_new_tokens: int, batch: int, topk: int,
-                       progress: bool) -> list[dict]:
-    """The target's greedy replies to `prompts` (user turns, in its chat template), each as its
-    token ids (prompt + reply, EOS kept) with what the target computed while writing them: its last
-    hidden state at every position (a hook on the final norm, which the prefill and every decoding
-    step pass through) and its top-k next-token distribution there (renormalised). One pass: no
-    second read of the text. Batched by prompt length, left-padded; returned in prompt order."""
-    from tqdm.auto import tqdm
-
+def chat_ids(tok, prompts: list[str]) -> list[list[int]]:
+    """The token ids of `prompts` as user turns in the tokenizer's chat template, ready for the reply."""
     if not getattr(tok, "chat_template", None):
         raise ValueError("eagle: the target's tokenizer has no chat template to put the reply prompts in; "
                          "set model_pair.build.replies=0 and give it model_pair.build.corpus text instead")
-    prompt_ids = [tok(tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
-                                              add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-                  for q in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    head, seen, out = target.get_output_embeddings(), [], [None] * len(prompts)
+    return [tok(tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True),
+                add_special_tokens=False)["input_ids"] for q in prompts]
+
+
+@torch.inference_mode()
+def replies_with_reads(target, prompt_ids: list[list[int]], eos: int, pad: int, max_new_tokens: int, batch: int,
+                       topk: int, progress: bool) -> list[dict]:
+    """The target's greedy replies to the prompts `prompt_ids`, each as its token ids (prompt +
+    reply, `eos` kept) with what the target computed while writing them: its last hidden state at
+    every position (a hook on the final norm, which the prefill and every decoding step pass
+    through) and its top-k next-token distribution there (renormalised). One pass: no second read
+    of the text. Batched by prompt length, left-padded with `pad`; returned in prompt order."""
+    from tqdm.auto import tqdm
+
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+    head, seen, out = target.get_output_embeddings(), [], [None] * len(prompt_ids)
     hook = target.get_decoder().norm.register_forward_hook(lambda _m, _i, h: seen.append(h))
-    bar = tqdm(total=len(prompts), desc="eagle: the target answers", unit="prompt", disable=not progress)
+    bar = tqdm(total=len(prompt_ids), desc="eagle: the target answers", unit="prompt", disable=not progress)
     written, t0 = 0, time.perf_counter()
     try:
         for s in range(0, len(order), batch):
@@ -97,8 +99,8 @@ def replies_with_reads(target, tok, prompts: list[str], max_new_tokens: int, bat
             hidden = torch.cat(seen, dim=1)  # [b, positions fed]: the last generated token is never fed
             for r, i in enumerate(rows):
                 reply = gen[r, width:].tolist()
-                if tok.eos_token_id in reply:  # the reply ends at its EOS (kept); padding follows
-                    reply = reply[: reply.index(tok.eos_token_id) + 1]
+                if eos in reply:  # the reply ends at its EOS (kept); padding follows
+                    reply = reply[: reply.index(eos) + 1]
                 start = width - len(prompt_ids[i])
                 n = min(len(prompt_ids[i]) + len(reply), hidden.shape[1] - start)
                 h = hidden[r, start: start + n]
@@ -137,8 +139,10 @@ def teacher_data(target, tok, p: dict, cache: Path | None, progress: bool) -> di
     t0 = time.perf_counter()
     parts, used = [], {}
     if p["replies"]:
-        prompts = reply_prompts(p["skip"], p["replies"], p["reply_mix"], p["article_chars"])
-        reads = replies_with_reads(target, tok, prompts, p["reply_tokens"], p["reply_batch"], p["topk"], progress)
+        prompts = chat_ids(tok, reply_prompts(p["skip"], p["replies"], p["reply_mix"], p["article_chars"]))
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        reads = replies_with_reads(target, prompts, tok.eos_token_id, pad, p["reply_tokens"], p["reply_batch"],
+                                   p["topk"], progress)
         parts.append(pack(reads, p["seq_len"], p["seed"]))
         used["replies"] = {"prompts": len(reads), "prompt_tokens": sum(r["prompt_tokens"] for r in reads),
                            "reply_tokens": sum(len(r["ids"]) - r["prompt_tokens"] for r in reads)}
@@ -266,7 +270,6 @@ def chain_acceptance(drafter, embed, head, data: dict, rows: torch.Tensor, gamma
     lm = FeatureLM(drafter, embed, head)
     w, top1, hidden = data["windows"], data["ids"][..., 0].long(), data["hidden"]
     accepted = torch.zeros(gamma + 1)  # accepted[j]: rounds that accepted >= j drafts
-    rounds = 0
     for i, r in enumerate(rows.tolist()):
         x, greedy = w[r], (w[r][1:] == top1[r][:-1])  # greedy[p]: x_{p+1} is the target's argmax after x_p
         lm.start(x)
@@ -282,12 +285,19 @@ def chain_acceptance(drafter, embed, head, data: dict, rows: torch.Tensor, gamma
                 n += 1
                 tok = lm.forward(tok.view(1), keep=1)[-1].argmax()
             accepted[: n + 1] += 1
-            rounds += 1
             lm.crop(lm.real_length)
+    return acceptance_summary(accepted)
+
+
+def acceptance_summary(accepted: torch.Tensor) -> dict:
+    """From accepted[j] = rounds that accepted >= j drafts (j = 0..gamma; accepted[0] = rounds):
+    the acceptance of each draft position given the ones before, and the mean accepted length per
+    round (accepted + 1: tokens per target forward)."""
+    rounds = int(accepted[0])
     per_pos = (accepted[1:] / accepted[:-1].clamp_min(1)).tolist()  # P(accept j | j-1 accepted)
-    return {"gamma": gamma, "rounds": rounds, "acceptance_per_position": [round(a, 4) for a in per_pos],
+    return {"gamma": len(accepted) - 1, "rounds": rounds, "acceptance_per_position": [round(a, 4) for a in per_pos],
             "mean_accepted_length": round(float(accepted[1:].sum() / max(1, rounds)) + 1.0, 4),
-            "rounds_accepting_at_least": [int(a) for a in accepted]}  # [j]: rounds that accepted >= j drafts
+            "rounds_accepting_at_least": [int(a) for a in accepted]}
 
 
 # --------------------------------------------------------------------------------- the command
@@ -397,20 +407,18 @@ def bench_proposers(pair, wanted: set[str], gamma: int, vocab: int, eagle_dir: s
             eagle_dir = instantiate(compose(["model_pair=smollm2-135m__eagle"]).model_pair.build)
         pair.specs["eagle"] = ModelSpec(name=str(eagle_dir))
         fixed = {"gamma": gamma, "fixed_gamma": True, "drafter": "eagle", "counterpart": "hf-assisted"}
-        rules = {"entropy_static": None, "heuristic": None}
-        for rule in rules:
-            rules[rule] = instantiate(compose([f"strategy={rule}"]).strategy.length, _convert_="all")
-        for key, name, v, policy, kw in (
-                ("ours-eagle", "ours eagle (feature drafter)", None, Fixed(gamma), fixed),
-                ("ours-eagle-vocab", f"ours eagle ({vocab // 1024}k head)", vocab, Fixed(gamma), fixed),
-                ("ours-eagle-entropy", "ours eagle, entropy_static", None, rules["entropy_static"],
-                 {"drafter": "eagle", "counterpart": "hf-assisted"}),
-                ("ours-eagle-vocab-entropy", f"ours eagle ({vocab // 1024}k head), entropy_static", vocab,
-                 rules["entropy_static"], {"drafter": "eagle", "counterpart": "hf-assisted"}),
-                ("ours-eagle-heuristic", "ours eagle, heuristic", None, rules["heuristic"],
-                 {"drafter": "eagle", "counterpart": "hf-assisted"})):
+        dynamic = {"drafter": "eagle", "counterpart": "hf-assisted"}
+        head = f"{vocab // 1024}k head"
+        for key, name, v, policy, kw in (  # policy: Fixed(gamma), or a shipped strategy's length rule (built fresh)
+                ("ours-eagle", "ours eagle (feature drafter)", None, "fixed", fixed),
+                ("ours-eagle-vocab", f"ours eagle ({head})", vocab, "fixed", fixed),
+                ("ours-eagle-entropy", "ours eagle, entropy_static", None, "entropy_static", dynamic),
+                ("ours-eagle-vocab-entropy", f"ours eagle ({head}), entropy_static", vocab, "entropy_static", dynamic),
+                ("ours-eagle-heuristic", "ours eagle, heuristic", None, "heuristic", dynamic)):
             if key in wanted and (v is None or vocab):
-                out.append((key, name, DraftModel("eagle", vocab=v).bind(pair), policy.bind(pair), kw))
+                rule = Fixed(gamma) if policy == "fixed" else instantiate(
+                    compose([f"strategy={policy}"]).strategy.length, _convert_="all")
+                out.append((key, name, DraftModel("eagle", vocab=v).bind(pair), rule.bind(pair), kw))
     for key, name in (("ours-lookup-shipped", "smollm2-135m__prompt_lookup"), ("ours-bigram-shipped", "smollm2-135m__bigram")):
         if key in wanted:
             proposer, policy = build.strategy(compose([f"model_pair={name}"]).strategy, pair)

@@ -13,8 +13,8 @@ from conftest import CONF, CORPUS, ModelsByRole, compose, pooled_chisquare, rand
 from specexp import build
 from specexp.decode import generate
 from specexp.distill import teacher_read
-from specexp.eagle import (build_feature_drafter, chain_acceptance, heldout_agreement, init_feature_drafter,
-                           replies_with_reads, train)
+from specexp.eagle import (build_feature_drafter, chain_acceptance, chat_ids, heldout_agreement,
+                           init_feature_drafter, replies_with_reads, train)
 from specexp.length import Fixed
 from specexp.models import CachedLM, ModelSpec, load_model
 from specexp.proposers import DraftModel, FeatureDrafter
@@ -232,7 +232,8 @@ def test_replies_are_read_while_the_target_writes_them(random_pair_dir, tmp_path
     top-k; and the reply is the target's greedy continuation."""
     target, tok, _ = chat_target(random_pair_dir, tmp_path)
     prompts = ["hi", "the quick brown fox jumps over the lazy dog and runs far away", "one two three"]
-    reads = replies_with_reads(target, tok, prompts, 10, 2, 4, False)  # batches of unequal prompt lengths
+    reads = replies_with_reads(target, chat_ids(tok, prompts), tok.eos_token_id, tok.eos_token_id, 10, 2, 4,
+                               False)  # batches of unequal prompt lengths
     assert len(reads) == 3
     for q, r in zip(prompts, reads):
         text = tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
@@ -254,6 +255,7 @@ def test_reply_prompts_follow_the_mix():
     assert reply_prompts(500, 7, {"code": 3}) == stubs[:7]
     with pytest.raises(ValueError, match="unknown source"):
         reply_prompts(500, 3, {"sharegpt": 1})
+    assert reply_prompts(500, 5000, {"code": 1, "gsm8k": 0}) == stubs  # a 0 source is left out (it used to hang)
     mixed = reply_prompts(500, 10, {"xsum": 1, "gsm8k": 2, "code": 2}, article_chars=100)
     if not mixed[0].startswith(SUMMARIZE):
         pytest.skip("no shared data (../shared/data): XSum and GSM8K prompts are absent")
