@@ -190,7 +190,8 @@ MODE_KEYS = ["ours-ar", "hf-ar", "ours-spec", "ours-spec-vocab", "hf-assisted", 
              "ours-truncated", "hf-truncated", "ours-bigram",
              # issue 15 (specexp.eagle.bench_proposers): the feature drafter, the shipped model-free pairs
              "ours-eagle", "ours-eagle-vocab", "ours-eagle-entropy", "ours-eagle-vocab-entropy",
-             "ours-eagle-heuristic", "ours-lookup-shipped", "ours-bigram-shipped"]
+             "ours-eagle-heuristic", "ours-eagle-lookup", "ours-eagle-lookup-entropy", "ours-eagle-lookup-heuristic",
+             "ours-lookup-shipped", "ours-bigram-shipped"]
 
 
 @dataclass

@@ -49,7 +49,7 @@ from specexp.builds import build_once
 from specexp.training import warmup_cosine
 from specexp.distill import teacher_read
 from specexp.models import ModelSpec, describe, load_model, load_tokenizer, n_params, resolve_source
-from specexp.proposers import DraftModel
+from specexp.proposers import DraftModel, LookupFirst
 from specexp.proposers.eagle import FeatureDrafterConfig, FeatureDrafterModel, FeatureLM
 
 log = logging.getLogger(__name__)
@@ -392,7 +392,8 @@ def bench_proposers(pair, wanted: set[str], gamma: int, vocab: int, eagle_dir: s
     """scripts/bench.py's issue-15 modes on a loaded SmolLM2 pair, as (key, name, proposer, policy,
     Mode fields): the feature drafter (registered as the pair's role "eagle"; `eagle_dir`, else
     the smollm2-135m__eagle pair's own, built if missing) with Fixed(gamma), its `vocab` subset
-    head, the shipped entropy_static rule (full and subset head) and heuristic rule; and the
+    head, the shipped entropy_static rule (full and subset head) and heuristic rule; the subset
+    head behind a prompt lookup (`LookupFirst`) with each of the three; and the
     shipped model-free pairs' strategies exactly as composed (smollm2-135m__prompt_lookup,
     smollm2-135m__bigram)."""
     from hydra.utils import instantiate
@@ -409,16 +410,22 @@ def bench_proposers(pair, wanted: set[str], gamma: int, vocab: int, eagle_dir: s
         fixed = {"gamma": gamma, "fixed_gamma": True, "drafter": "eagle", "counterpart": "hf-assisted"}
         dynamic = {"drafter": "eagle", "counterpart": "hf-assisted"}
         head = f"{vocab // 1024}k head"
-        for key, name, v, policy, kw in (  # policy: Fixed(gamma), or a shipped strategy's length rule (built fresh)
-                ("ours-eagle", "ours eagle (feature drafter)", None, "fixed", fixed),
-                ("ours-eagle-vocab", f"ours eagle ({head})", vocab, "fixed", fixed),
-                ("ours-eagle-entropy", "ours eagle, entropy_static", None, "entropy_static", dynamic),
-                ("ours-eagle-vocab-entropy", f"ours eagle ({head}), entropy_static", vocab, "entropy_static", dynamic),
-                ("ours-eagle-heuristic", "ours eagle, heuristic", None, "heuristic", dynamic)):
+        lookup = f"ours lookup + eagle ({head})"  # LookupFirst: prompt lookup when the text repeats, else eagle
+        for key, name, v, first, policy, kw in (  # policy: Fixed(gamma), or a shipped strategy's length rule
+                ("ours-eagle", "ours eagle (feature drafter)", None, False, "fixed", fixed),
+                ("ours-eagle-vocab", f"ours eagle ({head})", vocab, False, "fixed", fixed),
+                ("ours-eagle-entropy", "ours eagle, entropy_static", None, False, "entropy_static", dynamic),
+                ("ours-eagle-vocab-entropy", f"ours eagle ({head}), entropy_static", vocab, False, "entropy_static",
+                 dynamic),
+                ("ours-eagle-heuristic", "ours eagle, heuristic", None, False, "heuristic", dynamic),
+                ("ours-eagle-lookup", lookup, vocab, True, "fixed", dynamic),
+                ("ours-eagle-lookup-entropy", f"{lookup}, entropy_static", vocab, True, "entropy_static", dynamic),
+                ("ours-eagle-lookup-heuristic", f"{lookup}, heuristic", vocab, True, "heuristic", dynamic)):
             if key in wanted and (v is None or vocab):
                 rule = Fixed(gamma) if policy == "fixed" else instantiate(
-                    compose([f"strategy={policy}"]).strategy.length, _convert_="all")
-                out.append((key, name, DraftModel("eagle", vocab=v).bind(pair), rule.bind(pair), kw))
+                    compose([f"strategy={policy}"]).strategy.length, _convert_="all")  # built fresh per mode
+                proposer = LookupFirst("eagle", vocab=v) if first else DraftModel("eagle", vocab=v)
+                out.append((key, name, proposer.bind(pair), rule.bind(pair), kw))
     for key, name in (("ours-lookup-shipped", "smollm2-135m__prompt_lookup"), ("ours-bigram-shipped", "smollm2-135m__bigram")):
         if key in wanted:
             proposer, policy = build.strategy(compose([f"model_pair={name}"]).strategy, pair)

@@ -4,6 +4,7 @@ kept under sampling, reproducible training, and a small build end to end."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from specexp.eagle import (build_feature_drafter, chain_acceptance, chat_ids, he
                            init_feature_drafter, replies_with_reads, train)
 from specexp.length import Fixed
 from specexp.models import CachedLM, ModelSpec, load_model
-from specexp.proposers import DraftModel, FeatureDrafter
+from specexp.proposers import DraftModel, FeatureDrafter, LookupFirst
 from specexp.proposers.eagle import FeatureDrafterModel
 from specexp.sampling import Sampling
 from specexp.stopping import Stopper
@@ -107,22 +108,87 @@ def test_greedy_output_equals_the_target_for_every_length_policy(tiny, name):
     assert drafted > 0 and 0 < accepted  # drafts were made and some were accepted
 
 
-def test_drafter_cache_is_rolled_back_to_the_target_features(tiny):
-    """After every round the drafter's cache holds exactly the positions fed with the target's
-    features: tokens[:-1] of the sequence (the last token's feature is not known yet)."""
+@pytest.mark.parametrize("name", strategies_drafting_with_the_drafter())
+def test_lookup_first_output_equals_the_target(tiny, name):
+    """Every drafter strategy with a prompt lookup in front (strategy.proposer._target_=LookupFirst)
+    on a feature drafter: greedy output is the target's own, and both the lookup and the drafter
+    drafted (prompts whose tail repeats; the drafter's features stay in step across lookup rounds)."""
     target, drafter, _ = tiny
-    proposer = DraftModel().bind(ModelsByRole(target, drafter))
+    cfg = compose([f"strategy={name}", "strategy.proposer._target_=specexp.proposers.LookupFirst"])
+    proposer, policy = build.strategy(cfg.strategy, ModelsByRole(target, drafter))
+    assert isinstance(proposer, LookupFirst) and isinstance(proposer.drafter, FeatureDrafter) and proposer.needs_features
+    proposer.records = True
+    lm, stopper, sources = CachedLM(target), Stopper(), Counter()
+    for seed in range(3):
+        head = torch.randint(0, V, (6,), generator=torch.Generator().manual_seed(seed))
+        prompt = torch.cat([head, head[:3]])  # its last 3 tokens occurred before: the lookup drafts at once
+        ref = generate(lm, prompt, 40, Sampling(), stopper)
+        policy.start_sample()
+        g = generate(lm, prompt, 40, Sampling(), stopper, proposer, policy, torch.Generator().manual_seed(seed),
+                     records=True)
+        assert g.tokens == ref.tokens
+        assert g.records[0]["source"] == "lookup" and g.drafted[0] > 0
+        sources.update((r["source"], r["accepted"]) for r in g.records)
+    assert sources["drafter", True] > 0 and sources["lookup", True] > 0
+
+
+def test_lookup_first_strategy_composes():
+    cfg = compose(["model_pair=smollm2-135m__eagle", "strategy=lookup_entropy"])
+    assert cfg.strategy.proposer._target_ == "specexp.proposers.LookupFirst"
+    assert cfg.strategy.length._target_ == "specexp.length.EntropyStatic"
+    proposer, _ = build.strategy_objects(cfg.strategy)
+    assert proposer.lookup.min_ngram == 2 and proposer.lookup.bigram is None
+
+
+def test_lookup_first_with_a_plain_drafter():
+    """In front of an ordinary drafter model: greedy output is the target's, and the drafter's
+    drafts are what it proposes reading the whole text afresh (its cache stays a prefix of the
+    text across the lookup's rounds)."""
+    target = random_model("llama", vocab=V, hidden=64, layers=2, seed=0)
+    target.lm_head.weight.data *= 8
+    small = random_model("llama", vocab=V, hidden=32, layers=1, seed=5)
+    proposer = LookupFirst().bind(ModelsByRole(target, small))
+    assert type(proposer.drafter) is DraftModel and not proposer.needs_features
+    lm, stopper, who = CachedLM(target), Stopper(), Counter()
+    real_propose = proposer.propose
+
+    def propose(tokens, *a):
+        d = real_propose(tokens, *a)
+        who[proposer.drafted_by] += 1
+        if proposer.drafted_by == "drafter":
+            assert d.tokens.tolist() == generate(CachedLM(small), tokens, len(d.tokens), Sampling(), stopper).tokens
+        return d
+
+    proposer.propose = propose
+    for seed in range(3):
+        head = torch.randint(0, V, (6,), generator=torch.Generator().manual_seed(seed))
+        prompt = torch.cat([head, head[:2]])
+        ref = generate(lm, prompt, 30, Sampling(), stopper)
+        assert generate(lm, prompt, 30, Sampling(), stopper, proposer, Fixed(3)).tokens == ref.tokens
+    assert who["lookup"] > 0 and who["drafter"] > 0
+
+
+@pytest.mark.parametrize("lookup_first", [False, True], ids=["drafter", "lookup-first"])
+def test_drafter_cache_is_rolled_back_to_the_target_features(tiny, lookup_first):
+    """After every round the drafter's cache holds exactly the positions fed with the target's
+    features: tokens[:-1] of the sequence (the last token's feature is not known yet); with a
+    lookup in front, also after the rounds the lookup drafted."""
+    target, drafter, _ = tiny
+    proposer = (LookupFirst() if lookup_first else DraftModel()).bind(ModelsByRole(target, drafter))
+    feature_lm = proposer.drafter.lm if lookup_first else proposer.lm
     lm, policy, stopper = CachedLM(target), Fixed(3), Stopper()
-    prompt = torch.tensor([5, 9, 2, 7, 1])
-    seen = []
+    prompt = torch.tensor([5, 9, 2, 7, 1, 5, 9])
+    seen, who = [], Counter()
     real_observe = proposer.observe
 
     def observe(n):
         real_observe(n)
-        seen.append((proposer.lm.length, proposer.lm.pending.shape[0]))
+        seen.append((feature_lm.length, feature_lm.pending.shape[0]))
+        who[getattr(proposer, "drafted_by", "drafter")] += 1
 
     proposer.observe = observe
     g = generate(lm, prompt, 30, Sampling(), stopper, proposer, policy)
+    assert who["lookup"] > 0 if lookup_first else not who["lookup"]
     lengths = [prompt.shape[0] + sum(g.emitted[:i]) for i in range(len(g.emitted))]  # tokens before each round
     for (cached, pending), before, n in zip(seen, lengths, g.accepted):
         # round start: `before` tokens; the target kept features for before + n of them (all but the new last)
@@ -167,6 +233,27 @@ def test_feature_drafter_sampling_preserves_target_distribution(sampling):
         accepted += g.accepted[1]
     assert 0 < accepted < 2 * n_draws  # both acceptance and rejection paths were exercised
     assert counts.flatten()[p.flatten() == 0].sum() == 0  # never a token the filters removed
+    assert pooled_chisquare(counts, p, n_draws) > 1e-3
+
+
+@pytest.mark.parametrize("sampling", [Sampling(1.0), Sampling(0.7, top_k=5)], ids=["T1", "T0.7-topk5"])
+def test_lookup_first_sampling_preserves_target_distribution(sampling):
+    """The same chi-square with a prompt lookup in front of the feature drafter: the prompt's tail
+    repeats, so the lookup's one-hot drafts and the drafter's sampled ones both decide tokens 2-3."""
+    v = 8
+    target = random_model("llama", vocab=v, hidden=32, layers=2, seed=10)
+    target.lm_head.weight.data *= 8
+    proposer = LookupFirst().bind(ModelsByRole(target, init_feature_drafter(target, 1)))
+    prompt = [1, 2, 3, 1, 2]
+    p = _joint23(target, prompt, sampling, v)
+    lm, policy, stopper = CachedLM(target), Fixed(2), Stopper()
+    n_draws, counts, who = 2000, torch.zeros(v, v), Counter()
+    for i in range(n_draws):
+        g = generate(lm, torch.tensor(prompt), 4, sampling, stopper, proposer, policy, torch.Generator().manual_seed(i))
+        counts[g.tokens[1], g.tokens[2]] += 1
+        who[proposer.drafted_by] += 1  # the last round's drafter
+    assert who["lookup"] > 100 and who["drafter"] > 100
+    assert counts.flatten()[p.flatten() == 0].sum() == 0
     assert pooled_chisquare(counts, p, n_draws) > 1e-3
 
 

@@ -5,6 +5,7 @@ from specexp.proposers.drafter import DraftModel
 from specexp.proposers.bigram import Bigram
 from specexp.proposers.lookup import PromptLookup
 from specexp.proposers.cascade import Cascade
+from specexp.proposers.hybrid import LookupFirst
 from specexp.proposers.eagle import FeatureDrafter  # also registers the feature drafter model type
 
-__all__ = ["Draft", "Proposer", "DraftModel", "Bigram", "PromptLookup", "Cascade", "FeatureDrafter"]
+__all__ = ["Draft", "Proposer", "DraftModel", "Bigram", "PromptLookup", "Cascade", "FeatureDrafter", "LookupFirst"]

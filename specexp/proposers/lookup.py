@@ -128,15 +128,21 @@ class PromptLookup(Proposer):
         stop = prompt_end if (prompt_end is not None and e < prompt_end) else text.shape[0]
         return text[e + 1: min(e + 1 + k, stop)].tolist(), n
 
+    def draft_length(self, n: int, max_len: int) -> int:
+        """How many tokens a match of n drafts: ceil(draft_per_ngram * n) (n = 0: no match, as 1),
+        at most max_len; null draft_per_ngram: max_len. Longer matches run on longer."""
+        if self.draft_per_ngram is None:
+            return max_len
+        return min(max_len, math.ceil(self.draft_per_ngram * max(n, 1)))
+
     def propose(self, tokens: torch.Tensor, max_len: int, policy: LengthPolicy | None, sampling: Sampling | None,
                 generator: torch.Generator | None) -> Draft:
         check_policy(policy, "prompt lookup")
         if max_len <= 0:
             return Draft(tokens.new_empty(0), None)
         found, n = self.lookup(tokens, max_len)  # (on the CPU)
-        if self.draft_per_ngram is not None:  # size the draft from the match: longer matches run on longer
-            max_len = min(max_len, math.ceil(self.draft_per_ngram * max(n, 1)))
-            found = found[:max_len]
+        max_len = self.draft_length(n, max_len)  # sized from the match
+        found = found[:max_len]
         fill = []
         if len(found) < max_len and self.bigram is not None and self.bigram.fits:
             fill = self.bigram.draft(found[-1] if found else int(tokens[-1]), max_len - len(found))
