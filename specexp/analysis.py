@@ -11,6 +11,10 @@ metrics JSON's `analysis` key:
   draft_length            mean, population std and histogram (index = length) of the draft
                           length of every round (all rounds, as record.aggregate's
                           draft_length_mean; a round with no draft counts as 0)
+  acceptance_by_source    per `source` of the records (proposers that mix drafters: lookup /
+                          drafter for LookupFirst, the cascade's levels, lookup / bigram):
+                          rounds it drafted, tokens drafted and accepted, acceptance rate and
+                          accepted drafts per round; {} when no record names a source
 
 A record is {sample, round, position, drafter_entropy, drafter_entropy_of, drafter_entropy_t1,
 drafter_top_prob, target_entropy, target_entropy_t1, accepted}. `drafter_entropy` is the entropy
@@ -113,6 +117,22 @@ def draft_lengths(lengths: Iterable[int] | Iterable[Iterable[int]]) -> dict:
             "std": math.sqrt(sum((k - mean) ** 2 for k in flat) / len(flat)), "histogram": hist}
 
 
+def by_source(records: Sequence[dict]) -> dict:
+    out: dict = {}
+    for r in records:
+        if r.get("source") is None:
+            continue
+        d = out.setdefault(r["source"], {"rounds": set(), "drafted": 0, "accepted": 0})
+        d["rounds"].add((r.get("sample"), r.get("round")))
+        d["drafted"] += 1
+        d["accepted"] += bool(r["accepted"])
+    for d in out.values():
+        d["rounds"] = len(d["rounds"])
+        d["acceptance_rate"] = _rate(d["accepted"], d["drafted"])
+        d["accepted_per_round"] = _rate(d["accepted"], d["rounds"])
+    return out
+
+
 def aggregate(records: Sequence[dict], lengths, entropy_type: str = "shannon") -> dict:
     """Everything above, for one run. `entropy_type`: the measure the records' drafter_entropy
     is (the length policy's, or Shannon)."""
@@ -125,4 +145,5 @@ def aggregate(records: Sequence[dict], lengths, entropy_type: str = "shannon") -
         "acceptance_by_position": by_position(records),
         "correlation": correlations(records),
         "draft_length": draft_lengths(lengths),
+        "acceptance_by_source": by_source(records),
     }

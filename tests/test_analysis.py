@@ -77,3 +77,17 @@ def test_aggregate_has_every_section():
     assert a["drafter_entropy_type"] == "renyi"
     empty = analysis.aggregate([], [])
     assert empty["acceptance_rate"] is None and empty["correlation"]["drafter_entropy"]["pearson"] is None
+
+
+def test_acceptance_by_source_counts_rounds_tokens_and_acceptance():
+    def src(source, acc, pos, rnd, h=None, sample="s"):
+        return {**rec(h, acc, pos), "sample": sample, "round": rnd, "source": source}
+
+    recs = [src("lookup", True, 0, 0), src("lookup", True, 1, 0), src("lookup", False, 2, 0),
+            src("drafter", True, 0, 1, 0.5), src("drafter", False, 1, 1, 0.5), src("drafter", False, 0, 2, 0.4),
+            src("lookup", True, 0, 0, sample="t")]
+    s = analysis.aggregate(recs, [[3, 2, 1], [1]])["acceptance_by_source"]
+    assert s["lookup"] == {"rounds": 2, "drafted": 4, "accepted": 3, "acceptance_rate": 0.75, "accepted_per_round": 1.5}
+    assert s["drafter"] == {"rounds": 2, "drafted": 3, "accepted": 1, "acceptance_rate": pytest.approx(1 / 3),
+                            "accepted_per_round": 0.5}
+    assert analysis.aggregate(RECORDS, [[1]])["acceptance_by_source"] == {}  # no record names a source

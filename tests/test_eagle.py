@@ -116,7 +116,8 @@ def test_lookup_first_output_equals_the_target(tiny, name):
     target, drafter, _ = tiny
     cfg = compose([f"strategy={name}", "strategy.proposer._target_=specexp.proposers.LookupFirst"])
     proposer, policy = build.strategy(cfg.strategy, ModelsByRole(target, drafter))
-    assert isinstance(proposer, LookupFirst) and isinstance(proposer.drafter, FeatureDrafter) and proposer.needs_features
+    assert isinstance(proposer, LookupFirst) and isinstance(proposer.drafter, FeatureDrafter)
+    assert proposer.needs_features
     proposer.records = True
     lm, stopper, sources = CachedLM(target), Stopper(), Counter()
     for seed in range(3):

@@ -42,7 +42,7 @@ GREEDY_ONLY = {"oracle": "an upper bound: it drafts the target's own argmax"}
 # defaults are tuned for 50k-token vocabularies, where entropies are larger), so that the
 # variable-length paths are the ones checked.
 SAMPLING_OVERRIDES = {
-    "entropy_static": ("strategy.tau=1.0",), "entropy_ma": ("strategy.m=1.0",),
+    "entropy_static": ("strategy.tau=1.0",), "lookup_entropy": ("strategy.tau=1.0",), "entropy_ma": ("strategy.m=1.0",),
     "entropy_cum": ("strategy.tau_cum=0.8",), "entropy_absolute": ("strategy.theta_abs=0.6", "strategy.min_len=0"),
     "entropy_relative": ("strategy.theta_rel=1.2",), "entropy_window": ("strategy.theta_abs=0.6", "strategy.window=2"),
     "entropy_adaptive": ("strategy.theta_abs=0.5",), "entropy_combined": ("strategy.theta_abs=0.6",),

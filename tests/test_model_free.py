@@ -13,7 +13,7 @@ from conftest import CORPUS, make_tokenizer, random_model
 from specexp.decode import generate
 from specexp.length import Fixed
 from specexp.models import CachedLM
-from specexp.proposers import Bigram, PromptLookup
+from specexp.proposers import Bigram, LookupFirst, PromptLookup
 from specexp.proposers.bigram import build_bigram, count_table, fit_table, load_table
 from specexp.proposers.lookup import longest_suffix_match
 from specexp.sampling import Sampling
@@ -263,3 +263,19 @@ def test_shipped_smollm2_model_free_pairs_are_cost_aware():
     # ... and gets none of the pair's cost-aware keys (they live in strategy/*_chat.yaml, not in the pair)
     for pair in ("smollm2-135m__prompt_lookup", "smollm2-135m__bigram"):
         assert set(compose([f"model_pair={pair}", "strategy=nasd"]).strategy) == set(compose(["strategy=nasd"]).strategy)
+
+
+def test_lookup_first_sizes_its_draft_from_the_match_and_ends_it_at_eos():
+    """LookupFirst's lookup round (no drafter involved): a match of n drafts n tokens
+    (draft_per_ngram 1), or up to max_len (null), cut after an EOS as a drafter's draft is."""
+    prompt = torch.tensor([1, 2, 3, 9, 4, 5])
+    text = torch.cat([prompt, torch.tensor([1, 2])])  # "1 2" repeats: it was followed by 3 9 4 5 1 2
+    sized = LookupFirst()
+    sized.lookup.reset(prompt)
+    assert sized.propose(text, 10, Fixed(10), Sampling(), None).tokens.tolist() == [3, 9]
+    assert sized.drafted_by == "lookup"
+    whole = LookupFirst(draft_per_ngram=None)
+    whole.lookup.reset(prompt)
+    assert whole.propose(text, 10, Fixed(10), Sampling(), None).tokens.tolist() == [3, 9, 4, 5, 1, 2]
+    whole.eos = frozenset({9})
+    assert whole.propose(text, 10, Fixed(10), Sampling(), None).tokens.tolist() == [3, 9]
