@@ -118,6 +118,7 @@ def draft_lengths(lengths: Iterable[int] | Iterable[Iterable[int]]) -> dict:
 
 
 def by_source(records: Sequence[dict]) -> dict:
+    """Per record `source`: rounds it drafted, drafted, accepted, their rate, accepted per round."""
     out: dict = {}
     for r in records:
         if r.get("source") is None:

@@ -418,7 +418,7 @@ def bench_proposers(pair, wanted: set[str], gamma: int, vocab: int, eagle_dir: s
                 ("ours-eagle-vocab-entropy", f"ours eagle ({head}), entropy_static", vocab, False, "entropy_static",
                  dynamic),
                 ("ours-eagle-heuristic", "ours eagle, heuristic", None, False, "heuristic", dynamic),
-                ("ours-eagle-lookup", lookup, vocab, True, "fixed", dynamic),
+                ("ours-eagle-lookup", f"{lookup}, gamma {gamma}", vocab, True, "fixed", dynamic),
                 ("ours-eagle-lookup-entropy", f"{lookup}, entropy_static", vocab, True, "entropy_static", dynamic),
                 ("ours-eagle-lookup-heuristic", f"{lookup}, heuristic", vocab, True, "heuristic", dynamic)):
             if key in wanted and (v is None or vocab):
