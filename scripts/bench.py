@@ -66,7 +66,6 @@ from specexp.decode import Generation, generate
 from specexp.length import Fixed
 from specexp.models import cached_lm, describe
 from specexp.proposers import Bigram, DraftModel, PromptLookup
-from specexp.config import CONF_DIR
 from specexp.prompting import encode_prompt, eos_ids
 from specexp.sampling import Sampling
 from specexp.stopping import Stopper
@@ -123,16 +122,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------ pair and prompts
 def load_pair(pair: str = "tiny", distilled_dir: str | None = None, overrides: list[str] | tuple = ()):
     """The loaded pair (specexp.models.Pair) and its composed config, as `specexp model_pair=...`."""
-    from hydra import compose, initialize_config_dir
-
-    from specexp.config import register
+    from specexp.config import compose
 
     ovr = [f"model_pair={PAIRS[pair]}"]
     if distilled_dir:
         ovr += [f"model_pair.dir={distilled_dir}", "model_pair.build=null"]
-    register()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=ovr + list(overrides))
+    cfg = compose(ovr + list(overrides))
     return build.pair(cfg.model_pair), cfg
 
 

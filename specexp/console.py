@@ -18,11 +18,10 @@ from pathlib import Path
 
 import torch
 import transformers
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from specexp import build, show, validate
-from specexp.config import CONF_DIR, register
+from specexp.config import CONF_DIR, compose
 from specexp.decode import Generation, generate
 from specexp.models import cached_lm
 from specexp.prompting import encode_prompt, eos_ids
@@ -52,9 +51,7 @@ WORD = re.compile(r"""(?:'(?:\\.|[^'\\])*'|"(?:\\.|[^"\\])*"|\[[^\]]*\]|[^\s'"\[
 
 def compose_config(overrides: list[str]):
     """The run config as `specexp <overrides>` composes and checks it (specexp.validate)."""
-    register()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    cfg = compose(overrides)
     probe = cfg.copy()  # the console's prompts come one by one: check the rest with a stand-in text
     probe.dataset.text = probe.dataset.get("text") or "-"
     validate.check(probe)  # unknown keys, types, ranges and choices fail as they do for `specexp`

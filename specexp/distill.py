@@ -345,10 +345,9 @@ def build_cli(command: str, default_pair: str, step: str, doc: str | None) -> No
     `build` node is `step`, and run it."""
     import sys
 
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from specexp.config import CONF_DIR, register
+    from specexp.config import compose
 
     overrides = sys.argv[1:]
     if any(a in ("-h", "--help") for a in overrides):
@@ -356,9 +355,7 @@ def build_cli(command: str, default_pair: str, step: str, doc: str | None) -> No
         return
     if not any(o.startswith("model_pair=") for o in overrides):
         overrides = [f"model_pair={default_pair}", *overrides]
-    register()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    cfg = compose(overrides)
     build = cfg.model_pair.get("build")
     if build is None or not str(build.get("_target_", "")).endswith(step):
         sys.exit(f"{command}: model_pair {cfg.model_pair.name!r} has no {step} build step")

@@ -23,7 +23,7 @@ from typing import Callable
 from omegaconf import DictConfig, OmegaConf
 
 from specexp import provenance
-from specexp.config import CONF_DIR, RunConfig, register
+from specexp.config import RunConfig, compose
 
 AGGREGATES = ("new_tokens", "acceptance_rate", "mean_accepted_length", "tokens_per_second")
 
@@ -43,11 +43,7 @@ def read_run(path: str | Path) -> tuple[Path, dict]:
 
 def recompose(overrides: list[str]) -> dict:
     """The config `specexp <overrides>` composes today (conf/ as installed now)."""
-    from hydra import compose, initialize_config_dir
-
-    register()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return OmegaConf.to_container(compose("config", overrides=overrides), resolve=False)
+    return OmegaConf.to_container(compose(overrides), resolve=False)
 
 
 def flat(d, prefix: str = "") -> dict:
