@@ -183,10 +183,10 @@ def load_prompts(datasets: list[str], per_dataset: int, tokenizer, device,
 # ---------------------------------------------------------------------------------------- modes
 MODE_KEYS = ["ours-ar", "hf-ar", "ours-spec", "ours-spec-vocab", "hf-assisted", "ours-lookup", "hf-lookup",
              "ours-truncated", "hf-truncated", "ours-bigram",
-             # issue 15 (specexp.eagle.bench_proposers): the feature drafter, the shipped model-free pairs
+             # issue 15 (specexp.eagle.bench_proposers): the feature drafter, the shipped model-free pairs, the datastore
              "ours-eagle", "ours-eagle-vocab", "ours-eagle-entropy", "ours-eagle-vocab-entropy",
              "ours-eagle-heuristic", "ours-eagle-lookup", "ours-eagle-lookup-entropy", "ours-eagle-lookup-heuristic",
-             "ours-lookup-shipped", "ours-bigram-shipped"]
+             "ours-eagle-store-entropy", "ours-lookup-shipped", "ours-bigram-shipped", "ours-lookup-store"]
 
 
 @dataclass

@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     from specexp import build
     from specexp.config import compose
-    from specexp.eagle import acceptance_summary, chain_acceptance, replies_with_reads
+    from specexp.eagle import acceptance_summary, chain_acceptance
+    from specexp.replies import replies_with_reads
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--eagle-dir", help="a built feature drafter (default: the smollm2-135m__eagle pair's, "

@@ -11,7 +11,7 @@ Recipe (deterministic: fixed seeds, fixed data order, a fixed number of steps):
      first ones) and HumanEval-style stubs of the standard library's functions, mixed by
      `reply_mix`. Greedy acceptance asks the drafter to predict exactly this text: the target's
      argmax after its own tokens. Optionally `corpus_tokens` of other text (`corpus`).
-  2. The target's reads are kept while it writes (replies_with_reads: a hook on its final norm):
+  2. The target's reads are kept while it writes (replies.replies_with_reads: a hook on its final norm):
      at every position p of prompt + reply its last hidden state f_p (what its LM head reads) and
      its top-k next-token distribution; the corpus text is read once (distill.teacher_read). Both
      are cached next to the output folder (`.<name>-teacher-<key>.pt`): a crash or a rerun with
@@ -51,6 +51,7 @@ from specexp.distill import teacher_read
 from specexp.models import ModelSpec, describe, load_model, load_tokenizer, n_params, resolve_source
 from specexp.proposers import DraftModel, LookupFirst
 from specexp.proposers.eagle import FeatureDrafterConfig, FeatureDrafterModel, FeatureLM
+from specexp.replies import chat_ids, replies_with_reads
 
 log = logging.getLogger(__name__)
 
@@ -60,62 +61,6 @@ DATA_KEYS = ("target", "replies", "reply_mix", "article_chars", "reply_tokens", 
 
 
 # ------------------------------------------------------------------------------- 1-2. the data
-def chat_ids(tok, prompts: list[str]) -> list[list[int]]:
-    """The token ids of `prompts` as user turns in the tokenizer's chat template, ready for the reply."""
-    if not getattr(tok, "chat_template", None):
-        raise ValueError("eagle: the target's tokenizer has no chat template to put the reply prompts in; "
-                         "set model_pair.build.replies=0 and give it model_pair.build.corpus text instead")
-    return [tok(tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True),
-                add_special_tokens=False)["input_ids"] for q in prompts]
-
-
-@torch.inference_mode()
-def replies_with_reads(target, prompt_ids: list[list[int]], eos: int, pad: int, max_new_tokens: int, batch: int,
-                       topk: int, progress: bool) -> list[dict]:
-    """The target's greedy replies to the prompts `prompt_ids`, each as its token ids (prompt +
-    reply, `eos` kept) with what the target computed while writing them: its last hidden state at
-    every position (a hook on the final norm, which the prefill and every decoding step pass
-    through) and its top-k next-token distribution there (renormalised). One pass: no second read
-    of the text. Batched by prompt length, left-padded with `pad`; returned in prompt order."""
-    from tqdm.auto import tqdm
-
-    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
-    head, seen, out = target.get_output_embeddings(), [], [None] * len(prompt_ids)
-    hook = target.get_decoder().norm.register_forward_hook(lambda _m, _i, h: seen.append(h))
-    bar = tqdm(total=len(prompt_ids), desc="eagle: the target answers", unit="prompt", disable=not progress)
-    written, t0 = 0, time.perf_counter()
-    try:
-        for s in range(0, len(order), batch):
-            rows = order[s: s + batch]
-            width = max(len(prompt_ids[i]) for i in rows)
-            ids = torch.full((len(rows), width), pad)
-            mask = torch.zeros_like(ids)
-            for r, i in enumerate(rows):  # left padding: every prompt ends where the replies start
-                ids[r, width - len(prompt_ids[i]):] = torch.tensor(prompt_ids[i])
-                mask[r, width - len(prompt_ids[i]):] = 1
-            seen.clear()
-            gen = target.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                  pad_token_id=pad, top_k=None, top_p=None, temperature=None)
-            hidden = torch.cat(seen, dim=1)  # [b, positions fed]: the last generated token is never fed
-            for r, i in enumerate(rows):
-                reply = gen[r, width:].tolist()
-                if eos in reply:  # the reply ends at its EOS (kept); padding follows
-                    reply = reply[: reply.index(eos) + 1]
-                start = width - len(prompt_ids[i])
-                n = min(len(prompt_ids[i]) + len(reply), hidden.shape[1] - start)
-                h = hidden[r, start: start + n]
-                p, j = head(h).float().softmax(-1).topk(topk, dim=-1)
-                out[i] = {"ids": gen[r, start: start + n].clone(), "prompt_tokens": len(prompt_ids[i]),
-                          "top_ids": j.int(), "top_probs": (p / p.sum(-1, keepdim=True)).half(), "hidden": h.half()}
-                written += len(reply)
-            bar.update(len(rows))
-            bar.set_postfix(reply_tok_s=f"{written / (time.perf_counter() - t0):.0f}")
-    finally:
-        hook.remove()
-        bar.close()
-    return out
-
-
 def pack(reads: list[dict], seq_len: int, seed: int) -> dict:
     """The replies end to end in a seeded order, cut into [N, seq_len] windows (the tail that fills
     no window is dropped), as the training data: windows, top-k ids / probs, hidden states."""
@@ -393,9 +338,10 @@ def bench_proposers(pair, wanted: set[str], gamma: int, vocab: int, eagle_dir: s
     Mode fields): the feature drafter (registered as the pair's role "eagle"; `eagle_dir`, else
     the smollm2-135m__eagle pair's own, built if missing) with Fixed(gamma), its `vocab` subset
     head, the shipped entropy_static rule (full and subset head) and heuristic rule; the subset
-    head behind a prompt lookup (`LookupFirst`) with each of the three; and the
-    shipped model-free pairs' strategies exactly as composed (smollm2-135m__prompt_lookup,
-    smollm2-135m__bigram)."""
+    head behind a prompt lookup (`LookupFirst`) with each of the three, and behind a prompt lookup
+    and the target's reply datastore (strategy lookup_store_entropy, built if missing); and the
+    shipped model-free strategies exactly as composed (smollm2-135m__prompt_lookup,
+    smollm2-135m__bigram, and the lookup with the datastore, prompt_lookup_store)."""
     from hydra.utils import instantiate
 
     from specexp import build
@@ -411,23 +357,33 @@ def bench_proposers(pair, wanted: set[str], gamma: int, vocab: int, eagle_dir: s
         dynamic = {"drafter": "eagle", "counterpart": "hf-assisted"}
         head = f"{vocab // 1024}k head"
         lookup = f"ours lookup + eagle ({head})"  # LookupFirst: prompt lookup when the text repeats, else eagle
+        store = f"ours lookup + datastore + eagle ({head})"  # ... else the target's replies, else eagle
         for key, name, v, first, policy, kw in (  # policy: Fixed(gamma), or a shipped strategy's length rule
-                ("ours-eagle", "ours eagle (feature drafter)", None, False, "fixed", fixed),
-                ("ours-eagle-vocab", f"ours eagle ({head})", vocab, False, "fixed", fixed),
-                ("ours-eagle-entropy", "ours eagle, entropy_static", None, False, "entropy_static", dynamic),
-                ("ours-eagle-vocab-entropy", f"ours eagle ({head}), entropy_static", vocab, False, "entropy_static",
+                ("ours-eagle", "ours eagle (feature drafter)", None, None, "fixed", fixed),
+                ("ours-eagle-vocab", f"ours eagle ({head})", vocab, None, "fixed", fixed),
+                ("ours-eagle-entropy", "ours eagle, entropy_static", None, None, "entropy_static", dynamic),
+                ("ours-eagle-vocab-entropy", f"ours eagle ({head}), entropy_static", vocab, None, "entropy_static",
                  dynamic),
-                ("ours-eagle-heuristic", "ours eagle, heuristic", None, False, "heuristic", dynamic),
-                ("ours-eagle-lookup", f"{lookup}, gamma {gamma}", vocab, True, "fixed", dynamic),
-                ("ours-eagle-lookup-entropy", f"{lookup}, entropy_static", vocab, True, "entropy_static", dynamic),
-                ("ours-eagle-lookup-heuristic", f"{lookup}, heuristic", vocab, True, "heuristic", dynamic)):
+                ("ours-eagle-heuristic", "ours eagle, heuristic", None, None, "heuristic", dynamic),
+                ("ours-eagle-lookup", f"{lookup}, gamma {gamma}", vocab, "lookup", "fixed", dynamic),
+                ("ours-eagle-lookup-entropy", f"{lookup}, entropy_static", vocab, "lookup", "entropy_static", dynamic),
+                ("ours-eagle-lookup-heuristic", f"{lookup}, heuristic", vocab, "lookup", "heuristic", dynamic),
+                ("ours-eagle-store-entropy", f"{store}, entropy_static", vocab, "store", "entropy_static", dynamic)):
             if key in wanted and (v is None or vocab):
                 rule = Fixed(gamma) if policy == "fixed" else instantiate(
                     compose([f"strategy={policy}"]).strategy.length, _convert_="all")  # built fresh per mode
-                proposer = LookupFirst("eagle", vocab=v) if first else DraftModel("eagle", vocab=v)
+                if first is None:
+                    proposer = DraftModel("eagle", vocab=v)
+                else:  # the shipped strategy's datastore settings
+                    node = compose(["strategy=lookup_store_entropy"]).strategy.proposer.datastore
+                    proposer = LookupFirst("eagle", vocab=v, datastore=instantiate(node) if first == "store" else None)
                 out.append((key, name, proposer.bind(pair), rule.bind(pair), kw))
-    for key, name in (("ours-lookup-shipped", "smollm2-135m__prompt_lookup"), ("ours-bigram-shipped", "smollm2-135m__bigram")):
+    for key, name, overrides in (
+            ("ours-lookup-shipped", "ours prompt_lookup (shipped pair)", ["model_pair=smollm2-135m__prompt_lookup"]),
+            ("ours-bigram-shipped", "ours bigram (shipped pair)", ["model_pair=smollm2-135m__bigram"]),
+            ("ours-lookup-store", "ours prompt_lookup_store (lookup + datastore)",
+             ["model_pair=smollm2-135m__prompt_lookup", "strategy=prompt_lookup_store"])):
         if key in wanted:
-            proposer, policy = build.strategy(compose([f"model_pair={name}"]).strategy, pair)
-            out.append((key, f"ours {name.split('__')[1]} (shipped pair)", proposer, policy, {}))
+            proposer, policy = build.strategy(compose(overrides).strategy, pair)
+            out.append((key, name, proposer, policy, {}))
     return out

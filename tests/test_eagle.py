@@ -14,11 +14,11 @@ from conftest import CONF, CORPUS, ModelsByRole, compose, pooled_chisquare, rand
 from specexp import build
 from specexp.decode import generate
 from specexp.distill import teacher_read
-from specexp.eagle import (build_feature_drafter, chain_acceptance, chat_ids, heldout_agreement,
-                           init_feature_drafter, replies_with_reads, train)
+from specexp.eagle import build_feature_drafter, chain_acceptance, heldout_agreement, init_feature_drafter, train
 from specexp.length import Fixed
 from specexp.models import CachedLM, ModelSpec, load_model
-from specexp.proposers import DraftModel, FeatureDrafter, LookupFirst
+from specexp.replies import chat_ids, replies_with_reads
+from specexp.proposers import Datastore, DraftModel, FeatureDrafter, LookupFirst
 from specexp.proposers.eagle import FeatureDrafterModel
 from specexp.sampling import Sampling
 from specexp.stopping import Stopper
@@ -133,6 +133,32 @@ def test_lookup_first_output_equals_the_target(tiny, name):
     assert sources["drafter", True] > 0 and sources["lookup", True] > 0
 
 
+def test_lookup_first_with_a_datastore_on_a_feature_drafter(tiny, tmp_path):
+    """strategy=lookup_store_entropy on a feature drafter: the lookup, the datastore (here the
+    target's own replies to the first halves of the prompts) and the drafter each draft and get
+    drafts accepted, and greedy output is the target's own (the drafter's features stay in step
+    across the rounds others drafted)."""
+    target, drafter, _ = tiny
+    lm, stopper, sources = CachedLM(target), Stopper(), Counter()
+    prompts = []
+    for seed in range(3):
+        head = torch.randint(0, V, (6,), generator=torch.Generator().manual_seed(seed))
+        prompts.append(torch.cat([head, head[:3]]))  # the tail repeats: the lookup drafts first
+    refs = [generate(lm, p, 40, Sampling(), stopper).tokens for p in prompts]
+    (tmp_path / "replies.json").write_text(json.dumps({"replies": [r[:20] for r in refs]}))
+    cfg = compose(["strategy=lookup_store_entropy", f"strategy.store={tmp_path}", "strategy.store_min_n=2",
+                   "strategy.store_min_count=1"])
+    proposer, policy = build.strategy(cfg.strategy, ModelsByRole(target, drafter))
+    assert isinstance(proposer.lookup.datastore, Datastore)
+    proposer.records = True
+    for seed, (p, ref) in enumerate(zip(prompts, refs)):
+        policy.start_sample()
+        g = generate(lm, p, 40, Sampling(), stopper, proposer, policy, torch.Generator().manual_seed(seed), records=True)
+        assert g.tokens == ref
+        sources.update((r["source"], r["accepted"]) for r in g.records)
+    assert all(sources[s, True] > 0 for s in ("lookup", "datastore", "drafter")), sources
+
+
 def test_lookup_first_strategy_composes():
     cfg = compose(["model_pair=smollm2-135m__eagle", "strategy=lookup_entropy"])
     assert cfg.strategy.proposer._target_ == "specexp.proposers.LookupFirst"
@@ -237,15 +263,20 @@ def test_feature_drafter_sampling_preserves_target_distribution(sampling):
     assert pooled_chisquare(counts, p, n_draws) > 1e-3
 
 
+@pytest.mark.parametrize("source", ["lookup", "datastore"])
 @pytest.mark.parametrize("sampling", [Sampling(1.0), Sampling(0.7, top_k=5)], ids=["T1", "T0.7-topk5"])
-def test_lookup_first_sampling_preserves_target_distribution(sampling):
-    """The same chi-square with a prompt lookup in front of the feature drafter: the prompt's tail
-    repeats, so the lookup's one-hot drafts and the drafter's sampled ones both decide tokens 2-3."""
+def test_lookup_first_sampling_preserves_target_distribution(sampling, source):
+    """The same chi-square with a prompt lookup (and a datastore) in front of the feature drafter:
+    the prompt's tail repeats (or the datastore knows it), so the one-hot retrieval drafts and the
+    drafter's sampled ones both decide tokens 2-3."""
     v = 8
     target = random_model("llama", vocab=v, hidden=32, layers=2, seed=10)
     target.lm_head.weight.data *= 8
-    proposer = LookupFirst().bind(ModelsByRole(target, init_feature_drafter(target, 1)))
-    prompt = [1, 2, 3, 1, 2]
+    store = None
+    if source == "datastore":  # knows what follows (4, 5) and some other pairs, not all
+        store = Datastore.from_replies([[4, 5, 6, 7, 1], [3, 6, 2, 0], [6, 7, 5, 5], [0, 3, 1, 1]], min_n=2, min_count=1)
+    proposer = LookupFirst(datastore=store).bind(ModelsByRole(target, init_feature_drafter(target, 1)))
+    prompt = [1, 2, 3, 1, 2] if source == "lookup" else [1, 2, 3, 4, 5]
     p = _joint23(target, prompt, sampling, v)
     lm, policy, stopper = CachedLM(target), Fixed(2), Stopper()
     n_draws, counts, who = 2000, torch.zeros(v, v), Counter()
@@ -253,7 +284,7 @@ def test_lookup_first_sampling_preserves_target_distribution(sampling):
         g = generate(lm, torch.tensor(prompt), 4, sampling, stopper, proposer, policy, torch.Generator().manual_seed(i))
         counts[g.tokens[1], g.tokens[2]] += 1
         who[proposer.drafted_by] += 1  # the last round's drafter
-    assert who["lookup"] > 100 and who["drafter"] > 100
+    assert who[source] > 100 and who["drafter"] > 100, who
     assert counts.flatten()[p.flatten() == 0].sum() == 0
     assert pooled_chisquare(counts, p, n_draws) > 1e-3
 

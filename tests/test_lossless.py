@@ -19,6 +19,7 @@ fail the test, naming them and the roles the pair offers. Also covered here: Dra
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -42,7 +43,8 @@ GREEDY_ONLY = {"oracle": "an upper bound: it drafts the target's own argmax"}
 # defaults are tuned for 50k-token vocabularies, where entropies are larger), so that the
 # variable-length paths are the ones checked.
 SAMPLING_OVERRIDES = {
-    "entropy_static": ("strategy.tau=1.0",), "lookup_entropy": ("strategy.tau=1.0",), "entropy_ma": ("strategy.m=1.0",),
+    "entropy_static": ("strategy.tau=1.0",), "lookup_entropy": ("strategy.tau=1.0",),
+    "lookup_store_entropy": ("strategy.tau=1.0",), "entropy_ma": ("strategy.m=1.0",),
     "entropy_cum": ("strategy.tau_cum=0.8",), "entropy_absolute": ("strategy.theta_abs=0.6", "strategy.min_len=0"),
     "entropy_relative": ("strategy.theta_rel=1.2",), "entropy_window": ("strategy.theta_abs=0.6", "strategy.window=2"),
     "entropy_adaptive": ("strategy.theta_abs=0.5",), "entropy_combined": ("strategy.theta_abs=0.6",),
@@ -63,11 +65,20 @@ NOTHING_ACCEPTED_GREEDY = {"prompt_lookup[no-bigram]": "lookup only", "nasd": "a
 
 def strategy_cfg(name: str, table: Path, extra: tuple[str, ...] = ()):
     """conf/strategy/<name>.yaml composed with `extra`; a bigram table file replaces any corpus
-    (the corpora the configs name are large or live under shared/data)."""
+    (the corpora the configs name are large or live under shared/data), and the datastore folder
+    next to it (`store/`, the target's own text) any datastore build, drafting from contexts of 2+
+    tokens seen once."""
     cfg = compose([f"strategy={name}", *extra]).strategy
-    if "table" in cfg:
-        cfg = compose([f"strategy={name}", *extra, f"strategy.table={table}"]).strategy
-    return cfg
+    files = [f"strategy.table={table}"] if "table" in cfg else []
+    if "store" in cfg:
+        files += [f"strategy.store={table.parent / 'store'}", "strategy.store_min_n=2", "strategy.store_min_count=1"]
+    return compose([f"strategy={name}", *extra, *files]).strategy if files else cfg
+
+
+def write_store(folder: Path, replies: list[list[int]]) -> None:
+    """A datastore folder (specexp.datastore) holding `replies`."""
+    (folder / "store").mkdir()
+    (folder / "store" / "replies.json").write_text(json.dumps({"replies": replies}))
 
 
 def needed_roles(cfg) -> set[str]:
@@ -120,6 +131,7 @@ def llama_pair(tmp_path_factory):
 
     table = tmp_path_factory.mktemp("bigram") / "table.json"
     save_table(table, *count_table([p.tolist() + r for p, r in zip(prompts, reference)], len(tok)))
+    write_store(table.parent, reference)  # the datastore strategies' replies: the target's own
     return pair, table, prompts, reference
 
 
@@ -226,6 +238,7 @@ def bigram_pair(tmp_path_factory):
     # the model-free proposers' table: a bigram chain over the 6 ids
     table = folder / "table.json"
     save_table(table, torch.tensor([3, 4, 3, 5, 2, 4]), {"fallback_token": 3})
+    write_store(folder, [[2, 4, 2, 5, 5, 1, 2, 4, 3, 3], [5, 2, 4, 2, 5, 0, 4, 2, 5, 5]])
     return LoadedPair(models), table
 
 

@@ -6,7 +6,9 @@ Each round:
 1. Prompt lookup (`PromptLookup`, no bigram fill): when the last `min_ngram`+ tokens occurred
    earlier in the prompt or the output, draft what followed them (sized from the match,
    `draft_per_ngram`, at most the policy's `begin()`). No forwards; the draft is deterministic.
-2. Otherwise the drafter drafts token by token under the length policy, as `DraftModel` alone.
+2. Otherwise, with a `datastore` (specexp/proposers/datastore.py), the continuation the target's
+   own replies to other prompts hold for the suffix, when it is a confident one (REST).
+3. Otherwise the drafter drafts token by token under the length policy, as `DraftModel` alone.
 
 Why: a summary or a completion copies spans of its prompt (names, phrases), which a lookup drafts
 for free and at any length, while a small drafter predicts them one token at a time; elsewhere the
@@ -24,6 +26,7 @@ import torch
 from specexp.length import LengthPolicy
 from specexp.models import CachedLM
 from specexp.proposers.base import Draft, Proposer
+from specexp.proposers.datastore import Datastore
 from specexp.proposers.drafter import DraftModel
 from specexp.proposers.lookup import PromptLookup
 from specexp.sampling import Sampling
@@ -35,13 +38,14 @@ class LookupFirst(Proposer):
     model, vocab: the drafter, as `DraftModel` (a feature drafter when the pair's `model` is one);
     min_ngram, max_ngram: the shortest / longest repeated suffix that counts as a match;
     draft_per_ngram: a match of n tokens drafts ceil(draft_per_ngram * n) (null: the policy's
-    whole `begin()`)."""
+    whole `begin()`); datastore: a `Datastore` asked when nothing repeats (null: none)."""
 
     def __init__(self, model: str = "drafter", vocab: int | None = None, min_ngram: int = 2,
-                 max_ngram: int | None = None, draft_per_ngram: float | None = 1.0):
+                 max_ngram: int | None = None, draft_per_ngram: float | None = 1.0, datastore: Datastore | None = None):
         self.drafter = DraftModel(model, vocab)
-        self.lookup = PromptLookup(max_ngram=max_ngram, min_ngram=min_ngram, draft_per_ngram=draft_per_ngram)
-        self.drafted_by: str | None = None  # who drafted the last round: "lookup", "drafter" or None
+        self.lookup = PromptLookup(max_ngram=max_ngram, min_ngram=min_ngram, draft_per_ngram=draft_per_ngram,
+                                   datastore=datastore)
+        self.drafted_by: str | None = None  # who drafted the last round: "lookup", "datastore", "drafter" or None
 
     def bind(self, pair) -> "LookupFirst":
         self.drafter = self.drafter.bind(pair)  # may hand over to a FeatureDrafter
@@ -61,24 +65,23 @@ class LookupFirst(Proposer):
         return self.drafter.cached_models
 
     def reset(self, prompt: torch.Tensor) -> None:
-        self.drafter.eos = self.eos
+        self.drafter.eos = self.lookup.eos = self.eos
         self.drafter.reset(prompt)
         self.lookup.reset(prompt)
         self.drafted_by = None
 
     def propose(self, tokens: torch.Tensor, max_len: int, policy: LengthPolicy, sampling: Sampling,
                 generator: torch.Generator | None) -> Draft:
-        # 1. A repeated suffix: draft its continuation (no forwards).
-        found, n = self.lookup.lookup(tokens, max_len) if max_len > 0 else ([], 0)
+        # 1-2. A repeated suffix, else the datastore: draft the continuation (no forwards).
+        found, source, n = self.lookup.retrieve(tokens, max_len) if max_len > 0 else ([], None, 0)
         if found:
-            found = found[: self.lookup.draft_length(n, max_len)]
             if self.eos:  # end the draft after an EOS, as a drafter does
                 stop = next((i for i, t in enumerate(found) if t in self.eos), None)
                 found = found[: stop + 1] if stop is not None else found
-            self.drafted_by = "lookup"
-            recs = [{"position": j, "source": "lookup", "ngram": n} for j in range(len(found))] if self.records else []
+            self.drafted_by = source
+            recs = [{"position": j, "source": source, "ngram": n} for j in range(len(found))] if self.records else []
             return Draft(torch.tensor(found, dtype=tokens.dtype, device=tokens.device), None, recs)
-        # 2. No match: the drafter, under the length policy.
+        # 3. Neither: the drafter, under the length policy.
         self.drafter.records = self.records
         self.drafted_by = "drafter"
         draft = self.drafter.propose(tokens, max_len, policy, sampling, generator)
@@ -93,5 +96,5 @@ class LookupFirst(Proposer):
         self.drafter.observe_features(hidden)  # every round's: the drafter's features stay in step
 
     def observe(self, n_accepted: int) -> None:
-        if self.drafted_by == "drafter":  # after a lookup round the drafter's cache is a prefix already
+        if self.drafted_by == "drafter":  # after a retrieval round the drafter's cache is a prefix already
             self.drafter.observe(n_accepted)

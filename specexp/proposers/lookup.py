@@ -7,6 +7,10 @@ continuation is shorter than the draft (or nothing matched), the rest of the dra
 bigram chain from the last proposed token. No model, no forwards; proposals are deterministic
 (`Draft.probs = None`: verification treats them as one-hot drafts).
 
+`datastore` (a `Datastore`, specexp/proposers/datastore.py): when the text's suffix does not
+repeat, the continuation the target's own replies to other prompts hold for it (REST); the bigram
+fill is not used after a datastore draft (it sizes itself by confidence).
+
 Cost-aware use (the shipped smollm2-135m__prompt_lookup pair): every drafted token widens the
 target's verification forward, so a junk draft is a loss. `min_ngram` >= 2 drafts only on a real
 match; `draft_per_ngram` sizes the draft from the match (a suffix of n tokens drafts
@@ -26,6 +30,7 @@ import torch
 from specexp.length import LengthPolicy
 from specexp.proposers.base import Draft, Proposer
 from specexp.proposers.bigram import Bigram, check_policy
+from specexp.proposers.datastore import Datastore
 from specexp.sampling import Sampling
 
 
@@ -70,13 +75,14 @@ class PromptLookup(Proposer):
     generated text) or "last" (most recent); bigram: the chain that fills the rest of the draft
     (a `Bigram`, or null: draft only what the lookup found, possibly nothing); draft_per_ngram:
     draft ceil(draft_per_ngram * n) tokens after a match of n (ceil(draft_per_ngram) of fill
-    without one), at most `max_len` (null: always `max_len`)."""
+    without one), at most `max_len` (null: always `max_len`); datastore: a `Datastore` drafting when
+    nothing repeats (null: none)."""
 
     forwards = 0
 
     def __init__(self, max_ngram: int | None = None, min_ngram: int = 1, prefer: str = "first",
                  bigram: Bigram | None = None, encoder_decoder: bool | None = None,
-                 draft_per_ngram: float | None = None):
+                 draft_per_ngram: float | None = None, datastore: Datastore | None = None):
         if prefer not in ("first", "last"):
             raise ValueError(f"prompt lookup: prefer must be 'first' or 'last', got {prefer!r}")
         if min_ngram < 1 or (max_ngram is not None and max_ngram < min_ngram):
@@ -86,6 +92,7 @@ class PromptLookup(Proposer):
         self.max_ngram, self.min_ngram, self.prefer = max_ngram, min_ngram, prefer
         self.draft_per_ngram = draft_per_ngram
         self.bigram = bigram
+        self.datastore = datastore
         self.encoder_decoder = encoder_decoder  # None: inferred (the decoder text does not start with the prompt)
         self.prompt: torch.Tensor | None = None
 
@@ -94,6 +101,8 @@ class PromptLookup(Proposer):
         self.encoder_decoder = bool(getattr(getattr(target, "config", None), "is_encoder_decoder", False))
         if self.bigram is not None:
             self.bigram.bind(pair)
+        if self.datastore is not None:
+            self.datastore.bind(pair)
         return self
 
     def reset(self, prompt: torch.Tensor) -> None:
@@ -135,20 +144,31 @@ class PromptLookup(Proposer):
             return max_len
         return min(max_len, math.ceil(self.draft_per_ngram * max(n, 1)))
 
+    def retrieve(self, tokens: torch.Tensor, max_len: int) -> tuple[list[int], str | None, int]:
+        """The draft the text's own repeat gives (sized from the match), else the datastore's, with
+        its source ("lookup", "datastore"; None: neither) and the matched suffix length n."""
+        found, n = self.lookup(tokens, max_len)  # (on the CPU)
+        if found:
+            return found[: self.draft_length(n, max_len)], "lookup", n
+        if self.datastore is not None:
+            found = self.datastore.draft(tokens.cpu(), max_len, self.eos)
+            if found:
+                return found, "datastore", 0
+        return [], None, 0
+
     def propose(self, tokens: torch.Tensor, max_len: int, policy: LengthPolicy | None, sampling: Sampling | None,
                 generator: torch.Generator | None) -> Draft:
         check_policy(policy, "prompt lookup")
         if max_len <= 0:
             return Draft(tokens.new_empty(0), None)
-        found, n = self.lookup(tokens, max_len)  # (on the CPU)
-        max_len = self.draft_length(n, max_len)  # sized from the match
-        found = found[:max_len]
+        found, source, n = self.retrieve(tokens, max_len)
+        size = len(found) if source == "datastore" else self.draft_length(n, max_len)  # sized from the match
         fill = []
-        if len(found) < max_len and self.bigram is not None and self.bigram.fits:
-            fill = self.bigram.draft(found[-1] if found else int(tokens[-1]), max_len - len(found))
+        if len(found) < size and self.bigram is not None and self.bigram.fits:
+            fill = self.bigram.draft(found[-1] if found else int(tokens[-1]), size - len(found))
         out = found + fill
         recs = []
         if self.records:
-            recs = ([{"position": j, "source": "lookup", "ngram": n} for j in range(len(found))]
+            recs = ([{"position": j, "source": source, "ngram": n} for j in range(len(found))]
                     + [{"position": len(found) + j, "source": "bigram"} for j in range(len(fill))])
         return Draft(torch.tensor(out, dtype=tokens.dtype, device=tokens.device), None, recs)
