@@ -109,6 +109,9 @@ class NGramTable:
             self.next.append(table)
         self.tokens = sum(map(len, docs))
 
+    def __deepcopy__(self, memo):  # read-only once counted: per-row copies (specexp/batch.py) share it
+        return self
+
     def draft(self, text: list[int], k: int, min_n: int = 2, min_count: int = 2, min_share: float = 0.5,
               eos: frozenset | set = frozenset()) -> list[int]:
         """Up to k tokens continuing `text` (step 3); [] when no context of min_n+ tokens is known."""

@@ -16,6 +16,7 @@ from specexp.length import Fixed, LengthPolicy
 from specexp.models import CachedLM
 from specexp.proposers import DraftModel
 from specexp.proposers.bigram import Bigram
+from specexp.proposers.datastore import Datastore
 from specexp.proposers.lookup import PromptLookup
 from specexp.sampling import Sampling
 from specexp.stopping import Stopper
@@ -54,6 +55,9 @@ def _proposer(kind: str, target):
         "independent": lambda: DraftModel().bind(pair),
         "lookup": lambda: PromptLookup(max_ngram=3).bind(pair),
         "bigram": lambda: Bigram.from_table(_greedy_table(target)).bind(pair),
+        "datastore": lambda: PromptLookup(min_ngram=2, datastore=Datastore.from_replies(  # the target's own text
+            [generate(CachedLM(target), p, 12, GREEDY, Stopper()).tokens for p in _prompts(4)],
+            min_n=1, min_count=1, min_share=0.0)).bind(pair),
     }[kind]()
 
 
@@ -68,7 +72,7 @@ def _reference(target, prompts, n, sampling, stopper, proposer, policy, seeds=No
 
 
 @pytest.mark.parametrize("batch_size", [3, 7])
-@pytest.mark.parametrize("kind", ["ar", "noisy", "independent", "lookup", "bigram"])
+@pytest.mark.parametrize("kind", ["ar", "noisy", "independent", "lookup", "bigram", "datastore"])
 def test_greedy_rows_equal_batch_one(target, kind, batch_size):
     """Token-for-token identity with batch 1 per row, and the same per-round counts; an EOS taken
     from one reference output stops some rows early (ragged finishing, continuous batching)."""
@@ -86,7 +90,9 @@ def test_greedy_rows_equal_batch_one(target, kind, batch_size):
         assert g.tokens == r.tokens
         assert (g.drafted, g.accepted, g.emitted) == (r.drafted, r.accepted, r.emitted)
         assert g.target_forwards == len(g.drafted) and g.wall_time > 0
-    if kind in ("noisy", "lookup", "bigram"):
+    if kind == "datastore":  # every row's copy shares the one read-only table
+        assert copy.deepcopy(proposer).datastore.table is proposer.datastore.table
+    if kind in ("noisy", "lookup", "bigram", "datastore"):
         accepted, drafted = sum(sum(g.accepted) for g in got), sum(sum(g.drafted) for g in got)
         assert 0 < accepted < drafted  # rows accept different numbers of drafts
 
