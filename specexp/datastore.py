@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -28,14 +27,12 @@ from pathlib import Path
 import torch
 
 from specexp.builds import build_once
+from specexp.fetch import cache_root
 from specexp.models import ModelSpec, describe, load_model, load_tokenizer, resolve_source
+from specexp.replies import REPLY_MIX, chat_ids, replies_with_reads
 
 FORMAT = "specexp-datastore-v1"
 REPLIES = "replies.json"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("SPECEXP_CACHE") or Path.home() / ".cache" / "specexp") / "datastore"
 
 
 # -------------------------------------------------------------------------------- 1. the replies
@@ -46,10 +43,10 @@ def build_datastore(target: ModelSpec | dict, replies: int = 600, reply_mix: dic
     spec = target if isinstance(target, ModelSpec) else ModelSpec(**dict(target))
     resolved = resolve_source(spec)
     params = {"format": FORMAT, "target": describe(resolved), "replies": replies,
-              "reply_mix": dict(reply_mix or {"xsum": 1, "gsm8k": 2, "code": 2}), "article_chars": article_chars,
+              "reply_mix": dict(reply_mix or REPLY_MIX), "article_chars": article_chars,
               "reply_tokens": reply_tokens, "reply_batch": reply_batch, "skip": skip}
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-    out = Path(out_dir).expanduser() if out_dir else cache_root() / key
+    out = Path(out_dir).expanduser() if out_dir else cache_root() / "datastore" / key
     return build_once(out, params, lambda tmp: _build(resolved, tmp, params, progress), done=_done)
 
 
@@ -63,7 +60,6 @@ def _done(out: Path, params: dict) -> bool:
 
 def _build(spec: ModelSpec, tmp: Path, p: dict, progress: bool) -> dict:
     from specexp.distill import reply_prompts
-    from specexp.replies import chat_ids, replies_with_reads
 
     t0 = time.perf_counter()
     tok = load_tokenizer(spec)

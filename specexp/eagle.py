@@ -51,7 +51,7 @@ from specexp.distill import teacher_read
 from specexp.models import ModelSpec, describe, load_model, load_tokenizer, n_params, resolve_source
 from specexp.proposers import DraftModel, LookupFirst
 from specexp.proposers.eagle import FeatureDrafterConfig, FeatureDrafterModel, FeatureLM
-from specexp.replies import chat_ids, replies_with_reads
+from specexp.replies import REPLY_MIX, chat_ids, replies_with_reads
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ def build_feature_drafter(target: Any, out_dir: str, replies: int = 600, reply_m
     spec = target if isinstance(target, ModelSpec) else ModelSpec(**dict(target))
     resolved = resolve_source(spec)
     params = {"recipe": RECIPE, "target": describe(resolved), "replies": replies,
-              "reply_mix": dict(reply_mix or {"xsum": 1, "gsm8k": 2, "code": 2}), "article_chars": article_chars,
+              "reply_mix": dict(reply_mix or REPLY_MIX), "article_chars": article_chars,
               "reply_tokens": reply_tokens, "reply_batch": reply_batch, "corpus": list(corpus),
               "corpus_tokens": corpus_tokens, "skip": skip, "seq_len": seq_len, "topk": topk, "subset": subset,
               "epochs": epochs, "batch": batch, "lr": lr, "unroll": unroll, "feature_weight": feature_weight,
@@ -374,9 +374,10 @@ def bench_proposers(pair, wanted: set[str], gamma: int, vocab: int, eagle_dir: s
                     compose([f"strategy={policy}"]).strategy.length, _convert_="all")  # built fresh per mode
                 if first is None:
                     proposer = DraftModel("eagle", vocab=v)
-                else:  # the shipped strategy's datastore settings
-                    node = compose(["strategy=lookup_store_entropy"]).strategy.proposer.datastore
-                    proposer = LookupFirst("eagle", vocab=v, datastore=instantiate(node) if first == "store" else None)
+                else:  # "store": the shipped strategy's datastore, as composed
+                    datastore = instantiate(compose(["strategy=lookup_store_entropy"]).strategy.proposer.datastore) \
+                        if first == "store" else None
+                    proposer = LookupFirst("eagle", vocab=v, datastore=datastore)
                 out.append((key, name, proposer.bind(pair), rule.bind(pair), kw))
     for key, name, overrides in (
             ("ours-lookup-shipped", "ours prompt_lookup (shipped pair)", ["model_pair=smollm2-135m__prompt_lookup"]),

@@ -82,8 +82,9 @@ DEFAULTS: dict = {
 
 def default_tiny_dir() -> str:
     """`$SPECEXP_CACHE/tiny-v1`, or `~/.cache/specexp/tiny-v1` when SPECEXP_CACHE is unset."""
-    root = os.environ.get("SPECEXP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "specexp")
-    return os.path.join(root, NAME)
+    from specexp.fetch import cache_root
+
+    return str(cache_root() / NAME)
 
 
 # --------------------------------------------------------------------------------------------

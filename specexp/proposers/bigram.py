@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from specexp.fetch import cache_root
 from specexp.length import LengthPolicy
 from specexp.proposers.base import Draft, Proposer
 from specexp.sampling import Sampling
@@ -44,8 +45,7 @@ DEFAULT_MAX_BYTES = 4_000_000  # bigram counts settle long before; tokenizing co
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("SPECEXP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "specexp")
-    return Path(root) / "bigram"
+    return cache_root() / "bigram"
 
 
 def _shared_data_dir() -> Path:
