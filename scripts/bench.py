@@ -186,7 +186,8 @@ MODE_KEYS = ["ours-ar", "hf-ar", "ours-spec", "ours-spec-vocab", "hf-assisted", 
              # issue 15 (specexp.eagle.bench_proposers): the feature drafter, the shipped model-free pairs, the datastore
              "ours-eagle", "ours-eagle-vocab", "ours-eagle-entropy", "ours-eagle-vocab-entropy",
              "ours-eagle-heuristic", "ours-eagle-lookup", "ours-eagle-lookup-entropy", "ours-eagle-lookup-heuristic",
-             "ours-eagle-store-entropy", "ours-lookup-shipped", "ours-bigram-shipped", "ours-lookup-store"]
+             "ours-eagle-store-entropy", "ours-eagle-cost", "ours-eagle-store-cost",
+             "ours-lookup-shipped", "ours-bigram-shipped", "ours-lookup-store"]
 
 
 @dataclass

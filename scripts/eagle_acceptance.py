@@ -5,6 +5,12 @@ features up to there (as the decode loop hands them over). Prints, per dataset, 
 of each draft position given the ones before, and the mean accepted length per round (tokens per
 target forward). No timing: acceptance only, so it is the same on any machine.
 
+`--top B`: also what a draft tree could win at most. From every position, the drafter follows the
+target's own greedy path (its own predicted features, as it drafts) and a depth counts when the
+target's token is among the drafter's B most likely there; the run of such depths + 1 is the
+tokens per target forward of a full tree of branching B (B^depth nodes: an upper bound for any
+tree of that branching, e.g. EAGLE-2's), and B = 1 is the greedy chain.
+
     python scripts/eagle_acceptance.py                          # the smollm2-135m__eagle pair's drafter
     python scripts/eagle_acceptance.py --eagle-dir DIR --per-dataset 8 --datasets gsm8k
 """
@@ -35,6 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--per-dataset", type=int, default=4, help="prompts per dataset (the first ones: default 4)")
     ap.add_argument("--new-tokens", type=int, default=48, help="reply length (default 48)")
     ap.add_argument("--gamma", type=int, default=4, help="draft length (default 4)")
+    ap.add_argument("--top", type=int, default=0, help="also the full-tree bound for branching 1..TOP (0: no)")
     ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args(argv)
 
@@ -53,9 +60,41 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name:10s} {d['prompts']} prompts, {d['rounds']} rounds: acceptance by position "
               f"{' / '.join(f'{a:.2f}' for a in d['acceptance_per_position'])}, "
               f"{d['mean_accepted_length']:.2f} tokens per target forward")
+        if args.top:
+            ranks = torch.cat([path_ranks(drafter, embed, head, r, args.gamma) for r in reads])
+            d["tree_bound"] = {}
+            for b in range(1, args.top + 1):
+                hits = (ranks < b).int().cumprod(1)  # [rounds, depth]: depths 1..j all within the top b
+                tau = 1 + float(hits.sum(1).float().mean())
+                d["tree_bound"][b] = {"tokens_per_target_forward": round(tau, 4), "rounds": len(ranks)}
+                print(f"{'':10s} full tree of branching {b}, depth {args.gamma}: at most {tau:.2f} tokens per "
+                      "target forward")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return out
+
+
+@torch.inference_mode()
+def path_ranks(drafter, embed, head, read: dict, depth: int) -> torch.Tensor:
+    """[rounds, depth]: from each position t of the reply (real features up to t), the rank of the
+    target's token x_{t+1+d} among the drafter's logits at depth d, the drafter fed the target's
+    own path with its own predicted features (as it drafts)."""
+    from specexp.proposers.eagle import FeatureLM
+
+    x, hidden, lm = read["ids"], read["hidden"], FeatureLM(drafter, embed, head)
+    lm.start(x)
+    known, out = 0, []
+    for t in range(read["prompt_tokens"] - 1, x.shape[0] - depth - 1):
+        lm.add_features(hidden[known:t].float())
+        known = t
+        logits = lm.forward(x[lm.length: t + 1], keep=1)[-1]
+        ranks = []
+        for d in range(depth):
+            ranks.append(int((logits > logits[x[t + 1 + d]]).sum()))
+            logits = lm.forward(x[t + 1 + d].view(1), keep=1)[-1]
+        out.append(ranks)
+        lm.crop(lm.real_length)
+    return torch.tensor(out, dtype=torch.long).view(-1, depth)
 
 
 if __name__ == "__main__":

@@ -152,7 +152,7 @@ def main() -> None:
     node = (cfg.strategy.get("proposer") or {}).get("datastore")
     if node is None:
         sys.exit(f"specexp-datastore: strategy {cfg.strategy.get('name')!r} has no proposer.datastore; "
-                 "use strategy=prompt_lookup_store or strategy=lookup_store_entropy")
+                 "use strategy=prompt_lookup_store, lookup_store_entropy or lookup_store_cost")
     store = instantiate(node)
     folder = store.dir or build_datastore(OmegaConf.to_container(cfg.model_pair.target, resolve=True), **store.build)
     print(f"specexp-datastore: the target's replies are at {folder}")

@@ -368,7 +368,9 @@ def bench_proposers(pair, wanted: set[str], gamma: int, vocab: int, eagle_dir: s
                 ("ours-eagle-lookup", f"{lookup}, gamma {gamma}", vocab, "lookup", "fixed", dynamic),
                 ("ours-eagle-lookup-entropy", f"{lookup}, entropy_static", vocab, "lookup", "entropy_static", dynamic),
                 ("ours-eagle-lookup-heuristic", f"{lookup}, heuristic", vocab, "lookup", "heuristic", dynamic),
-                ("ours-eagle-store-entropy", f"{store}, entropy_static", vocab, "store", "entropy_static", dynamic)):
+                ("ours-eagle-store-entropy", f"{store}, entropy_static", vocab, "store", "entropy_static", dynamic),
+                ("ours-eagle-cost", f"ours eagle ({head}), cost_aware", vocab, None, "cost_aware", dynamic),
+                ("ours-eagle-store-cost", f"{store}, cost_aware", vocab, "store", "cost_aware", dynamic)):
             if key in wanted and (v is None or vocab):
                 rule = Fixed(gamma) if policy == "fixed" else instantiate(
                     compose([f"strategy={policy}"]).strategy.length, _convert_="all")  # built fresh per mode

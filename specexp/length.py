@@ -9,7 +9,8 @@ Oracle (an upper bound), transformers' Heuristic / HeuristicTransient / Confiden
 Drafting thesis' EntropyStatic / EntropyMovingAverage / EntropyCumulative (checked after
 drafting), the entropy-based framework's EntropyAbsolute / EntropyRelative / EntropyWindow /
 EntropyAdaptive / EntropyCombined (checked before drafting), AdaEDL (before) and SVIP (after).
-Entropies are in nats, measured as specexp.entropy describes.
+Entropies are in nats, measured as specexp.entropy describes. The cost-aware rule (drafts while
+it pays for the measured cost of verification) is its own module, specexp/length_cost.py.
 """
 from __future__ import annotations
 

@@ -57,7 +57,12 @@ VARIANTS = {
     "speculative[vocab=4]": ("speculative", ("strategy.proposer.vocab=4",)),  # FR-Spec subset head
     "prompt_lookup[no-bigram]": ("prompt_lookup", ("strategy.proposer.bigram=null",)),
 }
-CASES = {**{s: (s, ()) for s in STRATEGIES}, **VARIANTS}
+# Rules whose decisions read the clock by default: given costs here, so the checked paths (drafting
+# and stopping) are the same on every machine (a random-init drafter as large as the target never
+# pays for itself, and the measured rule would rightly never draft).
+COSTS = ("strategy.verify_cost=[1.0,1.1,1.2,1.6,1.7,1.8,1.9,2.0,2.1]", "strategy.drafter_cost=0.05")
+FIXED = {"cost_aware": COSTS, "lookup_store_cost": COSTS}
+CASES = {**{s: (s, FIXED.get(s, ())) for s in STRATEGIES}, **VARIANTS}
 # Greedy, on a random-init target: drafts that only come from repeats of the text are never right
 # (the target does not repeat itself within 24 tokens); their accept path is checked under sampling.
 NOTHING_ACCEPTED_GREEDY = {"prompt_lookup[no-bigram]": "lookup only", "nasd": "an n-gram store of the text"}

@@ -1,0 +1,224 @@
+"""A length policy that drafts while drafting pays, by the verification cost measured on this
+machine (the stopping rule of SpecDec++, Huang et al. 2024, arXiv 2405.19715, with the cost of
+verification as a function of the draft length instead of a constant).
+
+Why: Leviathan et al.'s formula assumes verifying k drafts costs one target forward. On a GPU it
+nearly does; on a CPU it does not (scripts/verify_cost.py: SmolLM2-135M on 2 cores, 3 tokens cost
+1.24 one-token forwards, 4 tokens 1.61), so the draft length that pays depends on where the
+machine's cost steps are, and on how likely the drafts are to be accepted.
+
+The rule, per drafted token (the math):
+- a_j: the estimated acceptance probability of draft j, from the drafter's top probability at
+  that position (softmax at T=1 under greedy, where it is the drafted token's; the sampling
+  distribution under sampling). Never the drawn token's own probability under sampling: a rule
+  that drops a drawn token for its own value drafts tokens that are no longer distributed as q,
+  and verification would stop being exact (the lossless suite's chi-square caught it). The
+  estimate is calibrated online: 10 bins of that probability, each a Beta posterior over
+  acceptance whose prior mean is the bin's centre (weight `prior`); after each round, drafts 1..n
+  count as accepted and draft n+1 as rejected in their bins (later drafts tell nothing). Under
+  greedy decoding a declined token teaches too: when every draft before it was accepted, the
+  target's own token at its position (in the next round's text) says whether it would have been.
+- P_i = a_1 ... a_i, the chance drafts 1..i are all accepted, so k drafts emit in expectation
+  E(k) = 1 + P_1 + ... + P_k tokens at a cost C(k) = v(k+1) + k c: v(w) a target forward over w
+  tokens, relative to one token; c a drafter forward, relative to the same.
+- The long-run rate is what counts (renewal reward: tokens per cost over the whole decode), so
+  a round should maximise E(k) - lam C(k), lam the rate (Dinkelbach): lam is the sample's tokens
+  per cost so far (each round's verification and every drafter forward it ran, the one whose
+  token was declined included), from a prior of `prior_rounds` autoregressive rounds (rate 1).
+- Before drafting token i (its drafter forward already paid), stop unless some k >= i, assuming
+  tokens after i are accepted with a_i each, has E(k) - lam C(k) above stopping now. So a draft
+  starts only when its first token is likely enough to pay for the wider forward, and a cost step
+  (4 tokens on the CPU above) is crossed only when the drafts behind it are likely.
+- Exploration: a rule that never drafts never learns that its drafter is better than its
+  probabilities say (an under-confident drafter would lock it into autoregressive decoding), so
+  after `explore` rounds in a row without a draft it drafts one token regardless (a decision that
+  does not look at the token: exact under sampling too).
+
+`verify_cost`: the list [v(1) = 1, v(2), ..., v(max_len + 1)] (scripts/verify_cost.py prints it),
+or null: measured at bind on the pair's target (`measure_verify_cost`: interleaved widths after a
+context, median ratio). `drafter_cost`: c, or null: measured online as the median time from the
+round's start to its first decision and between two decisions (one drafter forward each) over
+the bind-time one-token target forward.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from specexp import entropy
+from specexp.length import Decision, DraftStep, LengthPolicy
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def measure_verify_cost(target, widths: int, context: int = 64, repeats: int = 5,
+                        vocab_size: int | None = None) -> tuple[list[float], float]:
+    """([v(1) = 1, v(2), ..., v(widths)], seconds of a one-token forward): the target's forward
+    over w tokens after `context` cached tokens, relative to a one-token forward in the same
+    repeat (the widths alternate within each repeat, so a load change hits them all); the median
+    over `repeats` (one warm-up repeat first, dropped)."""
+    from specexp.models import cached_lm
+
+    lm = cached_lm(target, vocab_size=vocab_size)
+    device = next(target.parameters()).device
+    n_vocab = vocab_size or target.get_input_embeddings().weight.shape[0]
+    gen = torch.Generator().manual_seed(0)
+    ids = lambda n: torch.randint(0, n_vocab, (n,), generator=gen).to(device)  # noqa: E731
+    base = lm.start(ids(context))
+    lm.forward(base, keep=1)
+    length = lm.length
+    times: list[list[float]] = [[] for _ in range(widths)]
+    for r in range(repeats + 1):
+        for w in range(1, widths + 1):
+            x = ids(w)
+            _sync(device)
+            t = time.perf_counter()
+            lm.forward(x, keep=w)
+            _sync(device)
+            if r:
+                times[w - 1].append(time.perf_counter() - t)
+            lm.crop(length)
+    one = times[0]
+    ratios = [1.0] + [statistics.median(t / o for t, o in zip(tw, one)) for tw in times[1:]]
+    return ratios, statistics.median(one)
+
+
+class CostAware(LengthPolicy):
+    """Draft while the expected tokens pay for the measured cost of verifying them (module
+    docstring). max_len: longest draft; verify_cost: [v(1) = 1, ..., v(max_len + 1)] or null
+    (measured at bind); drafter_cost: c or null (measured online; `drafter_cost_init` until 3
+    intervals are seen); prior: the calibration bins' prior weight; prior_rounds: the rate's prior
+    weight in autoregressive rounds; calibrate: false uses the drafter's probability as is;
+    explore: after this many rounds in a row without a draft, draft one token (0: never)."""
+
+    needs_steps = True
+    BINS = 10
+
+    def __init__(self, max_len: int = 8, verify_cost: list[float] | None = None, drafter_cost: float | None = None,
+                 drafter_cost_init: float = 0.1, prior: float = 4.0, prior_rounds: float = 4.0,
+                 calibrate: bool = True, explore: int = 8, measure_context: int = 64, measure_repeats: int = 5):
+        super().__init__(max_len=max_len)
+        if max_len < 1:
+            raise ValueError(f"cost_aware: max_len must be >= 1, got {max_len}")
+        if verify_cost is not None:
+            verify_cost = [float(v) for v in verify_cost]
+            if len(verify_cost) < max_len + 1 or verify_cost[0] != 1.0 or min(verify_cost) <= 0:
+                raise ValueError(f"cost_aware: verify_cost needs max_len + 1 = {max_len + 1} positive entries starting "
+                                 f"with 1.0 (v(w) for w = 1..max_len + 1), got {verify_cost}; set "
+                                 "strategy.verify_cost=null to measure it at start")
+        for key, v in (("drafter_cost", drafter_cost), ("drafter_cost_init", drafter_cost_init)):
+            if v is not None and v < 0:
+                raise ValueError(f"cost_aware: {key} must be >= 0, got {v}")
+        if explore < 0:
+            raise ValueError(f"cost_aware: explore must be >= 0 rounds (0: never), got {explore}")
+        if prior <= 0 or prior_rounds <= 0:
+            raise ValueError(f"cost_aware: prior and prior_rounds must be > 0, got {prior}, {prior_rounds}")
+        self.verify_cost, self.drafter_cost, self.drafter_cost_init = verify_cost, drafter_cost, drafter_cost_init
+        self.prior, self.prior_rounds, self.calibrate, self.explore = prior, prior_rounds, calibrate, explore
+        self.measure_context, self.measure_repeats = measure_context, measure_repeats
+        self.one_token_seconds: float | None = None  # the target's one-token forward at bind (drafter_cost=null)
+        self.reset()
+
+    def bind(self, pair) -> "CostAware":
+        if self.verify_cost is None or self.drafter_cost is None:
+            v, self.one_token_seconds = measure_verify_cost(
+                pair.target, self.max_len + 1, self.measure_context, self.measure_repeats,
+                getattr(pair, "vocab_size", None))
+            if self.verify_cost is None:
+                self.verify_cost = v
+        return self
+
+    # ------------------------------------------------------------------------ the estimates
+    def acceptance(self, p: float) -> float:
+        """The calibrated acceptance estimate of a draft the drafter gives probability p."""
+        if not self.calibrate:
+            return p
+        b = min(int(p * self.BINS), self.BINS - 1)
+        centre = (b + 0.5) / self.BINS
+        return (self.hits[b] + self.prior * centre) / (self.trials[b] + self.prior)
+
+    def c(self) -> float:
+        if self.drafter_cost is not None:
+            return self.drafter_cost
+        if len(self.gaps) < 3 or not self.one_token_seconds:
+            return self.drafter_cost_init
+        return statistics.median(self.gaps[-64:]) / self.one_token_seconds
+
+    def v(self) -> list[float]:
+        if self.verify_cost is None:
+            raise RuntimeError("cost_aware: call bind(pair) first (it measures the verification cost), or set "
+                               "strategy.verify_cost")
+        return self.verify_cost
+
+    def cost(self, k: int) -> float:
+        """C(k) = v(k+1) + k c: verifying k drafts and drafting them."""
+        return self.v()[k] + k * self.c()
+
+    # ------------------------------------------------------------------------ the rule
+    def begin(self) -> int:
+        self.round_p: list[float] = []  # this round's drafted tokens: the drafter's probabilities
+        self.expected, self.reach = 1.0, 1.0  # E(i) and P_i of the drafts so far
+        self.decided = 0  # decide calls this round: one drafter forward each
+        self.last = time.perf_counter()  # the first decide comes one drafter forward after this
+        return self.max_len
+
+    def decide(self, step: DraftStep) -> Decision:
+        now = time.perf_counter()
+        self.gaps.append(now - self.last)  # one drafter forward (and the policy's own work)
+        self.last, self.decided = now, self.decided + 1
+        p = float(entropy.step_probs(step, None).max())  # never the drawn token's own probability (below)
+        greedy = entropy.is_greedy(step) is not False and step.prefix is not None
+        if self.declined is not None and step.prefix is not None and step.prefix.shape[0] > self.declined[0]:
+            at, token, q = self.declined  # last time's declined token: the target has decided its position
+            self.count(q, int(step.prefix[at]) == token)
+            self.declined = None
+        a, i, lam, c, v = self.acceptance(p), step.position, self.rate(), self.c(), self.v()
+        stop = self.expected - lam * v[i]
+        gain, e, reach = stop, self.expected, self.reach
+        for k in range(i + 1, self.max_len + 1):  # draft tokens i+1..k (1-based): forwards k - i more at most
+            reach *= a
+            e += reach
+            gain = max(gain, e - lam * (v[k] + (k - i) * c))
+        if gain <= stop and not (i == 0 and self.explore and self.idle >= self.explore):
+            if greedy and self.calibrate:  # learn from it once the target has passed this position
+                self.declined = (step.prefix.shape[0] + i, int(step.token), p)
+            return Decision.STOP_BEFORE
+        self.round_p.append(p)
+        self.reach *= a
+        self.expected += self.reach
+        return Decision.CONTINUE
+
+    def rate(self) -> float:
+        """lam: tokens per unit cost over this sample's rounds, after `prior_rounds` at rate 1."""
+        return (self.prior_rounds + self.tokens) / (self.prior_rounds + self.spent)
+
+    def observe(self, drafted: int, accepted: int) -> None:
+        self.idle = 0 if drafted else self.idle + 1  # rounds in a row without a draft
+        self.tokens += accepted + 1
+        self.spent += self.v()[min(drafted, self.max_len)] + self.decided * self.c()  # stopped-before forwards too
+        self.decided = 0
+        if len(self.round_p) == drafted:  # the drafts this policy decided (not a lookup's round)
+            for j, p in enumerate(self.round_p[: accepted + 1]):
+                self.count(p, j < accepted)
+        if accepted < drafted:  # a draft before the declined token was rejected: its position is not the one
+            self.declined = None
+        self.round_p = []
+
+    def count(self, p: float, accepted: bool) -> None:
+        b = min(int(p * self.BINS), self.BINS - 1)
+        self.trials[b] += 1
+        self.hits[b] += accepted
+
+    def reset(self) -> None:
+        self.hits = [0.0] * self.BINS
+        self.trials = [0.0] * self.BINS
+        self.tokens, self.spent, self.idle = 0.0, 0.0, 0
+        self.declined: tuple[int, int, float] | None = None  # (index, token, p) of a declined greedy draft
+        self.gaps: list[float] = []
+        self.begin()

@@ -1,0 +1,159 @@
+"""The cost-aware length rule (specexp/length_cost.py) on hand-computed numbers: each decision is
+worked out next to its test from E(k) - lam C(k) (module docstring), then the calibration, the
+rate, the measured verification cost, and the rule inside the decode loop."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from specexp.length import Decision, DraftStep
+from specexp.length_cost import CostAware, measure_verify_cost
+
+V = 40
+C, BEFORE = Decision.CONTINUE, Decision.STOP_BEFORE
+CPU_LIKE = [1.0, 1.1, 1.2, 2.0, 2.0, 2.0]  # a cost step at 4 tokens, as on the 2-core CPU
+FLAT = [1.0, 1.02, 1.04, 1.06, 1.08, 1.1]  # GPU-like: verifying more costs little more
+
+
+def step(j: int, p: float, greedy: bool = True) -> DraftStep:
+    """A draft position whose drafted token (id 0) has probability p under the drafter."""
+    probs = torch.full((V,), (1 - p) / (V - 1))
+    probs[0] = p
+    logits = probs.log()
+    q = torch.nn.functional.one_hot(logits.argmax(), V).float() if greedy else probs
+    return DraftStep(j, logits, q, 0, greedy=greedy)
+
+
+def rule(v=CPU_LIKE, c=0.0, **kw) -> CostAware:
+    kw = {"max_len": 5, "verify_cost": v, "drafter_cost": c, "calibrate": False, "prior_rounds": 1e9} | kw
+    return CostAware(**kw)  # prior_rounds huge: the rate stays 1 (autoregressive) for these decisions
+
+
+def decisions(policy: CostAware, ps: list[float], greedy: bool = True) -> list[Decision]:
+    policy.begin()
+    out = []
+    for j, p in enumerate(ps):
+        out.append(policy.decide(step(j, p, greedy)))
+        if out[-1] is not C:
+            break
+    return out
+
+
+def test_a_first_draft_starts_only_when_it_pays_for_the_wider_forward():
+    # lam = 1, stop now: E(0) - C(0) = 1 - 1 = 0.
+    # p 0.05: k=1: 1.05 - 1.1 < 0; k=2: 1.0525 - 1.2 < 0; k>=3: < 1.06 - 2.0: stop.
+    assert decisions(rule(), [0.05]) == [BEFORE]
+    # p 0.2: k=1: 1.2 - 1.1 = 0.1 > 0: draft it.
+    assert decisions(rule(), [0.2, 0.05]) == [C, BEFORE]
+    # with a drafter costing 0.3 a forward: k=1: 1.2 - (1.1 + 0.3) < 0, k=2: 1.24 - (1.2 + 0.6) < 0: stop.
+    assert decisions(rule(c=0.3), [0.2]) == [BEFORE]
+
+
+def test_the_cost_step_is_crossed_only_when_the_drafts_behind_it_are_likely():
+    # Two drafts at 0.9: E(2) = 1 + 0.9 + 0.81 = 2.71, stop now: 2.71 - 1.2 = 1.51.
+    # Third at 0.5: k=3: 2.71 + 0.405 - 2 = 1.115; k=4: + 0.2025 -> 1.3175; k=5: + 0.10125 -> 1.41875 < 1.51: stop.
+    assert decisions(rule(), [0.9, 0.9, 0.5]) == [C, C, BEFORE]
+    # Third at 0.8: k=4: 2.71 + 0.648 + 0.5184 - 2 = 1.8764 > 1.51: go on, though k=3 alone (1.358) would not pay.
+    assert decisions(rule(), [0.9, 0.9, 0.8])[-1] is C
+    # On a flat cost curve the 0.5 draft pays: k=3: 3.115 - 1.06 = 2.055 > 2.71 - 1.04 = 1.67.
+    assert decisions(rule(v=FLAT), [0.9, 0.9, 0.5])[-1] is C
+
+
+def test_a_higher_rate_asks_more_of_a_draft():
+    # After rounds emitting 3 tokens at cost C(2) = 1.2 each, lam = (4 + 3n) / (4 + 1.2n) -> 2.5.
+    # p 0.2 at lam = 1 drafts (above); at lam ~ 2.3: k=1: 1.2 - 2.3 * 1.1 < 1 - 2.3: stop.
+    p = rule(prior_rounds=4.0)
+    for _ in range(20):
+        p.begin()
+        p.observe(2, 2)
+    assert p.rate() == pytest.approx((4 + 60) / (4 + 24))
+    assert decisions(p, [0.2]) == [BEFORE]
+
+
+def test_calibration_counts_the_accepted_drafts_and_the_first_rejected_one():
+    p = rule(calibrate=True, prior=4.0)
+    assert p.acceptance(0.95) == pytest.approx(0.95)  # the prior: the bin's centre
+    assert decisions(p, [0.95, 0.95, 0.95, 0.95]) == [C, C, C, C]
+    p.observe(4, 1)  # draft 1 accepted, draft 2 rejected, drafts 3-4 unknown
+    assert (p.hits[9], p.trials[9]) == (1, 2)
+    assert p.acceptance(0.95) == pytest.approx((1 + 4 * 0.95) / (2 + 4))
+    p.begin()
+    p.observe(3, 3)  # a round this rule did not draft (a lookup's): the rate learns, the bins do not
+    assert p.trials[9] == 2 and p.tokens == 2 + 4
+
+
+def test_the_drafter_cost_is_measured_between_drafted_tokens():
+    p = rule(c=None, drafter_cost_init=0.25)
+    p.one_token_seconds = 1.0
+    assert p.c() == 0.25  # fewer than 3 intervals timed
+    p.gaps = [0.5, 0.1, 0.2, 0.3]
+    assert p.c() == pytest.approx(0.25)  # median 0.25 s / 1 s
+
+
+def test_invalid_parameters_name_the_key():
+    with pytest.raises(ValueError, match="verify_cost needs max_len \\+ 1 = 6"):
+        CostAware(max_len=5, verify_cost=[1.0, 1.1])
+    with pytest.raises(ValueError, match="drafter_cost must be >= 0"):
+        CostAware(drafter_cost=-1)
+    with pytest.raises(RuntimeError, match="call bind"):
+        CostAware(drafter_cost=0.1).observe(2, 1)
+
+
+def test_measured_verification_cost_has_a_width_each(random_pair_dir):
+    from transformers import AutoModelForCausalLM
+
+    target = AutoModelForCausalLM.from_pretrained(random_pair_dir / "target").eval()
+    v, one = measure_verify_cost(target, widths=4, context=16, repeats=2)
+    assert len(v) == 4 and v[0] == 1.0 and all(x > 0 and math.isfinite(x) for x in v) and one > 0
+
+
+def test_under_sampling_the_decision_never_reads_the_drawn_token():
+    # A rule that dropped a drawn token for its own (low) probability would draft tokens that are no
+    # longer distributed as q, and verification would stop being exact: same distribution, any drawn
+    # token, same decision (the estimate is the top probability, 0.3 here: k=1 pays 1.3 - 1.1 > 0).
+    q = torch.full((V,), 0.7 / (V - 1))
+    q[0] = 0.3
+    made = set()
+    for token in (0, 1, 7):
+        p = rule()
+        p.begin()
+        made.add(p.decide(DraftStep(0, q.log(), q, token, greedy=False)))
+    assert made == {C}
+
+
+def test_after_explore_idle_rounds_it_drafts_one_token_and_learns():
+    p = rule(calibrate=True, explore=3)
+    for _ in range(3):  # p 0.05: never pays (first test), so three rounds without a draft
+        assert decisions(p, [0.05]) == [BEFORE]
+        p.observe(0, 0)
+    assert decisions(p, [0.05, 0.05]) == [C, BEFORE]  # the fourth drafts one token regardless
+    p.observe(1, 1)  # and it was accepted: the low bin learns it
+    assert p.idle == 0 and p.acceptance(0.05) == pytest.approx((1 + 4 * 0.05) / (1 + 4))
+    assert decisions(p, [0.05]) == [C]  # 0.24: k=1 pays 1.24 - 1.1 > 0
+
+
+def test_under_greedy_a_declined_token_is_scored_once_the_target_passes_its_position():
+    p = rule(calibrate=True)
+    prefix = torch.tensor([5, 6, 7])
+    p.begin()
+    assert p.decide(DraftStep(0, step(0, 0.9).logits, None, 0, prefix=prefix, greedy=True)) is C
+    assert p.decide(DraftStep(1, step(1, 0.05).logits, None, 0, prefix=prefix, greedy=True)) is BEFORE
+    p.observe(1, 1)  # the draft before it was accepted: the target's next token sits at index 4
+    assert (p.trials[9], p.trials[0]) == (1, 0)
+    p.begin()
+    p.decide(DraftStep(0, step(0, 0.9).logits, None, 0, prefix=torch.tensor([5, 6, 7, 0, 0]), greedy=True))
+    assert (p.hits[0], p.trials[0]) == (1, 1)  # index 4 holds 0: the declined token would have been accepted
+    r = rule(calibrate=True)  # declined at the round's first position: scored in any case
+    r.begin()
+    assert r.decide(DraftStep(0, step(0, 0.05).logits, None, 0, prefix=prefix, greedy=True)) is BEFORE
+    r.observe(0, 0)
+    assert r.declined == (3, 0, pytest.approx(0.05))
+    # a rejected draft before the declined token: its position never comes, nothing is scored
+    q = rule(calibrate=True)
+    q.begin()
+    assert q.decide(DraftStep(0, step(0, 0.9).logits, None, 0, prefix=prefix, greedy=True)) is C
+    q.decide(DraftStep(1, step(1, 0.05).logits, None, 0, prefix=prefix, greedy=True))
+    q.observe(1, 0)
+    assert q.declined is None
