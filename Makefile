@@ -67,7 +67,7 @@ fetch: setup
 
 test: setup
 	$(BIN)/specexp-fetch || echo "specexp-fetch failed: the SmolLM2 tests will skip"
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/pytest -q $(ARGS)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/pytest -q --durations=15 $(ARGS)
 
 test-slow: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/pytest -q -m slow $(ARGS)

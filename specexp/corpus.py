@@ -4,6 +4,8 @@ has, or a file or folder of the user's. Deterministic: sorted file lists, and a 
 a spread chosen by a hash of each file's path."""
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import os
 import sysconfig
@@ -100,7 +102,13 @@ def load_corpus(corpus: str | None = None, max_bytes: int = MAX_BYTES,
 def code_stubs(seed: int = 0) -> list[str]:
     """Coding requests in HumanEval's form, from the standard library (so none is HumanEval's
     own): each public module-level function with a docstring of 40+ characters, as its signature
-    and docstring with the body left to write. Shuffled by `seed`."""
+    and docstring with the body left to write. Shuffled by `seed`. Parsed once per process (the
+    standard library does not change under it; parsing it takes seconds)."""
+    return list(_code_stubs(seed))
+
+
+@functools.lru_cache(maxsize=4)
+def _code_stubs(seed: int) -> tuple[str, ...]:
     import ast
     import random
 
@@ -117,4 +125,4 @@ def code_stubs(seed: int = 0) -> list[str]:
             if doc and len(doc) >= 40 and not node.name.startswith("_"):
                 out.append(f'def {node.name}({ast.unparse(node.args)}):\n    """{doc}\n    """\n')
     random.Random(seed).shuffle(out)
-    return out
+    return tuple(out)

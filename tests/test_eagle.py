@@ -263,8 +263,11 @@ def test_feature_drafter_sampling_preserves_target_distribution(sampling):
     assert pooled_chisquare(counts, p, n_draws) > 1e-3
 
 
-@pytest.mark.parametrize("source", ["lookup", "datastore"])
-@pytest.mark.parametrize("sampling", [Sampling(1.0), Sampling(0.7, top_k=5)], ids=["T1", "T0.7-topk5"])
+@pytest.mark.parametrize("sampling, source", [  # one setting per source in the fast suite, the other two slow
+    pytest.param(Sampling(1.0), "lookup", id="T1-lookup", marks=pytest.mark.slow),
+    pytest.param(Sampling(0.7, top_k=5), "lookup", id="T0.7-topk5-lookup"),
+    pytest.param(Sampling(1.0), "datastore", id="T1-datastore"),
+    pytest.param(Sampling(0.7, top_k=5), "datastore", id="T0.7-topk5-datastore", marks=pytest.mark.slow)])
 def test_lookup_first_sampling_preserves_target_distribution(sampling, source):
     """The same chi-square with a prompt lookup (and a datastore) in front of the feature drafter:
     the prompt's tail repeats (or the datastore knows it), so the one-hot retrieval drafts and the
