@@ -157,3 +157,27 @@ def test_under_greedy_a_declined_token_is_scored_once_the_target_passes_its_posi
     q.decide(DraftStep(1, step(1, 0.05).logits, None, 0, prefix=prefix, greedy=True))
     q.observe(1, 0)
     assert q.declined is None
+
+
+def test_measured_rule_in_the_decode_loop_keeps_greedy_output():
+    """Defaults (costs measured at bind and as it drafts) inside `generate`: the output is the
+    target's, the measured curve has a width per draft length, and the drafter's cost was timed."""
+    from conftest import ModelsByRole, noisy_copy, random_model
+
+    from specexp.decode import generate
+    from specexp.models import CachedLM
+    from specexp.proposers import DraftModel
+    from specexp.sampling import Sampling
+    from specexp.stopping import Stopper
+
+    target = random_model("llama", 64, 32, 2, seed=0)
+    with torch.no_grad():
+        target.lm_head.weight.mul_(8)  # sharp: the noisy copy agrees often
+    pair = ModelsByRole(target, noisy_copy(target, 0.05, seed=1))
+    policy = CostAware(max_len=4, measure_repeats=2).bind(pair)
+    assert len(policy.verify_cost) == 5 and policy.one_token_seconds > 0
+    proposer = DraftModel().bind(pair)
+    prompt = torch.arange(1, 9)
+    ar = generate(CachedLM(target), prompt, 32, Sampling(), Stopper())
+    out = generate(CachedLM(target), prompt, 32, Sampling(), Stopper(), proposer, policy)
+    assert out.tokens == ar.tokens and len(policy.gaps) > 0
