@@ -18,7 +18,7 @@ import torch
 
 from specexp import entropy
 from specexp.length import LengthPolicy
-from specexp.models import CachedLM, check_context
+from specexp.models import CachedLM, check_context, sync  # noqa: F401 (sync: batch.py, beam.py)
 from specexp.proposers.base import Proposer
 from specexp.sampling import Sampling
 from specexp.stopping import Stopper
@@ -66,12 +66,6 @@ def emit(out: Generation, drafts: list[int], n: int, nxt: int, stopper: Stopper)
     if cut is not None:
         del out.tokens[cut + 1:]
     return len(out.tokens) - start - 1, out.tokens[start:], cut is not None
-
-
-def sync(device: torch.device) -> None:
-    """Wait for the device (CUDA) so that a timer read after it covers the queued work."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _counters(lm: CachedLM) -> tuple:

@@ -51,11 +51,6 @@ from specexp import entropy
 from specexp.length import Decision, DraftStep, LengthPolicy
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.inference_mode()
 def measure_verify_cost(target, widths: int, context: int = 64, repeats: int = 5,
                         vocab_size: int | None = None) -> tuple[list[float], float]:
@@ -63,7 +58,7 @@ def measure_verify_cost(target, widths: int, context: int = 64, repeats: int = 5
     over w tokens after `context` cached tokens, relative to a one-token forward in the same
     repeat (the widths alternate within each repeat, so a load change hits them all); the median
     over `repeats` (one warm-up repeat first, dropped)."""
-    from specexp.models import cached_lm
+    from specexp.models import cached_lm, sync
 
     lm = cached_lm(target, vocab_size=vocab_size)
     device = next(target.parameters()).device
@@ -77,10 +72,10 @@ def measure_verify_cost(target, widths: int, context: int = 64, repeats: int = 5
     for r in range(repeats + 1):
         for w in range(1, widths + 1):
             x = ids(w)
-            _sync(device)
+            sync(device)
             t = time.perf_counter()
             lm.forward(x, keep=w)
-            _sync(device)
+            sync(device)
             if r:
                 times[w - 1].append(time.perf_counter() - t)
             lm.crop(length)
@@ -155,10 +150,6 @@ class CostAware(LengthPolicy):
             raise RuntimeError("cost_aware: call bind(pair) first (it measures the verification cost), or set "
                                "strategy.verify_cost")
         return self.verify_cost
-
-    def cost(self, k: int) -> float:
-        """C(k) = v(k+1) + k c: verifying k drafts and drafting them."""
-        return self.v()[k] + k * self.c()
 
     # ------------------------------------------------------------------------ the rule
     def begin(self) -> int:

@@ -86,6 +86,12 @@ def describe(spec: ModelSpec) -> str:
     return where + (f"@{spec.revision}" if spec.revision else "") + (f"[:{spec.layers} layers]" if spec.layers else "")
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device (CUDA) so that a timer read after it covers the queued work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
