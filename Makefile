@@ -65,9 +65,13 @@ run: setup
 fetch: setup
 	$(BIN)/specexp-fetch
 
+# The fast suite runs on every core (at most 4 workers, pytest-xdist; a test file stays on one worker,
+# so its module fixtures are built once; each worker's torch uses one thread: tests/conftest.py).
+# JOBS=0 runs it in this process (a debugger, or timings of single tests without a neighbour).
+JOBS ?= auto
 test: setup
 	$(BIN)/specexp-fetch || echo "specexp-fetch failed: the SmolLM2 tests will skip"
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/pytest -q --durations=15 $(ARGS)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/pytest -q -n $(JOBS) --maxprocesses 4 --dist loadfile --durations=15 $(ARGS)
 
 test-slow: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/pytest -q -m slow $(ARGS)
