@@ -45,8 +45,6 @@ docs/benchmark.md.
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
 import datetime
 import json
 import os
@@ -62,16 +60,13 @@ import torch
 
 from specexp import build
 from specexp.benchmark import LEGEND, analyse, format_table, goals, ratios  # noqa: F401 (format_table: API)
-from specexp.decode import Generation, generate
-from specexp.length import Fixed
-from specexp.models import cached_lm, describe
-from specexp.proposers import Bigram, DraftModel, PromptLookup
-from specexp.prompting import encode_prompt, eos_ids
+from specexp.decode import Generation
+from specexp.models import describe
+from specexp.prompting import encode_prompt
 from specexp.sampling import Sampling
-from specexp.stopping import Stopper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules below
-from bench_hf import ForwardClock, counting_rounds, hf_sampling, set_assistant  # noqa: E402
+from bench_modes import MODE_KEYS, Mode, make_modes  # noqa: E402
 
 PAIRS = {"tiny": "tiny", "smollm2": "smollm2-135m__distilled"}  # --pair -> conf/model_pair/<name>.yaml
 DEFAULT_DATASETS = {"tiny": "humaneval", "smollm2": "xsum,gsm8k,humaneval"}
@@ -131,20 +126,6 @@ def load_pair(pair: str = "tiny", distilled_dir: str | None = None, overrides: l
     return build.pair(cfg.model_pair), cfg
 
 
-def add_truncated(pair, layers: int) -> int | None:
-    """Register the layer-truncated self-drafter as the pair's "truncated" role (loaded by
-    Pair.get, sharing the target's weights); returns its depth, or None when the target cannot be
-    truncated (no `.layers`, or a single layer)."""
-    blocks = getattr(pair.target.get_decoder(), "layers", None)
-    if not isinstance(blocks, torch.nn.ModuleList) or len(blocks) < 2:
-        return None
-    layers = max(1, min(layers, len(blocks) - 1))
-    pair.specs["truncated"] = dataclasses.replace(pair.specs["target"], layers=layers)
-    model = pair.get("truncated")
-    model.generation_config = copy.deepcopy(model.generation_config)  # a shallow copy shares the target's
-    return layers
-
-
 @dataclass
 class Prompt:
     dataset: str
@@ -178,128 +159,6 @@ def load_prompts(datasets: list[str], per_dataset: int, tokenizer, device,
     if not out:
         raise SystemExit("no prompts: every dataset was skipped")
     return out
-
-
-# ---------------------------------------------------------------------------------------- modes
-MODE_KEYS = ["ours-ar", "hf-ar", "ours-spec", "ours-spec-vocab", "hf-assisted", "ours-lookup", "hf-lookup",
-             "ours-truncated", "hf-truncated", "ours-bigram",
-             # issue 15 (specexp.eagle.bench_proposers): the feature drafter, the shipped model-free pairs, the datastore
-             "ours-eagle", "ours-eagle-vocab", "ours-eagle-entropy", "ours-eagle-vocab-entropy",
-             "ours-eagle-heuristic", "ours-eagle-lookup", "ours-eagle-lookup-entropy", "ours-eagle-lookup-heuristic",
-             "ours-eagle-store-entropy", "ours-eagle-cost", "ours-eagle-store-cost",
-             "ours-lookup-shipped", "ours-bigram-shipped", "ours-lookup-store"]
-
-
-@dataclass
-class Mode:
-    key: str  # MODE_KEYS
-    name: str  # as printed
-    side: str  # "ours" | "hf"
-    run: Callable[[torch.Tensor, Sampling, int, int], Generation]  # (prompt, sampling, seed, budget)
-    gamma: int | None = None  # draft length per round (None: autoregressive)
-    fixed_gamma: bool = False  # drafts exactly gamma tokens every round (the Leviathan formula applies)
-    drafter: str | None = None  # the drafting model's role, if a model drafts
-    counterpart: str | None = None  # the other side's mode key
-
-
-def ours_mode(key, name, target_lm, stopper, proposer=None, policy=None, **kw) -> Mode:
-    def run(prompt, sampling, seed, budget):
-        gen = torch.Generator(device=prompt.device).manual_seed(seed)
-        if policy is not None:
-            policy.start_sample(carry=False)
-        return generate(target_lm, prompt, budget, sampling, stopper, proposer, policy, gen)
-
-    return Mode(key, name, "ours", run, **kw)
-
-
-def hf_mode(key, name, target, clocks: dict, eos: list[int], extra: dict | None = None, **kw) -> Mode:
-    """transformers' generate on `target`; `clocks`: role -> ForwardClock of the models it runs."""
-
-    def run(prompt, sampling, seed, budget):
-        for c in clocks.values():
-            c.reset()
-        torch.manual_seed(seed)
-        with counting_rounds(target) as rounds:
-            out = target.generate(prompt[None], attention_mask=torch.ones_like(prompt)[None], max_new_tokens=budget,
-                                  eos_token_id=eos, pad_token_id=eos[0], **hf_sampling(sampling), **(extra or {}))
-        return Generation(tokens=out[0, prompt.shape[0]:].tolist(),
-                          drafted=[k for k, _ in rounds], accepted=[n for _, n in rounds],
-                          model_forwards={r: c.forwards for r, c in clocks.items()},
-                          model_forward_seconds={r: c.seconds for r, c in clocks.items()},
-                          model_prefills={r: min(c.forwards, 1) for r, c in clocks.items()},
-                          model_prefill_seconds={r: c.prefill_seconds for r, c in clocks.items()})
-
-    return Mode(key, name, "hf", run, **kw)
-
-
-def make_modes(pair, args, sync: Callable[[], None] = lambda: None) -> tuple[list[Mode], list[ForwardClock]]:
-    """Every mode of the benchmark (filtered by args.modes), and the forward clocks to remove."""
-    wanted = set(args.modes.split(",")) if args.modes else set(MODE_KEYS)
-    unknown = wanted - set(MODE_KEYS)
-    if unknown:
-        raise ValueError(f"unknown modes {sorted(unknown)}: choose from {', '.join(MODE_KEYS)}")
-    target, eos = pair.target, eos_ids(pair)
-    stopper = Stopper(eos)
-    target_lm = cached_lm(target)
-    g, lt, n = args.gamma, args.lookup_tokens, args.lookup_ngram
-    layers = add_truncated(pair, args.truncated_layers) if wanted & {"ours-truncated", "hf-truncated"} else None
-    drafter_label = "distilled" if args.pair == "smollm2" else "drafter"
-    clocks = {"target": ForwardClock(target, sync)}
-    all_clocks = [clocks["target"]]
-
-    def clocks_with(role):
-        c = ForwardClock(pair.get(role), sync)
-        all_clocks.append(c)
-        return {"target": clocks["target"], role: c}
-
-    modes = []
-    if "ours-ar" in wanted:
-        modes.append(ours_mode("ours-ar", "ours autoregressive", target_lm, stopper, counterpart="hf-ar"))
-    if "hf-ar" in wanted:
-        modes.append(hf_mode("hf-ar", "hf generate", target, clocks, eos, counterpart="ours-ar"))
-    if "ours-spec" in wanted:
-        modes.append(ours_mode("ours-spec", f"ours speculative ({drafter_label})", target_lm, stopper,
-                               DraftModel("drafter").bind(pair), Fixed(g).bind(pair), gamma=g, fixed_gamma=True,
-                               drafter="drafter", counterpart="hf-assisted"))
-    vocab_file = Path(getattr(pair.get("drafter").config, "_name_or_path", "") or ".") / "draft_vocab.json" \
-        if "ours-spec-vocab" in wanted and args.draft_vocab else None
-    if vocab_file is not None and vocab_file.is_file():  # FR-Spec-style subset head: ours only
-        modes.append(ours_mode("ours-spec-vocab", f"ours speculative ({drafter_label}, {args.draft_vocab // 1024}k head)",
-                               target_lm, stopper, DraftModel("drafter", vocab=args.draft_vocab).bind(pair),
-                               Fixed(g).bind(pair), gamma=g, fixed_gamma=True, drafter="drafter",
-                               counterpart="hf-assisted"))
-    if "hf-assisted" in wanted:
-        set_assistant(pair.get("drafter"), g)
-        modes.append(hf_mode("hf-assisted", f"hf assisted ({drafter_label})", target, clocks_with("drafter"), eos,
-                             {"assistant_model": pair.get("drafter")}, gamma=g, fixed_gamma=True,
-                             drafter="drafter", counterpart="ours-spec"))
-    if "ours-lookup" in wanted:
-        modes.append(ours_mode("ours-lookup", "ours prompt lookup", target_lm, stopper,
-                               PromptLookup(max_ngram=n, min_ngram=1, prefer="first", bigram=None).bind(pair),
-                               Fixed(lt).bind(pair), gamma=lt, counterpart="hf-lookup"))
-    if "hf-lookup" in wanted:
-        modes.append(hf_mode("hf-lookup", "hf prompt lookup", target, clocks, eos,
-                             {"prompt_lookup_num_tokens": lt, "max_matching_ngram_size": n}, gamma=lt,
-                             counterpart="ours-lookup"))
-    if layers and "ours-truncated" in wanted:
-        modes.append(ours_mode("ours-truncated", f"ours speculative (truncated {layers}L)", target_lm, stopper,
-                               DraftModel("truncated").bind(pair), Fixed(g).bind(pair), gamma=g, fixed_gamma=True,
-                               drafter="truncated", counterpart="hf-truncated"))
-    if layers and "hf-truncated" in wanted:
-        set_assistant(pair.get("truncated"), g)
-        modes.append(hf_mode("hf-truncated", f"hf assisted (truncated {layers}L)", target, clocks_with("truncated"),
-                             eos, {"assistant_model": pair.get("truncated")}, gamma=g, fixed_gamma=True,
-                             drafter="truncated", counterpart="ours-truncated"))
-    if "ours-bigram" in wanted:
-        modes.append(ours_mode("ours-bigram", "ours bigram", target_lm, stopper,
-                               Bigram(corpus=args.bigram_corpus).bind(pair), Fixed(g).bind(pair), gamma=g,
-                               fixed_gamma=True))
-    if args.pair == "smollm2" or args.eagle_dir:  # issue 15: the feature drafter, the shipped model-free pairs
-        from specexp.eagle import bench_proposers
-
-        for key, name, proposer, policy, kw in bench_proposers(pair, wanted, g, args.draft_vocab, args.eagle_dir):
-            modes.append(ours_mode(key, name, target_lm, stopper, proposer, policy, **kw))
-    return modes, all_clocks
 
 
 # ------------------------------------------------------------------------------------ measuring
