@@ -14,7 +14,7 @@ fails. About 3 minutes on an H200, most of it loading.
    should be nearly flat, unlike the CPU's 1.61x at 4 tokens), and greedy decoding through
    `decode.generate` with a noisy copy as drafter identical to autoregressive, in bf16.
 
-On this machine, the same checks on the CPU (the script's own test; about 4 minutes):
+On this machine, the same checks on the CPU (the script's own slow test; 1.6 minutes measured):
 
     python scripts/gpu_check.py --device cpu --out outputs/gpu_check
 

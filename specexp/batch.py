@@ -48,9 +48,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from specexp.decode import Generation, annotate, emit, sync
+from specexp.decode import Generation, annotate, emit
 from specexp.length import Decision, DraftStep, LengthPolicy
-from specexp.models import cache_arg, cache_of
+from specexp.models import cache_arg, cache_of, sync
 from specexp.proposers.base import Draft, Proposer
 from specexp.proposers.drafter import DraftModel, _record
 from specexp.sampling import Sampling

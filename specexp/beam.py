@@ -27,8 +27,8 @@ import time
 
 import torch
 
-from specexp.decode import Generation, sync
-from specexp.models import CachedLM, cache_arg, cache_of
+from specexp.decode import Generation
+from specexp.models import CachedLM, cache_arg, cache_of, sync
 from specexp.sampling import Sampling
 from specexp.stopping import Stopper
 

@@ -5,7 +5,6 @@ a spread chosen by a hash of each file's path."""
 from __future__ import annotations
 
 import functools
-
 import hashlib
 import os
 import sysconfig

@@ -18,7 +18,7 @@ import torch
 
 from specexp import entropy
 from specexp.length import LengthPolicy
-from specexp.models import CachedLM, check_context, sync  # noqa: F401 (sync: batch.py, beam.py)
+from specexp.models import CachedLM, check_context, sync
 from specexp.proposers.base import Proposer
 from specexp.sampling import Sampling
 from specexp.stopping import Stopper
