@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     from specexp.batch import check_supported, generate_batch
     from specexp.config import compose
     from specexp.decode import generate
-    from specexp.models import cached_lm
+    from specexp.lm import cached_lm
     from specexp.prompting import encode_prompt, eos_ids
     from specexp.sampling import Sampling
     from specexp.stopping import Stopper

@@ -15,7 +15,7 @@ import torch
 from bench_hf import ForwardClock, counting_rounds, hf_sampling, set_assistant
 from specexp.decode import Generation, generate
 from specexp.length import Fixed
-from specexp.models import cached_lm
+from specexp.lm import cached_lm
 from specexp.proposers import Bigram, DraftModel, PromptLookup
 from specexp.prompting import eos_ids
 from specexp.sampling import Sampling

@@ -91,7 +91,8 @@ def check_api(device: str) -> tuple[list[tuple[str, bool, str]], dict]:
     from specexp.decode import generate
     from specexp.length import Fixed
     from specexp.length_cost import measure_verify_cost
-    from specexp.models import CachedLM, resolve_device, resolve_dtype
+    from specexp.lm import CachedLM
+    from specexp.models import resolve_device, resolve_dtype
     from specexp.proposers import DraftModel
     from specexp.sampling import Sampling
     from specexp.stopping import Stopper

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def main(argv: list[str] | None = None) -> dict:
     from specexp import build
     from specexp.config import compose
-    from specexp.models import cached_lm
+    from specexp.lm import cached_lm
     from specexp.proposers import DraftModel
     from specexp.stats import bootstrap_ci
 

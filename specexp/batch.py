@@ -50,7 +50,8 @@ import torch
 
 from specexp.decode import Generation, annotate, emit
 from specexp.length import Decision, DraftStep, LengthPolicy
-from specexp.models import cache_arg, cache_of, sync
+from specexp.lm import cache_arg, cache_of
+from specexp.models import sync
 from specexp.proposers.base import Draft, Proposer
 from specexp.proposers.drafter import DraftModel, _record
 from specexp.sampling import Sampling
@@ -463,7 +464,7 @@ def decode_samples(target_model, prompts, max_new_tokens: int, sampling: Samplin
                               progress=bar.update if bar is not None else None)
 
     def batch_one_ar(bar):
-        from specexp.models import cached_lm
+        from specexp.lm import cached_lm
 
         lm = cached_lm(target_model)
         out = []

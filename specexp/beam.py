@@ -28,7 +28,8 @@ import time
 import torch
 
 from specexp.decode import Generation
-from specexp.models import CachedLM, cache_arg, cache_of, sync
+from specexp.lm import CachedLM, cache_arg, cache_of
+from specexp.models import sync
 from specexp.sampling import Sampling
 from specexp.stopping import Stopper
 

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from specexp import build, show, validate
 from specexp.config import CONF_DIR, compose
 from specexp.decode import Generation, generate
-from specexp.models import cached_lm
+from specexp.lm import cached_lm
 from specexp.prompting import encode_prompt, eos_ids
 from specexp.stopping import Stopper
 from specexp.tasks.prompt import PromptTask

@@ -18,7 +18,8 @@ import torch
 
 from specexp import entropy
 from specexp.length import LengthPolicy
-from specexp.models import CachedLM, check_context, sync
+from specexp.lm import CachedLM, check_context
+from specexp.models import sync
 from specexp.proposers.base import Proposer
 from specexp.sampling import Sampling
 from specexp.stopping import Stopper

@@ -58,7 +58,8 @@ def measure_verify_cost(target, widths: int, context: int = 64, repeats: int = 5
     over w tokens after `context` cached tokens, relative to a one-token forward in the same
     repeat (the widths alternate within each repeat, so a load change hits them all); the median
     over `repeats` (one warm-up repeat first, dropped)."""
-    from specexp.models import cached_lm, sync
+    from specexp.lm import cached_lm
+    from specexp.models import sync
 
     lm = cached_lm(target, vocab_size=vocab_size)
     device = next(target.parameters()).device

@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from specexp import analysis, batch, beam, build, categories, costs, provenance, record, show, stats, sweep, validate
 from specexp.config import CONF_DIR, register
 from specexp.decode import generate
-from specexp.models import cached_lm, check_context, describe
+from specexp.lm import cached_lm, check_context
+from specexp.models import describe
 from specexp.prompting import encode_prompt, eos_ids
 from specexp.stopping import Stopper
 from specexp.tasks.prompt import PromptTask

@@ -284,7 +284,7 @@ def _labelled(cfg: DictConfig, path: str, err: Exception) -> str:
     target = re.search(r"target '([\w.]+)'", str(err))
     for node_path, node in list(target_nodes(cfg.get(path), path)) or [(path, cfg.get(path))]:
         what = str(node._get_node("_target_")._value()) if "_target_" in node else path
-        if target and what != target.group(1):
+        if target and not _same_target(what, target.group(1)):
             continue
         raw = OmegaConf.to_container(node, resolve=False)
         named = sorted((m.start(), k) for k in raw if k not in HYDRA_KEYS
@@ -293,6 +293,18 @@ def _labelled(cfg: DictConfig, path: str, err: Exception) -> str:
             k = named[0][1]
             return f"{user_key(node_path, k, raw[k])}: {text} ({what})"
     return f"{path}: {type(cause).__name__}: {text}"
+
+
+def _same_target(configured: str, reported: str) -> bool:
+    """Whether Hydra's error about `reported` (the class's own module path, e.g.
+    specexp.length.base.Fixed) is about the node naming `configured` (the path the config uses,
+    e.g. specexp.length.Fixed, which re-exports it)."""
+    if configured == reported:
+        return True
+    try:
+        return get_object(configured) is get_object(reported)
+    except Exception:  # an unimportable name is not the one that failed
+        return False
 
 
 # --------------------------------------------------------------------------------------------

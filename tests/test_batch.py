@@ -13,7 +13,7 @@ from conftest import ModelsByRole, noisy_copy, pooled_chisquare, random_model
 from specexp.batch import RaggedCache, check_batch_size, generate_batch
 from specexp.decode import generate
 from specexp.length import Fixed, LengthPolicy
-from specexp.models import CachedLM
+from specexp.lm import CachedLM
 from specexp.proposers import DraftModel
 from specexp.proposers.bigram import Bigram
 from specexp.proposers.datastore import Datastore

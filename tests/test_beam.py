@@ -9,7 +9,7 @@ import torch
 from conftest import pair_overrides, random_model
 
 from specexp.beam import BeamSearch
-from specexp.models import CachedLM
+from specexp.lm import CachedLM
 from specexp.sampling import Sampling
 from specexp.stopping import Stopper
 

@@ -14,7 +14,7 @@ from scipy.stats import chisquare
 
 from specexp.decode import generate
 from specexp.length import LengthPolicy
-from specexp.models import CachedLM, cached_lm
+from specexp.lm import CachedLM, cached_lm
 from specexp.proposers import Bigram, Cascade, PromptLookup
 from specexp.proposers.cascade import _Items
 from specexp.sampling import Sampling

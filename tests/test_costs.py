@@ -9,7 +9,7 @@ from test_cascade import FakePair, RuleLM, succ
 from specexp import costs
 from specexp.decode import generate
 from specexp.length import Fixed, LengthPolicy
-from specexp.models import CachedLM
+from specexp.lm import CachedLM
 from specexp.proposers import Bigram, Cascade, DraftModel
 from specexp.sampling import Sampling
 from specexp.stopping import Stopper

@@ -13,7 +13,8 @@ from specexp import build
 from specexp.datastore import NGramTable, build_datastore, load_replies
 from specexp.decode import generate
 from specexp.length import Fixed
-from specexp.models import CachedLM, ModelSpec, load_model, load_tokenizer
+from specexp.lm import CachedLM
+from specexp.models import ModelSpec, load_model, load_tokenizer
 from specexp.proposers import Datastore, PromptLookup
 from specexp.sampling import Sampling
 from specexp.stopping import Stopper

@@ -9,7 +9,7 @@ from conftest import ModelsByRole, noisy_copy, random_model
 
 from specexp.decode import generate
 from specexp.length import Fixed
-from specexp.models import CachedLM
+from specexp.lm import CachedLM
 from specexp.proposers import DraftModel
 from specexp.sampling import Sampling
 from specexp.stopping import Stopper

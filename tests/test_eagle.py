@@ -16,7 +16,8 @@ from specexp.decode import generate
 from specexp.distill import teacher_read
 from specexp.eagle import build_feature_drafter, chain_acceptance, heldout_agreement, init_feature_drafter, train
 from specexp.length import Fixed
-from specexp.models import CachedLM, ModelSpec, load_model
+from specexp.lm import CachedLM
+from specexp.models import ModelSpec, load_model
 from specexp.replies import chat_ids, replies_with_reads
 from specexp.proposers import Datastore, DraftModel, FeatureDrafter, LookupFirst
 from specexp.proposers.eagle import FeatureDrafterModel

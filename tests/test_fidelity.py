@@ -17,7 +17,7 @@ from specexp import length as L
 from specexp.analysis import aggregate
 from specexp.decode import generate
 from specexp.length import Fixed, Heuristic
-from specexp.models import CachedLM, cached_lm
+from specexp.lm import CachedLM, cached_lm
 from specexp.proposers import DraftModel
 from specexp.sampling import Sampling
 from specexp.stopping import Stopper

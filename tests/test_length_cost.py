@@ -165,7 +165,7 @@ def test_measured_rule_in_the_decode_loop_keeps_greedy_output():
     from conftest import ModelsByRole, noisy_copy, random_model
 
     from specexp.decode import generate
-    from specexp.models import CachedLM
+    from specexp.lm import CachedLM
     from specexp.proposers import DraftModel
     from specexp.sampling import Sampling
     from specexp.stopping import Stopper

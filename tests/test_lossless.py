@@ -31,7 +31,7 @@ from scipy import stats
 
 from specexp import build, verify
 from specexp.decode import generate
-from specexp.models import CachedLM, cached_lm
+from specexp.lm import CachedLM, cached_lm
 from specexp.proposers.bigram import save_table
 from specexp.sampling import Sampling, sample
 from specexp.stopping import Stopper

@@ -131,7 +131,7 @@ def test_a_stop_inside_accepted_drafts_counts_only_the_emitted_ones():
     from test_paths import ScriptLM
 
     from specexp.length import Fixed
-    from specexp.models import CachedLM
+    from specexp.lm import CachedLM
     from specexp.proposers import DraftModel
     from specexp.sampling import Sampling
     from specexp.stopping import Stopper

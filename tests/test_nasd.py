@@ -7,7 +7,7 @@ from conftest import compose, pooled_chisquare, random_model
 
 from specexp.decode import generate
 from specexp.length import Fixed
-from specexp.models import CachedLM
+from specexp.lm import CachedLM
 from specexp.proposers.nasd import NASD, NGramStore
 from specexp.sampling import Sampling
 from specexp.stopping import Stopper

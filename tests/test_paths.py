@@ -18,7 +18,7 @@ from conftest import make_tokenizer, pair_overrides, random_model
 
 from specexp import length as L
 from specexp.decode import generate
-from specexp.models import CachedLM
+from specexp.lm import CachedLM
 from specexp.proposers import DraftModel
 from specexp.sampling import Sampling
 from specexp.stopping import Stopper

@@ -11,7 +11,7 @@ from scipy.stats import chisquare
 
 from specexp.decode import generate
 from specexp.length import Fixed
-from specexp.models import CachedLM
+from specexp.lm import CachedLM
 from specexp.proposers import DraftModel
 from specexp.sampling import Sampling
 from specexp.stopping import Stopper

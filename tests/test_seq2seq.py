@@ -12,7 +12,8 @@ from test_cascade import FakePair, perturbed
 
 from specexp.decode import generate
 from specexp.length import Fixed, LengthPolicy
-from specexp.models import CachedLM, ModelSpec, Seq2SeqLM, cached_lm, load_model
+from specexp.lm import CachedLM, Seq2SeqLM, cached_lm
+from specexp.models import ModelSpec, load_model
 from specexp.proposers import Bigram, Cascade, DraftModel, PromptLookup
 from specexp.sampling import Sampling
 from specexp.stopping import Stopper

@@ -17,7 +17,8 @@ from conftest import pair_overrides, random_model
 from specexp import build
 from specexp.decode import generate
 from specexp.fetch import artifact_path
-from specexp.models import ModelSpec, cached_lm, load_model, resolve_source, truncate_layers
+from specexp.lm import cached_lm
+from specexp.models import ModelSpec, load_model, resolve_source, truncate_layers
 from specexp.prompting import encode_prompt, eos_ids
 from specexp.sampling import Sampling
 from specexp.stopping import Stopper

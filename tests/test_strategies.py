@@ -21,7 +21,7 @@ from scipy import stats
 from specexp import analysis, build
 from specexp import length as L
 from specexp.decode import generate
-from specexp.models import CachedLM
+from specexp.lm import CachedLM
 from specexp.proposers import DraftModel
 from specexp.sampling import Sampling
 from specexp.stopping import Stopper

@@ -296,7 +296,7 @@ def test_random_pair_decodes_speculatively(arch):
     """The helper's models work with the project's decoder: greedy speculative == autoregressive."""
     from specexp.decode import generate
     from specexp.length import Fixed
-    from specexp.models import CachedLM
+    from specexp.lm import CachedLM
     from specexp.proposers import DraftModel
     from specexp.sampling import Sampling
     from specexp.stopping import Stopper
@@ -322,7 +322,7 @@ def test_default_pair_quality():
 
     from specexp.decode import generate
     from specexp.length import Fixed
-    from specexp.models import CachedLM
+    from specexp.lm import CachedLM
     from specexp.proposers import DraftModel
     from specexp.sampling import Sampling
     from specexp.stopping import Stopper

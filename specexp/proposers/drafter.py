@@ -4,7 +4,7 @@ import torch
 
 from specexp import entropy
 from specexp.length import Decision, DraftStep, LengthPolicy
-from specexp.models import CachedLM, SubsetHeadLM, cached_lm
+from specexp.lm import CachedLM, SubsetHeadLM, cached_lm
 from specexp.proposers.base import Draft, Proposer
 from specexp.sampling import Sampling
 

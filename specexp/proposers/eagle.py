@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaModel, LlamaPreTrainedModel
 
-from specexp.models import CachedLM
+from specexp.lm import CachedLM
 from specexp.proposers.base import Draft
 from specexp.proposers.drafter import DraftModel, draft_vocab
 

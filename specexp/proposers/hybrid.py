@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from specexp.length import LengthPolicy
-from specexp.models import CachedLM
+from specexp.lm import CachedLM
 from specexp.proposers.base import Draft, Proposer
 from specexp.proposers.datastore import Datastore
 from specexp.proposers.drafter import DraftModel
