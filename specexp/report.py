@@ -20,7 +20,8 @@ from pathlib import Path
 
 from specexp import compare, plots, study
 from specexp.collect import collect, collect_samples, load_runs, write_table
-from specexp.tables import TABLES, latex_escape, render, render_latex, render_markdown  # noqa: F401 (re-exported)
+from specexp.markup import render_latex, render_markdown
+from specexp.tables import TABLES, render
 
 
 # --------------------------------------------------------------------------------------------

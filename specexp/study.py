@@ -10,7 +10,8 @@ import pandas as pd
 
 from specexp import compare, plots, stats
 from specexp.collect import _missing
-from specexp.tables import SPEEDUP_NOTE, Section, render, render_markdown
+from specexp.markup import Section, render_markdown
+from specexp.tables import SPEEDUP_NOTE, render
 
 ESTIMATOR_TEXT = (
     "Speed is compared sample by sample. Each sample is decoded `timing.repeats` times per mode, the modes "

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import ModelsByRole, noisy_copy, pooled_chisquare, random_model
 
-from specexp.batch import RaggedCache, check_batch_size, generate_batch
+from specexp.batch import check_batch_size, generate_batch
 from specexp.decode import generate
 from specexp.length import Fixed, LengthPolicy
 from specexp.lm import CachedLM
@@ -18,6 +18,7 @@ from specexp.proposers import DraftModel
 from specexp.proposers.bigram import Bigram
 from specexp.proposers.datastore import Datastore
 from specexp.proposers.lookup import PromptLookup
+from specexp.ragged import RaggedCache
 from specexp.sampling import Sampling
 from specexp.stopping import Stopper
 

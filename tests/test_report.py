@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from specexp import plots, report
+from specexp import markup, plots, report
 
 
 def write_run(root: Path, name: str, *, strategy: str = "speculative", params: dict | None = None,
@@ -221,7 +221,7 @@ def test_runs_table_and_unknown_names(tmp_path):
 
 
 def test_latex_escaping():
-    assert report.latex_escape("pass@1 & 50% of_x #1 ~{}") == r"pass@1 \& 50\% of\_x \#1 \textasciitilde{}\{\}"
+    assert markup.latex_escape("pass@1 & 50% of_x #1 ~{}") == r"pass@1 \& 50\% of\_x \#1 \textasciitilde{}\{\}"
 
 
 def analysis_records(n: int = 200) -> list[dict]:

@@ -17,7 +17,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import ROOT, compose, pair_overrides
-from specexp import models, report, run, sweep
+from specexp import gpu_pin, models, report, run, sweep
 from specexp.length import Fixed
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -288,34 +288,34 @@ def test_objective_penalises_changed_output_and_quality_drop():
 
 
 def test_gpu_slots_are_exclusive(tmp_path):
-    a = sweep.acquire_slot(tmp_path, 2)
-    b = sweep.acquire_slot(tmp_path, 2)  # another open file description: as another process
+    a = gpu_pin.acquire_slot(tmp_path, 2)
+    b = gpu_pin.acquire_slot(tmp_path, 2)  # another open file description: as another process
     assert a is not None and b is not None and {a[0], b[0]} == {0, 1}
-    assert sweep.acquire_slot(tmp_path, 2) is None  # every slot taken
+    assert gpu_pin.acquire_slot(tmp_path, 2) is None  # every slot taken
     os.close(a[1])  # the process holding slot a exits
-    c = sweep.acquire_slot(tmp_path, 2)
+    c = gpu_pin.acquire_slot(tmp_path, 2)
     assert c is not None and c[0] == a[0]
     os.close(b[1])
     os.close(c[1])
 
 
 def test_pin_gpu_sets_cuda_visible_devices_once_per_process(tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep, "_PINNED", None)
+    monkeypatch.setattr(gpu_pin, "_PINNED", None)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
-    cb = sweep.PinGPU()  # gpus from the launching process's CUDA_VISIBLE_DEVICES
+    cb = gpu_pin.PinGPU()  # gpus from the launching process's CUDA_VISIBLE_DEVICES
     assert cb.gpus == ["4", "6"]
     cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "job": {"num": 3}}})
-    held = sweep.acquire_slot(tmp_path / ".gpu_slots", 1)  # another worker holds slot 0 (GPU 4)
+    held = gpu_pin.acquire_slot(tmp_path / ".gpu_slots", 1)  # another worker holds slot 0 (GPU 4)
     cb.on_job_start(cfg, task_function=None)
-    assert os.environ["CUDA_VISIBLE_DEVICES"] == "6" and sweep._PINNED["slot"] == 1
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "6" and gpu_pin._PINNED["slot"] == 1
     cb.on_job_start(cfg, task_function=None)  # the next job in the same worker: same GPU
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "6"
-    first = sweep._PINNED
+    first = gpu_pin._PINNED
     # Every slot taken (more workers than GPUs): fall back to job.num % len(gpus), with a warning.
-    monkeypatch.setattr(sweep, "_PINNED", None)
-    crowded = sweep.PinGPU(gpus=[0], lock_dir=str(tmp_path / ".gpu_slots"))
+    monkeypatch.setattr(gpu_pin, "_PINNED", None)
+    crowded = gpu_pin.PinGPU(gpus=[0], lock_dir=str(tmp_path / ".gpu_slots"))
     crowded.on_job_start(cfg, task_function=None)
-    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0" and sweep._PINNED["slot"] is None
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0" and gpu_pin._PINNED["slot"] is None
     os.close(held[1])
     os.close(first["fd"])
 
@@ -323,7 +323,7 @@ def test_pin_gpu_sets_cuda_visible_devices_once_per_process(tmp_path, monkeypatc
 def test_launcher_and_sweeper_configs_compose():
     c = compose(["hydra/launcher=joblib_gpus"])
     assert c.hydra.launcher._target_.endswith("JoblibLauncher") and c.hydra.launcher.backend == "loky"
-    assert c.hydra.callbacks.gpu_pin._target_ == "specexp.sweep.PinGPU"
+    assert c.hydra.callbacks.gpu_pin._target_ == "specexp.gpu_pin.PinGPU"
     assert OmegaConf.to_container(c.hydra.launcher, resolve=True)["n_jobs"] >= 1  # ${specexp_gpu_count:}
     c = compose(["hydra/launcher=submitit_slurm_gpu", "hydra.launcher.partition=gpu"])
     assert c.hydra.launcher._target_.endswith("SlurmLauncher")
@@ -344,6 +344,7 @@ def test_launcher_and_sweeper_configs_compose():
 
     for name in ("SweepSummary", "PinGPU", "Objective"):
         assert get_class(f"specexp.sweep.{name}")
+    assert get_class("specexp.sweep.PinGPU") is get_class("specexp.gpu_pin.PinGPU")  # the older path still works
 
 
 def test_optuna_tunes_gamma_in_process(random_pair_dir, tmp_path):
