@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from specexp.tasks import sandbox
+from specexp.tasks import isolation, sandbox
 from specexp.tasks.base import Sample
 from specexp.tasks.humaneval import HumanEval
 from specexp.tasks.sandbox import Limits, isolation_mode, run_check, run_python
@@ -32,7 +32,7 @@ SECRET = "SECRET-" + secrets.token_hex(8)
 TOKEN = secrets.token_hex(6)
 ROOT = os.geteuid() == 0
 MODE = isolation_mode()
-KERNEL_LEVELS = [m for m in ("bwrap", "setpriv", "userns") if m == MODE or (m in sandbox._candidates() and m != "plain")]
+KERNEL_LEVELS = [m for m in ("bwrap", "setpriv", "userns") if m == MODE or (m in isolation.candidates() and m != "plain")]
 # the machine's level always; the other kernel levels it has as well (slow)
 LEVELS = [pytest.param(m, marks=[] if m == MODE else [pytest.mark.slow]) for m in KERNEL_LEVELS]
 ALL_LEVELS = [pytest.param(m, marks=[] if m == MODE else [pytest.mark.slow])  # + plain: Python hooks alone
@@ -96,9 +96,9 @@ def _assert_no_box_left(mode: str):
     if not (ROOT and mode in sandbox.STRONG):
         return  # the box shares a uid with other processes: nothing to tell them apart by
     deadline = time.monotonic() + 10
-    while sandbox.box_processes() and time.monotonic() < deadline:
+    while isolation.box_processes() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert sandbox.box_processes() == []
+    assert isolation.box_processes() == []
 
 
 # ---------------------------------------------------------------- host read, write, delete

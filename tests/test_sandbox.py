@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from specexp.tasks import sandbox
+from specexp.tasks import isolation, sandbox
 from specexp.tasks.sandbox import Limits, check_many, Check, isolation_mode, run_check, run_many, run_python
 
 FAST = Limits(timeout=30, cpu_seconds=5, memory_mb=512, nproc=8, fsize_mb=1)  # the timeout is a safety net only
@@ -173,7 +173,7 @@ def _wait_until(condition, limit: float = 10.0) -> bool:
 def _assert_no_box_left():
     """Every process of the box is gone (own-uid levels: nothing runs as a box uid any more)."""
     if OWN_UID:
-        assert _wait_until(lambda: sandbox.box_processes() == []), sandbox.box_processes()
+        assert _wait_until(lambda: isolation.box_processes() == []), isolation.box_processes()
 
 
 def test_process_group_is_killed_at_the_end():

