@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 from scipy import stats
 
 N_BINS, LO, HI = 20, 0.0, 5.0
@@ -109,12 +110,9 @@ def draft_lengths(lengths: Iterable[int] | Iterable[Iterable[int]]) -> dict:
             flat.append(int(x))
     if not flat:
         return {"n_rounds": 0, "mean": None, "std": None, "histogram": []}
-    mean = sum(flat) / len(flat)
-    hist = [0] * (max(flat) + 1)
-    for k in flat:
-        hist[k] += 1
-    return {"n_rounds": len(flat), "mean": mean,
-            "std": math.sqrt(sum((k - mean) ** 2 for k in flat) / len(flat)), "histogram": hist}
+    a = np.asarray(flat)
+    return {"n_rounds": len(flat), "mean": float(a.mean()), "std": float(a.std()),  # numpy's std: population (ddof 0)
+            "histogram": np.bincount(a).tolist()}
 
 
 def by_source(records: Sequence[dict]) -> dict:
