@@ -14,7 +14,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-log = logging.getLogger("specexp.sweep")
+log = logging.getLogger(__name__)
 
 
 _PINNED: dict[str, Any] | None = None  # this process's slot: {"gpu": id, "slot": i, "fd": lock fd}
