@@ -166,3 +166,22 @@ def test_batch_sizes_flag_runs_the_batched_bench(random_pair_dir, tmp_path, monk
     assert set(res["crossover_batch_size"]) == {"speculative", "prompt_lookup", "bigram"}
     assert res["ignore_eos"] and set(res["autoregressive_scaling"]) == {1, 2}
     assert res["forward_ceiling"][1]["vs_batch1"] == 1.0 and res["forward_ceiling"][2]["ms_per_step"] > 0
+
+
+def test_feature_goals_pick_the_best_feature_mode_and_transformers_fastest_speculative_mode():
+    from specexp.benchmark import feature_goals
+
+    def row(mode, side, tps, tau=None, speedup=None, gamma=4):
+        return {"setting": "greedy", "mode": mode, "name": mode, "side": side, "tokens_per_s": tps, "tau": tau,
+                "speedup": speedup, "speedup_ci": [speedup - 0.1, speedup + 0.1] if speedup else None, "gamma": gamma}
+
+    rows = [row("ours-ar", "ours", 20.0, 1.0, None, None), row("hf-ar", "hf", 30.0, 1.0, None, None),
+            row("hf-lookup", "hf", 22.0, 1.7), row("ours-lookup-store", "ours", 40.0, 1.9, 2.0),
+            row("ours-eagle-vocab", "ours", 17.0, 2.6, 0.85), row("ours-eagle-store-cost", "ours", 29.0, 2.1, 1.45)]
+    goals = {g["goal"].split(" (")[0]: g for g in feature_goals(rows)}
+    tau, sp, hf = goals.values()
+    assert tau["value"] == "2.60 (ours-eagle-vocab)" and tau["met"]  # the most tokens per forward of the feature modes
+    assert sp["value"] == "1.45x [1.35, 1.55] (ours-eagle-store-cost)" and sp["met"]  # the fastest one; no model-free mode
+    # over transformers' fastest speculative mode (lookup, 22 tok/s), not its autoregressive one (30)
+    assert hf["value"] == f"{29 / 22:.2f}x (ours-eagle-store-cost / hf-lookup)" and not hf["met"]
+    assert feature_goals([r for r in rows if not r["mode"].startswith("ours-eagle")]) == []
