@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from tqdm.auto import tqdm
 
 from specexp import build
 from specexp.benchmark import LEGEND, analyse, format_table, goals, ratios  # noqa: F401 (format_table: API)
@@ -185,7 +186,8 @@ class Call:
 def measure(modes: list[Mode], prompts: list[Prompt], sets: list[Setting], new_tokens: int, repeats: int,
             warmup: int, seed: int, sync: Callable[[], None] = lambda: None,
             progress: Callable[[str], None] = lambda s: None) -> dict[tuple[str, str], list[Call]]:
-    """All timed calls, by (setting name, mode key). See the module docstring for the order."""
+    """All timed calls, by (setting name, mode key). See the module docstring for the order.
+    `progress` is called after each prompt's calls (every mode once), with what was done."""
     for s in sets:
         for m in modes:
             for _ in range(warmup):
@@ -195,7 +197,6 @@ def measure(modes: list[Mode], prompts: list[Prompt], sets: list[Setting], new_t
     for r in range(repeats):
         for s in sets:
             for i, p in enumerate(prompts):
-                progress(f"repeat {r + 1}/{repeats}, {s.name}, prompt {i + 1}/{len(prompts)} ({p.id})")
                 for j in range(len(modes)):
                     m = modes[(step + j) % len(modes)]  # rotate the order from prompt to prompt
                     sync()
@@ -205,6 +206,7 @@ def measure(modes: list[Mode], prompts: list[Prompt], sets: list[Setting], new_t
                     gen.wall_time = time.perf_counter() - t0
                     calls[(s.name, m.key)].append(Call(r, i, gen))
                 step += 1
+                progress(f"repeat {r + 1}/{repeats}, {s.name}, prompt {i + 1}/{len(prompts)} ({p.id})")
     return calls
 
 
@@ -263,10 +265,9 @@ def main(argv: list[str] | None = None) -> dict:
           f"lookup {args.lookup_tokens} tokens / {args.lookup_ngram}-gram, "
           f"{pair.device}, {torch.get_num_threads()} threads", flush=True)
     t0 = time.perf_counter()
-    live = sys.stderr.isatty()
-    report = benchmark(pair, prompts, args,
-                       progress=(lambda s: print(f"  {s:<90}", end="\r", file=sys.stderr, flush=True)) if live
-                       else (lambda s: None))
+    steps = args.repeats * len(settings(args.temperature)) * len(prompts)  # each: every mode on one prompt
+    with tqdm(total=steps, desc="bench", unit="prompt", mininterval=1 if sys.stderr.isatty() else 60) as bar:
+        report = benchmark(pair, prompts, args, progress=lambda s: (bar.set_postfix_str(s, refresh=False), bar.update()))
     elapsed = time.perf_counter() - t0
     specs = {role: describe(s) for role, s in pair.specs.items() if s is not None}
     report = {
@@ -280,8 +281,6 @@ def main(argv: list[str] | None = None) -> dict:
         "prompts": [{"dataset": p.dataset, "id": p.id, "tokens": p.ids.shape[0]} for p in prompts],
         "elapsed_s": elapsed, **report,
     }
-    if live:
-        print(" " * 100, end="\r", file=sys.stderr)
     print(f"pair {cfg.model_pair.name}: " + "; ".join(f"{r}={s}" for r, s in specs.items()))
     print(format_table(report))
     print("\n" + LEGEND)

@@ -92,16 +92,18 @@ def forward_ceiling(model, sizes: list[int], context: int = 200, repeats: int = 
     {B: {"ms_per_step", "tokens_per_second", "vs_batch1"}}."""
     import copy
 
+    from specexp.lm import cache_arg, cache_of
+
     vocab = model.get_input_embeddings().weight.shape[0]
     gen = torch.Generator().manual_seed(0)
-    caches = {B: model(input_ids=torch.randint(0, vocab, (B, context), generator=gen).to(model.device),
-                       use_cache=True).past_key_values for B in sizes}
+    caches = {B: cache_of(model(input_ids=torch.randint(0, vocab, (B, context), generator=gen).to(model.device),
+                                use_cache=True)) for B in sizes}
     times = {B: [] for B in sizes}
     for _ in range(repeats + 2):
         for B in sizes:
             cache, x = copy.deepcopy(caches[B]), torch.randint(0, vocab, (B, 1), generator=gen).to(model.device)
             t0 = time.perf_counter()
-            model(input_ids=x, past_key_values=cache, use_cache=True)
+            model(input_ids=x, **cache_arg(model, cache), use_cache=True)
             times[B].append(time.perf_counter() - t0)
     med = {B: statistics.median(v[2:]) for B, v in times.items()}
     return {B: {"ms_per_step": 1000 * med[B], "tokens_per_second": B / med[B],

@@ -196,6 +196,22 @@ def test_lookup_first_with_a_plain_drafter():
     assert who["lookup"] > 0 and who["drafter"] > 0
 
 
+def test_drafter_passes_its_cache_as_its_transformers_takes_it(tiny):
+    """The drafter's layer gets its KV cache through specexp.lm.cache_arg (`cache=` in transformers
+    5.x, where `past_key_values=` is deprecated and goes in 5.40), and decoding with the cache gives
+    the same features as one pass over the whole sequence."""
+    import warnings
+
+    _, drafter, data = tiny
+    f, e = data["hidden"][:1, :6].float(), torch.randn(1, 6, drafter.config.hidden_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        whole, _ = drafter(f, e, None, use_cache=False)
+        first, cache = drafter(f[:, :4], e[:, :4], None, use_cache=True)
+        rest, _ = drafter(f[:, 4:], e[:, 4:], cache, use_cache=True)
+    torch.testing.assert_close(torch.cat([first, rest], dim=1), whole, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("lookup_first", [False, True], ids=["drafter", "lookup-first"])
 def test_drafter_cache_is_rolled_back_to_the_target_features(tiny, lookup_first):
     """After every round the drafter's cache holds exactly the positions fed with the target's

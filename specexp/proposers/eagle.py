@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaModel, LlamaPreTrainedModel
 
-from specexp.lm import CachedLM
+from specexp.lm import CachedLM, cache_arg, cache_of
 from specexp.proposers.base import Draft
 from specexp.proposers.drafter import DraftModel, draft_vocab
 
@@ -60,8 +60,8 @@ class FeatureDrafterModel(LlamaPreTrainedModel):
                              "through strategy.proposer=DraftModel (model: drafter); it cannot score text on its "
                              "own (e.g. as a cascade level or transformers' assistant_model)")
         x = self.fc(torch.cat([features, embeds], dim=-1))
-        out = self.layers(inputs_embeds=x, past_key_values=past_key_values, use_cache=use_cache)
-        return out.last_hidden_state, out.past_key_values
+        out = self.layers(inputs_embeds=x, **cache_arg(self.layers, past_key_values), use_cache=use_cache)
+        return out.last_hidden_state, cache_of(out)
 
     def as_proposer(self, role: str, vocab: int | None) -> "FeatureDrafter":
         """What `DraftModel.bind` drafts with when the pair's drafter is this model."""
