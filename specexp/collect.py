@@ -1,6 +1,6 @@
-"""Collecting runs: every metrics.json under sweep / run dirs into one table (a row per run) and
-the per-sample table (a row per run x sample, `processed_data.csv`); each speculative run joined
-to its autoregressive baseline.
+"""Collecting runs: every metrics.json under sweep / run dirs into one table (a row per run), each
+speculative run joined to its autoregressive baseline. The per-sample table (a row per run x
+sample, `processed_data.csv`) is specexp/per_sample.py.
 
 One row per metrics.json (ok and failed runs alike). Columns (docs/reports.md has the full list):
 identity (run_dir, job, status, error, method, strategy, model_pair, target, drafter, dataset,
@@ -356,63 +356,3 @@ def write_table(df: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Path]:
     df.to_csv(csv, index=False)
     _arrow_safe(df).to_parquet(pq, index=False)
     return csv, pq
-
-
-# --------------------------------------------------------------------------------------------
-# Per-sample table (processed_data.csv)
-# --------------------------------------------------------------------------------------------
-
-QUALITY_SAMPLE_KEYS = ("passed", "correct", "rouge1", "rouge2", "rougeL")  # per-sample scores the tasks write
-
-
-def _per_sample_quality(q: dict | None) -> dict[str, dict]:
-    """{sample id: {key: value}} of a task's `per_sample` scores (bools and numbers only)."""
-    out = {}
-    for r in (q or {}).get("per_sample") or []:
-        out[str(r.get("id"))] = {k: r[k] for k in QUALITY_SAMPLE_KEYS
-                                 if k in r and isinstance(r[k], (bool, int, float)) and r[k] is not None}
-    return out
-
-
-def collect_samples(runs: list[tuple[Path, dict]], df: pd.DataFrame) -> pd.DataFrame:
-    """One row per ok run x sample: the run's identity (run_dir, job, method, strategy, dataset,
-    sampling), the sample's id and category, its tokens and seconds (median of the repeats) on
-    the strategy side and the baseline side, seconds per token, the per-sample per-token speedup,
-    whether the outputs are identical, drafted / accepted tokens, the repeats' spread, and the
-    per-sample quality (`quality.<key>`, `quality_baseline.<key>`)."""
-    ident = df.set_index("run_dir") if not df.empty else df
-    rows = []
-    for p, m in runs:
-        if m.get("status") != "ok":
-            continue
-        rd = str(p.parent)
-        info = ident.loc[rd] if rd in ident.index else {}
-        q, qb = _per_sample_quality(m.get("quality")), _per_sample_quality(m.get("quality_baseline"))
-        for s in m.get("samples") or []:
-            sid = str(s.get("id"))
-            t, n = s.get("wall_time_s"), s.get("new_tokens")
-            bt, bn = s.get("baseline_wall_time_s"), s.get("baseline_new_tokens")
-            row = {"run_dir": rd, **{k: _val(info, k) for k in ("job", "method", "strategy", "model_pair", "dataset",
-                                                               "sampling", "seed", "max_new_tokens")},
-                   "sample": sid, "category": s.get("category"), "new_tokens": n, "wall_time_s": t,
-                   "s_per_token": t / n if t and n else None,
-                   "baseline_new_tokens": bn, "baseline_wall_time_s": bt,
-                   "baseline_s_per_token": bt / bn if bt and bn else None,
-                   "speedup_per_token": (bt / bn) / (t / n) if t and n and bt and bn else None,
-                   "matches_baseline": s.get("matches_baseline"),
-                   "drafted": s.get("drafted"), "accepted": s.get("accepted"),
-                   "acceptance_rate": s["accepted"] / s["drafted"] if s.get("drafted") else None,
-                   "repeat_spread": value_at(s, "repeats.spread"),
-                   "baseline_repeat_spread": value_at(s, "baseline_repeats.spread")}
-            row.update({f"quality.{k}": v for k, v in q.get(sid, {}).items()})
-            row.update({f"quality_baseline.{k}": v for k, v in qb.get(sid, {}).items()})
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _val(info, k):
-    try:
-        v = info[k]
-    except (KeyError, TypeError):
-        return None
-    return None if _missing(v) else v

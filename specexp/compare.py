@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from specexp import stats
-from specexp.collect import QUALITY_SAMPLE_KEYS, _missing
+from specexp.collect import _missing
+from specexp.per_sample import QUALITY_SAMPLE_KEYS
 
 GROUP_KEYS = ("model_pair", "dataset", "dataset_version", "max_new_tokens", "seed", "sampling", "batch_size")
 OWN_BASELINE = "own autoregressive baseline"

@@ -19,8 +19,9 @@ import sys
 from pathlib import Path
 
 from specexp import compare, plots, study
-from specexp.collect import collect, collect_samples, load_runs, write_table
+from specexp.collect import collect, load_runs, write_table
 from specexp.markup import render_latex, render_markdown
+from specexp.per_sample import collect_samples
 from specexp.tables import TABLES, render
 
 

@@ -304,7 +304,7 @@ def test_reports_and_statistics_group_by_batch_size(run_specexp, random_pair_dir
     size (never the other one), and the tables name the batch size."""
     from conftest import pair_overrides
 
-    from specexp import collect, compare, tables
+    from specexp import collect, compare, per_sample, tables
 
     run_specexp(*pair_overrides(random_pair_dir), "strategy=autoregressive,speculative", "batch_size=1,2",
                 "dataset.limit=2", "dataset.max_new_tokens=8", "warmup=0", "baseline=false", "summary=false",
@@ -320,7 +320,7 @@ def test_reports_and_statistics_group_by_batch_size(run_specexp, random_pair_dir
     spec2 = df[(df["strategy"] == "speculative") & (df["batch_size"] == 2)].iloc[0]
     assert spec2["batch_tokens_per_second"] > 0 and spec2["batch_speedup_same_batch"] is None  # no AR in-run
 
-    samples = collect.collect_samples(runs, df)
+    samples = per_sample.collect_samples(runs, df)
     st = compare.compare_runs(df, samples, reference={"strategy": "autoregressive"})
     names = dict(zip(df["run_dir"], compare.run_names(df)))
     assert len(st) == 2
