@@ -273,6 +273,19 @@ def _data_key(params: dict) -> str:
     return hashlib.sha256(json.dumps({k: params[k] for k in DATA_KEYS}, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def heldout_split(data: dict, heldout: float, subset: int, vocab: int):
+    """The build's split of the windows and its vocabulary: the first `heldout` share held out
+    (`held`, `rows`: window indices); `counts` of each id as the target's top-1 on the training
+    rows, the ids that occur by that count (`order`, most frequent first: draft_vocab.json), and
+    the `subset` most frequent of them, sorted (the training loss's vocabulary)."""
+    n = len(data["windows"])
+    n_held = max(1, int(n * heldout))
+    counts = torch.bincount(data["ids"][n_held:, :, 0].flatten().long(), minlength=vocab)
+    order = [i for i in counts.argsort(descending=True, stable=True).tolist() if counts[i] > 0]
+    return (torch.arange(n_held), torch.arange(n_held, n), counts, order,
+            torch.tensor(sorted(order[:subset]), dtype=torch.long))
+
+
 def _build(spec: ModelSpec, tmp: Path, p: dict, cache: Path | None, progress: bool) -> dict:
     t0 = time.perf_counter()
     torch.manual_seed(p["seed"])
@@ -282,12 +295,7 @@ def _build(spec: ModelSpec, tmp: Path, p: dict, cache: Path | None, progress: bo
     t_data = time.perf_counter() - t0
     embed, head = target.get_input_embeddings(), target.get_output_embeddings()
     head_w = head.weight.detach()
-    n = len(data["windows"])
-    n_held = max(1, int(n * p["heldout"]))
-    held, rows = torch.arange(n_held), torch.arange(n_held, n)
-    counts = torch.bincount(data["ids"][n_held:, :, 0].flatten().long(), minlength=head_w.shape[0])
-    order = [i for i in counts.argsort(descending=True, stable=True).tolist() if counts[i] > 0]
-    subset = torch.tensor(sorted(order[: p["subset"]]), dtype=torch.long)
+    held, rows, counts, order, subset = heldout_split(data, p["heldout"], p["subset"], head_w.shape[0])
     drafter = init_feature_drafter(target, p["seed"])
     for q in (*embed.parameters(), *head.parameters()):
         q.requires_grad_(False)
@@ -305,7 +313,7 @@ def _build(spec: ModelSpec, tmp: Path, p: dict, cache: Path | None, progress: bo
     info = {
         "params": p,
         "corpus_documents": data["documents"],
-        "windows": {"train": len(rows), "heldout": n_held, "tokens": data["windows"].numel()},
+        "windows": {"train": len(rows), "heldout": len(held), "tokens": data["windows"].numel()},
         "parameters": {"target": n_params(target), "drafter": n_params(drafter)},
         "steps": curve[-1]["step"] if curve else 0,
         "training_curve": curve,

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from specexp import eagle as E
+from specexp.lm import cache_arg, cache_of
 from specexp.models import ModelSpec, load_model, resolve_source
 from specexp.proposers.eagle import FeatureLM
 
@@ -46,12 +47,7 @@ rms = lambda x: x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) 
 multi = torch.cat([rms(layers[LOW]), rms(layers[MID]), layers["last"].float()], -1).half()
 
 # 2. The build's split and subset (specexp.eagle._build).
-n = len(data["windows"])
-n_held = max(1, int(n * 0.05))
-held, rows = torch.arange(n_held), torch.arange(n_held, n)
-counts = torch.bincount(data["ids"][n_held:, :, 0].flatten().long(), minlength=head_w.shape[0])
-order = [i for i in counts.argsort(descending=True, stable=True).tolist() if counts[i] > 0]
-subset = torch.tensor(sorted(order[:2048]), dtype=torch.long)
+held, rows, _, _, subset = E.heldout_split(data, 0.05, 2048, head_w.shape[0])
 p = dict(lr=3e-3, epochs=EPOCHS, batch=8, unroll=2, feature_weight=0.1, token_weight=1.0, seed=0)
 
 
@@ -77,8 +73,8 @@ class Variant(torch.nn.Module):
         if feats.shape[-1] != H:  # fused real features; the drafter's own predictions are H wide
             feats = self.fuse(feats)
         x = self.fc(torch.cat([feats, embeds], -1))
-        out = self.d.layers(inputs_embeds=x, past_key_values=past_key_values, use_cache=use_cache)
-        return out.last_hidden_state, out.past_key_values
+        out = self.d.layers(inputs_embeds=x, **cache_arg(self.d.layers, past_key_values), use_cache=use_cache)
+        return out.last_hidden_state, cache_of(out)
 
 
 def embeds_of(arm, x):
