@@ -6,7 +6,13 @@ each repeat (a load change hits them all), and each ratio is the median over rep
 (specexp.stats.bootstrap_ci). Leviathan et al.'s formula assumes a verification forward costs one
 autoregressive step; on a CPU it does not, and this table says by how much.
 
+`--profile`: also where a forward's time goes at each width, from torch.profiler's self CPU time
+per operator over `--profile-repeats` forwards, grouped as matrix multiplies (the linear layers
+and the LM head), attention, cache and copies, and the rest. The profiler adds its own per-op
+cost, so read the groups' shares and their growth with the width, not the absolute times.
+
     OMP_NUM_THREADS=2 python scripts/verify_cost.py --threads 2 --json outputs/bench/verify-cost.json
+    OMP_NUM_THREADS=2 python scripts/verify_cost.py --threads 2 --widths 1,3,5 --repeats 10 --profile
 """
 from __future__ import annotations
 
@@ -35,6 +41,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=25)
     ap.add_argument("--vocab", type=int, default=8192, help="the feature drafter's subset head (0: whole head)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    ap.add_argument("--profile", action="store_true", help="also where each width's time goes, by operator group")
+    ap.add_argument("--profile-repeats", type=int, default=10, help="forwards profiled per width (default 10)")
     ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args(argv)
     if args.threads:
@@ -82,9 +90,46 @@ def main(argv: list[str] | None = None) -> dict:
     for key, v in out["ratios"].items():
         what = f"{key:>2}-token forward" if key != "drafter" else "drafter forward (c)"
         print(f"  {what:>20}: {v['median']:.2f}x  [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]")
+    if args.profile:
+        with torch.inference_mode():
+            out["profile"] = profile_widths(target, widths, ids, args.context, args.profile_repeats)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=1))
+    return out
+
+
+GROUPS = {"matrix multiplies": ("aten::mm", "aten::addmm", "aten::bmm"),
+          "attention": ("aten::_scaled_dot_product",),
+          "cache and copies": ("aten::cat", "aten::copy_", "aten::index_copy")}
+
+
+def group_of(op: str) -> str:
+    """The group of a profiled operator's name (by prefix; anything else: "rest")."""
+    return next((g for g, prefixes in GROUPS.items() if op.startswith(prefixes)), "rest")
+
+
+def profile_widths(target, widths: list[int], ids, context: int, repeats: int) -> dict:
+    """{width: {group: ms per forward}} from torch.profiler's self CPU time (see the docstring)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    out = {}
+    for w in widths:
+        x = ids(w)
+        target.forward(x, keep=w)  # warm this width's kernels outside the profile
+        target.crop(context)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(repeats):
+                target.forward(x, keep=w)
+                target.crop(context)
+        groups = dict.fromkeys([*GROUPS, "rest"], 0.0)
+        for e in prof.key_averages():
+            groups[group_of(e.key)] += e.self_cpu_time_total / 1e3 / repeats  # us -> ms per forward
+        out[str(w)] = {g: round(ms, 2) for g, ms in groups.items()}
+    print(f"where a forward's time goes (profiler self CPU ms per forward, {repeats} forwards per width):")
+    print(f"  {'width':>5}  " + "  ".join(f"{g:>17}" for g in [*GROUPS, "rest"]) + f"  {'total':>7}")
+    for w, groups in out.items():
+        print(f"  {w:>5}  " + "  ".join(f"{ms:17.1f}" for ms in groups.values()) + f"  {sum(groups.values()):7.1f}")
     return out
 
 

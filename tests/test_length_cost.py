@@ -181,3 +181,34 @@ def test_measured_rule_in_the_decode_loop_keeps_greedy_output():
     ar = generate(CachedLM(target), prompt, 32, Sampling(), Stopper())
     out = generate(CachedLM(target), prompt, 32, Sampling(), Stopper(), proposer, policy)
     assert out.tokens == ar.tokens and len(policy.gaps) > 0
+
+
+def test_verify_cost_profile_groups_every_operator_of_a_forward(random_pair_dir):
+    # scripts/verify_cost.py --profile: the groups add up to the profiler's whole self time, and the
+    # linear layers' matrix multiplies are found under their group, at each width
+    import importlib.util
+
+    from transformers import AutoModelForCausalLM
+
+    from conftest import ROOT
+    from specexp.lm import cached_lm
+
+    spec = importlib.util.spec_from_file_location("specexp_scripts_verify_cost",
+                                                  ROOT / "scripts" / "verify_cost.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.group_of("aten::mm") == "matrix multiplies" and script.group_of("aten::addmm") == "matrix multiplies"
+    assert script.group_of("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
+    assert script.group_of("aten::cat") == "cache and copies" and script.group_of("aten::rsqrt") == "rest"
+    target = cached_lm(AutoModelForCausalLM.from_pretrained(random_pair_dir / "target").eval())
+    gen = torch.Generator().manual_seed(0)
+    ids = lambda n: torch.randint(0, 200, (n,), generator=gen)  # noqa: E731
+    with torch.inference_mode():
+        target.reset()
+        target.forward(ids(16), keep=1)
+        out = script.profile_widths(target, [1, 3], ids, 16, repeats=2)
+    assert set(out) == {"1", "3"}
+    for groups in out.values():
+        assert set(groups) == {"matrix multiplies", "attention", "cache and copies", "rest"}
+        assert groups["matrix multiplies"] > 0 and groups["rest"] > 0 and all(v >= 0 for v in groups.values())
+    assert target.length == 16  # every profiled forward was cropped back to the context
