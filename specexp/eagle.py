@@ -14,8 +14,8 @@ Recipe (deterministic: fixed seeds, fixed data order, a fixed number of steps):
   2. The target's reads are kept while it writes (replies.replies_with_reads: a hook on its final norm):
      at every position p of prompt + reply its last hidden state f_p (what its LM head reads) and
      its top-k next-token distribution; the corpus text is read once (distill.teacher_read). Both
-     are cached next to the output folder (`.<name>-teacher-<key>.pt`): a crash or a rerun with
-     other training settings does not generate again.
+     are cached next to the output folder (`.<name>-teacher-<key>.pt`): a crash, a rerun with
+     other training settings, or a build of the same data into a sibling folder does not generate again.
   3. The drafter: fc([f_{p-1} ; e(x_p)]) -> one decoder layer (initialised from the target's last)
      -> final norm (the target's) -> f^_p, e = the target's embeddings, frozen; f_{-1} = 0.
      Loss per position, mean:  feature_weight * smoothL1(f^_p, f_p)
@@ -265,12 +265,20 @@ def build_feature_drafter(target: Any, out_dir: str, replies: int = 600, reply_m
               "epochs": epochs, "batch": batch, "lr": lr, "unroll": unroll, "feature_weight": feature_weight,
               "token_weight": token_weight, "heldout": heldout, "seed": seed}
     out = Path(out_dir).expanduser()
-    cache = out.parent / f".{out.name}-teacher-{_data_key(params)}.pt"  # the target's reads, kept across builds
+    cache = _teacher_cache(out, _data_key(params))
     return build_once(out, params, lambda tmp: _build(resolved, tmp, params, cache, progress), force, threads)
 
 
 def _data_key(params: dict) -> str:
     return hashlib.sha256(json.dumps({k: params[k] for k in DATA_KEYS}, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _teacher_cache(out: Path, key: str) -> Path:
+    """Where the target's reads are kept across builds: `.<out name>-teacher-<key>.pt` next to `out`,
+    or another build's there with the same key (same target and data: a build with other training
+    settings into another folder trains on those reads instead of reading again)."""
+    own = out.parent / f".{out.name}-teacher-{key}.pt"
+    return own if own.is_file() else next(iter(sorted(out.parent.glob(f".*-teacher-{key}.pt"))), own)
 
 
 def heldout_split(data: dict, heldout: float, subset: int, vocab: int):

@@ -336,6 +336,9 @@ def test_small_build_end_to_end(random_pair_dir, tmp_path):
     stamp = (out / "build.json").stat().st_mtime_ns
     assert build_feature_drafter(spec, str(out), **kw) == str(out)  # same parameters: reused
     assert (out / "build.json").stat().st_mtime_ns == stamp
+    longer = Path(build_feature_drafter(spec, str(tmp_path / "eagle-longer"), **(kw | {"epochs": 3.0})))
+    assert len(list(tmp_path.glob(".*-teacher-*.pt"))) == 1  # other training, same data: the same reads
+    assert json.loads((longer / "build.json").read_text())["windows"] == info["windows"]
 
     target = load_model(spec, torch.float32, torch.device("cpu"))
     drafter = load_model(ModelSpec(name=str(out)), torch.float32, torch.device("cpu"))
