@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
 GROUPS = {"matrix multiplies": ("aten::mm", "aten::addmm", "aten::bmm"),
           "attention": ("aten::_scaled_dot_product",),
           "cache and copies": ("aten::cat", "aten::copy_", "aten::index_copy")}
+NAMES = [*GROUPS, "rest"]  # every operator falls in one of these
 
 
 def group_of(op: str) -> str:
@@ -122,12 +123,12 @@ def profile_widths(target, widths: list[int], ids, context: int, repeats: int) -
             for _ in range(repeats):
                 target.forward(x, keep=w)
                 target.crop(context)
-        groups = dict.fromkeys([*GROUPS, "rest"], 0.0)
+        groups = dict.fromkeys(NAMES, 0.0)
         for e in prof.key_averages():
             groups[group_of(e.key)] += e.self_cpu_time_total / 1e3 / repeats  # us -> ms per forward
         out[str(w)] = {g: round(ms, 2) for g, ms in groups.items()}
     print(f"where a forward's time goes (profiler self CPU ms per forward, {repeats} forwards per width):")
-    print(f"  {'width':>5}  " + "  ".join(f"{g:>17}" for g in [*GROUPS, "rest"]) + f"  {'total':>7}")
+    print(f"  {'width':>5}  " + "  ".join(f"{g:>17}" for g in NAMES) + f"  {'total':>7}")
     for w, groups in out.items():
         print(f"  {w:>5}  " + "  ".join(f"{ms:17.1f}" for ms in groups.values()) + f"  {sum(groups.values()):7.1f}")
     return out

@@ -15,6 +15,21 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
+
+def load_script(stem: str):
+    """scripts/ is not a package: import scripts/<stem>.py from its path, once (registered in
+    sys.modules first, which its dataclasses need)."""
+    import importlib.util
+    import sys
+
+    name = f"specexp_scripts_{stem}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{stem}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
 CORPUS = ("def add(a, b):\n    return a + b\n\nclass Point:\n    def __init__(self, x, y):\n"
           "        self.x = x\n        self.y = y\n\nfor i in range(10):\n    print(i)\n") * 20
 

@@ -3,28 +3,18 @@ pair: every mode runs, greedy and sampled, and what it reports is well-formed an
 Timings themselves are not checked (they depend on the machine's load)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 
 import pytest
 
-from conftest import CORPUS, ROOT, pair_overrides
+from conftest import CORPUS, load_script, pair_overrides
 
 SETTINGS = ("greedy", "T=0.7")
 
 
 def load_bench():
-    """scripts/ is not a package: import bench.py from its path (registered in sys.modules first,
-    which its dataclasses need)."""
-    name = "specexp_scripts_bench"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "bench.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_script("bench")
 
 
 @pytest.fixture(scope="module")

@@ -184,19 +184,14 @@ def test_measured_rule_in_the_decode_loop_keeps_greedy_output():
 
 
 def test_verify_cost_profile_groups_every_operator_of_a_forward(random_pair_dir):
-    # scripts/verify_cost.py --profile: the groups add up to the profiler's whole self time, and the
-    # linear layers' matrix multiplies are found under their group, at each width
-    import importlib.util
-
+    # scripts/verify_cost.py --profile: operators fall in their groups by name, and at each width the
+    # linear layers' matrix multiplies and the rest are found, every forward cropped back after
     from transformers import AutoModelForCausalLM
 
-    from conftest import ROOT
+    from conftest import load_script
     from specexp.lm import cached_lm
 
-    spec = importlib.util.spec_from_file_location("specexp_scripts_verify_cost",
-                                                  ROOT / "scripts" / "verify_cost.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("verify_cost")
     assert script.group_of("aten::mm") == "matrix multiplies" and script.group_of("aten::addmm") == "matrix multiplies"
     assert script.group_of("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
     assert script.group_of("aten::cat") == "cache and copies" and script.group_of("aten::rsqrt") == "rest"
