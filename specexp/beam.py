@@ -1,6 +1,6 @@
-"""Beam search as a baseline decoding method (`strategy=beam`; the pytorch seed's third row): the
-target alone, `num_beams` hypotheses decoded as one batch over a shared KV cache that is reordered
-after every step. Deterministic; it is not greedy decoding, so a run gets no `matches_baseline`.
+"""Beam search as a baseline decoding method (`strategy=beam`; the third generation strategy of
+romsto/Speculative-Decoding): the target alone, `num_beams` hypotheses decoded as one batch over a
+shared KV cache that is reordered after every step. Deterministic; it is not greedy decoding, so a run gets no `matches_baseline`.
 
 The search is transformers' (`generate(num_beams=..., do_sample=False)`, 4.50+ / 5.x), so that the
 same settings give the same output (tests/test_beam.py checks it), one step at a time:

@@ -31,7 +31,7 @@ import pandas as pd
 
 from specexp import categories, stats
 from specexp.dotted import value_at
-from specexp.seed_estimators import seed_estimators
+from specexp.repro_estimators import repro_estimators
 
 # Strategy parameters that are plumbing, not hyperparameters (never in a method label).
 _NOT_PARAMS = {"name", "proposer", "length", "keep_trigger", "entropy_type", "renyi_alpha",
@@ -220,7 +220,8 @@ def flatten(path: Path, m: dict) -> tuple[dict, dict]:
         for k, v in cms.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 row[f"cost_speedup.{k}"] = v
-    row.update({f"seed.{k}": v for k, v in seed_estimators(samples).items()})  # the reproduction seed's estimators
+    # the estimators of the paper-reproduction repository (specexp/repro_estimators.py)
+    row.update({f"repro.{k}": v for k, v in repro_estimators(samples).items()})
     env = m.get("environment") or {}
     row.update({"device_name": env.get("device_name"), "torch": env.get("torch"),
                 "transformers": env.get("transformers"), "specexp": env.get("specexp")})

@@ -1,6 +1,7 @@
-"""Paired statistics across the runs of a sweep (`specexp-report DIR --stats`), the framework
-seed's success criteria and factor importance. The tests themselves are scipy / statsmodels
-calls in specexp/stats.py; this module decides what is compared with what.
+"""Paired statistics across the runs of a sweep (`specexp-report DIR --stats`), the success
+criteria of the "Entropy-Based Speculative Decoding" framework and factor importance. The tests
+themselves are scipy / statsmodels calls in specexp/stats.py; this module decides what is
+compared with what.
 
 Runs are comparable when they decoded the same samples: same model pair, dataset (version),
 token budget, seed, sampling and batch size (GROUP_KEYS), and the same sample ids (checked). Against
@@ -30,7 +31,7 @@ GROUP_KEYS = ("model_pair", "dataset", "dataset_version", "max_new_tokens", "see
 OWN_BASELINE = "own autoregressive baseline"
 STATS_COLUMNS = ["run", "method", "reference", "n_samples", "speedup", "ci_low", "ci_high", "p_wilcoxon", "p_ttest",
                  "p_holm", "cohens_d", "verdict"]
-FIXED = "speculative"  # the fixed-gamma strategy (the seed's "best fixed-k")
+FIXED = "speculative"  # the fixed-gamma strategy (the framework's "best fixed-k")
 NOT_DYNAMIC = ("autoregressive", FIXED)
 
 
@@ -262,7 +263,7 @@ def _ids(rows: pd.DataFrame) -> str:
 
 
 # ------------------------------------------------------------------------------------------
-# The framework seed's success criteria
+# The "Entropy-Based Speculative Decoding" framework's success criteria
 # ------------------------------------------------------------------------------------------
 
 def _ms_per_token(rows: pd.DataFrame) -> float:
@@ -278,7 +279,7 @@ def _select(g: pd.DataFrame, samples: pd.DataFrame, ids: list[str]) -> pd.Series
 def success_criteria(df: pd.DataFrame, samples: pd.DataFrame, seed: int = 0) -> list[dict]:
     """Per group (dataset x pair x sampling ...): the best dynamic strategy against the best
     fixed-k, each selected by ms/token on one half of the samples and compared on the other
-    half (all samples, labelled, with fewer than 4), with the seed's three criteria:
+    half (all samples, labelled, with fewer than 4), with the framework's three criteria:
       1. more than 10% faster: the speedup's CI lies above 1.10 (met), below it (not met), else undecided;
       2. acceptance within 10%: the CI of (mean dynamic acceptance / mean fixed acceptance) lies at or
          above 0.90 (met), below it (not met), else undecided;

@@ -42,6 +42,7 @@ the bind-time one-token target forward.
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 
@@ -83,6 +84,17 @@ def measure_verify_cost(target, widths: int, context: int = 64, repeats: int = 5
     one = times[0]
     ratios = [1.0] + [statistics.median(t / o for t, o in zip(tw, one)) for tw in times[1:]]
     return ratios, statistics.median(one)
+
+
+EDGE_TOL = 1e-6  # a probability this close below a bin edge counts in the bin above (calibration_bin)
+
+
+def calibration_bin(p: float, bins: int) -> int:
+    """The calibration bin of a drafter probability p: bin b holds [b/bins, (b+1)/bins), and p = 1
+    the top bin. A value on an edge falls in the bin above it, and so does one up to EDGE_TOL below
+    an edge: a float32 softmax meaning an edge value (0.9) comes out a few ulps either side of it
+    depending on the CPU, and both sides must land in the same bin. Clamped to [0, bins - 1]."""
+    return min(max(math.floor((p + EDGE_TOL) * bins), 0), bins - 1)
 
 
 class CostAware(LengthPolicy):
@@ -135,7 +147,7 @@ class CostAware(LengthPolicy):
         """The calibrated acceptance estimate of a draft the drafter gives probability p."""
         if not self.calibrate:
             return p
-        b = min(int(p * self.BINS), self.BINS - 1)
+        b = calibration_bin(p, self.BINS)
         centre = (b + 0.5) / self.BINS
         return (self.hits[b] + self.prior * centre) / (self.trials[b] + self.prior)
 
@@ -203,7 +215,7 @@ class CostAware(LengthPolicy):
         self.round_p = []
 
     def count(self, p: float, accepted: bool) -> None:
-        b = min(int(p * self.BINS), self.BINS - 1)
+        b = calibration_bin(p, self.BINS)
         self.trials[b] += 1
         self.hits[b] += accepted
 

@@ -1,6 +1,7 @@
 """The study report of a sweep: `DIR/report/final_report.md` with what ran (configs, environment,
-estimator), the tables with CIs and verdicts, the framework seed's success criteria, factor
-importance, the figures, and `processed_data.csv` (one row per run x sample) beside it."""
+estimator), the tables with CIs and verdicts, the success criteria of the "Entropy-Based
+Speculative Decoding" framework, factor importance, the figures, and `processed_data.csv` (one
+row per run x sample) beside it."""
 from __future__ import annotations
 
 import math
@@ -24,9 +25,10 @@ ESTIMATOR_TEXT = (
     "excludes 1, else no detectable difference.")
 
 KMEANS_NOTE = (
-    "KMeans + PCA (the seed's clustering of runs) is not used: the factors of a sweep are few, designed and "
-    "categorical, so the ANOVA above answers 'which keys matter' directly, with a test; clusters of a dozen runs in "
-    "a PCA of their metrics would describe the grid, not test it, and move with every rerun.")
+    "KMeans + PCA (the Entropy-Based Speculative Decoding framework's clustering of runs) is not used: the "
+    "factors of a sweep are few, designed and categorical, so the ANOVA above answers 'which keys matter' "
+    "directly, with a test; clusters of a dozen runs in a PCA of their metrics would describe the grid, not test "
+    "it, and move with every rerun.")
 
 
 def _cell(x, fmt="{:.3g}") -> str:
@@ -80,7 +82,8 @@ def criteria_section(rows: list[dict]) -> Section | None:
                     (f"{r['quality_metric']} {r['quality_diff']:+.3f} (p={_cell(r['quality_p'])}): "
                      if r.get("quality_metric") else "") + r["no_quality_loss"]])
     n_met = sum(r["faster_10pct"] == "met" for r in rows)
-    return Section("Success criteria (framework seed): best dynamic strategy vs best fixed-k",
+    return Section("Success criteria (Entropy-Based Speculative Decoding framework): best dynamic strategy vs "
+                   "best fixed-k",
                    ["setting", "best dynamic", "best fixed-k", "n select / report", "speedup [95% CI]",
                     "> 10% faster", "acceptance ratio [95% CI]: within 10%", "no quality loss"], out,
                    ["Selection (winner's curse): both runs are chosen by ms/token on one half of the samples (every "
@@ -89,7 +92,7 @@ def criteria_section(rows: list[dict]) -> Section | None:
                     "> 10% faster: met when the speedup's CI lies above 1.10, not met when below, else undecided. "
                     "Acceptance within 10%: the CI of the ratio of mean acceptance rates at or above 0.90. No quality "
                     "loss: no significant decrease (McNemar exact / paired bootstrap + Wilcoxon, p < 0.05).",
-                    f"Criterion 1 met on {n_met} of {len(rows)} setting(s); the seed asks for at least half."])
+                    f"Criterion 1 met on {n_met} of {len(rows)} setting(s); the framework asks for at least half."])
 
 
 def factors_section(f: pd.DataFrame | None) -> Section | None:
@@ -161,7 +164,7 @@ def write_final_report(df: pd.DataFrame, samples: pd.DataFrame, runs: list[tuple
     except ValueError as err:
         parts.append(f"## Comparison\n\nno paired statistics: {err}\n")
     if (reference or {}).get("strategy") != compare.FIXED and (df["strategy"] == compare.FIXED).any():
-        try:  # the seed's default comparison, when the sweep has fixed-gamma runs
+        try:  # the framework's default comparison, when the sweep has fixed-gamma runs
             st2 = compare.compare_runs(df, samples, {"strategy": compare.FIXED}, seed)
             st2.to_csv(out / "stats_vs_best_fixed.csv", index=False)
             parts.append(render_markdown([stats_section(st2)], "Comparison against the best fixed-gamma run"))

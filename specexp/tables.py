@@ -12,6 +12,7 @@ import pandas as pd
 from specexp import categories, stats
 from specexp.collect import QUALITY_LABEL, QUALITY_ORDER, _PERCENT_QUALITY, _first_line, _fmt_param, _missing
 from specexp.markup import Section, render_latex, render_markdown
+from specexp.repro_estimators import REPO as REPRO_REPO
 
 def _f(x, fmt: str = "{:.2f}", none: str = "–") -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
@@ -252,7 +253,7 @@ def table_reproduction(df: pd.DataFrame, samples: pd.DataFrame | None = None) ->
     for keys, g in _groups(ok, ["model_pair", "dataset", "experiment", "batch_size"]):
         qk = _quality_key(g)
         qlabel = QUALITY_LABEL.get(qk, qk or "Quality")
-        rows, seed_notes = [], []
+        rows, repro_notes = [], []
         for samp, gs in g.groupby(g["sampling"].astype(object).where(g["sampling"].notna(), "–"), sort=False):
             ar = gs[gs["strategy"] == "autoregressive"]
             spec = gs[gs["strategy"] != "autoregressive"]
@@ -267,18 +268,19 @@ def table_reproduction(df: pd.DataFrame, samples: pd.DataFrame | None = None) ->
                 rows.append([_method_name(r), _samp_name(samp),
                              _fmt_quality(qk, r.get(f"quality.{qk}") if qk else None),
                              speedup_cell(r), _pct(r.get("acceptance_rate"))])
-                seed_sp, seed_acc = r.get("seed.speedup_mean_of_ratios"), r.get("seed.acceptance_mean_of_rates")
-                if pd.notna(seed_sp) or pd.notna(seed_acc):  # the seed's estimators next to ours (specexp/seed_estimators.py)
-                    seed_notes.append(f"{_method_name(r)}, {_samp_name(samp)}: the seed's estimators: speedup "
-                                      f"{_f(seed_sp if pd.notna(seed_sp) else None, '{:.2f}x')} (mean of per-sample "
-                                      f"throughput ratios), acceptance {_pct(seed_acc if pd.notna(seed_acc) else None)} "
-                                      "(mean of per-sample rates); the table's acceptance rate is pooled.")
+                repro_sp, repro_acc = r.get("repro.speedup_mean_of_ratios"), r.get("repro.acceptance_mean_of_rates")
+                if pd.notna(repro_sp) or pd.notna(repro_acc):  # its estimators beside ours (repro_estimators.py)
+                    repro_notes.append(
+                        f"{_method_name(r)}, {_samp_name(samp)}: as {REPRO_REPO} estimates them: speedup "
+                        f"{_f(repro_sp if pd.notna(repro_sp) else None, '{:.2f}x')} (mean of per-sample throughput "
+                        f"ratios), acceptance {_pct(repro_acc if pd.notna(repro_acc) else None)} (mean of per-sample "
+                        "rates); the table's acceptance rate is pooled.")
         n = g["n_samples"].dropna()
         title = (f"{keys[0]} on {keys[1]}" + (f" ({int(n.max())} samples)" if not n.empty else "")
                  + (f", experiment {keys[2]}" if keys[2] != "–" else "")
                  + _batch_suffix(keys[3]))
         sections.append(Section(title, ["Method", "Sampling", qlabel, "Speedup [95% CI]", "Acceptance rate"], rows,
-                                [SPEEDUP_NOTE] + seed_notes))
+                                [SPEEDUP_NOTE] + repro_notes))
     return sections or [Section("Paper reproduction", ["Method", "Sampling", "Quality", "Speedup", "Acceptance rate"],
                                 [], ["no ok runs"])]
 

@@ -64,7 +64,7 @@ def missing_configs(name: str) -> list[str]:
     return [f"conf/{g}/{o}.yaml" for g, o in choices(name).items() if not (CONF / g / f"{o}.yaml").exists()]
 
 
-def test_the_seed_settings_have_experiment_files():
+def test_the_sources_published_settings_have_experiment_files():
     for name in ("entropy_thesis_opt", "repro_gptneo_xsum", "repro_deepseek_humaneval", "repro_opt_xsum",
                  "csd_flan_t5_mmlu", "csd_flan_t5_mmlu_prevwork", "csd_llama7b_mmlu", "csd_llama7b_gsm8k"):
         assert name in EXPERIMENTS

@@ -282,12 +282,12 @@ def test_strategy_docs_cite_sources_and_match_the_installed_transformers():
 
 # --- 12. the window rule at window=1 --------------------------------------------------------------
 
-def test_window_rule_offers_the_seed_slicing_at_window_1():
+def test_window_rule_offers_the_frameworks_slicing_at_window_1():
     """Entropies ln 1.2 then ln 7.4 (0.18, 2.0), theta 1.5: the current entropy alone (2.0)
-    stops; the seed's hist[-0:] averages the whole history ((0.18 + 2.0) / 2 = 1.09) and goes on."""
+    stops; the framework's hist[-0:] averages the whole history ((0.18 + 2.0) / 2 = 1.09) and goes on."""
     assert run(L.EntropyWindow(theta_abs=1.5, window=1), [1.2, 7.4]) == [C, BEFORE]
-    assert run(L.EntropyWindow(theta_abs=1.5, window=1, seed_slice=True), [1.2, 7.4]) == [C, C]
+    assert run(L.EntropyWindow(theta_abs=1.5, window=1, framework_slice=True), [1.2, 7.4]) == [C, C]
     # window >= 2: the two slicings agree
     for ns in ([2, 9, 9], [9, 1.5, 9, 9]):
-        assert run(L.EntropyWindow(window=3), ns) == run(L.EntropyWindow(window=3, seed_slice=True), ns)
+        assert run(L.EntropyWindow(window=3), ns) == run(L.EntropyWindow(window=3, framework_slice=True), ns)
     assert math.isclose(math.log(7.4), 2.0, abs_tol=0.01)

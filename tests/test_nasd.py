@@ -74,7 +74,8 @@ def _joint(model, prompt, sampling):
 def test_sampling_preserves_target_distribution():
     """Chi-square of the first two emitted tokens against the target's exact joint. The prompt
     makes the store draft 3 then 4 (a trigram and a bigram seen in it), which the target rarely
-    says: a sampler biased towards the draft (the seed's) would over-count those cells."""
+    says: a sampler biased towards the draft (romsto/Speculative-Decoding's) would over-count those
+    cells."""
     target = random_model("llama", vocab=V, hidden=32, layers=2, seed=10)
     target.lm_head.weight.data *= 8
     sampling = Sampling(1.0)

@@ -159,8 +159,8 @@ def test_thesis_table_uses_paired_baselines_without_an_ar_run(tmp_path):
     assert "paired†" in md and "† no separate strategy=autoregressive run" in md
 
 
-def test_reproduction_table_matches_the_seed_layout(tmp_path):
-    """The paper-reproduction seed's experiment 01 table, from one run with its paired baseline."""
+def test_reproduction_table_matches_the_reproduction_repos_layout(tmp_path):
+    """The paper-reproduction repository's experiment 01 table, from one run with its paired baseline."""
     write_run(tmp_path, "neo", params={"gamma": 5}, pair="gpt-neo-1.3b__125m-xsum", speedup=1.84, accept=0.32,
               quality={"rouge1": 0.159, "rouge2": 0.05}, quality_baseline={"rouge1": 0.160, "rouge2": 0.05},
               sample_times={f"s{i}": 1.0 for i in range(10)})

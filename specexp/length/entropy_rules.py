@@ -178,20 +178,20 @@ class EntropyRelative(_FrameworkRule):
 class EntropyWindow(_FrameworkRule):
     """Stop when the mean entropy of the last `window` positions, the current one included,
     exceeds theta_abs (defaults 3 and 1.5); no stop until `window` entropies are available.
-    `seed_slice=true` takes the earlier entropies as the framework seed's code does,
-    `hist[-(window - 1):]`: the same for window >= 2, but at window=1 `hist[-0:]` is the whole
-    round's history, so the rule compares the mean of every entropy so far (not the current one
-    alone) with theta_abs."""
+    `framework_slice=true` takes the earlier entropies as the Entropy-Based Speculative Decoding
+    framework's code does, `hist[-(window - 1):]`: the same for window >= 2, but at window=1
+    `hist[-0:]` is the whole round's history, so the rule compares the mean of every entropy so
+    far (not the current one alone) with theta_abs."""
 
-    def __init__(self, theta_abs: float = 1.5, window: int = 3, seed_slice: bool = False, **kw):
+    def __init__(self, theta_abs: float = 1.5, window: int = 3, framework_slice: bool = False, **kw):
         super().__init__(**kw)
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
-        self.theta_abs, self.window, self.seed_slice = theta_abs, window, seed_slice
+        self.theta_abs, self.window, self.framework_slice = theta_abs, window, framework_slice
 
     def triggered(self, h, earlier, position):
-        if self.seed_slice:
-            recent = earlier[-(self.window - 1):] + [h]  # window=1: earlier[-0:] == earlier (the seed's)
+        if self.framework_slice:
+            recent = earlier[-(self.window - 1):] + [h]  # window=1: earlier[-0:] == earlier (the framework's)
         else:
             recent = earlier[len(earlier) - (self.window - 1):] + [h] if self.window > 1 else [h]
         if len(recent) < self.window:

@@ -8,7 +8,7 @@ followed it. It is filled with
   2. every k-gram the generation adds (accepted drafts and the target's own tokens);
   3. the "filler": at each verified position the target's `filler_top_k` most likely tokens also
      count once after their context (the target's distribution teaches the store what it would
-     have said there; top-k 1 is ANPD's rule, 3 the seed's default).
+     have said there; top-k 1 is ANPD's rule, 3 romsto/Speculative-Decoding's default).
 A draft is a chain: the next token after the longest known context (n-1 tokens first, then
 shorter), the most frequent one (ties: the first seen). The draft stops where no context is known.
 
@@ -19,12 +19,12 @@ norm(max(0, p - onehot(d))) = p with d removed (specexp.verify). The emitted tok
 probability p(d) for d and (1 - p(d)) * p(x) / (1 - p(d)) = p(x) for every other x: the target's
 own distribution.
 
-How the seed's sampling is biased, and why this one is not: the seed draws x ~ p, accepts the
-draft when x == d, and on a mismatch throws x away and draws a *fresh* sample from p at that
-position. The fresh sample can be d again, so the emitted token is d with probability
+How romsto/Speculative-Decoding's sampling is biased, and why this one is not: it draws x ~ p,
+accepts the draft when x == d, and on a mismatch throws x away and draws a *fresh* sample from p
+at that position. The fresh sample can be d again, so the emitted token is d with probability
 p(d) + (1 - p(d)) p(d) > p(d) (the draft is over-weighted), and every other token x with
 probability (1 - p(d)) p(x) < p(x). Keeping x (or, equivalently, sampling the residual without d,
-as here) removes the bias. The seed also fills unknown contexts with a random token from the
+as here) removes the bias. It also fills unknown contexts with a random token from the
 unseeded global RNG (runs are not reproducible, and the guess is almost always rejected); here the
 draft simply stops, and nothing in this proposer draws random numbers.
 """
