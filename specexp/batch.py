@@ -21,7 +21,10 @@ row from that row's tokens (one copy per row).
 
 Not supported with batch_size > 1 (refused with an error): the cascade and other proposers with
 models of their own besides the plain drafter, feature drafters (EAGLE), a drafter with a vocab
-subset, proposers that overshoot the budget, encoder-decoder targets, beam search.
+subset, proposers that overshoot the budget, encoder-decoder targets, beam search, and length
+policies that carry state from one sample to the next (`LengthPolicy.carried_state`: AdaEDL with
+per_sample=false, any policy under carry_length_state=true): at batch 1 a sample starts from the
+state the one before it left, which rows decoded at the same time cannot.
 
 Per-row metrics: `wall_time` = from the row's admission to the end of its last round (its
 latency, sharing the machine with the other rows); `round_times` = the batched rounds it took
@@ -36,7 +39,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from specexp.decode import Generation, annotate, emit
+from specexp.decode import Generation, annotate, emit, rejected_drafts
 from specexp.length import Decision, DraftStep, LengthPolicy
 from specexp.models import sync
 from specexp.proposers.base import Draft, Proposer
@@ -56,6 +59,17 @@ def check_batch_size(batch_size, n_samples: int | None = None) -> int:
         raise ValueError(f"batch_size={batch_size} is larger than the dataset ({n_samples} samples): "
                          f"set batch_size <= {n_samples}, or raise dataset.limit")
     return batch_size
+
+
+# Why a proposer with models of its own cannot run batched (check_supported), by class name.
+_UNBATCHED = {
+    "LookupFirst": "the lookup-then-drafter strategies (lookup_entropy, lookup_store_entropy, lookup_store_cost: "
+                   "LookupFirst) choose per round between a lookup and the drafter model, and a batch runs one "
+                   "kind of proposer for all its rows",
+    "Cascade": "the cascade (Cascade) runs a stack of drafter models of its own",
+    "CrossTokenizerDrafter": "a drafter with another tokenizer (CrossTokenizerDrafter) runs its own model on "
+                             "re-tokenized text",
+}
 
 
 def check_supported(proposer: Proposer | None, target_model) -> str:
@@ -79,8 +93,9 @@ def check_supported(proposer: Proposer | None, target_model) -> str:
             raise ValueError("batch_size > 1 supports decoder-only drafters only; use batch_size=1")
         return "drafter"
     if getattr(proposer, "cached_models", None):
-        raise ValueError(f"batch_size > 1 supports the drafter model, prompt lookup and bigram proposers; "
-                         f"{name} (e.g. the cascade) runs models of its own: use batch_size=1")
+        why = _UNBATCHED.get(name, f"{name} runs models of its own")
+        raise ValueError(f"batch_size > 1 supports the drafter model, prompt lookup, datastore, bigram and n-gram "
+                         f"proposers; {why}: use batch_size=1")
     return "model_free"
 
 
@@ -200,6 +215,7 @@ def generate_batch(
     model-free proposers get one copy per row). `generators[i]` drives prompt i's sampling.
     `progress(n)` is called when n more prompts are done (e.g. a tqdm's update)."""
     kind = check_supported(proposer, target_model)
+    check_policy(policy if proposer is not None else None)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = prompts[0].device if prompts else torch.device("cpu")
@@ -263,7 +279,7 @@ def generate_batch(
                 row.proposer.observe_target(logits[b], n)
                 row.proposer.observe(n)
             # 5. Emit, stopping at the first EOS / stop string (as specexp.decode).
-            drafts_l = dtoks[b].tolist()
+            drafts_l, verified = dtoks[b].tolist(), n
             n, new, stopped = emit(out, drafts_l, n, nxt, stopper)
             row.tokens = torch.cat([row.tokens, torch.tensor(new, device=device, dtype=row.tokens.dtype)])
             # 6. The row's policy learns from its outcome.
@@ -271,7 +287,7 @@ def generate_batch(
                 row.policy.observe(k, n)
             if records and k and d is not None:
                 out.records.extend(annotate(d.records, logits[b], n, len(out.drafted), sampling))
-            out.log_round(k, n, drafts_l[n:])
+            out.log_round(k, n, rejected_drafts(drafts_l, verified, n))
             if stopped or len(out.tokens) >= max_new_tokens:
                 finished.append(b)
         sync(device)
@@ -309,7 +325,8 @@ def generate_batch(
 # A dataset decoded in batches (the run's `batch_size > 1` path, called by run.decode_dataset)
 # --------------------------------------------------------------------------------------------
 
-def check_run(batch_size: int, proposer, target_model, search, carry_length_state: bool) -> None:
+def check_run(batch_size: int, proposer, target_model, search, carry_length_state: bool,
+              policy: LengthPolicy | None = None, strategy: str | None = None) -> None:
     """Refuse, before any decode, a batched run of something batching does not support."""
     if batch_size == 1:
         return
@@ -319,7 +336,20 @@ def check_run(batch_size: int, proposer, target_model, search, carry_length_stat
         raise ValueError("carry_length_state=true carries the length policy's state from one sample to the next, "
                          "but with batch_size > 1 the samples run at the same time: set batch_size=1 or "
                          "carry_length_state=false")
+    check_policy(policy, strategy)
     check_supported(proposer, target_model)
+
+
+def check_policy(policy: LengthPolicy | None, strategy: str | None = None) -> None:
+    """Refuse a length policy that carries state from one sample to the next (AdaEDL's lambda by
+    default): at batch 1 a sample starts from the state the sample before it left, but batched
+    rows run at the same time, so each row would start afresh and decode otherwise than at batch 1."""
+    why = policy.carried_state(False) if policy is not None else None
+    if why:
+        name = f"strategy={strategy}" if strategy else type(policy).__name__
+        raise ValueError(f"batch_size > 1 cannot run {name} as batch_size=1 does: {why}, or use batch_size=1 "
+                         f"(batched samples run at the same time, so no sample can start from the state the one "
+                         f"before it left)")
 
 
 def decode_samples(target_model, prompts, max_new_tokens: int, sampling: Sampling, stopper: Stopper,

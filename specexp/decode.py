@@ -44,13 +44,14 @@ class Generation:
     model_prefills: dict[str, int] = field(default_factory=dict)  # per role: forwards from an empty cache
     model_prefill_seconds: dict[str, float] = field(default_factory=dict)  # per role: time in those
     records: list[dict] = field(default_factory=list)  # per drafted token (optional analysis records)
-    rejected: list[list[int]] = field(default_factory=list)  # per round: the drafts after the accepted ones
+    rejected: list[list[int]] = field(default_factory=list)  # per round: the drafts the target rejected (rejected_drafts)
     model_encoder_forwards: dict[str, int] = field(default_factory=dict)  # per role: encoder passes (seq2seq)
     model_encoder_seconds: dict[str, float] = field(default_factory=dict)  # per role: time in those
     start_time: float = 0.0  # seconds before the first round: target.start + proposer.reset (encoders)
 
     def log_round(self, k: int, n: int, rejected: list[int]) -> None:
-        """A round's counts: k drafted, n emitted as accepted (so n + 1 emitted), the drafts after them."""
+        """A round's counts: k drafted, n emitted as accepted (so n + 1 emitted), the drafts the
+        target rejected (`rejected_drafts`)."""
         self.drafted.append(k)
         self.accepted.append(n)
         self.emitted.append(n + 1)
@@ -67,6 +68,15 @@ def emit(out: Generation, drafts: list[int], n: int, nxt: int, stopper: Stopper)
     if cut is not None:
         del out.tokens[cut + 1:]
     return len(out.tokens) - start - 1, out.tokens[start:], cut is not None
+
+
+def rejected_drafts(drafts: list[int], verified: int, emitted: int) -> list[int]:
+    """The drafts the target rejected in a round where it accepted the first `verified` drafts and
+    `emitted` of them were emitted before the round's own token (emit's n'): the drafts after the
+    accepted ones. When a stop among the accepted drafts ended the round (emitted < verified: the
+    stop token was a draft the target accepted), nothing was rejected: the drafts after the stop
+    are cut, not rejected."""
+    return drafts[verified:] if emitted == verified else []
 
 
 def _counters(lm: CachedLM) -> tuple:
@@ -130,7 +140,7 @@ def generate(
             proposer.observe(n)
         # 5. Emit, stopping at the first EOS / stop string among the new tokens; a cut leaves
         #    n = the drafts emitted before the stop token (module docstring).
-        drafts = draft_tokens.tolist()
+        drafts, verified = draft_tokens.tolist(), n
         n, new, stopped = emit(out, drafts, n, nxt, stopper)
         tokens = torch.cat([tokens, torch.tensor(new, device=device, dtype=tokens.dtype)])
         # 6. Let the policy learn from the outcome (every round, as transformers' schedule does,
@@ -141,7 +151,7 @@ def generate(
             out.records.extend(annotate(draft.records, logits, n, len(out.drafted), sampling))
         sync(device)
         out.round_times.append(time.perf_counter() - t0)
-        out.log_round(k, n, drafts[n:])
+        out.log_round(k, n, rejected_drafts(drafts, verified, n))
         if stopped:
             break
     out.wall_time = time.perf_counter() - t_start

@@ -36,9 +36,16 @@ The rule, per drafted token (the math):
 
 `verify_cost`: the list [v(1) = 1, v(2), ..., v(max_len + 1)] (scripts/verify_cost.py prints it),
 or null: measured at bind on the pair's target (`measure_verify_cost`: interleaved widths after a
-context, median ratio). `drafter_cost`: c, or null: measured online as the median time from the
-round's start to its first decision and between two decisions (one drafter forward each) over
-the bind-time one-token target forward.
+context, the median ratio over the repeats), then made monotone (`monotone_cost`: verifying more
+tokens never costs less; a noisy CPU measures drafting 4 as cheaper than 3 otherwise).
+`drafter_cost`: c, or null: measured at bind (`measure_drafter_cost`: the pair's "drafter" model's
+one-token forward over the target's, interleaved, median over the repeats; `drafter_cost_init`
+when the pair has no such model or it cannot be timed alone, e.g. a feature drafter).
+
+Reproducible: the costs are fixed at bind, so the decisions depend on the drafts, the acceptance
+and the config only, never on the clock while decoding. `measured()` gives the costs used as plain
+data; a run given them back (strategy.verify_cost=[...], strategy.drafter_cost=...) measures
+nothing and decides identically (`specexp reproduce` passes them back from metrics.json).
 """
 from __future__ import annotations
 
@@ -86,6 +93,51 @@ def measure_verify_cost(target, widths: int, context: int = 64, repeats: int = 5
     return ratios, statistics.median(one)
 
 
+@torch.inference_mode()
+def measure_drafter_cost(target, drafter, context: int = 64, repeats: int = 5, vocab_size: int | None = None) -> float:
+    """c: the drafter's one-token forward over the target's, both after `context` cached tokens,
+    the two alternating within each repeat; the median ratio over `repeats` (one warm-up repeat
+    first, dropped)."""
+    from specexp.lm import cached_lm
+    from specexp.models import sync
+
+    lms = [cached_lm(target, vocab_size=vocab_size), cached_lm(drafter)]
+    device = next(target.parameters()).device
+    n_vocab = min(m.get_input_embeddings().weight.shape[0] for m in (target, drafter))
+    gen = torch.Generator().manual_seed(0)
+    ids = lambda n: torch.randint(0, n_vocab, (n,), generator=gen).to(device)  # noqa: E731
+    base = ids(context)
+    lengths = []
+    for lm in lms:
+        lm.forward(lm.start(base), keep=1)
+        lengths.append(lm.length)
+    ratios = []
+    for r in range(repeats + 1):
+        t = []
+        x = ids(1)
+        for lm, length in zip(lms, lengths):
+            sync(device)
+            t0 = time.perf_counter()
+            lm.forward(x, keep=1)
+            sync(device)
+            t.append(time.perf_counter() - t0)
+            lm.crop(length)
+        if r:
+            ratios.append(t[1] / t[0])
+    return statistics.median(ratios)
+
+
+def monotone_cost(ratios: list[float]) -> list[float]:
+    """The measured verification costs [v(1), v(2), ...] made non-decreasing in the width (a wider
+    forward never costs less; timing noise says otherwise, e.g. [1.0, 1.375, 1.121, 1.643]) by
+    isotonic regression, the least-squares non-decreasing fit (pool adjacent violators, Barlow et
+    al. 1972; scipy.optimize.isotonic_regression), then scaled so that v(1) = 1 again."""
+    from scipy.optimize import isotonic_regression
+
+    fit = [float(x) for x in isotonic_regression(ratios, increasing=True).x]
+    return [1.0] + [x / fit[0] for x in fit[1:]]
+
+
 EDGE_TOL = 1e-6  # a probability this close below a bin edge counts in the bin above (calibration_bin)
 
 
@@ -100,10 +152,11 @@ def calibration_bin(p: float, bins: int) -> int:
 class CostAware(LengthPolicy):
     """Draft while the expected tokens pay for the measured cost of verifying them (module
     docstring). max_len: longest draft; verify_cost: [v(1) = 1, ..., v(max_len + 1)] or null
-    (measured at bind); drafter_cost: c or null (measured online; `drafter_cost_init` until 3
-    intervals are seen); prior: the calibration bins' prior weight; prior_rounds: the rate's prior
-    weight in autoregressive rounds; calibrate: false uses the drafter's probability as is;
-    explore: after this many rounds in a row without a draft, draft one token (0: never)."""
+    (measured at bind, made monotone); drafter_cost: c or null
+    (measured at bind; `drafter_cost_init` when it cannot be); prior: the calibration bins' prior
+    weight; prior_rounds: the rate's prior weight in autoregressive rounds; calibrate: false uses
+    the drafter's probability as is; explore: after this many rounds in a row without a draft,
+    draft one token (0: never); measure_context, measure_repeats: how bind measures the costs."""
 
     needs_steps = True
     BINS = 10
@@ -130,17 +183,42 @@ class CostAware(LengthPolicy):
         self.verify_cost, self.drafter_cost, self.drafter_cost_init = verify_cost, drafter_cost, drafter_cost_init
         self.prior, self.prior_rounds, self.calibrate, self.explore = prior, prior_rounds, calibrate, explore
         self.measure_context, self.measure_repeats = measure_context, measure_repeats
-        self.one_token_seconds: float | None = None  # the target's one-token forward at bind (drafter_cost=null)
+        self.one_token_seconds: float | None = None  # the target's one-token forward at bind (verify_cost=null)
+        self.raw_verify_cost: list[float] | None = None  # the medians measured at bind, before monotone_cost
+        self.sources = {"verify_cost": "config" if verify_cost is not None else None,
+                        "drafter_cost": "config" if drafter_cost is not None else None}
         self.reset()
 
     def bind(self, pair) -> "CostAware":
-        if self.verify_cost is None or self.drafter_cost is None:
-            v, self.one_token_seconds = measure_verify_cost(
-                pair.target, self.max_len + 1, self.measure_context, self.measure_repeats,
-                getattr(pair, "vocab_size", None))
-            if self.verify_cost is None:
-                self.verify_cost = v
+        """Measure the costs the config leaves null, once: from here on they are fixed."""
+        vocab_size = getattr(pair, "vocab_size", None)
+        if self.verify_cost is None:
+            self.raw_verify_cost, self.one_token_seconds = measure_verify_cost(
+                pair.target, self.max_len + 1, self.measure_context, self.measure_repeats, vocab_size)
+            self.verify_cost = monotone_cost(self.raw_verify_cost)
+            self.sources["verify_cost"] = "measured"
+        if self.drafter_cost is None:
+            self.drafter_cost, self.sources["drafter_cost"] = self.drafter_cost_init, "drafter_cost_init"
+            try:
+                drafter = pair.get("drafter")
+            except (KeyError, ValueError, AttributeError):  # no drafter model in the pair
+                drafter = None
+            if isinstance(drafter, torch.nn.Module):
+                try:
+                    self.drafter_cost = measure_drafter_cost(pair.target, drafter, self.measure_context,
+                                                             self.measure_repeats, vocab_size)
+                    self.sources["drafter_cost"] = "measured"
+                except (TypeError, ValueError, RuntimeError, IndexError):  # a model that needs more than ids
+                    pass  # (a feature drafter reads the target's hidden states): drafter_cost_init
         return self
+
+    def measured(self) -> dict:
+        """The costs that steer this policy's decisions, as plain data (JSON). "replay": the config
+        keys that, given back (strategy.verify_cost=[...] strategy.drafter_cost=...), make a run
+        measure nothing and decide identically; "sources": where each came from (measured, config,
+        drafter_cost_init); "raw_verify_cost": the medians measured before monotone_cost."""
+        return {"replay": {"verify_cost": list(self.v()), "drafter_cost": self.c()},
+                "sources": dict(self.sources), "raw_verify_cost": self.raw_verify_cost}
 
     # ------------------------------------------------------------------------ the estimates
     def acceptance(self, p: float) -> float:
@@ -152,11 +230,8 @@ class CostAware(LengthPolicy):
         return (self.hits[b] + self.prior * centre) / (self.trials[b] + self.prior)
 
     def c(self) -> float:
-        if self.drafter_cost is not None:
-            return self.drafter_cost
-        if len(self.gaps) < 3 or not self.one_token_seconds:
-            return self.drafter_cost_init
-        return statistics.median(self.gaps[-64:]) / self.one_token_seconds
+        """The drafter's forward relative to a one-token target forward (fixed at bind)."""
+        return self.drafter_cost if self.drafter_cost is not None else self.drafter_cost_init
 
     def v(self) -> list[float]:
         if self.verify_cost is None:
@@ -169,13 +244,10 @@ class CostAware(LengthPolicy):
         self.round_p: list[float] = []  # this round's drafted tokens: the drafter's probabilities
         self.expected, self.reach = 1.0, 1.0  # E(i) and P_i of the drafts so far
         self.decided = 0  # decide calls this round: one drafter forward each
-        self.last = time.perf_counter()  # the first decide comes one drafter forward after this
         return self.max_len
 
     def decide(self, step: DraftStep) -> Decision:
-        now = time.perf_counter()
-        self.gaps.append(now - self.last)  # one drafter forward (and the policy's own work)
-        self.last, self.decided = now, self.decided + 1
+        self.decided += 1
         p = float(entropy.step_probs(step, None).max())  # never the drawn token's own probability (below)
         greedy = entropy.is_greedy(step) is not False and step.prefix is not None
         if self.declined is not None and step.prefix is not None and step.prefix.shape[0] > self.declined[0]:
@@ -224,5 +296,4 @@ class CostAware(LengthPolicy):
         self.trials = [0.0] * self.BINS
         self.tokens, self.spent, self.idle = 0.0, 0.0, 0
         self.declined: tuple[int, int, float] | None = None  # (index, token, p) of a declined greedy draft
-        self.gaps: list[float] = []
         self.begin()

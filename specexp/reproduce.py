@@ -6,6 +6,8 @@ compare.
      the recorded one (the config files changed since); the decode uses the recorded config;
   3. print the environment differences: torch, transformers, specexp versions, python, device,
      the project's git commit (and dirty flag), each model's revision or file hash;
+  3b. give back what the run measured that steers decoding (metrics.json "measured": cost_aware's
+     verification and drafter costs), so that nothing is measured again (the clock differs);
   4. decode every sample again (the same per-sample seeds, so greedy and seeded sampling repeat)
      and compare the emitted tokens sample by sample, then the aggregates side by side (timings
      differ from run to run; token counts, acceptance and quality must not);
@@ -71,6 +73,24 @@ def run_config(recorded: dict) -> DictConfig:
         return OmegaConf.create(recorded)
 
 
+def replay_measured(config: dict, measured: dict | None) -> list[str]:
+    """Put the recorded run's measured values (metrics.json "measured" -> "replay": length config
+    key -> value, LengthPolicy.measured) into `config` (in place), so the decode measures nothing
+    and decides as the recorded run did. A key the strategy exposes at its top level (the length
+    node reads `${..key}`) is set there, else in strategy.length. Returns the overrides, as typed."""
+    replay = (measured or {}).get("replay") or {}
+    strategy = config.setdefault("strategy", {})
+    length = strategy.setdefault("length", {})
+    out = []
+    for key, value in replay.items():
+        if length.get(key) == f"${{..{key}}}" and key in strategy:
+            strategy[key], where = value, f"strategy.{key}"
+        else:
+            length[key], where = value, f"strategy.length.{key}"
+        out.append(f"{where}={json.dumps(value)}")
+    return out
+
+
 def environment_now(result: dict) -> dict:
     return {**result.get("environment", {}), **{f"git.{k}": v for k, v in provenance.git_state().items()}}
 
@@ -123,8 +143,12 @@ def main(argv: list[str] | None, decode: Callable[[DictConfig], dict]) -> int:
                           "(the recorded config is used):"))
     for k, a, b in diff:
         print(f"    {k}: {_fmt(a)} -> {_fmt(b)}")
-    # 3-4. Decode again; the environment and model differences.
-    result = decode(run_config(m["config"]))
+    # 3-4. Decode again, with what the run measured given back; the environment and model differences.
+    config = json.loads(json.dumps(m["config"]))  # a copy: the recorded config itself stays as read
+    replayed = replay_measured(config, m.get("measured"))
+    if replayed:
+        print("  measured by the recorded run, given back (nothing measured again): " + " ".join(replayed))
+    result = decode(run_config(config))
     env = differences(environment_then(m), environment_now(result))
     models = differences((m.get("provenance") or {}).get("models") or {}, result["provenance"]["models"])
     print("  environment: " + ("same" if not env else "differs:"))

@@ -19,6 +19,14 @@ def verify_greedy(draft: torch.Tensor, target_logits: torch.Tensor) -> tuple[int
     return n, int(best[n])
 
 
+def accepts(u: torch.Tensor, q_x: torch.Tensor, p_x: torch.Tensor) -> torch.Tensor:
+    """Which drafts pass the ratio test: u < p(x) / q(x), written u * q(x) < p(x) (no division
+    by q). u is uniform on [0, 1) (torch.rand), so P(accept) = min(1, p/q) exactly: a draft the
+    target rules out (p(x) = 0) is never accepted, not even at the draw u = 0.0 (which a `<=`
+    comparison would accept), and one with p(x) >= q(x) > 0 always is (u * q < q <= p)."""
+    return u * q_x < p_x
+
+
 def verify_sampling(
     draft: torch.Tensor,
     draft_probs: torch.Tensor | None,
@@ -42,7 +50,7 @@ def verify_sampling(
         draft_probs = torch.nn.functional.one_hot(draft, target_probs.shape[-1]).to(target_probs.dtype)
     q_x = draft_probs[idx, draft]
     u = torch.rand(k, generator=generator, device=draft.device)
-    rejected = u * q_x > p_x  # u < p/q  <=>  accept (written without division by q)
+    rejected = ~accepts(u, q_x, p_x)
     if not bool(rejected.any()):
         return k, int(sample(target_probs[k], generator))
     n = int(rejected.int().argmax())

@@ -63,12 +63,15 @@ def _proposer(kind: str, target):
 
 
 def _reference(target, prompts, n, sampling, stopper, proposer, policy, seeds=None):
-    """Each prompt decoded alone by the batch-1 loop (specexp.decode.generate)."""
+    """Each prompt decoded alone by the batch-1 loop (specexp.decode.generate), as run.py runs it:
+    one policy for the whole dataset, told `start_sample(carry=False)` before each sample (never a
+    fresh copy per sample, which would hide state a policy carries from one sample to the next)."""
     out = []
     for i, p in enumerate(prompts):
-        pol = copy.deepcopy(policy) if policy is not None else None
+        if policy is not None:
+            policy.start_sample(carry=False)
         gen = torch.Generator().manual_seed(seeds[i]) if seeds else None
-        out.append(generate(CachedLM(target), p, n, sampling, stopper, proposer, pol, gen))
+        out.append(generate(CachedLM(target), p, n, sampling, stopper, proposer, policy, gen))
     return out
 
 
@@ -89,7 +92,7 @@ def test_greedy_rows_equal_batch_one(target, kind, batch_size):
     assert len(lengths) > 1 and 24 in lengths  # early stops and full budgets both happen
     for r, g in zip(ref, got):
         assert g.tokens == r.tokens
-        assert (g.drafted, g.accepted, g.emitted) == (r.drafted, r.accepted, r.emitted)
+        assert (g.drafted, g.accepted, g.emitted, g.rejected) == (r.drafted, r.accepted, r.emitted, r.rejected)
         assert g.target_forwards == len(g.drafted) and g.wall_time > 0
     if kind == "datastore":  # every row's copy shares the one read-only table
         assert copy.deepcopy(proposer).datastore.table is proposer.datastore.table
@@ -222,8 +225,21 @@ def test_bad_batch_sizes_and_unsupported_proposers_are_refused(target):
     class WithModels(PromptLookup):
         cached_models = {"drafter": CachedLM(target)}
 
-    with pytest.raises(ValueError, match="cascade"):
+    with pytest.raises(ValueError, match="WithModels runs models of its own: use batch_size=1"):
         generate_batch(target, _prompts(2), 4, GREEDY, Stopper(), WithModels().bind(pair), Fixed(2))
+
+
+def test_lookup_then_drafter_is_refused_for_what_it_is(target):
+    """strategy=lookup_entropy (LookupFirst) at batch_size > 1: the message names the lookup
+    strategies and why, not the cascade."""
+    from specexp.proposers import LookupFirst
+
+    proposer = LookupFirst().bind(ModelsByRole(target, target))
+    with pytest.raises(ValueError) as err:
+        generate_batch(target, _prompts(2), 4, GREEDY, Stopper(), proposer, Fixed(2), batch_size=2)
+    msg = str(err.value)
+    assert "lookup_entropy" in msg and "LookupFirst" in msg and "use batch_size=1" in msg
+    assert "cascade" not in msg
 
 
 def test_cli_batched_run_writes_batch_metrics(run_specexp, random_pair_dir):

@@ -113,7 +113,10 @@ def test_build_datastore_writes_the_targets_greedy_replies(random_pair_dir, tmp_
         ids = torch.tensor([tok(q, add_special_tokens=False)["input_ids"]])  # no chat template: the text as is
         ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
                              pad_token_id=tok.eos_token_id, top_k=None, top_p=None, temperature=None)
-        assert reply == ref[0, ids.shape[1]:].tolist()[: len(reply)] and 1 <= len(reply) <= 6
+        want = ref[0, ids.shape[1]:].tolist()
+        if tok.eos_token_id in want:  # the reply ends with its EOS (kept), as generate's output does
+            want = want[: want.index(tok.eos_token_id) + 1]
+        assert reply == want and 1 <= len(reply) <= 6  # the exact reply: every token, no shorter prefix
     stamp = (tmp_path / "store" / "replies.json").stat().st_mtime_ns
     assert build_datastore(spec, out_dir=str(tmp_path / "store"), progress=False, **kw) == out
     assert (tmp_path / "store" / "replies.json").stat().st_mtime_ns == stamp  # reused, not rebuilt

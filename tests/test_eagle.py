@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from conftest import CONF, CORPUS, ModelsByRole, compose, pooled_chisquare, random_model
 
 from specexp import build
@@ -418,11 +419,47 @@ def test_build_from_the_targets_replies(random_pair_dir, tmp_path):
     assert info["windows"]["tokens"] == 16 * (info["windows"]["train"] + info["windows"]["heldout"])
 
 
-def test_eagle_pair_composes_with_any_strategy():
-    cfg = compose(["model_pair=smollm2-135m__eagle", "strategy=entropy_static"])
+def strategies_taking_a_drafter() -> list[str]:
+    """Every shipped strategy whose proposer drafts with the pair's drafter model (DraftModel, or
+    a lookup in front of it), whatever its length policy."""
+    return sorted(p.stem for p in (CONF / "strategy").glob("*.yaml")
+                  if (compose([f"strategy={p.stem}"]).strategy.get("proposer") or {}).get("model") == "drafter")
+
+
+def test_strategies_taking_a_drafter_are_the_drafter_and_lookup_ones():
+    names = strategies_taking_a_drafter()
+    assert set(strategies_drafting_with_the_drafter()) < set(names)
+    assert {"lookup_entropy", "lookup_store_entropy", "lookup_store_cost", "cost_aware", "adaedl"} <= set(names)
+
+
+@pytest.mark.parametrize("name", strategies_taking_a_drafter())
+def test_eagle_pair_composes_with_any_strategy(tiny, name, tmp_path):
+    """`model_pair=smollm2-135m__eagle strategy=<name>` for every strategy that takes a drafter: the
+    config composes with the feature drafter as the pair's drafter, the strategy builds as a run
+    builds it on a feature drafter (the tiny one: DraftModel hands over to FeatureDrafter), and it
+    decodes: greedy output is the target's own, with drafts made."""
+    target, drafter, _ = tiny
+    (tmp_path / "replies.json").write_text(json.dumps({"replies": [[10, 11, 12, 13, 14]] * 4}))
+    overrides = ["model_pair=smollm2-135m__eagle", f"strategy={name}"]
+    cfg = compose(overrides)
+    if "store" in cfg.strategy:  # the datastore: a folder of replies instead of a build for SmolLM2
+        cfg = compose([*overrides, f"strategy.store={tmp_path}"])
     assert cfg.model_pair.build._target_ == "specexp.eagle.build_feature_drafter"
     assert cfg.model_pair.drafter.name == cfg.model_pair.dir
-    assert cfg.strategy.proposer._target_ == "specexp.proposers.DraftModel"  # handed over at bind
+    assert cfg.strategy.proposer.model == "drafter"
+    strategy = OmegaConf.to_container(cfg.strategy)
+    strategy["proposer"].pop("vocab", None)  # the pair's subset head is sized for SmolLM2's vocabulary
+    proposer, policy = build.strategy(OmegaConf.create(strategy), ModelsByRole(target, drafter))
+    assert isinstance(getattr(proposer, "drafter", proposer), FeatureDrafter) and proposer.needs_features
+    lm, stopper, drafted = CachedLM(target), Stopper(), 0
+    for seed in range(2):
+        prompt = torch.randint(0, V, (6 + seed,), generator=torch.Generator().manual_seed(seed))
+        ref = generate(lm, prompt, 24, Sampling(), stopper)
+        policy.start_sample()
+        g = generate(lm, prompt, 24, Sampling(), stopper, proposer, policy, torch.Generator().manual_seed(seed))
+        assert g.tokens == ref.tokens
+        drafted += sum(g.drafted)
+    assert drafted > 0
 
 
 @pytest.mark.slow

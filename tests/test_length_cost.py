@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from specexp.length import Decision, DraftStep
-from specexp.length_cost import EDGE_TOL, CostAware, calibration_bin, measure_verify_cost
+from specexp.length_cost import EDGE_TOL, CostAware, calibration_bin, measure_verify_cost, monotone_cost
 
 V = 40
 C, BEFORE = Decision.CONTINUE, Decision.STOP_BEFORE
@@ -96,12 +96,22 @@ def test_calibration_bins_say_which_side_of_an_edge_a_value_falls_on():
     assert bins == sorted(bins) and set(bins) == set(range(10))  # monotone, every bin reached
 
 
-def test_the_drafter_cost_is_measured_between_drafted_tokens():
+def test_the_drafter_cost_is_drafter_cost_init_until_bind_measures_it():
     p = rule(c=None, drafter_cost_init=0.25)
-    p.one_token_seconds = 1.0
-    assert p.c() == 0.25  # fewer than 3 intervals timed
-    p.gaps = [0.5, 0.1, 0.2, 0.3]
-    assert p.c() == pytest.approx(0.25)  # median 0.25 s / 1 s
+    assert p.c() == 0.25
+    decisions(p, [0.9, 0.9, 0.2])
+    assert p.c() == 0.25  # drafting never times anything: the cost changes at bind only
+
+
+def test_the_measured_curve_is_made_monotone():
+    # two binds on a 2-core CPU measured [1.0, 1.375, 1.121, 1.643, 1.262] (drafting 2 looked cheaper
+    # than 1, 4 cheaper than 3); the isotonic fit pools each violating pair into its mean
+    v = monotone_cost([1.0, 1.375, 1.121, 1.643, 1.262])
+    assert v == pytest.approx([1.0, 1.248, 1.248, 1.4525, 1.4525])
+    assert monotone_cost([1.0, 1.049, 1.265, 1.155, 1.71]) == pytest.approx([1.0, 1.049, 1.21, 1.21, 1.71])
+    # a first width measured dearer than the second: pooled, then scaled back to v(1) = 1
+    assert monotone_cost([1.0, 0.9, 1.5]) == pytest.approx([1.0, 1.0, 1.5 / 0.95])
+    assert monotone_cost(CPU_LIKE) == CPU_LIKE  # already monotone: unchanged
 
 
 def test_invalid_parameters_name_the_key():
@@ -188,11 +198,57 @@ def test_measured_rule_in_the_decode_loop_keeps_greedy_output():
     pair = ModelsByRole(target, noisy_copy(target, 0.05, seed=1))
     policy = CostAware(max_len=4, measure_repeats=2).bind(pair)
     assert len(policy.verify_cost) == 5 and policy.one_token_seconds > 0
+    assert policy.verify_cost == sorted(policy.verify_cost) and policy.verify_cost[0] == 1.0  # monotone
+    assert policy.sources == {"verify_cost": "measured", "drafter_cost": "measured"} and policy.drafter_cost > 0
     proposer = DraftModel().bind(pair)
     prompt = torch.arange(1, 9)
     ar = generate(CachedLM(target), prompt, 32, Sampling(), Stopper())
     out = generate(CachedLM(target), prompt, 32, Sampling(), Stopper(), proposer, policy)
-    assert out.tokens == ar.tokens and len(policy.gaps) > 0
+    assert out.tokens == ar.tokens and sum(out.drafted) > 0
+
+
+def test_replayed_costs_decide_identically():
+    """Under sampling: the costs a bind measured, given back as config (through JSON, as
+    metrics.json and `specexp reproduce` carry them), make a policy that measures nothing and
+    decides as the first did, token for token and draft for draft; the same bound policy decodes
+    the same way twice (no clock while decoding)."""
+    import json
+
+    from conftest import ModelsByRole, noisy_copy, random_model
+
+    from specexp.decode import generate
+    from specexp.lm import CachedLM
+    from specexp.proposers import DraftModel
+    from specexp.sampling import Sampling
+    from specexp.stopping import Stopper
+
+    target = random_model("llama", 64, 32, 2, seed=0)
+    with torch.no_grad():
+        target.lm_head.weight.mul_(8)
+    pair = ModelsByRole(target, noisy_copy(target, 0.05, seed=1))
+    proposer = DraftModel().bind(pair)
+    prompts = [torch.arange(1, 9), torch.arange(20, 31), torch.tensor([5, 9, 5, 9, 5])]
+
+    def run(policy):
+        outs = []
+        for i, p in enumerate(prompts):
+            policy.start_sample(carry=False)
+            g = torch.Generator().manual_seed(i)
+            o = generate(CachedLM(target), p, 40, Sampling(temperature=0.8), Stopper(), proposer, policy, g)
+            outs.append((o.tokens, o.drafted, o.accepted))
+        return outs
+
+    first = CostAware(max_len=4, measure_repeats=2).bind(pair)
+    recorded = json.loads(json.dumps(first.measured()))
+    assert recorded["sources"] == {"verify_cost": "measured", "drafter_cost": "measured"}
+    assert len(recorded["raw_verify_cost"]) == 5
+    again = CostAware(max_len=4, **recorded["replay"]).bind(pair)
+    assert again.sources == {"verify_cost": "config", "drafter_cost": "config"} and again.one_token_seconds is None
+    assert again.measured()["replay"] == recorded["replay"]
+    ref = run(first)
+    assert sum(sum(d) for _, d, _ in ref) > 0  # it drafted
+    assert run(again) == ref
+    assert run(first) == ref
 
 
 def test_verify_cost_profile_groups_every_operator_of_a_forward(random_pair_dir):

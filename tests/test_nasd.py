@@ -90,6 +90,34 @@ def test_sampling_preserves_target_distribution():
     assert pooled_chisquare(counts, p, n_draws) > 1e-3
 
 
+def _resampled_from_p(p: torch.Tensor, draft: int) -> torch.Tensor:
+    """The joint of the first two tokens when the first one's one-hot draft `draft` is verified
+    by a sampler that, on a rejection, resamples from the target's p instead of the residual
+    norm(max(0, p - q)) (the bias towards the draft the test above guards against): the draft
+    gets p(x) + (1 - p(x)) p(x), every other first token (1 - p(x)) p(y); the second token
+    follows the target."""
+    p1 = p.sum(1)
+    first = p1 * (1 - p1[draft])
+    first[draft] = p1[draft] + (1 - p1[draft]) * p1[draft]
+    return first[:, None] * (p / p1[:, None])
+
+
+def test_the_sampling_check_has_power():
+    """The chi-square above, at its 3000 draws, rejects the draft-biased sampler's distribution
+    (drawn exactly from it): the check would catch the bias it is there for."""
+    target = random_model("llama", vocab=V, hidden=32, layers=2, seed=10)
+    target.lm_head.weight.data *= 8
+    p = _joint(target, torch.tensor([1, 2, 3, 4, 1, 2]), Sampling(1.0))
+    biased = _resampled_from_p(p, 3)  # the store drafts 3 first (the trigram 1 2 -> 3)
+    assert torch.allclose(biased.sum(), torch.tensor(1.0)) and float(biased[3].sum() - p[3].sum()) > 0.1
+    for seed in range(3):
+        draws = torch.multinomial(biased.flatten(), 3000, replacement=True, generator=torch.Generator().manual_seed(seed))
+        counts = torch.bincount(draws, minlength=V * V).reshape(V, V).float()
+        assert pooled_chisquare(counts, p, 3000) < 1e-6
+    draws = torch.multinomial(p.flatten(), 3000, replacement=True, generator=torch.Generator().manual_seed(0))
+    assert pooled_chisquare(torch.bincount(draws, minlength=V * V).reshape(V, V).float(), p, 3000) > 1e-3  # size
+
+
 def test_config_composes_and_builds():
     from hydra.utils import instantiate
 

@@ -67,3 +67,38 @@ def test_model_identity_hashes_files_once(tmp_path, monkeypatch):
     assert len(calls) == 1  # the folder digest only: each file's hash came from the cache
     assert provenance.model_identity(ModelSpec(name="org/not-cached", revision="v1")) == {"hub": "org/not-cached",
                                                                                           "revision": "v1"}
+
+
+def test_replay_puts_the_measured_costs_where_the_strategy_reads_them():
+    """cost_aware's measured costs (metrics.json "measured") go to the strategy's top-level keys,
+    which its length node reads, so the replayed run's policy gets them and measures nothing."""
+    from conftest import compose
+    from omegaconf import OmegaConf
+
+    from specexp.reproduce import replay_measured
+
+    config = OmegaConf.to_container(compose(["strategy=cost_aware"]), resolve=False)
+    config.pop("hydra", None)
+    v = [1.0, 1.25, 1.25, 1.5, 1.5, 1.75, 2.0, 2.0, 2.5]
+    lines = replay_measured(config, {"replay": {"verify_cost": v, "drafter_cost": 0.125}, "sources": {}})
+    assert lines == [f"strategy.verify_cost={json.dumps(v)}", "strategy.drafter_cost=0.125"]
+    length = OmegaConf.create(config).strategy.length
+    assert list(length.verify_cost) == v and length.drafter_cost == 0.125
+    assert replay_measured(config, None) == [] and replay_measured(config, {}) == []
+
+
+def test_a_sampled_cost_aware_run_reproduces(random_pair_dir, run_specexp):
+    """strategy=cost_aware under sampling measures its costs at start; the run records them
+    (metrics.json "measured") and `specexp reproduce` gives them back, so the decode repeats token
+    for token although the clock differs."""
+    _, run_dir = run_specexp("strategy=cost_aware", "sampling=sample", "debug=fast", "dataset=jsonl",
+                             f"dataset.path={ROOT / 'tests' / 'data' / 'prompts.jsonl'}",
+                             "strategy.measure_repeats=2", *pair_overrides(random_pair_dir))
+    m = json.loads((run_dir / "metrics.json").read_text())
+    measured = m["measured"]
+    assert measured["sources"] == {"verify_cost": "measured", "drafter_cost": "measured"}
+    assert len(measured["replay"]["verify_cost"]) == m["config"]["strategy"]["max_len"] + 1
+    ok = subprocess.run([sys.executable, "-m", "specexp", "reproduce", str(run_dir)], capture_output=True,
+                        text=True, cwd=ROOT, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "strategy.verify_cost=[" in ok.stdout and "reproduced: identical tokens" in ok.stdout

@@ -66,6 +66,22 @@ class LengthPolicy:
         if not carry:
             self.reset()
 
+    def measured(self) -> dict:
+        """What this machine measured that steers the decisions (cost_aware's costs), as plain data
+        for metrics.json: {"replay": {length config key: value, ...}, ...}; a run given the replay
+        values back (strategy.<key>=...) decides identically. {} for a policy that measures nothing."""
+        return {}
+
+    def carried_state(self, carry: bool = False) -> str | None:
+        """What `start_sample(carry)` keeps from the samples decoded before it (so a sample's draft
+        lengths depend on the samples before it and their order), with how to turn that off; None
+        when every sample starts afresh. Batched decoding (specexp/batch.py) decodes samples at the
+        same time, so it refuses a policy that carries state. Override with `start_sample`."""
+        if carry:
+            return ("carry_length_state=true keeps the length policy's state from one sample to the next; "
+                    "set carry_length_state=false")
+        return None
+
 
 class Fixed(LengthPolicy):
     """Classic speculative decoding: always draft `gamma` tokens (Leviathan et al. 2023)."""

@@ -293,6 +293,13 @@ class AdaEDL(EntropyPolicy):
         if self.per_sample and not carry:
             self.reset()
 
+    def carried_state(self, carry: bool = False) -> str | None:
+        if not self.per_sample:
+            return ("AdaEDL keeps lambda and its acceptance average from one sample to the next "
+                    "(strategy.per_sample=false, the default); set strategy.per_sample=true to start "
+                    "every sample from lambda_init")
+        return super().carried_state(carry)
+
     def reset(self) -> None:
         super().reset()
         self.lam, self.ar = self.lambda_init, self.ar_init

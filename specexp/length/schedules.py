@@ -55,6 +55,9 @@ class HeuristicTransient(Heuristic):
     def start_sample(self, carry: bool = False) -> None:
         self.reset()
 
+    def carried_state(self, carry: bool = False) -> str | None:
+        return None  # reset at every sample, whatever the run carries
+
 
 class Confidence(LengthPolicy):
     """transformers' assistant confidence threshold (`assistant_confidence_threshold`, default 0.4,
