@@ -5,8 +5,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from specexp.config import TARGET_MISSING
 from specexp.length import LengthPolicy
-from specexp.models import ModelSpec, Pair
+from specexp.models import ModelSpec, Pair, Placement
 from specexp.proposers.base import Proposer
 from specexp.sampling import Sampling
 from specexp.tasks.base import Task
@@ -19,14 +20,19 @@ def _spec(node) -> ModelSpec | None:
 
 
 def pair(cfg: DictConfig) -> Pair:
-    """Build the pair if it is built locally (the tiny pair), then load the target and tokenizer;
-    other models load when a strategy asks for them."""
+    """Build the pair if it is built locally (the tiny pair), then read every model's tokenizer;
+    the models load when they are first used (the target by the run, the others when a strategy
+    asks for them)."""
+    if OmegaConf.is_missing(cfg.target, "name") or cfg.target.get("name") is None:
+        raise ValueError(TARGET_MISSING)
     if cfg.get("build") is not None:
         instantiate(cfg.build)
     others = {k: _spec(v) for k, v in cfg.items()
               if k not in ("target", "build") and isinstance(v, DictConfig) and "name" in v}
+    placement = Placement(*(OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
+                            for v in (cfg.get("device_map"), cfg.get("max_memory"), cfg.get("offload_folder"))))
     return Pair(_spec(cfg.target), others, dtype=cfg.dtype, device=cfg.device,
-                trust_remote_code=cfg.trust_remote_code)
+                trust_remote_code=cfg.trust_remote_code, placement=placement)
 
 
 def strategy(cfg: DictConfig, loaded: Pair) -> tuple[Proposer | None, LengthPolicy | None]:

@@ -144,6 +144,23 @@ def _ms(tps):
     return 1000.0 / tps if isinstance(tps, (int, float)) and tps > 0 else None
 
 
+def _config_pair_name(cfg: dict) -> Any:
+    """The pair's name from a run's recorded config, which is stored unresolved: a failed run of a
+    pair that names itself after its models (model_pair=hf: `${specexp_pair_name:}`) is labelled
+    by that name, not by the interpolation."""
+    name = value_at(cfg, "model_pair.name")
+    if isinstance(name, str) and "${" in name:
+        from omegaconf import OmegaConf
+
+        from specexp import config  # noqa: F401  registers the resolver
+
+        try:
+            name = OmegaConf.select(OmegaConf.create(cfg), "model_pair.name")
+        except Exception:  # an interpolation this reader cannot resolve: keep the recorded text
+            pass
+    return name
+
+
 def flatten(path: Path, m: dict) -> tuple[dict, dict]:
     """One table row for a run, and its samples {sample id: (seconds, new tokens, tokens)} (for
     joining to a separate autoregressive run)."""
@@ -162,7 +179,7 @@ def flatten(path: Path, m: dict) -> tuple[dict, dict]:
         "error": _first_line(m.get("error")),
         "started_at": m.get("started_at"),
         "strategy": m.get("strategy") or value_at(cfg, "strategy.name") or choices.get("strategy"),
-        "model_pair": value_at(m, "model_pair.name") or value_at(cfg, "model_pair.name"),
+        "model_pair": value_at(m, "model_pair.name") or _config_pair_name(cfg),
         "target": value_at(m, "model_pair.target") or value_at(cfg, "model_pair.target.name"),
         "drafter": value_at(m, "model_pair.drafter") or value_at(cfg, "model_pair.drafter.name"),
         "dataset": value_at(m, "dataset.name") or choices.get("dataset"),

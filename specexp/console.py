@@ -24,7 +24,7 @@ from specexp import build, show, validate
 from specexp.config import CONF_DIR, compose
 from specexp.decode import Generation, generate
 from specexp.lm import cached_lm
-from specexp.prompting import encode_prompt, eos_ids
+from specexp.prompting import eos_ids, fit_prompts
 from specexp.stopping import Stopper
 from specexp.tasks.prompt import PromptTask
 
@@ -192,7 +192,13 @@ class Console:
         ("drafter", when the pair has one) and the target ("target") alone."""
         task = self._task(self.cfg, text)
         tok, device = self.pair.tokenizer, self.pair.device
-        prompt = encode_prompt(tok, task.samples()[0].prompt, task.max_prompt_tokens, device)
+        task.max_new_tokens = max_new_tokens or task.max_new_tokens
+        lms = {"target": self.target, **(getattr(self.proposer, "cached_models", None) or {})}
+        if compare and self.pair.specs.get("drafter") is not None:
+            if self._drafter is None:
+                self._drafter = cached_lm(self.pair.drafter, vocab_size=self.pair.vocab_size)
+            lms["drafter alone"] = self._drafter
+        prompt = fit_prompts(tok, task.samples(), task, lms, device)[0][0]  # cut to fit, as a run does
         stopper = Stopper(eos_ids(self.pair), task.stop, tok)
 
         def run(lm, proposer=None, policy=None) -> Generation:
@@ -200,14 +206,12 @@ class Console:
             if policy is not None:
                 policy.start_sample(carry=bool(self.cfg.carry_length_state))
                 proposer.records = self.entropy
-            return generate(lm, prompt, max_new_tokens or task.max_new_tokens, self.sampling, stopper,
+            return generate(lm, prompt, task.max_new_tokens, self.sampling, stopper,
                             proposer, policy, gen, records=self.entropy and proposer is not None)
 
         out = {"speculative": run(self.target, self.proposer, self.policy)}
         if compare:
-            if self.pair.specs.get("drafter") is not None:
-                if self._drafter is None:
-                    self._drafter = cached_lm(self.pair.drafter, vocab_size=self.pair.vocab_size)
+            if self._drafter is not None:
                 out["drafter"] = run(self._drafter)
             out["target"] = run(self.target)
         return out

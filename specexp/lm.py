@@ -10,6 +10,8 @@ import time
 
 import torch
 
+from specexp.models import mapped_cuda_devices, sync
+
 
 @functools.lru_cache(maxsize=None)
 def _takes_cache(cls) -> bool:
@@ -46,13 +48,18 @@ class CachedLM:
         self.encoder_forwards = 0
         self._seconds = [0.0, 0.0, 0.0]  # [forwards, prefill forwards, encoder passes]
         self._events: list = []  # CUDA (start, end, slots) not yet added to _seconds
+        self._spans_gpus = len(mapped_cuda_devices(model)) > 1  # a device-mapped model over several GPUs: timed by the clock
         self.reset()
 
     def _timed(self, slots: tuple[int, ...], fn, *args):
         """fn(*args), its time added to `_seconds[i]` for i in `slots`."""
-        if args[0].device.type != "cuda":  # args[0]: the ids fed
+        if args[0].device.type != "cuda" or self._spans_gpus:  # args[0]: the ids fed
+            if self._spans_gpus:  # a device map over several GPUs: one device's events miss the others' work
+                sync(args[0].device)
             t0 = time.perf_counter()
             out = fn(*args)
+            if self._spans_gpus:
+                sync(args[0].device)
             for i in slots:
                 self._seconds[i] += time.perf_counter() - t0
             return out
@@ -133,12 +140,13 @@ class CachedLM:
         if self.keep_hidden:  # a feature drafter asks (proposers/eagle.py): decoder, then the head on `keep` rows
             dec = self.model.get_decoder()
             out = dec(input_ids=ids[None], **cache_arg(dec, self.cache), use_cache=True)
-            self.cache, self.hidden = cache_of(out), out.last_hidden_state[0]  # hidden: [n, H], every fed position
-            return self.model.get_output_embeddings()(self.hidden[-(keep or ids.shape[0]):]).float()
+            # hidden: [n, H], every fed position (a device-mapped model leaves it on its last layer's device)
+            self.cache, self.hidden = cache_of(out), out.last_hidden_state[0].to(ids.device)
+            return self.model.get_output_embeddings()(self.hidden[-(keep or ids.shape[0]):]).float().to(ids.device)
         out = self.model(input_ids=ids[None], **cache_arg(self.model, self.cache), use_cache=True,
                          logits_to_keep=keep or 0)
         self.cache = cache_of(out)
-        return out.logits[0].float()
+        return out.logits[0].float().to(ids.device)  # a no-op but for a device map (accelerate returns it there too)
 
     def crop(self, length: int) -> None:
         """Keep only the first `length` cached positions (drop rejected drafts)."""
@@ -233,10 +241,14 @@ def cached_lm(model, vocab_size: int | None = None) -> CachedLM:
 def check_context(lms: dict[str, CachedLM], n_prompt: int, max_new_tokens: int, what: str = "the prompt") -> None:
     """Refuse a decode that would read past a model's position limit (its config's
     max_position_embeddings / n_positions), naming both numbers and the keys that fix it."""
+    from specexp.prompting import room
+
     for role, lm in lms.items():
         need, limit = lm.positions_needed(n_prompt, max_new_tokens), lm.max_positions
         if limit is not None and need > limit:
-            raise ValueError(
-                f"{what} ({n_prompt} tokens) + max_new_tokens ({max_new_tokens}) needs {need} positions, but the "
-                f"{role} model reads at most {limit} (its config's position limit): lower max_new_tokens, or set "
-                f"dataset.max_prompt_tokens <= {max(0, limit - max_new_tokens)} (keeps the end of each prompt)")
+            fits = room(lm, max_new_tokens)
+            fix = (f"lower max_new_tokens, or set dataset.max_prompt_tokens <= {fits} or auto (cuts each prompt "
+                   f"to fit; dataset.truncate picks the part kept)" if fits else
+                   "lower max_new_tokens: with this many new tokens not even a one-token prompt fits")
+            raise ValueError(f"{what} ({n_prompt} tokens) + max_new_tokens ({max_new_tokens}) needs {need} positions, "
+                             f"but the {role} model reads at most {limit} (its config's position limit): {fix}")

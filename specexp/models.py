@@ -30,6 +30,23 @@ class ModelSpec:
     layers: int | None = None  # keep only the first N decoder layers (a layer-truncated self-drafter; shares weights)
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a model's layers go (accelerate's big-model inference through transformers'
+    from_pretrained). `device_map` None: the whole model on the pair's `device`; "auto",
+    "balanced", "balanced_low_0", "sequential" or a {module name: device} dict: layers spread
+    over the GPUs, the CPU and `offload_folder` on disk, within `max_memory` per device."""
+
+    device_map: Any = None  # None | "auto" | "balanced" | "balanced_low_0" | "sequential" | {module: 0 / "cpu" / "disk"}
+    max_memory: Any = None  # {device: "10GiB", "cpu": "30GiB"}; None = what each device has free
+    offload_folder: str | None = None  # where layers placed on "disk" are written (needed when any are)
+
+    def key(self) -> tuple:
+        """Hashable, for the model cache."""
+        return tuple(repr(sorted((str(k), v) for k, v in x.items()) if isinstance(x, dict) else x)
+                     for x in (self.device_map, self.max_memory, self.offload_folder))
+
+
 def _in_hub_cache(name: str, revision: str | None) -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -47,6 +64,7 @@ def resolve_source(spec: ModelSpec) -> ModelSpec:
     A `local` path ending in .gguf loads as `gguf_file` inside its folder."""
     if spec.source not in ("auto", "hub", "local"):
         raise ValueError(f"model source must be auto, hub or local, got {spec.source!r}")
+    spec = split_gguf(spec)
     local = Path(spec.local).expanduser() if spec.local else None
     name_is_path = Path(spec.name).expanduser().exists()
     use_local = spec.source == "local" or (spec.source == "auto" and local is not None and local.exists()
@@ -61,6 +79,15 @@ def resolve_source(spec: ModelSpec) -> ModelSpec:
         raise FileNotFoundError(f"model source=local but neither `local` ({spec.local!r}) nor `name` "
                                 f"({spec.name!r}) is a local path")
     return replace(spec, source="local" if name_is_path else "hub")
+
+
+def split_gguf(spec: ModelSpec) -> ModelSpec:
+    """A `name` that is a .gguf file loads as `gguf_file` inside its folder (transformers takes
+    the two apart)."""
+    path = Path(spec.name).expanduser()
+    if spec.gguf_file is None and path.suffix == ".gguf" and path.is_file():
+        return replace(spec, name=str(path.parent), gguf_file=path.name)
+    return spec
 
 
 def looks_like_path(name: str) -> bool:
@@ -81,10 +108,26 @@ def describe(spec: ModelSpec) -> str:
     return where + (f"@{spec.revision}" if spec.revision else "") + (f"[:{spec.layers} layers]" if spec.layers else "")
 
 
+# CUDA devices that a model loaded with a device map spans besides the pair's device: `sync` waits
+# for them too (a forward's last layers may run on another GPU than its first).
+_MAPPED_CUDA: set[torch.device] = set()
+
+
+def mapped_cuda_devices(model) -> set[torch.device]:
+    """The CUDA devices a model loaded with a device map (accelerate) runs its layers on; empty
+    for a model without one."""
+    where = getattr(model, "hf_device_map", None) or {}
+    return {torch.device(f"cuda:{d}" if isinstance(d, int) else str(d)) for d in where.values()
+            if isinstance(d, int) or str(d).startswith("cuda")}
+
+
 def sync(device: torch.device) -> None:
-    """Wait for the device (CUDA) so that a timer read after it covers the queued work."""
+    """Wait for the device (CUDA) so that a timer read after it covers the queued work, and for
+    every other GPU a device-mapped model runs on."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    for other in _MAPPED_CUDA - {device}:
+        torch.cuda.synchronize(other)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -121,27 +164,53 @@ def _load_error(what: str, spec: ModelSpec, err: Exception) -> ValueError:
     )
 
 
-def load_model(spec: ModelSpec, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False):
+def load_model(spec: ModelSpec, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False,
+               placement: Placement | None = None):
     """A causal LM (or an encoder-decoder LM such as T5, when its config says so) in eval mode on
     `device`, loaded once per process. `spec` is resolved first (resolve_source); with `layers`,
-    the first layers of the full model, sharing its weights."""
+    the first layers of the full model, sharing its weights. With a device map (`placement`),
+    accelerate places the layers (GPUs, CPU, disk) and moves the inputs of each layer to its
+    device: the model is not moved to `device`, and its outputs come back where its inputs were."""
     spec = resolve_source(spec)  # idempotent: a resolved spec resolves to itself
+    placement = placement or Placement()
     if spec.layers:
-        full = load_model(replace(spec, layers=None), dtype, device, trust_remote_code)
+        full = load_model(replace(spec, layers=None), dtype, device, trust_remote_code, placement)
         return truncate_layers(full, spec.layers)
-    key = (spec.name, spec.gguf_file, spec.revision, str(dtype), str(device))
+    key = (spec.name, spec.gguf_file, spec.revision, str(dtype), str(device), placement.key())
     if key not in _MODEL_CACHE:
+        mapped = placement.device_map is not None
+        extra = ({"device_map": _plain(placement.device_map), "max_memory": _plain(placement.max_memory),
+                  "offload_folder": placement.offload_folder} if mapped else {})
         try:
             model = _auto_class(spec, trust_remote_code).from_pretrained(
                 spec.name, gguf_file=spec.gguf_file, revision=spec.revision, dtype=dtype,
-                trust_remote_code=trust_remote_code,
+                trust_remote_code=trust_remote_code, **extra,
             )
         except (OSError, ValueError, EnvironmentError) as err:
             raise _load_error("model", spec, err) from err
-        _MODEL_CACHE[key] = model.to(device).eval()
+        if mapped:
+            _MAPPED_CUDA.update(mapped_cuda_devices(model))
+            log.info("placed %s by device map: %s", spec.name, _summary(getattr(model, "hf_device_map", {})))
+        _MODEL_CACHE[key] = (model if mapped else model.to(device)).eval()
         LOAD_COUNT["models"] += 1
-        log.info("loaded %s (%.1fM parameters) on %s", spec.name, n_params(model) / 1e6, device)
+        log.info("loaded %s (%.1fM parameters) on %s", spec.name, n_params(model) / 1e6,
+                 "its device map" if mapped else device)
     return _MODEL_CACHE[key]
+
+
+def _plain(x):
+    """A config value as from_pretrained takes it: dicts with int GPU indices ("0" from YAML keys too)."""
+    if isinstance(x, dict) or hasattr(x, "items"):
+        return {(int(k) if isinstance(k, str) and k.isdigit() else k): _plain(v) for k, v in x.items()}
+    return x
+
+
+def _summary(device_map: dict) -> str:
+    """How many modules a device map puts where, e.g. "cuda:0 x12, cpu x3, disk x2"."""
+    counts: dict[str, int] = {}
+    for d in device_map.values():
+        counts[str(d)] = counts.get(str(d), 0) + 1
+    return ", ".join(f"{d} x{n}" for d, n in counts.items())
 
 
 def _auto_class(spec: ModelSpec, trust_remote_code: bool):
@@ -203,48 +272,89 @@ def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def tokenizer_mismatch(target_tok, other_tok, target_name: str, other_name: str, role: str = "drafter") -> ValueError:
+    """The error for a model whose tokenizer is not the target's: it names both tokenizers and the
+    ways out (speculative decoding compares token ids, so a drafter must share the target's vocabulary)."""
+    return ValueError(
+        f"the target {target_name!r} ({len(target_tok)} tokens) and the {role} {other_name!r} "
+        f"({len(other_tok)} tokens) have different tokenizers{' (the same size, other ids)' if len(target_tok) == len(other_tok) else ''}, "
+        f"and this strategy compares token ids. Choose a {role} with the target's tokenizer "
+        f"(model_pair.{role}.name), or a drafter that drafts through text: the default `speculative` strategy "
+        "does so under greedy decoding (sampling=greedy)")
+
+
 def check_same_vocab(target_tok, drafter_tok, target_name: str, drafter_name: str) -> None:
     """Speculative decoding compares token ids: both models must share one tokenizer."""
     if target_tok.get_vocab() != drafter_tok.get_vocab():
-        raise ValueError(
-            f"target {target_name!r} and drafter {drafter_name!r} have different tokenizers "
-            f"({len(target_tok)} vs {len(drafter_tok)} tokens, or the same size with other ids); "
-            "speculative decoding needs a drafter that shares the target's vocabulary"
-        )
+        raise tokenizer_mismatch(target_tok, drafter_tok, target_name, drafter_name)
 
 
 class Pair:
-    """The loaded target and tokenizer, plus the other models of the pair by role ("drafter", ...),
-    loaded on first use so that a strategy without a drafter never loads one."""
+    """The target's tokenizer, then the models of the pair by role ("target", "drafter", ...), each
+    loaded on first use: a strategy without a drafter never loads one. Every role's tokenizer is
+    loaded and compared with the target's here, before any weights: a drafter with another
+    vocabulary shows before a large target loads (`shares_tokenizer`, `get`)."""
 
     def __init__(self, target: ModelSpec, others: dict[str, ModelSpec | None] | None = None,
-                 dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False):
+                 dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False,
+                 placement: Placement | None = None):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.trust_remote_code = trust_remote_code
+        self.placement = placement or Placement()  # the target's device map (big-model inference), if any
         self.specs = {role: (resolve_source(s) if s is not None else None)
                       for role, s in {"target": target, **(others or {})}.items()}  # as loaded (metrics)
-        target = self.specs["target"]
-        self.tokenizer = load_tokenizer(target, trust_remote_code)
-        self.target = load_model(target, self.dtype, self.device, trust_remote_code)
-        self._models = {"target": self.target}
+        self._tokenizers: dict[str, Any] = {}
+        self._shares: dict[str, bool] = {}
+        self._models: dict[str, Any] = {}
+        self.tokenizer = self.tokenizer_of("target")
+        for role, spec in self.specs.items():  # tokenizers only: cheap, and before any weights load
+            if spec is not None and role != "target" and not self.shares_tokenizer(role):
+                log.info("the %s %s has another tokenizer than the target %s (%d vs %d tokens)", role, spec.name,
+                         self.specs["target"].name, len(self.tokenizer_of(role)), len(self.tokenizer))
+
+    def _spec(self, role: str) -> ModelSpec:
+        spec = self.specs.get(role)
+        if spec is None:
+            raise ValueError(f"the strategy needs a {role!r} model but model_pair has none "
+                             f"(it has: {', '.join(k for k, v in self.specs.items() if v)})")
+        return spec
+
+    def tokenizer_of(self, role: str):
+        """The tokenizer of the model playing `role`, loaded once ("target": `pair.tokenizer`)."""
+        if role not in self._tokenizers:
+            self._tokenizers[role] = load_tokenizer(self._spec(role), self.trust_remote_code)
+        return self._tokenizers[role]
+
+    def shares_tokenizer(self, role: str) -> bool:
+        """Whether `role`'s tokenizer is the target's (the same token -> id table): from the
+        tokenizers alone, no weights load."""
+        if role not in self._shares:
+            spec, target = self._spec(role), self.specs["target"]
+            same_files = (spec.tokenizer or spec.name, spec.gguf_file) == (target.tokenizer or target.name, target.gguf_file)
+            self._shares[role] = same_files or self.tokenizer_of(role).get_vocab() == self.tokenizer.get_vocab()
+        return self._shares[role]
+
+    @property
+    def target(self):
+        """The target model, loaded on first use (after every tokenizer check)."""
+        return self.get("target")
 
     @property
     def vocab_size(self) -> int:  # the target's logit width: every distribution is over these ids
         return self.target.get_output_embeddings().weight.shape[0]
 
-    def get(self, role: str):
-        """The model playing `role` (e.g. "drafter"), loaded once and checked against the target's
-        tokenizer."""
+    def get(self, role: str, other_tokenizer: bool = False):
+        """The model playing `role` (e.g. "drafter"), loaded once. A model whose tokenizer is not
+        the target's is refused (ValueError naming both and the way out, before its weights or the
+        target's load) unless `other_tokenizer`: the caller maps between the vocabularies itself
+        (e.g. through text)."""
+        spec = self._spec(role)
+        if not other_tokenizer and not self.shares_tokenizer(role):
+            raise tokenizer_mismatch(self.tokenizer, self.tokenizer_of(role), self.specs["target"].name, spec.name, role)
         if role not in self._models:
-            spec = self.specs.get(role)
-            if spec is None:
-                raise ValueError(f"the strategy needs a {role!r} model but model_pair has none "
-                                 f"(it has: {', '.join(k for k, v in self.specs.items() if v)})")
-            target = self.specs["target"]
-            if (spec.tokenizer or spec.name, spec.gguf_file) != (target.tokenizer or target.name, target.gguf_file):
-                check_same_vocab(self.tokenizer, load_tokenizer(spec, self.trust_remote_code), target.name, spec.name)
-            self._models[role] = load_model(spec, self.dtype, self.device, self.trust_remote_code)
+            placement = self.placement if role == "target" else Placement()
+            self._models[role] = load_model(spec, self.dtype, self.device, self.trust_remote_code, placement)
         return self._models[role]
 
     @property

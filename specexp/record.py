@@ -189,11 +189,17 @@ def timing_report(timing_cfg, repeat_infos: list[dict], load_before, load_after)
 
 
 def sample_record(sample, prompt_ids: list[int], gen: Generation, text: str, base: Generation | None,
-                  repeats: dict | None = None, base_repeats: dict | None = None) -> dict:
-    """One sample's record; `repeats` / `base_repeats`: median_of_repeats' info per mode."""
+                  repeats: dict | None = None, base_repeats: dict | None = None, fit=None) -> dict:
+    """One sample's record; `repeats` / `base_repeats`: median_of_repeats' info per mode; `fit`:
+    how the prompt was cut to fit (specexp.prompting.Fitted), None when that is not known."""
     rec = {
         "id": sample.id,
         "prompt_tokens": len(prompt_ids),
+        **({} if fit is None else {
+            "prompt_tokens_original": fit.original,  # before any cut
+            "prompt_kept": fit.kept,  # null: not cut; "start" / "end": the side kept
+            "prompt_cut_part": fit.part,  # null, "prompt" (its tokens) or the task's document ("article")
+        }),
         "new_tokens": len(gen.tokens),
         "tokens": gen.tokens,
         "text": text,

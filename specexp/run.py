@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 import sys
 import tempfile
 import time
@@ -26,7 +27,7 @@ from specexp.config import CONF_DIR, register
 from specexp.decode import generate
 from specexp.lm import cached_lm, check_context
 from specexp.models import describe
-from specexp.prompting import encode_prompt, eos_ids
+from specexp.prompting import eos_ids, fit_line, fit_prompts
 from specexp.stopping import Stopper
 from specexp.tasks.prompt import PromptTask
 
@@ -51,13 +52,16 @@ def decode_dataset(cfg: DictConfig) -> dict:
     sampling = build.sampling(cfg.sampling)
     stopper = Stopper(eos_ids(pair), task.stop, pair.tokenizer)
     target = cached_lm(pair.target)  # an encoder-decoder target gets the seq2seq wrapper
-    prompts = [encode_prompt(pair.tokenizer, s.prompt, task.max_prompt_tokens, pair.device) for s in samples]
-    check_context({"target": target, **(getattr(proposer, "cached_models", None) or {})},  # fail before any decode
-                  max((p.shape[0] for p in prompts), default=0), task.max_new_tokens, what="the longest prompt")
+    lms = {"target": target, **(getattr(proposer, "cached_models", None) or {})}  # role -> CachedLM
+    # longer prompts cut to dataset.max_prompt_tokens (auto: what every model's context holds), the
+    # task's side kept (specexp/prompting.py); what does not fit even so fails before any decode
+    prompts, fitted, prompt_fit = fit_prompts(pair.tokenizer, samples, task, lms, pair.device)
+    check_context(lms, max((p.shape[0] for p in prompts), default=0), task.max_new_tokens, what="the longest prompt")
     with_baseline = bool(cfg.baseline) and proposer is not None
     if proposer is not None:
         proposer.records = bool(cfg.records)
-    batch.check_run(batch_size, proposer, pair.target, search, bool(cfg.carry_length_state))  # before any decode
+    batch.check_run(batch_size, proposer, pair.target, search, bool(cfg.carry_length_state),  # before any decode
+                    policy, cfg.strategy.get("name"))
 
     def decode(i: int, prompt, budget: int, speculative: bool):
         gen = torch.Generator(device=pair.device).manual_seed(cfg.seed + i)
@@ -119,7 +123,7 @@ def decode_dataset(cfg: DictConfig) -> dict:
     result = {
         "model_pair": {"name": cfg.model_pair.name, **{k: describe(v) for k, v in pair.specs.items() if v},
                        "sources": {k: v.source for k, v in pair.specs.items() if v}},
-        "dataset": {"name": task.name, "version": task.version, "n_samples": len(samples)},
+        "dataset": {"name": task.name, "version": task.version, "n_samples": len(samples), "prompt_fit": prompt_fit},
         "strategy": cfg.strategy.get("name"),
         "sampling": OmegaConf.to_container(cfg.sampling),
         "batch_size": batch_size,
@@ -135,8 +139,8 @@ def decode_dataset(cfg: DictConfig) -> dict:
         result["all_match_baseline"] = all(matches)
     result["samples"] = [
         record.sample_record(s, p.tolist(), g, c, bases[i] if with_baseline else None,
-                             gen_reps[i], base_reps[i] if with_baseline else None)
-        for i, (s, p, g, c) in enumerate(zip(samples, prompts, gens, completions))
+                             gen_reps[i], base_reps[i] if with_baseline else None, fit=f)
+        for i, (s, p, g, c, f) in enumerate(zip(samples, prompts, gens, completions, fitted))
     ]
     result["timing"] = timing
     if batch_info is not None:  # batch throughput and speedups at batch_size (specexp/batch.py)
@@ -151,6 +155,9 @@ def decode_dataset(cfg: DictConfig) -> dict:
     result.update(costs.report(gens, {"target": target, **(getattr(proposer, "cached_models", None) or {})},
                                {r: describe(s) for r, s in pair.specs.items() if s}, costs.classic_gamma(proposer, policy),
                                base=bases if with_baseline else None))
+    measured = policy.measured() if policy is not None else {}
+    if measured:  # what this machine measured that steers decisions (cost_aware's costs): `specexp reproduce` replays it
+        result["measured"] = measured
     result["environment"] = record.environment(pair.device)
     result["provenance"] = provenance.collect(pair.specs)  # git commit, model revisions / file hashes
     return result
@@ -241,6 +248,9 @@ def summary(m: dict, path: Path) -> str:
                          _f(a["mean_accepted_length"]), _f(a["latency_ms_per_token"]["p50"])))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines += ["  " + "  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    cut = fit_line(m["dataset"].get("prompt_fit") or {}, m["dataset"]["n_samples"])
+    if cut:  # prompts cut to fit (specexp/prompting.py); per sample: prompt_tokens_original, prompt_kept
+        lines.append("  " + cut)
     if "speedup" in m:
         sp = m["speedup"]
         pt, wm = sp.get("per_token") or {}, sp.get("wall_time_ratio_matched") or {}
@@ -287,9 +297,16 @@ def hydra_quote(text: str) -> str:
 def cli_overrides(args: list[str]) -> list[str]:
     """The command line as Hydra gets it: `prompt=TEXT` takes TEXT literally (Hydra's grammar would
     read `a, b` as a sweep and `${x}` as an interpolation) unless it is already in quotes, and it
-    selects dataset=prompt unless a dataset= override is given."""
+    selects dataset=prompt unless a dataset= override is given. The overrides in the environment
+    variable SPECEXP_OVERRIDES (shell words) go last, so they win: a recipe written for large models
+    runs as a smoke test on the tiny pair (docs/testing.md); Hydra records them with the rest."""
+    extra = shlex.split(os.environ.get("SPECEXP_OVERRIDES", ""))
+    if extra:
+        print(f"specexp: SPECEXP_OVERRIDES appends {' '.join(extra)}", file=sys.stderr)
+    # after the last override already there: Hydra's parser takes no override after a flag's value (--cfg job)
+    at = max((i + 1 for i, a in enumerate(args) if "=" in a and not a.startswith("-")), default=0)
     out = []
-    for a in args:
+    for a in [*args[:at], *extra, *args[at:]]:
         if a.startswith("prompt="):
             v = a[len("prompt="):]
             if not (len(v) >= 2 and v[0] == v[-1] and v[0] in "'\""):

@@ -14,6 +14,9 @@
                build.sampling): their constructors' own range checks run now
   5. choices   the choices fit together: a greedy-only length policy (the oracle) under
                sampling, `prompt=` with another dataset
+  6. tokenizers  a drafter with another tokenizer than the target's drafts through text
+               (proposers/cross_tokenizer.py): only a model drafter (DraftModel, LookupFirst)
+               under greedy decoding can; the rest is refused here, from the tokenizers alone
 
 Errors are collected and raised together as one ConfigError.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import inspect
 import re
 import types
@@ -49,7 +53,7 @@ def check(cfg: DictConfig) -> None:
     if not errors:  # the constructors' range checks assume the types are right
         errors = build_light(cfg)
     if not errors:
-        errors = choices(cfg)
+        errors = choices(cfg) + tokenizers(cfg)
     if errors:
         raise ConfigError("invalid config (nothing was run):\n  " + "\n  ".join(errors))
 
@@ -327,3 +331,111 @@ def choices(cfg: DictConfig) -> list[str]:
             errors.append(f"prompt: prompt= runs the prompt dataset, but the config selects dataset {target!r}: "
                           "drop the dataset= override (or use dataset=prompt)")
     return errors
+
+
+# --------------------------------------------------------------------------------------------
+# 6. Tokenizers: what cannot draft through text with a drafter of another tokenizer
+# --------------------------------------------------------------------------------------------
+
+def tokenizers(cfg: DictConfig) -> list[str]:
+    """A drafter whose tokenizer is not the target's drafts through text (greedy only). Refused
+    here, from the tokenizers (no weights): sampling, a draft vocabulary subset, the oracle length
+    policy, analysis records, batching, and every proposer other than a model drafter (the
+    cascade, the feature drafter...), which compare token ids. A tokenizer that is not on this
+    machine yet (a pair still to be built or downloaded) is not checked here: the run checks it
+    when it loads the pair, still before any weights."""
+    from specexp.length.baselines import Oracle
+    from specexp.proposers import FeatureDrafter, LookupFirst
+    from specexp.proposers.drafter import DraftModel
+
+    errors: list[str] = []
+    name = cfg.strategy.get("name")
+    for path, node in target_nodes(cfg.strategy.get("proposer"), "strategy.proposer"):
+        try:
+            cls = get_object(str(node._get_node("_target_")._value()))
+        except Exception:
+            continue  # reported by build_light
+        # model drafters bridge; a feature drafter reads the target's hidden states, so it cannot
+        bridges = (isinstance(cls, type) and issubclass(cls, (DraftModel, LookupFirst))
+                   and not issubclass(cls, FeatureDrafter))
+        roles = ([node.get("model", "drafter")] if bridges else
+                 [r for r in (node.get("drafters") or [node.get("model")]) if isinstance(r, str)])
+        for role in roles:
+            other = _other_tokenizer(cfg.model_pair, role)
+            if other is None:
+                continue
+            who = f"the {role} {other!r} has another tokenizer than the target"
+            if not bridges:
+                errors.append(f"strategy={name}: {cls.__name__} compares the {role}'s token ids with the target's, but "
+                              f"{who}: use a {role} with the target's tokenizer (model_pair.{role}.name), or "
+                              "strategy=speculative, which drafts through text (greedy decoding)")
+                continue
+            if float(cfg.sampling.temperature) > 0:
+                errors.append(f"sampling (temperature {cfg.sampling.temperature}): {who}, so it drafts through text, "
+                              "and sampling needs the drafter's probability of each drafted target token, which a "
+                              "drafter over another vocabulary does not have: use sampling=greedy (the output is then "
+                              f"exactly the target's greedy output), or a {role} with the target's tokenizer")
+            if node.get("vocab"):
+                key = user_key(path, "vocab", OmegaConf.to_container(node, resolve=False).get("vocab"))
+                errors.append(f"{key}: a draft vocabulary subset is a set of the target's token ids, but {who}: "
+                              f"set {key}=null")
+            length = cfg.strategy.get("length")
+            if length is not None and "_target_" in length and _is(length._target_, Oracle):
+                errors.append(f"strategy.length: the {Oracle.__name__} length policy replays the target on the "
+                              f"drafted tokens, but {who} (its tokens are not the target's): use another length "
+                              "policy, e.g. strategy=speculative")
+            if cfg.get("records"):
+                errors.append(f"records: analysis records pair each drafted token with the target's at its position, "
+                              f"but {who} (it drafts other tokens than the target verifies): set records=false")
+            if int(cfg.get("batch_size", 1)) > 1:
+                errors.append(f"batch_size: batched decoding runs a drafter with the target's tokenizer only, and "
+                              f"{who}: use batch_size=1")
+    return errors
+
+
+def _is(target: str, cls: type) -> bool:
+    try:
+        obj = get_object(str(target))
+    except Exception:
+        return False
+    return isinstance(obj, type) and issubclass(obj, cls)
+
+
+def _other_tokenizer(pair: DictConfig, role: str) -> str | None:
+    """The name of `role`'s model when its tokenizer is not the target's; None when it is, when
+    the pair has no such model, or when a tokenizer is not on this machine (not checked here)."""
+    from specexp.models import ModelSpec, resolve_source
+
+    def spec(key: str):
+        node = pair.get(key)
+        if not isinstance(node, DictConfig) or OmegaConf.is_missing(node, "name") or node.get("name") in (None, "???"):
+            return None
+        fields = {f.name for f in dataclasses.fields(ModelSpec)}
+        try:
+            return resolve_source(ModelSpec(**{k: v for k, v in OmegaConf.to_container(node, resolve=True).items()
+                                               if k in fields}))
+        except Exception:
+            return None
+
+    target, other = spec("target"), spec(role)
+    if target is None or other is None or role == "target":
+        return None
+    if (other.tokenizer or other.name, other.gguf_file) == (target.tokenizer or target.name, target.gguf_file):
+        return None
+    trust = bool(pair.get("trust_remote_code", False))
+    a, b = (_local_vocab(s.tokenizer or s.name, None if s.tokenizer else s.gguf_file, s.revision, trust)
+            for s in (target, other))
+    return other.name if a is not None and b is not None and a != b else None
+
+
+@functools.lru_cache(maxsize=16)
+def _local_vocab(name: str, gguf_file: str | None, revision: str | None, trust_remote_code: bool) -> dict | None:
+    """The token -> id table of a tokenizer when it is on this machine (a local folder or the
+    Hugging Face cache: no download during the check), else None."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name, gguf_file=gguf_file, revision=revision, local_files_only=True,
+                                             trust_remote_code=trust_remote_code).get_vocab()
+    except Exception:
+        return None

@@ -6,13 +6,15 @@ from specexp import entropy
 from specexp.length import Decision, DraftStep, LengthPolicy
 from specexp.lm import CachedLM, SubsetHeadLM, cached_lm
 from specexp.proposers.base import Draft, Proposer
+from specexp.proposers.cross_tokenizer import CrossTokenizerDrafter
 from specexp.sampling import Sampling
 
 
 class DraftModel(Proposer):
     """A small causal LM drafting token by token with its own KV cache. The draft ends after an
     EOS token (`eos`, kept as the last draft), as transformers' assistant, the SVIP code and the
-    Entropy Drafting thesis' code stop there."""
+    Entropy Drafting thesis' code stop there. A drafter with another tokenizer than the target's
+    drafts through text instead (`bind` hands over to proposers/cross_tokenizer.py; greedy only)."""
 
     def __init__(self, model: str = "drafter", vocab: int | None = None):
         self.model = model  # which model of the pair drafts (the pair's `drafter`)
@@ -20,7 +22,14 @@ class DraftModel(Proposer):
         self.lm: CachedLM | None = None
         self.embed_limit: int | None = None  # ids >= this can't be embedded by the drafter (see _check_vocab)
 
-    def bind(self, pair) -> "DraftModel":
+    def bind(self, pair) -> "Proposer":
+        shares = getattr(pair, "shares_tokenizer", None)  # (a test's stand-in pair may not say: assumed shared)
+        if shares is not None and not shares(self.model):  # another tokenizer: draft through text, greedy only
+            if self.vocab:
+                raise ValueError(f"strategy.proposer.vocab={self.vocab}: a draft vocabulary subset is a set of the "
+                                 f"target's token ids, but the {self.model} has another tokenizer: set "
+                                 f"strategy.proposer.vocab=null, or use a {self.model} with the target's tokenizer")
+            return CrossTokenizerDrafter(self.model).bind(pair)
         model = pair.get(self.model)
         if hasattr(model, "as_proposer"):  # a feature drafter (proposers/eagle.py) drafts from the target's features
             return model.as_proposer(self.model, self.vocab).bind(pair)

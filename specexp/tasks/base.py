@@ -6,6 +6,7 @@ from typing import Any
 
 
 SELECTIONS = ("first", "random", "stratified")
+TRUNCATE = ("auto", "start", "end")  # dataset.truncate: which part of a too-long prompt is kept
 
 
 @dataclass
@@ -15,6 +16,8 @@ class Sample:
     reference: Any = None  # what scoring compares against (tests, summary, answer...)
     meta: dict = field(default_factory=dict)
     category: str | None = None  # a group for per-category breakdowns (Spec-Bench's categories), or None
+    cut_span: tuple[int, int] | None = None  # characters of `prompt` a too-long prompt may shorten (the
+    #   document inside the template, whose end is cut to keep the template whole), or None (cut the prompt)
 
 
 class Task:
@@ -23,9 +26,13 @@ class Task:
 
     name = "task"
     version = "0"  # bump when prompts or scoring change; saved with the results
+    keep = "end"  # the part of a too-long prompt kept when dataset.truncate=auto: "end" (what the model
+    #   continues) or "start"; specexp/prompting.py cuts the prompt (a Sample's cut_span: only that part)
+    cut_part = "document"  # what a Sample's cut_span holds, as the run's summary names it
 
     def __init__(self, limit: int | None = None, seed: int = 0, select: str = "first",
-                 max_new_tokens: int = 128, stop: list[str] | None = None, max_prompt_tokens: int | None = None,
+                 max_new_tokens: int = 128, stop: list[str] | None = None,
+                 max_prompt_tokens: int | str | None = "auto", truncate: str = "auto",
                  chat: bool | str = False, system: str | None = None):
         if select not in SELECTIONS:
             raise ValueError(f"dataset.select must be one of {', '.join(SELECTIONS)}, got {select!r}")
@@ -36,12 +43,25 @@ class Task:
         self.select = select  # "first" N, "random" N, or "stratified": N split evenly across categories
         self.max_new_tokens = max_new_tokens  # generation budget per sample
         self.stop = list(stop or [])  # stop strings (generation ends once one appears)
-        self.max_prompt_tokens = max_prompt_tokens  # keep only the last N prompt tokens (null = all)
+        if not (max_prompt_tokens is None or max_prompt_tokens == "auto"
+                or (isinstance(max_prompt_tokens, int) and not isinstance(max_prompt_tokens, bool) and max_prompt_tokens >= 1)):
+            raise ValueError(f"dataset.max_prompt_tokens must be auto, an integer >= 1 or null, got {max_prompt_tokens!r}")
+        # cut longer prompts to N tokens: "auto" = what the run's models can read with max_new_tokens after
+        # it; null = never cut (a prompt that does not fit fails before decoding)
+        self.max_prompt_tokens = max_prompt_tokens
+        if truncate not in TRUNCATE:
+            raise ValueError(f"dataset.truncate must be one of {', '.join(TRUNCATE)}, got {truncate!r}")
+        self.truncate = truncate  # which part of a cut prompt is kept: start | end | auto (the task's `keep`)
         if chat not in (False, True, "auto"):
             raise ValueError(f"dataset.chat must be false, true or auto, got {chat!r}")
         self.chat = chat  # wrap prompts in the tokenizer's chat template: False | True | "auto" (if it has one)
         self.system = system  # system message when chat is on (null = none)
         self.tokenizer = None  # set by the run through set_tokenizer() (needed for chat)
+
+    @property
+    def keep_side(self) -> str:
+        """The part of a too-long prompt that is kept: "start" or "end"."""
+        return self.keep if self.truncate == "auto" else self.truncate
 
     def set_tokenizer(self, tokenizer) -> None:
         """The run hands over the target's tokenizer before `samples()` (used for chat templates)."""
@@ -85,8 +105,12 @@ class Task:
             wrapped = []
             for s in items:
                 p = self.chat_prompt(s.prompt)
-                wrapped.append(s if p is None else
-                               replace(s, prompt=p, meta={**s.meta, "raw_prompt": s.prompt, "chat": True}))
+                if p is None:
+                    wrapped.append(s)
+                    continue
+                at = p.find(s.prompt)  # the cut span moves with the text inside the chat template
+                span = (at + s.cut_span[0], at + s.cut_span[1]) if s.cut_span and at >= 0 else None
+                wrapped.append(replace(s, prompt=p, cut_span=span, meta={**s.meta, "raw_prompt": s.prompt, "chat": True}))
             items = wrapped
         return items
 

@@ -29,6 +29,7 @@ class HumanEval(Task):
 
     name = "humaneval"
     version = "2"
+    keep = "end"  # a too-long prompt keeps its end: the signature and docstring the completion continues
 
     def __init__(self, source: str = "auto", path=None, hub_name: str = "openai/openai_humaneval",
                  template: str = "{prompt}", timeout: float = TIMEOUT, memory_mb: int = 1024,
@@ -90,7 +91,7 @@ class HumanEval(Task):
         return text if fence < 0 else text[: fence + 1]
 
     def score(self, samples: list[Sample], completions: list[str]) -> dict:
-        from specexp.tasks.sandbox import Check, Limits, check_many, isolation_mode
+        from specexp.tasks.sandbox import Check, Limits, check_many, isolation_mode, isolation_warning
 
         if len(samples) != len(completions):
             raise ValueError(f"{len(samples)} samples but {len(completions)} completions")
@@ -102,4 +103,4 @@ class HumanEval(Task):
                for s, o in zip(samples, outcomes)]
         n, k = len(per), sum(o.passed for o in outcomes)
         return {"pass@1": k / n if n else 0.0, "n_scored": n, "n_passed": k, "per_sample": per,
-                "sandbox_isolation": isolation_mode()}
+                "sandbox_isolation": isolation_mode(), "sandbox_warning": isolation_warning()}

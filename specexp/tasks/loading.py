@@ -242,6 +242,15 @@ def render(template: str, **fields: Any) -> str:
     return pattern.sub(lambda m: str(fields[m.group(1)]), template)
 
 
+def render_span(template: str, name: str, value: str) -> tuple[str, tuple[int, int] | None]:
+    """render(template, name=value) and the (start, end) characters where `value` stands in it (its
+    first placeholder; None when the template has none): the part a too-long prompt may shorten."""
+    head, placeholder, tail = template.partition("{" + name + "}")
+    if not placeholder:
+        return template, None
+    return head + value + render(tail, **{name: value}), (len(head), len(head) + len(value))
+
+
 def as_list(x: Any) -> list:
     """A config value that may be one item or a list (ListConfig included) as a plain list."""
     if x is None:

@@ -4,7 +4,7 @@ ROUGE-1/2/L F1 (Porter stemming, the `rouge-score` package, as in the papers; of
 from __future__ import annotations
 
 from specexp.tasks.base import Sample, Task
-from specexp.tasks.loading import load_hub, read_local, render, resolve
+from specexp.tasks.loading import load_hub, read_local, render_span, resolve
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
@@ -20,7 +20,9 @@ def rouge_f1(predictions: list[str], references: list[str]) -> list[dict[str, fl
 
 class XSum(Task):
     name = "xsum"
-    version = "1"
+    version = "2"  # 2: a too-long prompt keeps the article's start and the instruction (was: the last tokens)
+    keep = "start"  # a too-long prompt keeps the article's start (its lead) and the instruction after it
+    cut_part = "article"  # the article is each prompt's cut_span
 
     def __init__(self, source: str = "auto", path=None, hub_name: str = "EdinburghNLP/xsum",
                  split: str = "test",
@@ -39,8 +41,8 @@ class XSum(Task):
         for i, r in enumerate(rows):
             if "document" not in r or "summary" not in r:
                 raise ValueError(f"xsum rows need 'document' and 'summary' fields, got {sorted(r)}")
-            out.append(Sample(str(r.get("id") or f"xsum/{i}"), render(self.template, document=r["document"].strip()),
-                              reference=r["summary"].strip()))
+            prompt, span = render_span(self.template, "document", r["document"].strip())
+            out.append(Sample(str(r.get("id") or f"xsum/{i}"), prompt, reference=r["summary"].strip(), cut_span=span))
         return out
 
     def postprocess(self, sample: Sample, completion: str) -> str:
