@@ -26,9 +26,11 @@ def cache_arg(module, cache) -> dict:
 
 
 def cache_of(out):
-    """The updated KV cache of a model output (`cache` in 5.x, `past_key_values` before)."""
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
+    """The updated KV cache of a model output: `cache` where the output has that field
+    (transformers 5.x; None when the forward kept no cache), else `past_key_values` (4.x, and
+    outputs that still declare the old name). On a 5.x output `past_key_values` is a deprecated
+    alias that logs a warning, so it is never read there."""
+    return out.cache if hasattr(out, "cache") else out.past_key_values
 
 
 class CachedLM:

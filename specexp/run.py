@@ -158,6 +158,7 @@ def decode_dataset(cfg: DictConfig) -> dict:
     measured = policy.measured() if policy is not None else {}
     if measured:  # what this machine measured that steers decisions (cost_aware's costs): `specexp reproduce` replays it
         result["measured"] = measured
+    result["headline"] = sweep.headline(result)  # what the summary, the log line and the objective report
     result["environment"] = record.environment(pair.device)
     result["provenance"] = provenance.collect(pair.specs)  # git commit, model revisions / file hashes
     return result
@@ -238,23 +239,58 @@ def _f(x, fmt="{:.2f}"):
     return "n/a" if x is None else fmt.format(x)
 
 
+def _ci(ci, fmt="{:.1f}") -> str:
+    return "n/a" if not ci else f"[{fmt.format(ci[0])}, {fmt.format(ci[1])}]"
+
+
 def summary(m: dict, path: Path) -> str:
+    """The run's summary. A batched run leads with what it measures as a batch (batch
+    throughput, and the speedup against autoregressive at the same batch size, with CIs over
+    repeats) and shows the per-row figures (per-row latency) apart, labelled."""
+    h = m.get("headline") or sweep.headline(m)
+    batched = h["measure"] == sweep.BATCH_THROUGHPUT
     lines = [f"specexp: {m['strategy']} on {m['dataset']['name']} ({m['dataset']['n_samples']} samples), "
-             f"pair {m['model_pair']['name']}, {m['environment']['device_name']}"]
-    rows = [("", "tokens/s", "accept rate", "mean acc. len", "ms/token p50")]
-    for label, a in (("strategy", m), ("autoregressive", m.get("baseline"))):
-        if a:
-            rows.append((label, _f(a["tokens_per_second"], "{:.1f}"), _f(a["acceptance_rate"], "{:.3f}"),
-                         _f(a["mean_accepted_length"]), _f(a["latency_ms_per_token"]["p50"])))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+             f"pair {m['model_pair']['name']}, {m['environment']['device_name']}"
+             + (f", batch {h['batch_size']}" if batched else "")]
+    modes = {"strategy": m, "autoregressive": m.get("baseline")}
+    if batched:
+        pct = int(h["confidence"] * 100)
+        rows = [("", "batch tok/s", f"{pct}% CI", "per-row tok/s", "accept rate", "mean acc. len",
+                 "per-row ms/token p50")]
+        batch_of = {"strategy": h["modes"][h["main_mode"]], "autoregressive": h["modes"].get("autoregressive")}
+        for label, a in modes.items():
+            if a:
+                b = batch_of[label] or {}
+                rows.append((label, _f(b.get("tokens_per_second"), "{:.1f}"), _ci(b.get("ci")),
+                             _f(a["tokens_per_second"], "{:.1f}"), _f(a["acceptance_rate"], "{:.3f}"),
+                             _f(a["mean_accepted_length"]), _f(a["latency_ms_per_token"]["p50"])))
+    else:
+        rows = [("", "tokens/s", "accept rate", "mean acc. len", "ms/token p50")]
+        for label, a in modes.items():
+            if a:
+                rows.append((label, _f(a["tokens_per_second"], "{:.1f}"), _f(a["acceptance_rate"], "{:.3f}"),
+                             _f(a["mean_accepted_length"]), _f(a["latency_ms_per_token"]["p50"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  " + "  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    if batched:
+        how = (f"no CI: {h['why_no_ci']}" if h["why_no_ci"] else
+               "CI: Student t over repeats on the log, timing noise only")
+        lines.append(f"  batch tok/s: new tokens of all samples / wall time of the whole dataset's decode at batch "
+                     f"{h['batch_size']}, median of {h['repeats']} repeat(s) ({how}); per-row: each row timed from "
+                     "admission to its last round, rows sharing the batch counted apart")
+        if h.get("speedup") is not None:
+            b1 = h.get("speedup_vs_autoregressive_batch1")
+            ci = f", {pct}% CI over repeats" if h.get("speedup_ci") else ""
+            lines.append(f"  speedup at batch {h['batch_size']} (batch throughput ratio vs {h['speedup_against']}{ci}): "
+                         f"{sweep.format_headline_speedup(h)}; vs autoregressive at batch 1: {stats.format_ratio(b1)}")
     cut = fit_line(m["dataset"].get("prompt_fit") or {}, m["dataset"]["n_samples"])
     if cut:  # prompts cut to fit (specexp/prompting.py); per sample: prompt_tokens_original, prompt_kept
         lines.append("  " + cut)
     if "speedup" in m:
         sp = m["speedup"]
         pt, wm = sp.get("per_token") or {}, sp.get("wall_time_ratio_matched") or {}
-        lines.append(f"  speedup (throughput ratio, {int(sp['ci']['confidence'] * 100)}% bootstrap CI, "
+        what = "per-row speedup (throughput ratio of per-row latencies" if batched else "speedup (throughput ratio"
+        lines.append(f"  {what}, {int(sp['ci']['confidence'] * 100)}% bootstrap CI, "
                      f"n={sp['n_samples']}): {stats.format_speedup(sp)}; per-token ratio geomean "
                      f"{stats.format_ratio(pt.get('geomean'))}, median {stats.format_ratio(pt.get('median'))}; "
                      f"wall-time ratio on identical outputs {stats.format_ratio(wm.get('geomean'))} (geomean, "
@@ -282,7 +318,8 @@ def summary(m: dict, path: Path) -> str:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _app(cfg: DictConfig) -> float | None:
     metrics = run(cfg)
-    return metrics.get("tokens_per_second")  # what a sweeper (e.g. Optuna) optimises
+    # what a sweeper (e.g. Optuna) optimises: the summary's headline (batch throughput on a batched run)
+    return sweep.headline(metrics)["tokens_per_second"]
 
 
 def hydra_quote(text: str) -> str:

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -56,16 +57,128 @@ def _num(x, fmt: str) -> str:
     return "n/a" if x is None else fmt.format(x)
 
 
+# --------------------------------------------------------------------------------------------
+# Headline: the figures a run's summary, its log line and the sweep objective report
+# --------------------------------------------------------------------------------------------
+
+BATCH_THROUGHPUT = "batch throughput"
+# Keys of metrics.json that are per-row figures on a batched run (sums of per-row latencies)
+PER_ROW_KEYS = ("tokens_per_second", "speedup.throughput_ratio")
+
+
+def headline(m: dict) -> dict:
+    """metrics.json["headline"]: the run's throughput and speedup, and what they measure.
+
+    batch 1: throughput = new tokens / the sum of the samples' decode times (metrics
+      tokens_per_second), speedup = metrics speedup.throughput_ratio with its paired bootstrap CI
+      over samples.
+    batch B > 1: batch throughput = new tokens of all samples / wall time of the whole dataset's
+      decode (metrics batch.tokens_per_second), speedup against autoregressive at the same B
+      (batch.speedup_vs_autoregressive_same_batch). A batched decode is timed as a whole, one
+      time per mode and repeat, so its CIs are over repeats: timing noise, the same samples in
+      each (`_log_t_interval`); one repeat gives none (`why_no_ci` says so). The per-row figures
+      (each row timed from admission to its last round, rows sharing the batch counted apart)
+      are under `per_row`, as tokens_per_second and speedup keep them."""
+    conf = stats.CONFIDENCE
+    b = m.get("batch")
+    sp = m.get("speedup") if isinstance(m.get("speedup"), dict) else {}
+    if not (isinstance(b, dict) and (m.get("batch_size") or 1) > 1):
+        ci = [sp["ci_low"], sp["ci_high"]] if sp.get("ci_low") is not None else None
+        return {"measure": "throughput", "batch_size": m.get("batch_size") or 1,
+                "estimator": "new tokens / the sum of the samples' decode times",
+                "tokens_per_second": m.get("tokens_per_second"), "tokens_per_second_ci": None,
+                "speedup": sp.get("throughput_ratio"), "speedup_ci": ci,
+                "speedup_against": "autoregressive" if sp else None, "confidence": conf,
+                "ci_method": (sp.get("ci") or {}).get("method"),
+                "why_no_ci": None if ci or not sp else f"n={sp.get('n_samples')} samples"}
+    B, tps, walls = b["batch_size"], b["tokens_per_second"], b["wall_time_s"]
+    main = "strategy" if "strategy" in tps else "autoregressive"
+    repeats = len(walls[main])
+    # per repeat r: mode m's throughput = its new tokens (tokens/s x median time) / its time in repeat r
+    thr = {k: [tps[k] * statistics.median(walls[k]) / t for t in walls[k]] for k in tps}
+    speedup = b.get("speedup_vs_autoregressive_same_batch")
+    if repeats < 2:
+        why = (f"one repeat (timing.repeats={repeats}): a batched decode is timed as a whole, one time per mode; "
+               "timing.repeats>=2 gives a CI over repeats")
+    else:
+        why = None
+    modes = {k: {"tokens_per_second": v, "ci": _log_t_interval(thr[k], conf) if why is None else None}
+             for k, v in tps.items()}
+    ratios = [s / a for s, a in zip(thr[main], thr.get("autoregressive", []))]  # paired: the same repeat
+    return {"measure": BATCH_THROUGHPUT, "batch_size": B, "estimator": b.get("estimator"),
+            "tokens_per_second": tps[main], "tokens_per_second_ci": modes[main]["ci"],
+            "speedup": speedup,
+            "speedup_ci": _log_t_interval(ratios, conf) if speedup is not None and why is None else None,
+            "speedup_against": f"autoregressive at batch {B}" if speedup is not None else None,
+            "speedup_vs_autoregressive_batch1": b.get("speedup_vs_autoregressive_batch1"),
+            "confidence": conf,
+            "ci_method": (f"Student t interval over the {repeats} repeats of the log per-repeat value "
+                          "(the geometric mean's; timing noise only, the same samples in every repeat)"),
+            "why_no_ci": why, "main_mode": main, "modes": modes, "repeats": repeats,
+            "per_row": {"tokens_per_second": m.get("tokens_per_second"), "speedup": sp.get("throughput_ratio"),
+                        "speedup_ci": [sp["ci_low"], sp["ci_high"]] if sp.get("ci_low") is not None else None,
+                        "latency_ms_per_token_p50": value_at(m, "latency_ms_per_token.p50")}}
+
+
+def _log_t_interval(xs: list[float], confidence: float) -> list[float] | None:
+    """A CI of the geometric mean of `xs` (> 0): the Student t interval of mean(log x),
+    mean +- t_{n-1} * sd / sqrt(n), mapped back by exp. None with fewer than 2 values."""
+    import math
+
+    from scipy.stats import t
+
+    if len(xs) < 2 or min(xs) <= 0:
+        return None
+    logs = [math.log(x) for x in xs]
+    half = t.ppf((1 + confidence) / 2, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    mean = statistics.fmean(logs)
+    return [math.exp(mean - half), math.exp(mean + half)]
+
+
+def format_tps(x, ci=None) -> str:
+    """`169.8 tok/s [150.2, 190.1]`; `n/a` when absent."""
+    return _num(x, "{:.1f}") + " tok/s" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
+
+
+def format_headline_speedup(h: dict) -> str:
+    """`0.77x [0.70, 0.85]`, `0.77x (no CI: one repeat)`, `n/a` (headline's `why_no_ci` says more)."""
+    if h.get("speedup") is None:
+        return "n/a"
+    ci = h.get("speedup_ci")
+    if ci:
+        return stats.format_ratio(h["speedup"], ci[0], ci[1])
+    why = "one repeat" if h.get("repeats") == 1 else h.get("why_no_ci") or "none"
+    return stats.format_ratio(h["speedup"]) + f" (no CI: {why})"
+
+
 def run_line(m: dict, skipped: bool = False) -> str:
-    """The headline of one run, for the log: status, overrides, tokens/s, acceptance, speedup.
+    """The headline of one run, for the log: status, overrides, tokens/s, acceptance, speedup
+    (a batched run: batch throughput and the speedup at its batch size first, per row after).
 
         specexp run ok: [strategy.gamma=2 sampling=greedy] 812.3 tok/s, accept 0.412, speedup (throughput ratio, 95% CI) 1.31x [1.12, 1.50]
+        specexp run ok: [batch_size=3] batch 3: 169.8 tok/s [160.1, 180.0] batch throughput, speedup vs
+            autoregressive at batch 3 (batch throughput ratio, 95% CI over repeats) 0.77x [0.70, 0.85],
+            per-row 74.3 tok/s, accept 0.412, ...
         specexp run FAILED: [strategy.gamma=0] ValueError: gamma must be >= 1, got 0
     """
     overrides = " ".join(m.get("overrides") or []) or "no overrides"
     status = m.get("status", "?")
     if status != "ok":
         return f"specexp run {status.upper()}: [{overrides}] {one_line(m.get('error'))}".rstrip()
+    h = m.get("headline") or headline(m)
+    if h["measure"] == BATCH_THROUGHPUT:
+        what = "skipped (resume: already ok)" if skipped else "ok"
+        parts = [f"batch {h['batch_size']}: {format_tps(h['tokens_per_second'], h['tokens_per_second_ci'])} "
+                 "batch throughput"]
+        if h.get("speedup") is not None:
+            ci = f", {int(h['confidence'] * 100)}% CI over repeats" if h.get("speedup_ci") else ""
+            parts.append(f"speedup vs {h['speedup_against']} (batch throughput ratio{ci}) {format_headline_speedup(h)}")
+        parts += [f"per-row {format_tps(h['per_row']['tokens_per_second'])}",
+                  f"accept {_num(m.get('acceptance_rate'), '{:.3f}')}",
+                  f"mean acc. len {_num(m.get('mean_accepted_length'), '{:.2f}')}"]
+        if m.get("all_match_baseline") is not None:
+            parts.append(f"matches AR {m.get('n_matches_baseline')}/{value_at(m, 'dataset.n_samples')}")
+        return f"specexp run {what}: [{overrides}] " + ", ".join(parts)
     parts = [f"{_num(m.get('tokens_per_second'), '{:.1f}')} tok/s",
              f"accept {_num(m.get('acceptance_rate'), '{:.3f}')}",
              f"mean acc. len {_num(m.get('mean_accepted_length'), '{:.2f}')}"]
@@ -236,7 +349,15 @@ def summarize(sweep_dir: str | Path, since: float | None = None) -> str:
         if m.get("status") == "ok":
             state = "skipped" if since is not None and p.stat().st_mtime < since else "ok"
             counts[state] += 1
-            sp = m.get("speedup")
+            sp, h = m.get("speedup"), m.get("headline") or headline(m)
+            if h["measure"] == BATCH_THROUGHPUT:  # a batched run: its batch throughput, per row after
+                lines.append(f"  {rel:>4} {state:<7} [{ov}] batch {h['batch_size']}: "
+                             f"{format_tps(h['tokens_per_second'], h['tokens_per_second_ci'])} batch throughput"
+                             + (f", speedup vs {h['speedup_against']} {format_headline_speedup(h)}"
+                                if h.get("speedup") is not None else "")
+                             + f", per-row {format_tps(h['per_row']['tokens_per_second'])}, "
+                             f"accept {_num(m.get('acceptance_rate'), '{:.3f}')}")
+                continue
             lines.append(f"  {rel:>4} {state:<7} [{ov}] {_num(m.get('tokens_per_second'), '{:.1f}')} tok/s, "
                          f"accept {_num(m.get('acceptance_rate'), '{:.3f}')}"
                          + (f", speedup (throughput ratio, 95% CI) {stats.format_speedup(sp)}"
@@ -306,13 +427,19 @@ class SweepSummary(Callback):
 # Objective: what a sweeper (Optuna) maximises
 # --------------------------------------------------------------------------------------------
 
-def objective(m: dict, metric: str = "tokens_per_second", require_match: bool = True,
+def objective(m: dict, metric: str = "headline.tokens_per_second", require_match: bool = True,
               max_quality_drop: float | None = None, penalty: float = 0.0) -> tuple[float, str | None]:
-    """The value of `metric` (a dotted key of metrics.json: tokens_per_second, speedup.throughput_ratio,
-    quality.rouge1...) and why it was penalised (None if it was not):
+    """The value of `metric` (a dotted key of metrics.json) and why it was penalised (None if it was not).
+    `headline.tokens_per_second` (the default) and `headline.speedup` are what the run's summary
+    reports: at batch 1 the throughput and speedup, on a batched run the batch throughput and the
+    speedup against autoregressive at the same batch size (`headline`). Any other key is read as
+    it is: tokens_per_second, speedup.throughput_ratio (per-row figures on a batched run),
+    batch.speedup_vs_autoregressive_batch1, quality.rouge1...
       require_match     all_match_baseline must not be false (greedy: same tokens as autoregressive)
       max_quality_drop  every quality score may fall at most this far below quality_baseline
     """
+    if metric.startswith("headline.") and "headline" not in m:  # a metrics.json written before the block
+        m = {**m, "headline": headline(m)}
     value = value_at(m, metric)
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return penalty, f"{metric} is {value!r}"
@@ -330,11 +457,12 @@ def objective(m: dict, metric: str = "tokens_per_second", require_match: bool = 
 
 class Objective(Callback):
     """Set each finished job's return value (what Hydra's sweepers read) to `objective(...)` of
-    its metrics.json. The app itself returns tokens_per_second, unconstrained; with this callback
-    an Optuna sweep maximises e.g. tokens/s *at unchanged output*: a run whose output differs
-    from autoregressive decoding scores `penalty` instead. Failed jobs stay failed."""
+    its metrics.json. The app itself returns headline.tokens_per_second (batch throughput on a
+    batched run), unconstrained; with this callback an Optuna sweep maximises e.g. tokens/s *at
+    unchanged output*: a run whose output differs from autoregressive decoding scores `penalty`
+    instead. Failed jobs stay failed."""
 
-    def __init__(self, metric: str = "tokens_per_second", require_match: bool = True,
+    def __init__(self, metric: str = "headline.tokens_per_second", require_match: bool = True,
                  max_quality_drop: float | None = None, penalty: float = 0.0) -> None:
         self.metric = metric
         self.require_match = require_match
@@ -353,6 +481,11 @@ class Objective(Callback):
             log.warning("Objective: cannot read %s (%s); objective = penalty %s", path, err, self.penalty)
             job_return.return_value = self.penalty
             return
+        if self.metric in PER_ROW_KEYS and (m.get("batch_size") or 1) > 1:
+            log.warning("Objective: %s of a batched run (batch_size=%s) is a per-row figure (sum of per-row "
+                        "latencies), not batch throughput; hydra.callbacks.objective.metric=headline.%s "
+                        "optimises the batch figure", self.metric, m.get("batch_size"),
+                        "tokens_per_second" if self.metric == "tokens_per_second" else "speedup")
         value, why = objective(m, self.metric, self.require_match, self.max_quality_drop, self.penalty)
         if why:
             log.warning("Objective: %s penalised to %s: %s", self.metric, value, why)

@@ -12,8 +12,8 @@
   3. budgets   `max_new_tokens` and `dataset.max_new_tokens` are integers >= 1
   4. ranges    the light objects are built without models (build.strategy_objects, build.task,
                build.sampling): their constructors' own range checks run now
-  5. choices   the choices fit together: a greedy-only length policy (the oracle) under
-               sampling, `prompt=` with another dataset
+  5. choices   the choices fit together: a greedy-only length policy (the oracle) or beam
+               search under sampling, `prompt=` with another dataset
   6. tokenizers  a drafter with another tokenizer than the target's drafts through text
                (proposers/cross_tokenizer.py): only a model drafter (DraftModel, LookupFirst)
                under greedy decoding can; the rest is refused here, from the tokenizers alone
@@ -324,6 +324,10 @@ def choices(cfg: DictConfig) -> list[str]:
     if getattr(policy, "greedy_only", False) and float(cfg.sampling.temperature) > 0:
         errors.append(f"strategy={cfg.strategy.get('name')} sampling (temperature {cfg.sampling.temperature}): "
                       f"the {type(policy).__name__} length policy supports greedy decoding only: use sampling=greedy")
+    if cfg.strategy.get("search") is not None and not build.sampling(cfg.sampling).greedy:
+        # a search of its own (strategy=beam) keeps the most likely hypotheses: there is nothing to sample
+        errors.append(f"strategy={cfg.strategy.get('name')} sampling (temperature {cfg.sampling.temperature}): "
+                      "beam search is deterministic: use sampling=greedy")
     if cfg.get("prompt") is not None:
         target = OmegaConf.select(cfg, "dataset._target_", default=None)
         cls = get_object(target) if target else None

@@ -114,6 +114,16 @@ def test_oracle_with_sampling_fails_before_any_model_loads(random_pair_dir, tmp_
     assert fresh_cache["models"] == 0
 
 
+def test_beam_with_sampling_fails_before_any_model_loads(random_pair_dir, tmp_path, fresh_cache):
+    """Beam search is deterministic: the config check refuses sampling before both models load."""
+    message = "strategy=beam sampling (temperature 1.0): beam search is deterministic: use sampling=greedy"
+    assert message in problems(["strategy=beam", "sampling=sample"])
+    code, m = run_once(random_pair_dir, tmp_path / "run", *SHORT, "strategy=beam", "sampling=sample")
+    assert code == 1 and m["error"].startswith("ConfigError: invalid config (nothing was run)")
+    assert message in m["error"]
+    assert fresh_cache["models"] == 0
+
+
 # --------------------------------------------------------------------------------------------
 # Item 6: inputs taken as documented
 # --------------------------------------------------------------------------------------------

@@ -206,3 +206,46 @@ def test_a_a_on_the_tiny_pair_finds_no_difference(run_specexp, trained_pair_dir,
     row = aa_sweep(run_specexp, ["dataset.limit=10", "timing.repeats=3", "summary=false"], tmp_path)
     assert row["ci_low"] <= 1.0 <= row["ci_high"]
     assert row["verdict"] == "no detectable difference"
+
+
+@pytest.fixture
+def transformers_log():
+    """The records transformers' loggers emit meanwhile (its root logger does not propagate, and
+    its once-only warnings are forgotten first, so one emitted earlier in this process counts)."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.warning_once.cache_clear()
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    root = logging.getLogger("transformers")
+    root.addHandler(handler)
+    yield records
+    root.removeHandler(handler)
+
+
+@pytest.mark.filterwarnings("error::FutureWarning", "error::DeprecationWarning")
+def test_decoding_touches_no_deprecated_cache_name(transformers_log):
+    """The KV cache is taken from a model output by its current name (`cache` in transformers 5,
+    where `past_key_values` is a deprecated alias that logs a warning): a decode with the tiny
+    models, and a forward without a cache (the feature drafter's training step), log nothing."""
+    from conftest import random_model
+    from specexp.decode import generate
+    from specexp.eagle import init_feature_drafter
+    from specexp.lm import cache_of, cached_lm
+    from specexp.sampling import Sampling
+    from specexp.stopping import Stopper
+
+    import torch
+
+    for arch in ("llama", "gpt2"):
+        model = random_model(arch, 300, 64, 2, seed=0)
+        out = generate(cached_lm(model), torch.tensor([5, 6, 7]), 6, Sampling(), Stopper())
+        assert len(out.tokens) == 6
+        assert cache_of(model(input_ids=torch.tensor([[5, 6, 7]]), use_cache=False)) is None
+    drafter = init_feature_drafter(random_model("llama", 300, 64, 2, seed=0))
+    pred, cache = drafter(torch.zeros(1, 3, 64), torch.zeros(1, 3, 64))  # use_cache=False, as training calls it
+    assert pred.shape == (1, 3, 64) and cache is None
+    assert [r.getMessage() for r in transformers_log if "deprecated" in r.getMessage()] == []

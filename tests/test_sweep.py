@@ -333,7 +333,7 @@ def test_launcher_and_sweeper_configs_compose():
     c = compose(["hydra/sweeper=optuna_gamma"])
     assert c.hydra.sweeper._target_.endswith("OptunaSweeper") and str(c.hydra.sweeper.direction) == "maximize"
     assert c.hydra.sweeper.params["strategy.gamma"] == "range(1, 11)"
-    assert c.hydra.callbacks.objective.metric == "tokens_per_second"
+    assert c.hydra.callbacks.objective.metric == "headline.tokens_per_second"  # batch throughput when batched
     c = compose(["hydra/sweeper=optuna_entropy_static", "strategy=entropy_static"])
     assert c.hydra.sweeper.params["strategy.tau"] == "interval(0.25, 5.0)" and c.strategy.name == "entropy_static"
     c = compose(["hydra/callbacks=sweep_summary"])
