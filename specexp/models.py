@@ -291,9 +291,11 @@ def check_same_vocab(target_tok, drafter_tok, target_name: str, drafter_name: st
 
 class Pair:
     """The target's tokenizer, then the models of the pair by role ("target", "drafter", ...), each
-    loaded on first use: a strategy without a drafter never loads one. Every role's tokenizer is
-    loaded and compared with the target's here, before any weights: a drafter with another
-    vocabulary shows before a large target loads (`shares_tokenizer`, `get`)."""
+    loaded on first use: a strategy without a drafter never loads one (nor its tokenizer). A role's
+    tokenizer is compared with the target's before that role's weights or the target's load
+    (`shares_tokenizer`, `get`: the strategy asks for its drafter before the target's weights), so a
+    drafter with another vocabulary shows before a large target loads; specexp.validate refuses a
+    strategy that cannot draft across tokenizers before the pair is even built."""
 
     def __init__(self, target: ModelSpec, others: dict[str, ModelSpec | None] | None = None,
                  dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False,
@@ -308,10 +310,6 @@ class Pair:
         self._shares: dict[str, bool] = {}
         self._models: dict[str, Any] = {}
         self.tokenizer = self.tokenizer_of("target")
-        for role, spec in self.specs.items():  # tokenizers only: cheap, and before any weights load
-            if spec is not None and role != "target" and not self.shares_tokenizer(role):
-                log.info("the %s %s has another tokenizer than the target %s (%d vs %d tokens)", role, spec.name,
-                         self.specs["target"].name, len(self.tokenizer_of(role)), len(self.tokenizer))
 
     def _spec(self, role: str) -> ModelSpec:
         spec = self.specs.get(role)

@@ -13,9 +13,9 @@ The build is deterministic (fixed seeds, sorted file lists) and idempotent: a pa
 build.json records the same parameters is reused at once. It is built in a temporary sibling
 directory and renamed into place at the end, so an interrupted build leaves nothing reusable.
 
-The models know positions < `seq_len` (640) only: run them with prompt + new tokens <= 640, e.g.
-max_prompt_tokens=512 and max_new_tokens<=128 (build.json "recommended"); HumanEval prompts are
-46-519 tokens with this tokenizer (one over 512).
+The models know positions < `seq_len` (640) only: prompt + new tokens must fit in 640. The datasets'
+default `max_prompt_tokens: auto` cuts a longer prompt to fit (specexp/prompting.py); HumanEval
+prompts are 46-519 tokens with this tokenizer, XSum articles up to about 1,750.
 
 `random_tiny_pair()` gives small random-init (untrained) models sharing a vocabulary, for tests.
 """
