@@ -7,12 +7,17 @@ Runs are comparable when they decoded the same samples: same model pair, dataset
 token budget, seed, sampling and batch size (GROUP_KEYS), and the same sample ids (checked). Against
   - no --reference: each run's own autoregressive baseline (decoded interleaved in the run);
   - --reference KEY=VALUE ...: the run of the same group matching every KEY=VALUE; when several
-    match (`strategy=speculative` over a gamma grid), the fastest by tokens/s, labelled "selected"
-    (selected on the same samples, which favours the reference: the comparison is conservative).
+    match (`strategy=speculative` over a gamma grid), the one with the highest speedup over its
+    own interleaved baseline (else the lowest ms/token), labelled "selected" (selected on the same
+    samples, which favours the reference: the comparison is conservative). Raw tokens/s would
+    reward the run that met a quiet machine.
 Per run: the speedup (geometric mean of per-sample ratios of seconds per token, reference / run;
 between two runs that both carry their own interleaved baseline, each side's seconds per token
-over its baseline's, which cancels load drift between the runs) with a paired 95% bootstrap CI, Wilcoxon and paired t p, paired Cohen's d, Holm across the sweep,
-a verdict; the same for acceptance rate and quality (bootstrap for ROUGE, McNemar for pass/fail).
+over its baseline's, which cancels load drift between the runs: "normalised"; else "raw", and
+the two kinds are separate Holm families) with the t interval of the mean log ratio, paired t
+(the verdict's test) and Wilcoxon p, paired Cohen's d, Holm across the sweep, a verdict that says
+"undecidable" where the test cannot reach ALPHA; the same for acceptance rate (t) and quality (t
+for ROUGE, McNemar for pass/fail).
 """
 from __future__ import annotations
 
@@ -25,12 +30,13 @@ import pandas as pd
 
 from specexp import stats
 from specexp.collect import _missing
-from specexp.per_sample import QUALITY_SAMPLE_KEYS
+from specexp.per_sample import QUALITY_SAMPLE_KEYS, selection_score
 
 GROUP_KEYS = ("model_pair", "dataset", "dataset_version", "max_new_tokens", "seed", "sampling", "batch_size")
 OWN_BASELINE = "own autoregressive baseline"
-STATS_COLUMNS = ["run", "method", "reference", "n_samples", "speedup", "ci_low", "ci_high", "p_wilcoxon", "p_ttest",
-                 "p_holm", "cohens_d", "verdict"]
+STATS_COLUMNS = ["run", "method", "reference", "comparison", "n_samples", "speedup", "ci_low", "ci_high", "p_ttest",
+                 "p_wilcoxon", "p_holm", "cohens_d", "verdict"]
+NORMALISED, RAW = "normalised", "raw"  # the two kinds of comparison (each run over its own baseline, or not)
 FIXED = "speculative"  # the fixed-gamma strategy (the framework's "best fixed-k")
 NOT_DYNAMIC = ("autoregressive", FIXED)
 
@@ -127,20 +133,18 @@ def _quality_key(a: pd.DataFrame, b: pd.DataFrame, prefix_a: str, prefix_b: str)
 def _compare_quality(ref: pd.Series, run: pd.Series, key: str, seed: int) -> dict:
     if key in ("passed", "correct"):  # pass/fail: McNemar on the discordant pairs
         c = stats.compare_binary(ref.astype(bool).tolist(), run.astype(bool).tolist(), seed)
-        test = "McNemar exact"
-    else:  # a score: paired bootstrap of the mean difference
+    else:  # a score: t interval and t-test of the mean difference
         c = stats.compare_scores(ref.astype(float).tolist(), run.astype(float).tolist(), seed)
-        test = "paired bootstrap + Wilcoxon"
-    return {"quality_metric": key, "quality_test": test, "quality_diff": c["difference"],
+    return {"quality_metric": key, "quality_test": c["test"], "quality_n": c["n_samples"], "quality_diff": c["difference"],
             "quality_ci_low": c["ci_low"], "quality_ci_high": c["ci_high"], "quality_p": c["p"]}
 
 
 def _pair(run: pd.DataFrame, ref: pd.DataFrame | None, seed: int, name: str) -> dict:
     """The comparison of one run's per-sample rows with the reference's rows (same ids; None: the
     run's own baseline columns)."""
-    if len(run) < 2:
-        raise ValueError(f"run {name}: a paired comparison needs at least 2 samples, it has {len(run)}: "
-                         "raise dataset.limit")
+    if len(run) < stats.MIN_SAMPLES:
+        raise ValueError(f"run {name}: a paired comparison needs at least {stats.MIN_SAMPLES} samples, it has "
+                         f"{len(run)}: raise dataset.limit")
     run_s, run_tok = run["wall_time_s"], run["new_tokens"]
     if ref is None:
         ref_s, ref_tok, timing = run["baseline_wall_time_s"], run["baseline_new_tokens"], "interleaved in the run"
@@ -156,13 +160,16 @@ def _pair(run: pd.DataFrame, ref: pd.DataFrame | None, seed: int, name: str) -> 
         ref_s, ref_tok, timing = ref["wall_time_s"], ref["new_tokens"], "raw (runs one after the other)"
     out = stats.compare_times(ref_s.tolist(), ref_tok.tolist(), run_s.tolist(), run_tok.tolist(), seed)
     out["timing"] = timing
-    # acceptance: only against a reference that drafts too
-    if ref is not None and run["acceptance_rate"].notna().all() and ref["acceptance_rate"].notna().all():
+    out["comparison"] = RAW if timing.startswith("raw") else NORMALISED
+    # acceptance: against a reference that drafts too, on the samples where both drafted (a sample
+    # that drafted nothing has no rate; it is left out and counted, not the whole comparison)
+    both = run["acceptance_rate"].notna() & ref["acceptance_rate"].notna() if ref is not None else None
+    if both is not None and int(both.sum()) >= stats.MIN_SAMPLES:
         c = stats.compare_scores(ref["acceptance_rate"].tolist(), run["acceptance_rate"].tolist(), seed)
-        out.update({"acceptance_run": float(run["acceptance_rate"].mean()),
-                    "acceptance_reference": float(ref["acceptance_rate"].mean()),
-                    "acceptance_diff": c["difference"], "acceptance_ci_low": c["ci_low"],
-                    "acceptance_ci_high": c["ci_high"], "acceptance_p": c["p"]})
+        out.update({"acceptance_run": float(run.loc[both, "acceptance_rate"].mean()),
+                    "acceptance_reference": float(ref.loc[both, "acceptance_rate"].mean()),
+                    "acceptance_n": c["n_samples"], "acceptance_diff": c["difference"],
+                    "acceptance_ci_low": c["ci_low"], "acceptance_ci_high": c["ci_high"], "acceptance_p": c["p"]})
     if ref is None:
         k = _quality_key(run, run, "quality_baseline.", "quality.")
         if k:
@@ -214,9 +221,9 @@ def compare_runs(df: pd.DataFrame, samples: pd.DataFrame, reference: dict[str, s
             refs = g[hits.loc[g.index]]
             if refs.empty:
                 continue
-            best = refs.loc[refs["tokens_per_second"].idxmax()]
+            best = _select(refs, samples)
             label = f"{best['run']} ({best['method']})" + (
-                f", selected: fastest of {len(refs)} matching runs by tokens/s" if len(refs) > 1 else "")
+                f", selected: {_SELECTED} of {len(refs)} matching runs" if len(refs) > 1 else "")
             ref_rows = _rows(samples, best["run_dir"])
             for _, r in g.sort_values("run").iterrows():
                 if r["run_dir"] == best["run_dir"]:
@@ -234,23 +241,45 @@ def compare_runs(df: pd.DataFrame, samples: pd.DataFrame, reference: dict[str, s
                              "is alone in its group (same pair, dataset, budget, seed, sampling): nothing to compare")
     out = pd.DataFrame(rows)
     for c in ("acceptance_p", "quality_p", "acceptance_diff", "quality_diff", "acceptance_ci_low",
-              "acceptance_ci_high", "quality_ci_low", "quality_ci_high"):
+              "acceptance_ci_high", "quality_ci_low", "quality_ci_high", "quality_test", "acceptance_n", "quality_n"):
         if c not in out:
             out[c] = None
-    # Holm within each family of tests across the sweep; verdicts from the corrected p and the CI
-    out["p_holm"] = stats.holm(_nones(out["p_wilcoxon"]))
-    out["verdict"] = [stats.verdict(lo, hi, p) for lo, hi, p in zip(_nones(out["ci_low"]), _nones(out["ci_high"]),
-                                                                   out["p_holm"])]
+    # Holm within each family of tests: per kind of comparison (normalised or raw); the verdict's
+    # test is the paired t-test on the log ratios, and a test that cannot reach ALPHA at n with
+    # the family's size says so instead of "no detectable difference"
+    out["p_holm"] = None
+    for _, fam in out.groupby("comparison"):
+        out.loc[fam.index, "p_holm"] = pd.Series(stats.holm(_nones(fam["p_ttest"])), index=fam.index, dtype=object)
+    out["verdict"] = _verdicts(out, "ci_low", "ci_high", "p_holm", "n_samples", lambda r: stats.T_TEST, 1.0,
+                               stats.FASTER, stats.SLOWER, family="comparison")
     out["acceptance_p_holm"] = stats.holm(_nones(out["acceptance_p"]))
-    out["acceptance_verdict"] = [
-        None if p is None else stats.verdict(lo, hi, p, null=0.0, up="higher", down="lower")
-        for lo, hi, p in zip(_nones(out["acceptance_ci_low"]), _nones(out["acceptance_ci_high"]), out["acceptance_p_holm"])]
+    out["acceptance_verdict"] = _verdicts(out, "acceptance_ci_low", "acceptance_ci_high", "acceptance_p_holm",
+                                          "acceptance_n", lambda r: stats.T_TEST, 0.0, "higher", "lower")
     out["quality_p_holm"] = stats.holm(_nones(out["quality_p"]))
-    out["quality_verdict"] = [
-        None if p is None else stats.verdict(lo, hi, p, null=0.0, up="better", down="worse")
-        for lo, hi, p in zip(_nones(out["quality_ci_low"]), _nones(out["quality_ci_high"]), out["quality_p_holm"])]
+    out["quality_verdict"] = _verdicts(out, "quality_ci_low", "quality_ci_high", "quality_p_holm", "quality_n",
+                                       lambda r: r["quality_test"], 0.0, "better", "worse")
     first = [c for c in STATS_COLUMNS if c in out]
     return out[first + [c for c in out.columns if c not in first]]
+
+
+def _verdicts(out: pd.DataFrame, lo: str, hi: str, p: str, n: str, test, null: float, up: str, down: str,
+              family: str | None = None) -> list:
+    """Each row's verdict from its CI and Holm-corrected p, "undecidable ..." where its test could
+    not reach ALPHA at its n across the family's size (rows with a p in the same family)."""
+    has_p = out[p].map(lambda v: not _missing(v))
+    sizes = (has_p.groupby(out[family]).transform("sum") if family else pd.Series(int(has_p.sum()), index=out.index))
+    res = []
+    for i, r in out.iterrows():
+        if not has_p[i]:
+            res.append(None)
+            continue
+        cannot = stats.undecidable(test(r), int(r[n]), int(sizes[i]))
+        res.append(stats.verdict(_num(r[lo]), _num(r[hi]), _num(r[p]), null, up, down, cannot))
+    return res
+
+
+def _num(v):
+    return None if _missing(v) else float(v)
 
 
 def _nones(col) -> list:
@@ -266,24 +295,30 @@ def _ids(rows: pd.DataFrame) -> str:
 # The "Entropy-Based Speculative Decoding" framework's success criteria
 # ------------------------------------------------------------------------------------------
 
-def _ms_per_token(rows: pd.DataFrame) -> float:
-    return 1000.0 * rows["wall_time_s"].sum() / rows["new_tokens"].sum()
+_SELECTED = "highest speedup over its own baseline (else lowest ms/token)"
 
 
-def _select(g: pd.DataFrame, samples: pd.DataFrame, ids: list[str]) -> pd.Series:
-    """The run of `g` with the lowest ms/token on the samples `ids`."""
-    ms = {rd: _ms_per_token(_rows(samples, rd).loc[ids]) for rd in g["run_dir"]}
-    return g.set_index("run_dir").loc[min(ms, key=ms.get)]
+def _select(g: pd.DataFrame, samples: pd.DataFrame, ids: list[str] | None = None) -> pd.Series:
+    """The best run of `g` on the samples `ids` (all when None) by per_sample.selection_score:
+    its speedup over its own interleaved baseline, else its ms/token. Keeps g's columns."""
+    score = {rd: selection_score(_rows(samples, rd) if ids is None else _rows(samples, rd).loc[ids])
+             for rd in g["run_dir"]}
+    best = min(score, key=score.get)
+    return g[g["run_dir"] == best].iloc[0]
 
 
-def success_criteria(df: pd.DataFrame, samples: pd.DataFrame, seed: int = 0) -> list[dict]:
+def success_criteria(df: pd.DataFrame, samples: pd.DataFrame, seed: int = 0,
+                     margin: float = stats.QUALITY_MARGIN) -> list[dict]:
     """Per group (dataset x pair x sampling ...): the best dynamic strategy against the best
-    fixed-k, each selected by ms/token on one half of the samples and compared on the other
-    half (all samples, labelled, with fewer than 4), with the framework's three criteria:
-      1. more than 10% faster: the speedup's CI lies above 1.10 (met), below it (not met), else undecided;
-      2. acceptance within 10%: the CI of (mean dynamic acceptance / mean fixed acceptance) lies at or
-         above 0.90 (met), below it (not met), else undecided;
-      3. no quality loss: no significant decrease (paired bootstrap / McNemar, p < 0.05 and lower)."""
+    fixed-k, each selected (per_sample.selection_score: speedup over its own baseline, else
+    ms/token) on one half of the samples and compared on the other half (all samples, labelled,
+    with fewer than 4), with the framework's three criteria, each decided from an interval:
+      1. more than 10% faster: the speedup's CI (t interval of the mean log ratio) lies above 1.10
+         (met), below it (not met), else undecided;
+      2. acceptance within 10%: the CI of (mean dynamic acceptance / mean fixed acceptance), a t
+         interval on the log scale, lies at or above 0.90 (met), below it (not met), else undecided;
+      3. no quality loss: the CI of the difference (dynamic - fixed) lies at or above -margin
+         (met), wholly below it (not met), else undecided: never "met" for lack of power."""
     ok = df[df["status"] == "ok"].copy()
     ok["run"] = run_names(ok) if not ok.empty else []
     out = []
@@ -297,25 +332,33 @@ def success_criteria(df: pd.DataFrame, samples: pd.DataFrame, seed: int = 0) -> 
         split = len(ids) >= 4
         sel, rep = stats.split_halves(ids) if split else (ids, ids)
         bf, bd = _select(fixed, samples, sel), _select(dyn, samples, sel)
-        ref, run = _rows(samples, bf.name).loc[rep], _rows(samples, bd.name).loc[rep]
+        ref, run = _rows(samples, bf["run_dir"]).loc[rep], _rows(samples, bd["run_dir"]).loc[rep]
+        row = {"setting": _setting(dict(zip([c for c in GROUP_KEYS if c in ok], keys))),
+               "best_fixed": f"{bf['run']} ({bf['method']})", "best_dynamic": f"{bd['run']} ({bd['method']})",
+               "n_selection": len(sel), "n_report": len(rep), "split_half": split, "quality_margin": margin}
+        if len(rep) < stats.MIN_SAMPLES:
+            why = f"undecidable at n = {len(rep)} (no interval below {stats.MIN_SAMPLES} report samples)"
+            row.update({"speedup": None, "ci_low": None, "ci_high": None, "faster_10pct": why,
+                        "acceptance_within_10pct": why, "no_quality_loss": why})
+            out.append(row)
+            continue
         c = _pair(run, ref, seed, bd["run"])
-        row = {"setting": _setting(dict(zip([c for c in GROUP_KEYS if c in ok], keys))), "best_fixed": f"{bf['run']} ({bf['method']})",
-               "best_dynamic": f"{bd['run']} ({bd['method']})", "n_selection": len(sel), "n_report": len(rep),
-               "split_half": split, **{k: c.get(k) for k in ("speedup", "ci_low", "ci_high", "p_wilcoxon")}}
+        row.update({k: c.get(k) for k in ("speedup", "ci_low", "ci_high", "p_ttest", "p_wilcoxon")})
         row["faster_10pct"] = _decide(c["ci_low"], c["ci_high"], 1.10)
-        if run["acceptance_rate"].notna().all() and ref["acceptance_rate"].notna().all():
-            lo, hi = stats.bootstrap_ci([run["acceptance_rate"], ref["acceptance_rate"]],
-                                        lambda a, b, axis=-1: np.mean(a, axis) / np.mean(b, axis), seed)
-            row["acceptance_ratio"] = float(run["acceptance_rate"].mean() / ref["acceptance_rate"].mean())
-            row["acceptance_ci_low"], row["acceptance_ci_high"] = lo, hi
+        both = run["acceptance_rate"].notna() & ref["acceptance_rate"].notna()
+        if int(both.sum()) >= stats.MIN_SAMPLES:
+            a, b = run.loc[both, "acceptance_rate"].to_numpy(float), ref.loc[both, "acceptance_rate"].to_numpy(float)
+            row["acceptance_ratio"] = float(a.mean() / b.mean()) if b.mean() > 0 else None
+            lo, hi = (stats.log_t_interval([a, b], lambda x, y, axis=-1: np.mean(x, axis) / np.mean(y, axis), seed)
+                      if a.mean() > 0 and b.mean() > 0 else (None, None))
+            row["acceptance_ci_low"], row["acceptance_ci_high"], row["acceptance_n"] = lo, hi, int(both.sum())
             row["acceptance_within_10pct"] = _decide(lo, hi, 0.90, inclusive=True)
         else:
             row["acceptance_within_10pct"] = "n/a (no acceptance)"
         if c.get("quality_metric"):
-            worse = c["quality_p"] is not None and c["quality_p"] < stats.ALPHA and c["quality_diff"] < 0
-            row["quality_metric"], row["quality_diff"], row["quality_p"] = (c["quality_metric"], c["quality_diff"],
-                                                                            c["quality_p"])
-            row["no_quality_loss"] = "not met" if worse else "met"
+            row.update({k: c[k] for k in ("quality_metric", "quality_test", "quality_diff", "quality_ci_low",
+                                          "quality_ci_high", "quality_p")})
+            row["no_quality_loss"] = stats.non_inferior(c["quality_ci_low"], c["quality_ci_high"], margin)
         else:
             row["no_quality_loss"] = "n/a (no per-sample quality)"
         out.append(row)
@@ -379,3 +422,43 @@ def factor_importance(df: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame |
     return pd.DataFrame({"factor": [back.get(i, i) for i in table.index], "df": table["df"].values,
                          "sum_sq": table["sum_sq"].values, "share": (table["sum_sq"] / total).values,
                          "F": table["F"].values, "p": table["PR(>F)"].values})
+
+
+# ------------------------------------------------------------------------------------------
+# Planning from a pilot run
+# ------------------------------------------------------------------------------------------
+
+def plan(df: pd.DataFrame, samples: pd.DataFrame, effect: float = 1.10, power: float = 0.8) -> list[str]:
+    """From a pilot sweep: the samples per run the paired t-test on log per-sample ratios (against
+    each run's own baseline) needs to detect a speedup of `effect` with `power` at ALPHA, Holm
+    across the pilot's compared runs (worst case: ALPHA / m), assuming each run's pilot standard
+    deviation of the log ratios. Lines to print, the assumptions first."""
+    ok = df[(df["status"] == "ok") & (df["strategy"] != "autoregressive")].copy()
+    if ok.empty or samples.empty or "speedup_per_token" not in samples:
+        raise ValueError("--plan: no ok run with per-sample speedups (runs need their own baseline: baseline=true)")
+    ok["run"] = run_names(ok)
+    sds = {}
+    for _, r in ok.sort_values("run").iterrows():
+        x = _rows(samples, r["run_dir"])["speedup_per_token"].dropna().astype(float)
+        x = x[x > 0]
+        if len(x) >= stats.MIN_SAMPLES:
+            sds[f"{r['run']} ({r['method']})"] = (float(np.std(np.log(x), ddof=1)), len(x))
+    if not sds:
+        raise ValueError(f"--plan: no run has {stats.MIN_SAMPLES} or more samples with a per-sample speedup: "
+                         "raise dataset.limit in the pilot")
+    m = len(sds)
+    lines = [f"plan: samples per run to detect a speedup of {effect:.2f}x (log ratio {math.log(effect):.4f}) with "
+             f"power {power:.2f}: paired t-test on log per-sample ratios against each run's own baseline, two-sided, "
+             f"alpha {stats.ALPHA} / {m} runs (Holm's first step, the worst case; statsmodels TTestPower).",
+             "assumptions: per-sample log ratios independent and about normal, their standard deviation as in the "
+             "pilot (an estimate from few samples: its own uncertainty is not in the n), the same machine and "
+             "settings as the pilot."]
+    worst = None
+    for name, (sd, n0) in sds.items():
+        n = stats.samples_needed(sd, effect, power, m)
+        worst = n if worst is None or (n or 0) > worst else worst
+        lines.append(f"  {name}: pilot n = {n0}, sd of log ratios {sd:.3f} -> "
+                     + (f"n = {n}" if n is not None else f"no spread: any n >= {stats.MIN_SAMPLES}"))
+    if worst:
+        lines.append(f"every run: dataset.limit={worst}")
+    return lines

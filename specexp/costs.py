@@ -160,12 +160,18 @@ def _swi_measured(n: int, forwards: dict[str, int], costs: dict, t_ar: float | N
 def acceptance_alpha(gens) -> float | None:
     """Per-token acceptance probability under the i.i.d. model of Leviathan et al.: accepted
     drafts / (accepted drafts + rounds that ended in a rejection), the maximum-likelihood estimate
-    (a round with n < k accepted saw n acceptances then one rejection; n = k saw k acceptances)."""
+    (a round with n < k accepted saw n acceptances then one rejection; n = k saw k acceptances).
+    A round cut by a stop (EOS or stop string) among its accepted drafts rejected nothing: its
+    drafts after the stop were cut, not rejected (Generation.rejected is empty for it), so it
+    counts its acceptances and no rejection. Generations without per-round `rejected` lists fall
+    back to n < k."""
     acc = rej = 0
     for g in gens:
-        for k, n in zip(g.drafted, g.accepted):
+        rejected = getattr(g, "rejected", None) or []
+        known = len(rejected) == len(g.drafted)
+        for i, (k, n) in enumerate(zip(g.drafted, g.accepted)):
             acc += n
-            rej += int(n < k)
+            rej += int(bool(rejected[i])) if known else int(n < k)
     return acc / (acc + rej) if acc + rej else None
 
 

@@ -65,3 +65,16 @@ def _val(info, k):
     except (KeyError, TypeError):
         return None
     return None if _missing(v) else v
+
+
+def selection_score(rows: pd.DataFrame) -> float:
+    """How a best run is chosen among several (the fastest fixed gamma, a column's best
+    hyperparameters); lower is better. Minus the run's speedup over its own interleaved baseline
+    (throughput ratio) when every row has one: raw ms/token of runs that ran one after the other
+    rewards the run that met a quiet machine. Else its ms/token."""
+    cols = ("new_tokens", "wall_time_s", "baseline_new_tokens", "baseline_wall_time_s")
+    if len(rows) and rows["baseline_wall_time_s"].notna().all() and rows["baseline_new_tokens"].notna().all():
+        return -float((rows["new_tokens"].sum() / rows["wall_time_s"].sum())
+                      / (rows["baseline_new_tokens"].sum() / rows["baseline_wall_time_s"].sum()))
+    n = rows["new_tokens"].sum()
+    return 1000.0 * rows["wall_time_s"].sum() / n if n else float("inf")

@@ -58,6 +58,38 @@ def _num_text(v: str) -> str:
     return f"{f:g}"
 
 
+LINE_KEYS = ("model_pair", "dataset", "seed", "batch_size", "max_new_tokens", "sampling")  # never averaged over
+
+
+def threshold_lines(g: pd.DataFrame, x: str, others: list[str]) -> list[tuple[str, pd.DataFrame]]:
+    """The lines of one strategy's threshold panel: one per model pair / dataset / seed / batch /
+    budget / sampling (those that vary) and value of every other swept parameter, so no point
+    averages runs of different settings. Each line: (label, a frame indexed by the swept value
+    with speedup, ci_low, ci_high, acceptance_rate, n, runs). Where several runs share a point
+    (the same configuration run again) the point is their mean speedup and has no CI (a mean of
+    CI bounds is not a CI); the label says so."""
+    keys = [k for k in LINE_KEYS if k in g and (k == "sampling" or g[k].astype(str).nunique() > 1)]
+    keys += [f"param.{o}" for o in others]
+    gg = g.assign(_x=pd.to_numeric(g[f"param.{x}"]))
+    out = []
+    for key, gl in gg.groupby([gg[k].astype(str) for k in keys], sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        label = ", ".join(f"{k[6:]}={_num_text(v)}" if k.startswith("param.") else
+                          (f"seed {v}" if k == "seed" else str(v)) for k, v in zip(keys, key))
+        rows = []
+        for xv, gp in gl.groupby("_x", sort=True):
+            one = len(gp) == 1
+            col = lambda c: (gp[c].mean() if c in gp and gp[c].notna().any() else None)  # noqa: E731
+            rows.append({"x": xv, "speedup": col("speedup"), "ci_low": col("speedup_ci_low") if one else None,
+                         "ci_high": col("speedup_ci_high") if one else None,
+                         "acceptance_rate": col("acceptance_rate"), "n": col("n_samples"), "runs": len(gp)})
+        pts = pd.DataFrame(rows).set_index("x").astype(float)
+        if (pts["runs"] > 1).any():
+            label += f" (mean of up to {int(pts['runs'].max())} runs per point, no CI)"
+        out.append((label, pts))
+    return out
+
+
 def plot_threshold(df: pd.DataFrame, out: Path) -> Path | None:
     ok = df[(df["status"] == "ok") & df["strategy"].notna()]
     panels = []
@@ -71,25 +103,17 @@ def plot_threshold(df: pd.DataFrame, out: Path) -> Path | None:
     fig, axes = plt.subplots(2, len(panels), figsize=(max(6.0, 4.4 * len(panels)), 6.4), squeeze=False,
                              sharex="col")
     for j, (strat, x, others, g) in enumerate(panels):
-        line_keys = ["sampling", *[f"param.{o}" for o in others]]
-        if g["dataset"].nunique() > 1:
-            line_keys.insert(0, "dataset")
+        for label, pts in threshold_lines(g, x, others):
+            n = int(pts["n"].max()) if pts["n"].notna().any() else None
+            if pts["speedup"].notna().any():
+                line = axes[0][j].plot(pts.index, pts["speedup"], marker="o", label=label + (f" (n={n})" if n else ""))
+                band = pts.dropna(subset=["ci_low", "ci_high"])
+                if not band.empty:  # one run per point: its own CI (never a mean of CI bounds)
+                    axes[0][j].fill_between(band.index, band["ci_low"], band["ci_high"], color=line[0].get_color(),
+                                            alpha=0.2, lw=0)
+            if pts["acceptance_rate"].notna().any():
+                axes[1][j].plot(pts.index, pts["acceptance_rate"], marker="o", label=label)
         gg = g.assign(_x=pd.to_numeric(g[f"param.{x}"]))
-        for key, gl in gg.groupby([gg[k].astype(str) for k in line_keys], sort=True):
-            key = key if isinstance(key, tuple) else (key,)
-            label = ", ".join(f"{k[6:]}={_num_text(v)}" if k.startswith("param.") else str(v)
-                              for k, v in zip(line_keys, key))
-            cols = [c for c in ("speedup", "speedup_ci_low", "speedup_ci_high", "acceptance_rate", "n_samples")
-                    if c in gl]
-            agg = gl.groupby("_x")[cols].mean(numeric_only=True).sort_index()
-            n = int(gl["n_samples"].max()) if "n_samples" in gl and gl["n_samples"].notna().any() else None
-            if "speedup" in agg and agg["speedup"].notna().any():
-                line = axes[0][j].plot(agg.index, agg["speedup"], marker="o", label=label + (f" (n={n})" if n else ""))
-                if {"speedup_ci_low", "speedup_ci_high"} <= set(agg) and agg["speedup_ci_low"].notna().any():
-                    axes[0][j].fill_between(agg.index, agg["speedup_ci_low"], agg["speedup_ci_high"],
-                                            color=line[0].get_color(), alpha=0.2, lw=0)
-            if agg["acceptance_rate"].notna().any():
-                axes[1][j].plot(agg.index, agg["acceptance_rate"], marker="o", label=label)
         axes[0][j].set_title(f"{strat}: {x} swept")
         axes[0][j].axhline(1.0, color="grey", lw=0.8, ls="--")
         axes[0][j].set_ylabel("speedup: throughput ratio (x), 95% CI")

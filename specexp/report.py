@@ -6,6 +6,7 @@ papers' tables, the paired statistics across runs and a study report with plots.
     specexp-report SWEEP_A SWEEP_B --table all --plots -o report/   # several sweeps, all tables, PNGs
     specexp-report SWEEP_DIR --stats                                # paired tests vs each run's own baseline
     specexp-report SWEEP_DIR --stats --reference strategy=speculative   # ... vs the best fixed-gamma run
+    specexp-report PILOT_DIR --plan --effect 1.10 --power 0.8       # samples needed, from a pilot run
     python -m specexp.report ...                                    # the same
 
 Modules, imported downward only: stats (tests, intervals) <- collect (tables of runs and samples)
@@ -42,13 +43,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plots", action="store_true", help="write PNG plots into the output dir")
     ap.add_argument("--stats", action="store_true",
                     help="paired statistics of every run against its reference (stats.csv): speedup with a "
-                         "bootstrap CI, Wilcoxon, t-test, Cohen's d, Holm, verdict")
+                         "t interval, paired t-test (the verdict's), Wilcoxon, Cohen's d, Holm, verdict (or undecidable, "
+                         "with the n that would decide)")
     ap.add_argument("--reference", nargs="+", metavar="KEY=VALUE", default=None,
                     help="the reference of --stats: the run matching every KEY=VALUE (e.g. strategy=speculative: "
                          "the fastest fixed-gamma run; run=0: job 0); default: each run's own autoregressive baseline")
     ap.add_argument("--study", action="store_true",
                     help="the study report: final_report.md, processed_data.csv, stats.csv and the figures "
                          "(implies --stats and --plots)")
+    ap.add_argument("--plan", action="store_true",
+                    help="from a pilot sweep: the samples per run needed to detect a speedup of --effect with "
+                         "--power (paired t-test on log per-sample ratios, Holm across the runs), with its assumptions")
+    ap.add_argument("--effect", type=float, default=1.10, help="--plan: the speedup to detect (default 1.10)")
+    ap.add_argument("--power", type=float, default=0.8, help="--plan: the power wanted (default 0.8)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (default 0)")
     ap.add_argument("--no-write", action="store_true",
                     help="print only: write no table files (--plots still writes its PNGs)")
@@ -72,6 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         csv, pq = write_table(df, out)
         print(f"specexp-report: wrote {csv} and {pq}", file=sys.stderr)
+    if args.plan:
+        try:
+            print("\n".join(compare.plan(df, samples, args.effect, args.power)))
+        except ValueError as err:
+            print(f"specexp-report: {err}", file=sys.stderr)
+            return 2
+        if not (args.table or args.stats or args.study or args.plots):
+            return 0
     names = args.table or ([] if args.stats or args.study else ["runs"])
     if "all" in names:
         names = list(TABLES)

@@ -18,11 +18,14 @@ ESTIMATOR_TEXT = (
     "Speed is compared sample by sample. Each sample is decoded `timing.repeats` times per mode, the modes "
     "interleaved (baseline, strategy, baseline, ...), and its time is the median of its repeats. A run's speedup is "
     "the **throughput ratio**: strategy tokens/s over autoregressive tokens/s, totals over the samples, with a 95% "
-    "paired bootstrap CI over samples (scipy.stats.bootstrap, BCa, 2000 resamples, seeded). The paired statistics "
-    "compare per-sample seconds per token: geometric mean of the ratios (reference / run) with a paired bootstrap "
-    "CI, Wilcoxon signed-rank and paired t-test on the log ratios, paired Cohen's d, Holm's correction across the "
-    "runs of the sweep (statsmodels). Verdict: faster / slower when the Holm-corrected Wilcoxon p < 0.05 and the CI "
-    "excludes 1, else no detectable difference.")
+    "CI that is a t interval on the log scale with the paired bootstrap standard error (scipy.stats.bootstrap, 2000 "
+    "resamples, seeded). The paired statistics compare per-sample seconds per token: geometric mean of the ratios "
+    "(reference / run) with the t interval of the mean log ratio, the paired t-test (the verdict's test) and "
+    "Wilcoxon signed-rank on the log ratios, paired Cohen's d, Holm's correction across the runs of the sweep "
+    "(statsmodels). Verdict: faster / slower when the Holm-corrected t-test p < 0.05 and the CI excludes 1; "
+    "undecidable when the test could not reach p < 0.05 at the run's n and number of runs (it names the n that "
+    "would); else no detectable difference. These intervals cover at least 93% in simulation from n = 2 on "
+    "(docs/statistics.md).")
 
 KMEANS_NOTE = (
     "KMeans + PCA (the Entropy-Based Speculative Decoding framework's clustering of runs) is not used: the "
@@ -46,21 +49,29 @@ def stats_section(st: pd.DataFrame) -> Section:
                 f"{r['quality_metric']} {r['quality_diff']:+.3f} [{_cell(r['quality_ci_low'], '{:+.3f}')}, "
                 f"{_cell(r['quality_ci_high'], '{:+.3f}')}] ({r['quality_test']}, p={_cell(r['quality_p'])}) "
                 f"{r.get('quality_verdict') or ''}".rstrip())
-        rows.append([str(r["run"]), str(r["method"]), str(r["reference"]), str(r["n_samples"]),
-                     stats.format_ratio(r["speedup"], _num(r["ci_low"]), _num(r["ci_high"])),
-                     _cell(r["p_wilcoxon"]), _cell(r["p_holm"]), _cell(r["cohens_d"], "{:.2f}"), r["verdict"],
-                     acc, qual])
+        rows.append([str(r["run"]), str(r["method"]), str(r["reference"]), str(r.get("comparison", "–")),
+                     str(r["n_samples"]), stats.format_ratio(r["speedup"], _num(r["ci_low"]), _num(r["ci_high"])),
+                     _cell(r["p_ttest"]), _cell(r["p_wilcoxon"]), _cell(r["p_holm"]), _cell(r["cohens_d"], "{:.2f}"),
+                     r["verdict"], acc, qual])
+    kinds = set(st["comparison"]) if "comparison" in st else set()
     return Section("Paired statistics against the reference",
-                   ["run", "method", "reference", "n", "speedup (geomean) [95% CI]", "p Wilcoxon", "p Holm",
-                    "Cohen's d", "verdict", "acceptance Δ [95% CI]", "quality Δ [95% CI]"], rows,
-                   ([f"with n = {int(st['n_samples'].min())} samples the Wilcoxon test cannot reach p < 0.05 (its "
-                     "smallest p is 2 / 2^n): raise dataset.limit to 6 or more for a verdict."]
-                    if len(st) and st["n_samples"].min() < 6 else []) + ["speedup: geometric mean over samples of (reference s/token) / (run s/token), paired 95% bootstrap "
-                    "CI (between two runs with their own interleaved baselines, each side's s/token is taken over its "
-                    "baseline's, cancelling load drift between the runs); p Holm: Wilcoxon p corrected across the runs listed; verdict: faster / slower when p Holm < 0.05 "
-                    "and the CI excludes 1.",
-                    "acceptance Δ: run minus reference acceptance rate per sample (mean, paired bootstrap CI, Wilcoxon, "
-                    "Holm); quality Δ: run minus reference (pass/fail: McNemar exact; scores: paired bootstrap)."])
+                   ["run", "method", "reference", "comparison", "n", "speedup (geomean) [95% CI]", "p t-test",
+                    "p Wilcoxon", "p Holm", "Cohen's d", "verdict", "acceptance Δ [95% CI]", "quality Δ [95% CI]"],
+                   rows,
+                   ["speedup: geometric mean over samples of (reference s/token) / (run s/token), 95% t interval of "
+                    "the mean log ratio; p t-test: paired t-test on the log ratios (the verdict's test; no floor, so a "
+                    "verdict is reachable at any n >= 2); p Wilcoxon: signed-rank on the same, for robustness (its "
+                    "exact p cannot go below 2 / 2^n); p Holm: the t-test p corrected across the runs of the same "
+                    "comparison kind; verdict: faster / slower when p Holm < 0.05 and the CI excludes 1, "
+                    "undecidable when the test could not reach 0.05 (with the n that would).",
+                    "comparison: normalised = each side's s/token over its own interleaved baseline's (cancels load "
+                    "drift between runs that ran one after the other); raw = the runs' own s/token (a reference "
+                    "without an interleaved baseline, such as a separate autoregressive run: drift between the runs "
+                    "is in the ratio). The two kinds are separate Holm families."
+                    + (" This table holds both kinds." if len(kinds) > 1 else ""),
+                    "acceptance Δ: run minus reference acceptance rate per sample, on the samples where both drafted "
+                    "(mean, t interval, t-test, Holm); quality Δ: run minus reference (pass/fail: McNemar exact, "
+                    "interval from Clopper-Pearson bounds of the discordant cells; scores: t interval and t-test)."])
 
 
 def _num(x):
@@ -79,19 +90,23 @@ def criteria_section(rows: list[dict]) -> Section | None:
                                         r.get("acceptance_ci_high")).replace("x", "", 1)
                      if r.get("acceptance_ratio") else "–")
                     + f": {r['acceptance_within_10pct']}",
-                    (f"{r['quality_metric']} {r['quality_diff']:+.3f} (p={_cell(r['quality_p'])}): "
-                     if r.get("quality_metric") else "") + r["no_quality_loss"]])
+                    (f"{r['quality_metric']} {r['quality_diff']:+.3f} [{r['quality_ci_low']:+.2f}, "
+                     f"{r['quality_ci_high']:+.2f}]: " if r.get("quality_metric") else "") + r["no_quality_loss"]])
     n_met = sum(r["faster_10pct"] == "met" for r in rows)
     return Section("Success criteria (Entropy-Based Speculative Decoding framework): best dynamic strategy vs "
                    "best fixed-k",
                    ["setting", "best dynamic", "best fixed-k", "n select / report", "speedup [95% CI]",
                     "> 10% faster", "acceptance ratio [95% CI]: within 10%", "no quality loss"], out,
-                   ["Selection (winner's curse): both runs are chosen by ms/token on one half of the samples (every "
+                   ["Selection (winner's curse): both runs are chosen on one half of the samples (every "
                     "other sample in id order) and compared on the other half; with fewer than 4 samples on the same "
-                    "samples, as marked.",
-                    "> 10% faster: met when the speedup's CI lies above 1.10, not met when below, else undecided. "
-                    "Acceptance within 10%: the CI of the ratio of mean acceptance rates at or above 0.90. No quality "
-                    "loss: no significant decrease (McNemar exact / paired bootstrap + Wilcoxon, p < 0.05).",
+                    "samples, as marked. Selection is by each run's speedup over its own interleaved baseline (else "
+                    "ms/token).",
+                    "> 10% faster: met when the speedup's CI (t interval of the mean log ratio) lies above 1.10, not "
+                    "met when below, else undecided. Acceptance within 10%: the CI of the ratio of mean acceptance "
+                    "rates (t interval on the log scale) at or above 0.90. No quality loss: met when the CI of the "
+                    f"difference (dynamic - fixed) lies at or above -{rows[0].get('quality_margin', stats.QUALITY_MARGIN):.2f} "
+                    "(the loss is ruled out beyond that margin), not met when it lies wholly below, else undecided "
+                    "(a test that finds no significant loss is not evidence of none).",
                     f"Criterion 1 met on {n_met} of {len(rows)} setting(s); the framework asks for at least half."])
 
 

@@ -10,6 +10,7 @@ from typing import Callable
 import pandas as pd
 
 from specexp import categories, stats
+from specexp.per_sample import selection_score
 from specexp.collect import QUALITY_LABEL, QUALITY_ORDER, _PERCENT_QUALITY, _first_line, _fmt_param, _missing
 from specexp.markup import Section, render_latex, render_markdown
 from specexp.repro_estimators import REPO as REPRO_REPO
@@ -63,7 +64,8 @@ def _groups(df: pd.DataFrame, cols: list[str]):
 
 
 SPEEDUP_NOTE = ("Speedup: throughput ratio (strategy tokens/s over autoregressive tokens/s on the same samples, "
-                "totals over samples) with its 95% paired bootstrap CI over samples.")
+                "totals over samples) with its 95% CI over samples: a t interval on the log scale with the paired bootstrap "
+                "standard error (no CI below 2 samples).")
 
 
 def speedup_cell(r) -> str:
@@ -149,14 +151,16 @@ def _speedup_on(rows: pd.DataFrame, ar_rows: pd.DataFrame | None) -> dict:
                                    t_b.tolist(), [False] * len(rows))
 
 
-def _selection_score(rows: pd.DataFrame) -> float:
-    """Lower is better: minus the speedup over the run's own interleaved baseline when it has one
-    (raw ms/token of runs that ran one after the other rewards the run that met a quiet machine),
-    else ms/token."""
-    if rows["baseline_wall_time_s"].notna().all() and len(rows):
-        cols = ("new_tokens", "wall_time_s", "baseline_new_tokens", "baseline_wall_time_s")
-        return -float(stats.throughput_ratio(*(rows[c].to_numpy(float) for c in cols)))
-    return _ms_per_token(rows) or math.inf
+def _baseline_ms(rows: pd.DataFrame, ar_rows: pd.DataFrame | None) -> float | None:
+    """ms/token of the baseline `_speedup_on` divides by, on the same samples: the run's own
+    interleaved baseline when it has one, else the autoregressive run's rows."""
+    tok_b, t_b = rows["baseline_new_tokens"], rows["baseline_wall_time_s"]
+    if (tok_b.isna().any() or t_b.isna().any()) and ar_rows is not None:
+        ar = ar_rows.loc[rows.index]
+        tok_b, t_b = ar["new_tokens"], ar["wall_time_s"]
+    if tok_b.isna().any() or t_b.isna().any() or not tok_b.sum():
+        return None
+    return 1000.0 * t_b.sum() / tok_b.sum()
 
 
 def table_thesis_6_6(df: pd.DataFrame, samples: pd.DataFrame | None = None) -> list[Section]:
@@ -182,7 +186,7 @@ def table_thesis_6_6(df: pd.DataFrame, samples: pd.DataFrame | None = None) -> l
         splits.add((split, len(sel_ids), len(rep_ids)))
         ar = g[g["strategy"] == "autoregressive"].sort_values("run_dir")
         ar_rows = _half_stats(ps, ar.iloc[0]["run_dir"], rep_ids) if ps is not None and not ar.empty else None
-        ms, sp, params = {}, {}, {}
+        ms, sp, params, base_ms = {}, {}, {}, {}
         for label, strat, pkeys in THESIS_COLUMNS:
             sub = g[g["strategy"] == strat].dropna(subset=["ms_per_token"])
             if strat == "autoregressive" and sub.empty:
@@ -193,16 +197,20 @@ def table_thesis_6_6(df: pd.DataFrame, samples: pd.DataFrame | None = None) -> l
             if sub.empty:
                 continue
             if ps is not None and sel_ids:  # select on one half, measure on the other
-                sel = {r: _selection_score(_half_stats(ps, r, sel_ids)) for r in sub["run_dir"]}
+                sel = {r: selection_score(_half_stats(ps, r, sel_ids)) for r in sub["run_dir"]}
                 best = sub.set_index("run_dir").loc[min(sel, key=lambda r: sel[r])]
                 rep = _half_stats(ps, best.name, rep_ids)
                 ms[label] = _ms_per_token(rep)
                 sp[label] = (stats.format_speedup(_speedup_on(rep, ar_rows)) if strat != "autoregressive"
                              else "1x")
+                base_ms[label] = _baseline_ms(rep, ar_rows) if strat != "autoregressive" else ms[label]
             else:
                 best = sub.loc[sub["ms_per_token"].idxmin()]
                 ms[label] = float(best["ms_per_token"])
                 sp[label] = speedup_cell(best) if strat != "autoregressive" else "1x"
+                base_ms[label] = (ms[label] if strat == "autoregressive" else
+                                  _num(best.get("baseline_ms_per_token")) or
+                                  (ms[label] * _num(best.get("speedup")) if _num(best.get("speedup")) else None))
             chosen = ", ".join(f"{k}={_fmt_param(best[f'param.{k}'])}" for k in pkeys
                                if f"param.{k}" in best and not pd.isna(best[f"param.{k}"])) or "–"
             params[label] = chosen + (f" (best of {len(sub)})" if len(sub) > 1 else "")
@@ -210,11 +218,15 @@ def table_thesis_6_6(df: pd.DataFrame, samples: pd.DataFrame | None = None) -> l
             continue
         title = _group_title(keys, ("pair", "dataset", "sampling", "batch"))
         rows.append([title, "ms/token", *[_f(ms.get(c[0])) for c in THESIS_COLUMNS]])
+        rows.append(["", "its baseline's ms/token", *[_f(base_ms.get(c[0])) for c in THESIS_COLUMNS]])
         rows.append(["", "vs. no drafter [95% CI]", *[sp.get(c[0], "–") for c in THESIS_COLUMNS]])
         rows.append(["", "selected", *[params.get(c[0], "–") for c in THESIS_COLUMNS]])
     notes.append("ms/token = wall time / generated tokens over the reported samples; each strategy column at "
-                 "its hyperparameters with the lowest ms/token. vs. no drafter: against the run's own interleaved "
-                 "baseline when it has one, else the autoregressive run. " + SPEEDUP_NOTE)
+                 "its selected hyperparameters. vs. no drafter: against the run's own interleaved baseline when it "
+                 "has one, else the autoregressive run, whose ms/token on the same samples is the row \"its "
+                 "baseline's ms/token\": vs. no drafter = its baseline's ms/token / ms/token, both rows from the "
+                 "same samples. The No drafter column is a separate run (or the paired baselines' median): dividing "
+                 "it by another column's ms/token mixes runs timed at different moments. " + SPEEDUP_NOTE)
     for split, n_sel, n_rep in sorted(splits):
         if split:
             notes.append(f"Selection (winner's curse): hyperparameters selected on {n_sel} samples (every other "
@@ -228,6 +240,10 @@ def table_thesis_6_6(df: pd.DataFrame, samples: pd.DataFrame | None = None) -> l
     if not rows:
         notes.append("no ok runs of autoregressive / heuristic / entropy_static / entropy_ma / entropy_cum.")
     return [Section("Entropy Drafting, Table 6.6: ms per token at the best hyperparameters", cols, rows, notes)]
+
+
+def _num(v) -> float | None:
+    return None if _missing(v) else float(v)
 
 
 def _quality_key(g: pd.DataFrame) -> str | None:

@@ -141,10 +141,12 @@ def test_thesis_table_best_hyperparameters_per_column(tmp_path):
     lines = [line for line in md.splitlines() if line.startswith("|")]
     assert lines[0] == "| Setting |  | No drafter | Heuristic | Static | MA | Cumulative |"
     assert lines[2] == "| pair pair-a / xsum / greedy | ms/token | 50.00 | 40.00 | 25.00 | 31.25 | 30.30 |"
+    # the baseline each speedup divides by (here the autoregressive run), on the same samples
+    assert lines[3] == "|  | its baseline's ms/token | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 |"
     # two samples, each as fast as its run: the CIs collapse to the point
-    assert lines[3] == ("|  | vs. no drafter [95% CI] | 1x | 1.25x [1.25, 1.25] | 2.00x [2.00, 2.00] | "
+    assert lines[4] == ("|  | vs. no drafter [95% CI] | 1x | 1.25x [1.25, 1.25] | 2.00x [2.00, 2.00] | "
                         "1.60x [1.60, 1.60] | 1.65x [1.65, 1.65] |")
-    assert lines[4] == ("|  | selected | – | start=5 | tau=2.25 (best of 3) | m=0.5, last_n=7 (best of 2) | "
+    assert lines[5] == ("|  | selected | – | start=5 | tau=2.25 (best of 3) | m=0.5, last_n=7 (best of 2) | "
                         "tau_cum=10, last_n=7 |")
     assert "selected on the same samples it reports" in md  # 2 samples: no split, and it says so
     tex = report.render(df, "thesis_6_6", "latex")
@@ -315,10 +317,10 @@ def test_stats_against_each_runs_own_baseline(tmp_path, capsys):
     assert st["run"].astype(str).tolist() == ["0", "1", "2"] and (st["n_samples"] == 12).all()
     assert st["verdict"].tolist() == ["faster", "no detectable difference", "slower"]
     assert st.loc[1, "ci_low"] < 1.0 < st.loc[1, "ci_high"]
-    assert st["p_holm"].tolist() == pytest.approx(stats.holm(st["p_wilcoxon"].tolist()))  # Holm across the sweep
+    assert st["p_holm"].tolist() == pytest.approx(stats.holm(st["p_ttest"].tolist()))  # Holm across the sweep (t-test)
     assert st.loc[0, "speedup"] == pytest.approx(1.3, rel=0.05)
     out = capsys.readouterr().out
-    assert "| 0 | speculative (gamma=4) | own autoregressive baseline | 12 |" in out and "[95% CI]" in out
+    assert "| 0 | speculative (gamma=4) | own autoregressive baseline | normalised | 12 |" in out and "[95% CI]" in out
 
 
 def test_stats_against_a_reference_run_with_quality_and_acceptance(tmp_path):
@@ -333,10 +335,12 @@ def test_stats_against_a_reference_run_with_quality_and_acceptance(tmp_path):
     assert st.loc[2, "acceptance_diff"] == pytest.approx(6 / 7 - 4 / 7)  # round(7 * 0.8) - round(7 * 0.5) of 7
     assert st.loc[2, "quality_metric"] == "passed" and st.loc[2, "quality_test"] == "McNemar exact"
     assert st.loc[2, "quality_p"] == pytest.approx(2 * 0.5 ** 6)  # 6 discordant pairs, all one way
-    # the fastest of the matching runs is the reference, and it says it was selected
+    # the best of the matching runs (by its speedup over its own baseline) is the reference, and it
+    # says it was selected
     assert report.main([str(tmp_path), "--stats", "--reference", "strategy=speculative"]) == 0
     st = pd.read_csv(tmp_path / "report" / "stats.csv")
-    assert st["reference"].str.contains("selected: fastest of 3 matching runs").all()
+    assert st["reference"].str.startswith("2 (").all()
+    assert st["reference"].str.contains("selected: highest speedup over its own baseline").all()
 
 
 def test_stats_bad_input_names_the_fix(tmp_path, capsys):
@@ -369,8 +373,9 @@ def test_thesis_table_selects_on_one_half_and_reports_on_the_other(tmp_path):
     md = report.render(df, "thesis_6_6", "md", report.collect_samples(report.load_runs([tmp_path]), df))
     lines = [line for line in md.splitlines() if line.startswith("|")]
     assert lines[2] == "| pair pair-a / xsum / greedy | ms/token | 62.50 | – | 46.88 | – | – |"  # 1.5 s / 32 tokens
-    assert lines[3].startswith("|  | vs. no drafter [95% CI] | 1x | – | 1.33x [1.33, 1.33] |")
-    assert "| tau=1 (best of 2) |" in lines[4]
+    assert lines[3] == "|  | its baseline's ms/token | 62.50 | – | 62.50 | – | – |"
+    assert lines[4].startswith("|  | vs. no drafter [95% CI] | 1x | – | 1.33x [1.33, 1.33] |")
+    assert "| tau=1 (best of 2) |" in lines[5]
     assert "selected on 3 samples" in md and "measured on the other 3" in md
 
 
