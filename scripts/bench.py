@@ -2,13 +2,13 @@
 
 Commands
     python scripts/bench.py                  # the tiny pair (built on first use), HumanEval, offline (`make bench`)
-    python scripts/bench.py --pair smollm2   # THE FULL MEASUREMENT (issue 7): SmolLM2-135M-Instruct (offline
+    python scripts/bench.py --pair smollm2   # THE FULL MEASUREMENT: SmolLM2-135M-Instruct (offline
                                              # GGUF) with its distilled drafter (built on first use, ~17 min),
                                              # 3 x XSum, GSM8K, HumanEval, 96 tokens max, 3 repeats, ~30 min
     python scripts/bench.py --pair smollm2 --distilled-dir /tmp/distill_small --repeats 1 --new-tokens 32
                                              # a quick end-to-end check with an already-built drafter
     python scripts/bench.py --pair smollm2 --batch-sizes 1,4,8,16 --ignore-eos --new-tokens 64
-                                             # batched decoding (issue 16; scripts/bench_batch.py): tokens/s,
+                                             # batched decoding (scripts/bench_batch.py): tokens/s,
                                              # latency and speedups per batch size, transformers' batched
                                              # generate as the reference, the crossover batch size per drafter
 Run the full measurement on a quiet machine (nothing else on the cores); `--threads N` pins torch's
@@ -107,7 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--json", help="output JSON (default outputs/bench/<pair>-<date>.json)")
-    ap.add_argument("--batch-sizes", help="batched decoding instead (issue 16): e.g. 1,4,8,16; runs "
+    ap.add_argument("--batch-sizes", help="batched decoding instead: e.g. 1,4,8,16; runs "
                                           "scripts/bench_batch.py on this pair's drafters "
                                           "(bench_batch.BENCH_STRATEGIES)")
     ap.add_argument("--batch-prompts", type=int, help="--batch-sizes: HumanEval prompts (default: the largest size)")
@@ -247,7 +247,7 @@ def machine() -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.batch_sizes:  # issue 16: batched decoding, one interleaved run (scripts/bench_batch.py)
+    if args.batch_sizes:  # batched decoding, one interleaved run (scripts/bench_batch.py)
         import bench_batch
 
         return bench_batch.main(bench_batch.from_bench(args))

@@ -23,7 +23,7 @@ from specexp.stopping import Stopper
 
 MODE_KEYS = ["ours-ar", "hf-ar", "ours-spec", "ours-spec-vocab", "hf-assisted", "ours-lookup", "hf-lookup",
              "ours-truncated", "hf-truncated", "ours-bigram",
-             # issue 15 (specexp.eagle.bench_proposers): the feature drafter, the shipped model-free pairs, the datastore
+             # (specexp.eagle.bench_proposers): the feature drafter, the shipped model-free pairs, the datastore
              "ours-eagle", "ours-eagle-vocab", "ours-eagle-entropy", "ours-eagle-vocab-entropy",
              "ours-eagle-heuristic", "ours-eagle-lookup", "ours-eagle-lookup-entropy", "ours-eagle-lookup-heuristic",
              "ours-eagle-store-entropy", "ours-eagle-cost", "ours-eagle-store-cost",
@@ -148,7 +148,7 @@ def make_modes(pair, args, sync: Callable[[], None] = lambda: None) -> tuple[lis
         modes.append(ours_mode("ours-bigram", "ours bigram", target_lm, stopper,
                                Bigram(corpus=args.bigram_corpus).bind(pair), Fixed(g).bind(pair), gamma=g,
                                fixed_gamma=True))
-    if args.pair == "smollm2" or args.eagle_dir:  # issue 15: the feature drafter, the shipped model-free pairs
+    if args.pair == "smollm2" or args.eagle_dir:  # the feature drafter, the shipped model-free pairs
         from specexp.eagle import bench_proposers
 
         for key, name, proposer, policy, kw in bench_proposers(pair, wanted, g, args.draft_vocab, args.eagle_dir):

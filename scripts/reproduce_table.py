@@ -23,9 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def _grid(name: str) -> str:
-    """`grid=X` once config.yaml has a `grid: null` default, `+grid=X` before."""
-    has_default = "- grid:" in (ROOT / "conf" / "config.yaml").read_text()
-    return f"{'' if has_default else '+'}grid={name}"
+    """`grid=X`: a threshold grid of conf/grid/ (config.yaml's defaults list `- grid: null`)."""
+    return f"grid={name}"
 
 
 def recipes() -> dict[str, list[tuple[str, list[str]]]]:

@@ -1,6 +1,6 @@
 """The analysis half of scripts/bench.py (the benchmark against transformers' `generate`): per
 mode and setting, throughput, forwards, acceptance, speedups with their CIs (specexp.stats), the
-Leviathan prediction, the ours / transformers ratios, issue 7's goals, and the printed table.
+Leviathan prediction, the ours / transformers ratios, the goals this bench checks, and the printed table.
 It takes the benchmark's timed calls (objects with .repeat, .prompt and .gen: a Generation whose
 wall_time is the whole call) and its modes (.key, .name, .side, .gamma, .fixed_gamma, .drafter,
 .counterpart); it loads and runs no model.
@@ -17,8 +17,8 @@ import math
 
 from specexp import costs, stats
 
-GOALS = {"ours/hf assisted": 1.3, "overhead": 0.10, "prediction": 0.10}  # issue 7, for this machine
-# issue 15, the feature drafter (modes ours-eagle*) on SmolLM2: tokens per target forward, speedup
+GOALS = {"ours/hf assisted": 1.3, "overhead": 0.10, "prediction": 0.10}  # the speed goals set for this machine's bench
+# the feature drafter's goals (modes ours-eagle*) on SmolLM2: tokens per target forward, speedup
 # over our autoregressive decoding, and tokens/s over transformers' fastest speculative mode
 FEATURE_GOALS = {"tau": 2.5, "speedup": 1.3, "over hf": 1.5}
 
@@ -142,7 +142,7 @@ def ratios(rows: list[dict], modes: list, calls: dict | None = None) -> list[dic
 
 
 def goals(rows: list[dict], ratio_rows: list[dict]) -> list[dict]:
-    """Issue 7's goals for this machine, per setting: our speculative decoding (the classic
+    """The speed goals for this machine, per setting: our speculative decoding (the classic
     algorithm with the pair's drafter) against transformers' assisted generation; the overhead of
     every one of our modes (the worst is shown); the classic algorithm's decode speedup (ours,
     model drafters) against Leviathan et al.'s prediction."""
@@ -176,7 +176,7 @@ def goals(rows: list[dict], ratio_rows: list[dict]) -> list[dict]:
 
 
 def feature_goals(rows: list[dict]) -> list[dict]:
-    """Issue 15's goals in one setting's rows, when feature-drafter modes (ours-eagle*) ran: the
+    """The feature drafter's goals in one setting's rows, when feature-drafter modes (ours-eagle*) ran: the
     most tokens per target forward of any of them; the fastest one's speedup over our
     autoregressive decoding (throughput ratio, point estimate, with its 95% CI); and its tokens/s
     over the fastest of transformers' speculative modes (assisted, prompt lookup) in the run."""
@@ -249,7 +249,7 @@ def format_table(report: dict) -> str:
                 same, total = r["identical_calls"]
                 lines.append(f"  {r['name']}: output differs from ours autoregressive on {total - same}/{total} calls")
     if report["goals"]:
-        lines.append("\ngoals (issues 7 and 15):")
+        lines.append("\ngoals:")
         lines += [f"  [{'met' if g['met'] else 'NOT met'}] {g['setting']}: {g['goal']}: {g['value']}"
                   for g in report["goals"]]
     return "\n".join(lines)

@@ -292,6 +292,9 @@ def main(argv: list[str] | None = None) -> None:
     if any(a in ("-h", "--help") for a in overrides):
         print(__doc__.strip() + "\n\n" + HELP)
         return
+    from specexp.run import cli_overrides
+
+    overrides = cli_overrides(list(overrides))  # as `specexp` reads them: prompt=TEXT literal, SPECEXP_OVERRIDES last
     print("specexp console: loading the pair ...", flush=True)
     transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars in the session
     try:

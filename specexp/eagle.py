@@ -350,7 +350,7 @@ if __name__ == "__main__":
 
 # ------------------------------------------------------------------------ the benchmark's modes
 def bench_proposers(pair, wanted: set[str], gamma: int, vocab: int, eagle_dir: str | None = None):
-    """scripts/bench.py's issue-15 modes on a loaded SmolLM2 pair, as (key, name, proposer, policy,
+    """scripts/bench.py's feature-drafter modes on a loaded SmolLM2 pair, as (key, name, proposer, policy,
     Mode fields): the feature drafter (registered as the pair's role "eagle"; `eagle_dir`, else
     the smollm2-135m__eagle pair's own, built if missing) with Fixed(gamma), its `vocab` subset
     head, the shipped entropy_static rule (full and subset head) and heuristic rule; the subset

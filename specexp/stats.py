@@ -36,7 +36,7 @@ import numpy as np
 from scipy import stats as sps
 
 CONFIDENCE = 0.95  # two-sided intervals
-N_RESAMPLES = 2000  # bootstrap resamples (the minimum)
+N_RESAMPLES = 2000  # bootstrap resamples
 ALPHA = 0.05  # significance level of the verdicts, after Holm's correction
 MIN_SAMPLES = 2  # fewest samples with an interval: at n = 1 there is no spread to estimate
 QUALITY_MARGIN = 0.05  # "no quality loss": run - reference >= -0.05 (pass rate or score, absolute)

@@ -31,8 +31,6 @@ STRATEGIES = ["speculative", "random_gamma", "oracle", "heuristic", "heuristic_t
               "entropy_window", "entropy_adaptive", "entropy_combined", "adaedl", "svip"]
 FIXED_LENGTH = {"speculative", "random_gamma", "heuristic", "heuristic_transient"}  # no per-token decision
 GRIDS = sorted(p.stem for p in (CONF / "grid").glob("*.yaml"))
-# `grid=<g>` once conf/config.yaml's defaults list `- grid: null`, `+grid=<g>` before that
-GRID = "grid=" if re.search(r"^\s*-\s*grid\s*:", (CONF / "config.yaml").read_text(), re.M) else "+grid="
 GREEDY = Sampling()
 
 
@@ -105,9 +103,8 @@ def test_top_level_parameters_override_the_policy(random_pair):
 
 @pytest.mark.parametrize("grid", GRIDS)
 def test_grid_files_compose(grid):
-    """`+grid=<g>` (or `grid=<g>` once config.yaml lists `- grid: null`) selects the strategy
-    and sweeps keys that the strategy has."""
-    cfg = compose([f"{GRID}{grid}"])
+    """`grid=<g>` selects the strategy and sweeps keys that the strategy has."""
+    cfg = compose([f"grid={grid}"])
     params = cfg.hydra.sweeper.params
     assert params, grid
     for key, values in params.items():
@@ -120,7 +117,7 @@ def test_grid_files_compose(grid):
 
 def test_grids_match_the_thesis_and_the_framework():
     def values(grid, key):
-        return [float(v) for v in str(compose([f"{GRID}{grid}"]).hydra.sweeper.params[key]).split(",")]
+        return [float(v) for v in str(compose([f"grid={grid}"]).hydra.sweeper.params[key]).split(",")]
 
     assert values("entropy_static", "strategy.tau") == [0.25 * i for i in range(1, 21)]  # 0.25 .. 5.0
     assert values("entropy_absolute", "strategy.theta_abs")[0] == 0.5
@@ -129,7 +126,7 @@ def test_grids_match_the_thesis_and_the_framework():
     assert values("entropy_relative", "strategy.theta_rel")[-1] == 2.5
     assert values("entropy_window", "strategy.window") == [1, 3, 5]
     for g in ("entropy_absolute", "entropy_relative", "entropy_window"):
-        types = str(compose([f"{GRID}{g}"]).hydra.sweeper.params["strategy.entropy_type"]).split(",")
+        types = str(compose([f"grid={g}"]).hydra.sweeper.params["strategy.entropy_type"]).split(",")
         assert sorted(types) == ["renyi", "shannon", "topk"]
 
 
@@ -415,9 +412,9 @@ def test_static_rule_at_a_mid_threshold_drafts_variable_lengths_on_the_trained_p
 # --- the CLI: threshold grids and user strategies outside the package ------------------------------
 
 def test_grid_sweeps_through_the_cli(run_specexp, random_pair_dir, tmp_path):
-    """`specexp -m +grid=entropy_static` runs the grid; a command-line sweep of the same key
+    """`specexp -m grid=entropy_static` runs the grid; a command-line sweep of the same key
     narrows it (here to two values, to keep the test fast)."""
-    proc, _ = run_specexp(f"{GRID}entropy_static", "strategy.tau=1.0,3.0", "debug=fast", "dataset.limit=1",
+    proc, _ = run_specexp("grid=entropy_static", "strategy.tau=1.0,3.0", "debug=fast", "dataset.limit=1",
                           *pair_overrides(random_pair_dir), multirun=True)
     metrics = [json.loads((tmp_path / "sweep" / str(i) / "metrics.json").read_text()) for i in range(2)]
     assert [m["status"] for m in metrics] == ["ok", "ok"]

@@ -278,3 +278,11 @@ def test_console_chat_template(tmp_path):
     assert section(steps[4][1], "prompt (chat template)")[1] == "<|system|>Be brief.\n<|user|>hi\n<|assistant|>"
     assert not [s for s in sections(steps[6][1]) if s[0].startswith("prompt")]
     assert all(section(steps[i][1], "speculative")[2].startswith("4 tokens") for i in (2, 4, 6))
+
+
+def test_console_takes_specexp_overrides(trained_pair_dir, monkeypatch):
+    """The console reads its overrides as `specexp` does: SPECEXP_OVERRIDES last (docs/testing.md),
+    so a console recipe written for a hub pair runs on the tiny pair too."""
+    monkeypatch.setenv("SPECEXP_OVERRIDES", "strategy=autoregressive")
+    proc = cli("console", stdin=":quit\n", exe="specexp")
+    assert "strategy autoregressive;" in proc.stdout and "SPECEXP_OVERRIDES appends strategy=autoregressive" in proc.stderr

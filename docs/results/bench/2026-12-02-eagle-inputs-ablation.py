@@ -1,7 +1,7 @@
 """Dated record (2026-12-02) of the drafter-input ablation in 2026-12-02-eagle-inputs-ablation.json:
 how its numbers were produced, kept to be read and rerun, not maintained as a tool.
 
-    python docs/bench/2026-12-02-eagle-inputs-ablation.py [base,fused,prev] [epochs]
+    python docs/results/bench/2026-12-02-eagle-inputs-ablation.py [base,fused,prev] [epochs]
 
 Needs the default feature-drafter build's cached target reads (`specexp-eagle` leaves them next to
 its folder as .smollm2-135m-eagle-teacher-<key>.pt) and the SmolLM2 GGUF (`specexp-fetch`)."""
