@@ -2,7 +2,8 @@
 holds is the kernel's: the syscall filter (fallocate, memfd_create, the keyring calls, io_uring,
 other ABIs), a fresh session keyring, pipes instead of host files for the box's output; and the
 isolation level itself: bubblewrap works with an interpreter under /tmp, and a level below the
-best one this machine offers is announced and recorded."""
+best one this machine offers is announced and recorded; memory as a whole: a box's processes
+together stay within its memory cgroup, or the rlimits bound is announced and recorded."""
 from __future__ import annotations
 
 import ast
@@ -14,6 +15,8 @@ import secrets
 import subprocess
 import sys
 import sysconfig
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -217,3 +220,95 @@ def test_world_open_host_paths_are_out_of_reach(world_open, mode):
     assert lines[5] == "write FileNotFoundError"
     assert set(ast.literal_eval(lines[6])) <= {"bin", "dev", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp", "usr",
                                    *(p.strip("/").split("/")[0] for p in isolation._python_roots())}
+
+
+# ---------------------------------------------------------------- memory as a whole, guard off
+CGROUP_VERSION, CGROUP_PARENT = sandbox.memory_cgroups()
+needs_cgroup = pytest.mark.skipif(CGROUP_VERSION is None, reason=f"no memory cgroup can be made here: {CGROUP_PARENT}")
+BOX_MB, CHILD_MB, CHILDREN = 256, 160, 10  # each child well below RLIMIT_AS (Python ~20 MB + 160), 1.6 GB together
+FORKS = ("import os, time\n"
+         "def child():\n"
+         f"    held = b'x' * ({CHILD_MB} << 20)\n"  # written, so every page is really taken
+         "    time.sleep(2)\n"
+         "    os._exit(0)\n"
+         "pids = []\n"
+         "for _ in range({n}):\n"
+         "    pid = os.fork()\n"
+         "    if pid == 0:\n"
+         "        child()\n"
+         "    pids.append(pid)\n"
+         "for pid in pids:\n"
+         "    assert os.waitpid(pid, 0)[1] == 0\n")
+
+
+def _mem_available() -> int:
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) << 10 for line in f if line.startswith("MemAvailable:"))
+
+
+def _box_cgroups() -> list[str]:
+    return [n for n in os.listdir(CGROUP_PARENT) if n.startswith(f"{isolation.CGROUP_PREFIX}{os.getpid()}-")]
+
+
+@needs_cgroup
+@pytest.mark.parametrize("mode", LEVELS)
+def test_forked_processes_together_stay_within_the_box_memory(mode):
+    """RLIMIT_AS bounds each process, not the box: ten forked children of 160 MB each (under a
+    256 MB address-space limit) took 1.6 GB of the host. In a memory cgroup of 256 MB the kernel
+    kills them ("memory"), the host loses at most the limit (plus slack for other processes),
+    and the cgroup is gone afterwards. One child alone passes: each stays below RLIMIT_AS."""
+    limits = Limits(timeout=60, cpu_seconds=30, memory_mb=BOX_MB, nproc=16, fsize_mb=1)
+    one = run_python(FORKS.format(n=1), limits, guard=False, mode=mode)
+    assert one.passed, one
+    lowest, stop = [_mem_available()], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            lowest.append(min(lowest[-1], _mem_available()))
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        many = run_python(FORKS.format(n=CHILDREN), limits, guard=False, mode=mode)
+    finally:
+        stop.set()
+        watcher.join()
+    assert not many.passed and many.reason == "memory", many
+    assert many.memory == one.memory == f"cgroup v{CGROUP_VERSION} {BOX_MB} MB"
+    assert lowest[0] - lowest[-1] < (BOX_MB + 384) << 20  # 1.6 GB without the cgroup
+    assert _box_cgroups() == [] and isolation.box_processes() == []
+
+
+def test_without_a_memory_cgroup_the_rlimits_bound_is_logged_once_and_recorded(monkeypatch, caplog):
+    """Where no memory cgroup can be made (not root, a read-only cgroupfs), boxes still run, bounded
+    by their rlimits; that is logged once and recorded per outcome and in the score."""
+    monkeypatch.setattr(sandbox, "_cgroups", (None, "cgroupfs is read-only here"))  # restored afterwards
+    monkeypatch.setattr(sandbox, "_cgroup_noted", False)
+    with caplog.at_level(logging.WARNING, logger="specexp"):
+        outs = [run_python("x = 1\n", FAST, guard=False) for _ in range(2)]
+    assert all(o.passed and o.memory == "rlimits" for o in outs), outs
+    assert caplog.text.count("no memory cgroup can be made here (cgroupfs is read-only here)") == 1
+    assert sandbox.memory_bound(FAST) == "rlimits" and sandbox.memory_held(outs, FAST) == "rlimits"
+    from specexp.tasks.base import Sample
+    from specexp.tasks.humaneval import HumanEval
+
+    prompt = 'def add(a, b):\n    """Return a + b."""\n'
+    sample = Sample("T/0", prompt, reference="def check(c):\n    assert c(2, 3) == 5\n",
+                    meta={"entry_point": "add", "code_prompt": prompt})
+    score = HumanEval(timeout=20).score([sample], ["    return a + b\n"])  # what metrics.json stores
+    assert score["n_passed"] == 1 and score["sandbox_memory"] == "rlimits"
+
+
+@needs_cgroup
+def test_the_score_records_the_cgroup_bound():
+    """metrics.json's quality.sandbox_memory names the cgroup and its limit (HumanEval's memory_mb)."""
+    from specexp.tasks.base import Sample
+    from specexp.tasks.humaneval import HumanEval
+
+    prompt = 'def add(a, b):\n    """Return a + b."""\n'
+    sample = Sample("T/0", prompt, reference="def check(c):\n    assert c(2, 3) == 5\n",
+                    meta={"entry_point": "add", "code_prompt": prompt})
+    score = HumanEval(timeout=20, memory_mb=512).score([sample], ["    return a + b\n"])
+    assert score["n_passed"] == 1 and score["sandbox_memory"] == f"cgroup v{CGROUP_VERSION} 512 MB"
+    assert _box_cgroups() == []

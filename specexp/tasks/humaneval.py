@@ -91,7 +91,7 @@ class HumanEval(Task):
         return text if fence < 0 else text[: fence + 1]
 
     def score(self, samples: list[Sample], completions: list[str]) -> dict:
-        from specexp.tasks.sandbox import Check, Limits, check_many, isolation_mode, isolation_warning
+        from specexp.tasks.sandbox import Check, Limits, check_many, isolation_mode, isolation_warning, memory_held
 
         if len(samples) != len(completions):
             raise ValueError(f"{len(samples)} samples but {len(completions)} completions")
@@ -103,4 +103,5 @@ class HumanEval(Task):
                for s, o in zip(samples, outcomes)]
         n, k = len(per), sum(o.passed for o in outcomes)
         return {"pass@1": k / n if n else 0.0, "n_scored": n, "n_passed": k, "per_sample": per,
-                "sandbox_isolation": isolation_mode(), "sandbox_warning": isolation_warning()}
+                "sandbox_isolation": isolation_mode(), "sandbox_warning": isolation_warning(),
+                "sandbox_memory": memory_held(outcomes, limits)}

@@ -1,15 +1,18 @@
 """The sandbox's first layer, the kernel (specexp/tasks/sandbox.py says what each level isolates):
 the command lines that start a box at each isolation level (bubblewrap, unshare + setpriv,
 unprivileged user namespaces, plain), the unused uids boxes run as, and the live processes left
-under those uids. Which level a process uses is decided by sandbox.isolation_mode (a trial run)."""
+under those uids, and the memory cgroup each box runs in where one can be made (MemoryCgroup).
+Which level a process uses is decided by sandbox.isolation_mode (a trial run)."""
 from __future__ import annotations
 
 import itertools
 import os
 import shlex
 import shutil
+import signal
 import sys
 import sysconfig
+import time
 
 _UID_BASE = 0x50000  # boxes run as uids from here (as root): unused by real accounts
 HIDDEN = ("/tmp", "/var/tmp", "/dev/shm", "/run", "/root", "/home")  # fresh tmpfs at level userns
@@ -186,3 +189,155 @@ def candidates() -> list[str]:
     if not root and have("unshare"):
         out.append("userns")
     return out + ["plain"]
+
+
+# ---------------------------------------------------------------- memory as a whole: a cgroup per box
+CGROUP_PREFIX = "specexp-"  # a box's cgroup is <parent>/specexp-<scorer pid>-<n>
+_cgroup_counter = itertools.count()
+
+
+def _own_cgroup(v2: bool) -> tuple[str | None, str]:
+    """The folder of this process's cgroup in the memory hierarchy (v2: the unified one; v1: the
+    one mounted with the memory controller), or (None, why not)."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            groups = [line.rstrip("\n").split(":", 2) for line in f if line.count(":") >= 2]
+        with open("/proc/self/mountinfo") as f:
+            mounts = [line.split() for line in f]
+    except OSError as e:
+        return None, f"cannot read /proc/self ({e})"
+    ours = (lambda h, ctl: h == "0" and ctl == "") if v2 else (lambda h, ctl: "memory" in ctl.split(","))
+    path = next((p for h, ctl, p in groups if ours(h, ctl)), None)
+    for m in mounts:
+        tail = m[m.index("-") + 1:] if "-" in m else []  # fstype, source, super options
+        wanted = tail[:1] == ["cgroup2"] if v2 else tail[:1] == ["cgroup"] and "memory" in tail[2].split(",")
+        if not wanted:
+            continue
+        if path is None:
+            return None, "this process is in no such cgroup"
+        root = m[3]  # what of the hierarchy the mount shows (a container's own cgroup)
+        rel = path[len(root):] if root != "/" and (path + "/").startswith(root + "/") else path
+        folder = os.path.join(m[4], rel.lstrip("/"))
+        return (folder, "") if os.path.isdir(folder) else (None, f"{folder} is not there")
+    return None, "no cgroup2 mount" if v2 else "no cgroup v1 memory mount"
+
+
+def memory_cgroup_parent() -> tuple[int | None, str]:
+    """(version, folder) under which each box gets a memory cgroup of its own: cgroup v2 with the
+    memory controller where it can be enabled for children of this process's cgroup, else cgroup
+    v1's memory hierarchy; tried by making (and removing) one. (None, why not) where neither works
+    (not root, a read-only cgroupfs, no memory controller)."""
+    why = []
+    for version in (2, 1):
+        folder, reason = _own_cgroup(version == 2)
+        try:
+            if folder is None:
+                raise OSError(reason)
+            if version == 2:
+                with open(os.path.join(folder, "cgroup.controllers")) as f:
+                    if "memory" not in f.read().split():
+                        raise OSError("no memory controller")
+                with open(os.path.join(folder, "cgroup.subtree_control")) as f:
+                    enabled = "memory" in f.read().split()
+                if not enabled:  # refused (EBUSY) when this cgroup holds processes and is not the root
+                    with open(os.path.join(folder, "cgroup.subtree_control"), "w") as f:
+                        f.write("+memory")
+            _clear_stale(folder)
+            MemoryCgroup(version, folder, 64 << 20).remove()
+            return version, folder
+        except OSError as e:
+            why.append(f"cgroup v{version}: {e.strerror or e}")
+    return None, "; ".join(why)
+
+
+def _clear_stale(parent: str) -> None:
+    """Remove the empty box cgroups that scorers no longer running left behind."""
+    for name in os.listdir(parent):
+        pid = name[len(CGROUP_PREFIX):].split("-")[0]
+        if name.startswith(CGROUP_PREFIX) and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            try:
+                os.rmdir(os.path.join(parent, name))
+            except OSError:
+                pass
+
+
+class MemoryCgroup:
+    """One box's memory cgroup, made with its limit on memory + swap (the box's processes, their
+    tmpfs files and page cache together): the box's first process joins it before it execs
+    anything (`wrap`), so everything it starts is in it; the kernel kills a process of it when the
+    whole passes the limit (`oom_kills` counts them); `remove` kills what is left and removes it."""
+
+    def __init__(self, version: int, parent: str, limit_bytes: int):
+        self.version = version
+        self.path = os.path.join(parent, f"{CGROUP_PREFIX}{os.getpid()}-{next(_cgroup_counter)}")
+        os.mkdir(self.path, 0o755)
+        try:
+            if version == 2:
+                self._write("memory.max", limit_bytes)
+                self._write("memory.swap.max", 0, optional=True)  # no swap: memory.max is all it has
+                self._write("memory.oom.group", 1, optional=True)  # an OOM kill takes the whole box
+            else:  # memory first: memory + swap may not be set below it
+                self._write("memory.limit_in_bytes", limit_bytes)
+                self._write("memory.memsw.limit_in_bytes", limit_bytes, optional=True)
+        except OSError:
+            self.remove()
+            raise
+
+    def _write(self, name: str, value: int, optional: bool = False) -> None:
+        target = os.path.join(self.path, name)
+        if optional and not os.path.exists(target):
+            return
+        with open(target, "w") as f:
+            f.write(str(value))
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """`argv`, run by a shell that first moves itself into this cgroup (as root, before any of the
+        box's code runs; a failure stops it there, a sandbox error)."""
+        return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', os.path.join(self.path, "cgroup.procs"), *argv]
+
+    def oom_kills(self) -> int:
+        """Processes of the box the kernel killed for passing the limit."""
+        name = "memory.events" if self.version == 2 else "memory.oom_control"
+        try:
+            with open(os.path.join(self.path, name)) as f:
+                for line in f:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            pass
+        return 0
+
+    def remove(self, wait: float = 2.0) -> bool:
+        """Kill what still runs in the cgroup (a process that left the box's process group), then
+        remove it; False when it could not be removed within `wait` seconds."""
+        deadline, pause = time.monotonic() + wait, 0.002
+        while True:
+            try:
+                os.rmdir(self.path)
+                return True
+            except FileNotFoundError:
+                return True
+            except OSError:
+                if time.monotonic() >= deadline:
+                    return False
+            self._kill_members()
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    def _kill_members(self) -> None:
+        kill = os.path.join(self.path, "cgroup.kill")  # v2 (Linux 5.14+): the kernel kills them all
+        try:
+            if os.path.exists(kill):
+                with open(kill, "w") as f:
+                    f.write("1")
+                return
+            with open(os.path.join(self.path, "cgroup.procs")) as f:
+                pids = [int(p) for p in f.read().split()]
+        except (OSError, ValueError):
+            return
+        for pid in pids:  # members a moment ago; box processes cannot leave the cgroup (no cgroupfs, not root)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass

