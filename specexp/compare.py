@@ -385,43 +385,38 @@ def _decide(lo, hi, bar: float, inclusive: bool = False) -> str:
 # Factor importance
 # ------------------------------------------------------------------------------------------
 
-def factor_importance(df: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame | None:
-    """Which swept config keys explain the variance of the per-sample speedup (log of the
-    per-token ratio against each run's own baseline): an OLS model (statsmodels) with the
-    strategy and every varying Hydra override as categorical factors plus the sample as a block,
-    and its sequential (type I) ANOVA in that order: a key that applies to one strategy only
-    (a threshold) is measured after the strategy, i.e. nested in it, and the shares add up to 1.
-    Columns: factor, df, sum_sq, share (of the total sum of squares), F, p. None when no key
+def factor_importance(df: pd.DataFrame, samples: pd.DataFrame) -> dict | None:
+    """Which swept config keys explain the speedup, with the run as the unit: each ok run's mean
+    log per-sample speedup (per-token ratio against its own baseline) over the samples every such
+    run decoded (so the sample block is the same in every run and cancels), and a type II ANOVA of
+    the strategy and every varying Hydra override as categorical factors (stats.factor_anova: the
+    result depends neither on the order nor on the names of the keys). A key that does not apply
+    to a run is the level "–". F and p only where some configuration ran more than once (the
+    run-to-run variation is the test's denominator); else `tested` is False. None when no key
     varies or no run has per-sample speedups."""
-    import warnings
-
-    import statsmodels.formula.api as smf
-    from statsmodels.stats.anova import anova_lm
-
     ok = df[(df["status"] == "ok") & (df["strategy"] != "autoregressive")]
-    data = samples[samples["run_dir"].isin(ok["run_dir"]) & samples["speedup_per_token"].notna()].copy()
+    data = samples[samples["run_dir"].isin(ok["run_dir"]) & samples["speedup_per_token"].notna()]
+    data = data[data["speedup_per_token"].astype(float) > 0]
     if data.empty:
         return None
-    label = ok.set_index("run_dir").map(lambda v: "–" if _missing(v) else str(v))  # "–": the key does not apply
+    common = set.intersection(*(set(g["sample"].astype(str)) for _, g in data.groupby("run_dir")))
+    data = data[data["sample"].astype(str).isin(common)]
+    if data.empty:
+        return None
+    y = np.log(data["speedup_per_token"].astype(float)).groupby(data["run_dir"]).mean()
+    label = ok.set_index("run_dir").loc[y.index].map(lambda v: "–" if _missing(v) else str(v))  # "–": not applied
     factors = [c for c in ["strategy", *sorted(c for c in ok.columns if c.startswith("override."))]
                if label[c].nunique() > 1 and not (c == "override.strategy" and "strategy" in label)]
     if not factors:
         return None
-    names = {c: f"f{i}" for i, c in enumerate(factors)}
-    for c in factors:
-        data[names[c]] = data["run_dir"].map(label[c])
-    data["y"] = np.log(data["speedup_per_token"].astype(float))
-    data["blk"] = data["sample"].astype(str)
-    terms = [f"C({names[c]})" for c in factors] + (["C(blk)"] if data["blk"].nunique() > 1 else [])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # nested keys make the design rank-deficient; type I handles it
-        table = anova_lm(smf.ols("y ~ " + " + ".join(terms), data=data).fit(), typ=1)
-    total = table["sum_sq"].sum()
-    back = {f"C({v})": k.removeprefix("override.") for k, v in names.items()}
-    back.update({"C(blk)": "sample (block)", "Residual": "residual"})
-    return pd.DataFrame({"factor": [back.get(i, i) for i in table.index], "df": table["df"].values,
-                         "sum_sq": table["sum_sq"].values, "share": (table["sum_sq"] / total).values,
-                         "F": table["F"].values, "p": table["PR(>F)"].values})
+    # a key that applies to some strategies only ("–" exactly on the others) is nested in the strategy
+    nested = {c: "strategy" for c in factors if c != "strategy" and "strategy" in factors
+              and (label[c] == "–").any() and (label[c] == "–").groupby(label["strategy"]).nunique().max() == 1}
+    name = {c: c.removeprefix("override.") for c in factors}
+    out = stats.factor_anova(y.values, {name[c]: label[c].tolist() for c in factors},
+                             {name[c]: name[p] for c, p in nested.items()})
+    out["n_samples"] = len(common)
+    return out
 
 
 # ------------------------------------------------------------------------------------------

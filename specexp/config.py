@@ -46,6 +46,11 @@ class TimingConfig:
 
     repeats: int = 1  # decodes per sample and mode, modes interleaved (ABAB); a sample's time = their median
     spread_warning: float = 0.25  # warn when the repeats' median relative spread (max-min)/median exceeds this
+    # sample until it knows: decode `pilot` samples, then as many as Stein's two-stage rule says the
+    # speedup's 95% CI half-width on the log scale needs to fall below target_ci (e.g. 0.05), at most
+    # dataset.limit; null = off (every sample of the dataset is decoded)
+    target_ci: Optional[float] = None
+    pilot: int = 4  # first-stage samples of target_ci (>= 2)
 
 
 @dataclass

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import shlex
@@ -32,6 +33,32 @@ from specexp.stopping import Stopper
 from specexp.tasks.prompt import PromptTask
 
 log = logging.getLogger("specexp")
+
+
+def check_sequential(timing, with_baseline: bool, batch_size: int, n_samples: int) -> dict | None:
+    """timing.target_ci (sample until the speedup's CI is narrow enough): None when off, else the
+    record to fill ({"target", "n0"}); refused, naming the fix, where it cannot apply."""
+    target = timing.get("target_ci")
+    if target is None:
+        return None
+    n0 = int(timing.get("pilot", 4))
+    if not float(target) > 0:
+        raise ValueError(f"timing.target_ci must be > 0 (a half-width on the log scale, e.g. 0.05) or null, got {target}")
+    if n0 < stats.MIN_SAMPLES:
+        raise ValueError(f"timing.pilot must be >= {stats.MIN_SAMPLES} (the first stage needs a spread), got {n0}")
+    if not with_baseline or batch_size > 1:
+        raise ValueError("timing.target_ci needs a strategy timed against its own baseline (baseline=true, not "
+                         "strategy=autoregressive) at batch_size=1; set timing.target_ci=null")
+    if n_samples < n0:
+        raise ValueError(f"timing.target_ci: the dataset has {n_samples} samples, fewer than timing.pilot={n0}; "
+                         f"raise dataset.limit or lower timing.pilot")
+    return {"target": float(target), "n0": n0}
+
+
+def per_sample_log_speedups(gens: list, bases: list) -> list[float]:
+    """log of (baseline s/token) / (strategy s/token) per sample: the values whose mean is the log speedup."""
+    return [math.log((b.wall_time / len(b.tokens)) / (g.wall_time / len(g.tokens))) for g, b in zip(gens, bases)
+            if g.tokens and b.tokens and g.wall_time > 0 and b.wall_time > 0]  # a sample with no ratio is left out
 
 
 def decode_dataset(cfg: DictConfig) -> dict:
@@ -84,6 +111,7 @@ def decode_dataset(cfg: DictConfig) -> dict:
     repeats = int(cfg.timing.repeats)
     if repeats < 1:
         raise ValueError(f"timing.repeats must be >= 1, got {repeats}")
+    sequential = check_sequential(cfg.timing, with_baseline, batch_size, len(prompts))  # timing.target_ci
     load_before = record.load_average()
     gens, bases, gen_reps, base_reps = [], [], [], []
     batch_info = None
@@ -108,6 +136,14 @@ def decode_dataset(cfg: DictConfig) -> dict:
             b, info = record.median_of_repeats(reps_b)
             bases.append(b)
             base_reps.append(info)
+        if sequential is not None and i + 1 == sequential["n0"]:  # first stage done: Stein's N, at most the dataset
+            sequential.update(stats.stein_samples(per_sample_log_speedups(gens, bases), sequential["target"]))
+            sequential["stopped"] = ("target reached" if sequential["N"] <= len(prompts)
+                                     else "dataset.limit reached")
+        if sequential is not None and "N" in sequential and i + 1 >= sequential["N"]:
+            break
+    if sequential is not None and len(gens) < len(samples):  # stopped early: only the decoded samples count
+        samples, prompts, fitted = samples[:len(gens)], prompts[:len(gens)], fitted[:len(gens)]
     timing = record.timing_report(cfg.timing, gen_reps + base_reps, load_before, record.load_average())
     for w in timing["warnings"]:
         log.warning(w)
@@ -143,6 +179,8 @@ def decode_dataset(cfg: DictConfig) -> dict:
         for i, (s, p, g, c, f) in enumerate(zip(samples, prompts, gens, completions, fitted))
     ]
     result["timing"] = timing
+    if sequential is not None:  # timing.target_ci: how many samples Stein's rule asked for and why it stopped
+        result["sequential"] = sequential
     if batch_info is not None:  # batch throughput and speedups at batch_size (specexp/batch.py)
         result["batch"] = batch_info
     cats = categories.breakdown(samples, gens, bases if with_baseline else None, result["quality"], cfg.seed)
@@ -290,7 +328,7 @@ def summary(m: dict, path: Path) -> str:
         sp = m["speedup"]
         pt, wm = sp.get("per_token") or {}, sp.get("wall_time_ratio_matched") or {}
         what = "per-row speedup (throughput ratio of per-row latencies" if batched else "speedup (throughput ratio"
-        lines.append(f"  {what}, {int(sp['ci']['confidence'] * 100)}% bootstrap CI, "
+        lines.append(f"  {what}, {int(sp['ci']['confidence'] * 100)}% CI, t on the log scale (docs/statistics.md), "
                      f"n={sp['n_samples']}): {stats.format_speedup(sp)}; per-token ratio geomean "
                      f"{stats.format_ratio(pt.get('geomean'))}, median {stats.format_ratio(pt.get('median'))}; "
                      f"wall-time ratio on identical outputs {stats.format_ratio(wm.get('geomean'))} (geomean, "
@@ -302,6 +340,12 @@ def summary(m: dict, path: Path) -> str:
                      f"{_f(t['spread_median'], '{:.0%}')}; load {t['loadavg_before']} -> {t['loadavg_after']}; "
                      f"{t['torch_threads']} torch threads")
         lines += [f"  WARNING {w}" for w in t.get("warnings", [])]
+    q = m.get("sequential")
+    if q:
+        lines.append(f"  sampled until it knew ({q['rule']}, target CI half-width {q['target']:g} on the log scale): "
+                     f"{q['n0']} first-stage samples, sd of log speedups {q['s0']:.3f} -> N = {q['N']}; "
+                     f"{q['stopped']} after {m['dataset']['n_samples']} samples"
+                     + (f" (dataset.limit={q['N']} would reach the target)" if q["stopped"] != "target reached" else ""))
     if m.get("cost_model_speedup") and m.get("drafter_forwards") is not None and "baseline" in m:
         c = m["cost_model_speedup"]
         x = {k: "n/a" if v is None else f"{v:.2f}x" for k, v in c.items()}

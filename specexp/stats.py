@@ -377,3 +377,94 @@ def samples_needed(sd_log: float, effect: float, power: float = 0.8, m: int = 1)
     d = abs(math.log(effect)) / sd_log  # standardized effect on the log scale (Cohen's d)
     n = TTestPower().solve_power(effect_size=d, alpha=ALPHA / m, power=power, alternative="two-sided")
     return max(MIN_SAMPLES, int(math.ceil(float(n))))
+
+
+# ------------------------------------------------------------------------------------------
+# Factor importance: which swept keys explain the speedup, at the level of runs
+# ------------------------------------------------------------------------------------------
+
+def _rss_rank(y: np.ndarray, columns: list[np.ndarray]) -> tuple[float, int]:
+    """Residual sum of squares and rank of the least-squares fit of y on an intercept and
+    `columns` (numpy lstsq: a rank-deficient design, e.g. a key nested in a strategy, is fine)."""
+    x = np.column_stack([np.ones(len(y)), *columns])
+    beta, *_ = np.linalg.lstsq(x, y, rcond=None)
+    return float(np.sum((y - x @ beta) ** 2)), int(np.linalg.matrix_rank(x))
+
+
+def factor_anova(y: Sequence[float], factors: dict[str, Sequence[str]], nested: dict[str, str] | None = None) -> dict:
+    """Type II ANOVA of a main-effects model at the level of runs: y holds one value per run (its
+    mean log per-sample speedup over the same samples, so the sample block is the same in every
+    run), `factors` one categorical level per run for each key.
+
+    A factor's sum of squares is what the fit loses when the factor is dropped from the model of
+    every term that does not contain it (type II: RSS(those terms without f) - RSS(those terms),
+    df the rank it carries). `nested` maps a key to the factor it is nested in (a key of one
+    strategy only: {"tau": "strategy"}); it contains its parent, so the parent is measured without
+    it and the nested key within the parent. Nothing depends on the order or the names of the
+    factors. share = SS / total SS of y about its mean (type II shares need not add up to 1; a
+    factor whose levels are given by the other factors has df 0 and no share).
+
+    The test's denominator is run-to-run variation between runs of the SAME configuration (pure
+    error: within-configuration sum of squares, df = runs - configurations): F = (SS/df) / MS_pe,
+    p from the F distribution (scipy.stats.f). Without replication (one run per configuration)
+    there is nothing to tell a factor from drift: F and p are None and `tested` is False.
+
+    Returns {"rows": [{factor, df, sum_sq, share, F, p}], "total_sum_sq", "n_runs",
+    "n_configurations", "df_pure_error", "sum_sq_pure_error", "tested"}."""
+    y = np.asarray(y, dtype=float)
+    levels = {name: [str(v) for v in vals] for name, vals in factors.items()}
+
+    def dummies(name: str) -> list[np.ndarray]:
+        return [np.array([v == lvl for v in levels[name]], dtype=float) for lvl in sorted(set(levels[name]))]
+
+    total = float(np.sum((y - y.mean()) ** 2))
+    configs = list(zip(*levels.values())) if levels else [()] * len(y)
+    groups: dict[tuple, list[float]] = {}
+    for c, v in zip(configs, y):
+        groups.setdefault(c, []).append(v)
+    ss_pe = float(sum(np.sum((np.array(g) - np.mean(g)) ** 2) for g in groups.values()))  # pure error
+    df_pe = len(y) - len(groups)
+    tested = df_pe > 0 and ss_pe > 0
+    rows = []
+    nested = nested or {}
+    for name in levels:
+        kept = [k for k in levels if nested.get(k) != name]  # the terms that do not contain `name`
+        rss_with, rank_with = _rss_rank(y, [c for k in kept for c in dummies(k)])
+        rss, rank = _rss_rank(y, [c for k in kept if k != name for c in dummies(k)])
+        df, ss = rank_with - rank, max(rss - rss_with, 0.0)
+        f = p = None
+        if tested and df > 0:
+            f = (ss / df) / (ss_pe / df_pe)
+            p = float(sps.f.sf(f, df, df_pe))
+        rows.append({"factor": name, "df": df, "sum_sq": ss, "share": ss / total if total > 0 else None,
+                     "F": f, "p": p})
+    return {"rows": rows, "total_sum_sq": total, "n_runs": len(y), "n_configurations": len(groups),
+            "df_pure_error": df_pe, "sum_sq_pure_error": ss_pe, "tested": tested}
+
+
+# ------------------------------------------------------------------------------------------
+# Sampling until the interval is narrow enough: Stein's two-stage rule
+# ------------------------------------------------------------------------------------------
+
+STEIN = "Stein two-stage"
+
+
+def stein_samples(pilot: Sequence[float], half_width: float, confidence: float = CONFIDENCE) -> dict:
+    """Stein's two-stage rule (C. Stein, "A two-sample test for a linear hypothesis whose power is
+    independent of the variance", Ann. Math. Statist. 16, 1945): from a first stage of n0 >= 2
+    values (here per-sample log speedups) with standard deviation s0, the total number of samples
+    N = max(n0, floor((t(n0-1, (1+confidence)/2) x s0 / half_width)^2) + 1). The interval
+    mean(all N) +- t(n0-1) x s0 / sqrt(N) then has half-width <= half_width and exact coverage
+    `confidence` under normality, whatever the variance: N is fixed by the first stage alone, so
+    looking at the data does not bias it (no optional stopping). Returns {"rule", "n0", "s0",
+    "target", "N"}."""
+    x = np.asarray(pilot, dtype=float)
+    n0 = len(x)
+    if n0 < MIN_SAMPLES or not np.all(np.isfinite(x)):
+        raise ValueError(f"Stein's rule needs {MIN_SAMPLES} or more finite first-stage values, got {x.tolist()}")
+    if not half_width > 0:
+        raise ValueError(f"the target half-width must be > 0, got {half_width}")
+    s0 = float(np.std(x, ddof=1))
+    t = float(sps.t.ppf((1 + confidence) / 2, n0 - 1))
+    n = max(n0, int(math.floor((t * s0 / half_width) ** 2)) + 1)
+    return {"rule": STEIN, "n0": n0, "s0": s0, "target": float(half_width), "N": n}

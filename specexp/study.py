@@ -30,7 +30,8 @@ ESTIMATOR_TEXT = (
 KMEANS_NOTE = (
     "KMeans + PCA (the Entropy-Based Speculative Decoding framework's clustering of runs) is not used: the "
     "factors of a sweep are few, designed and categorical, so the ANOVA above answers 'which keys matter' "
-    "directly, with a test; clusters of a dozen runs in a PCA of their metrics would describe the grid, not test "
+    "directly (with a test where configurations ran more than once); "
+    "clusters of a dozen runs in a PCA of their metrics would describe the grid, not test "
     "it, and move with every rerun.")
 
 
@@ -110,17 +111,32 @@ def criteria_section(rows: list[dict]) -> Section | None:
                     f"Criterion 1 met on {n_met} of {len(rows)} setting(s); the framework asks for at least half."])
 
 
-def factors_section(f: pd.DataFrame | None) -> Section | None:
-    if f is None or f.empty:
+def factors_section(f: dict | None) -> Section | None:
+    """The factor-importance table of `compare.factor_importance` (a type II ANOVA of run means)."""
+    if not f or not f["rows"]:
         return None
     rows = [[r["factor"], _cell(r["df"], "{:.0f}"), _cell(r["share"], "{:.1%}"), _cell(r["F"], "{:.2f}"),
-             _cell(r["p"])] for _, r in f.iterrows()]
-    return Section("Factor importance: what explains the per-sample speedup", ["factor", "df", "share of variance",
-                                                                                "F", "p"], rows,
-                   ["Sequential (type I) ANOVA of an OLS model (statsmodels) of log per-sample speedup (per-token "
-                    "ratio against each run's own baseline) on the strategy and every varying Hydra override as "
-                    "categorical factors, in the order listed (a key of one strategy only is nested in it), with the "
-                    "sample as a block. share: the factor's sum of squares over the total."])
+             _cell(r["p"])] for r in f["rows"]]
+    rows.append(["run to run (same configuration)", _cell(f["df_pure_error"], "{:.0f}"),
+                 _cell(f["sum_sq_pure_error"] / f["total_sum_sq"] if f["total_sum_sq"] > 0 else None, "{:.1%}"),
+                 "–", "–"])
+    notes = [f"Type II ANOVA with the run as the unit ({f['n_runs']} runs, {f['n_configurations']} configurations): "
+             f"each run's mean log per-sample speedup (per-token ratio against its own baseline) over the "
+             f"{f['n_samples']} samples every run decoded, on the strategy and every varying Hydra override as "
+             "categorical factors (a key that does not apply to a run is the level '–'; a key of some strategies "
+             "only is nested in the strategy). A factor's sum of squares is what the fit loses without it, the "
+             "other factors that do not contain it kept, so neither the order nor the names of the keys matter; "
+             "share: that over the total sum of squares of the run means (shares need not add up to 1; "
+             "df 0: the key's levels are given by the other keys)."]
+    if f["tested"]:
+        notes.append(f"F and p test each factor against the run-to-run variation between runs of the same "
+                     f"configuration (pure error, df {f['df_pure_error']}).")
+    else:
+        notes.append("No p-values: every configuration ran once, so run-to-run drift cannot be told apart from a "
+                     "factor's effect (no replication, no residual degrees of freedom at run level). Run some "
+                     "configurations twice (the same sweep again with the same hydra.sweep.dir) to test the factors.")
+    return Section("Factor importance: what explains the speedup", ["factor", "df", "share of variance", "F", "p"],
+                   rows, notes)
 
 
 def config_section(df: pd.DataFrame) -> Section:
