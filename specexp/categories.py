@@ -1,8 +1,9 @@
 """Per-category breakdown of a run's aggregates (Spec-Bench reports speed per category):
 metrics.json["categories"][<category>] holds, over that category's samples only,
   n_samples, tokens_per_second, acceptance_rate, mean_accepted_length (tokens per target forward),
-  baseline_tokens_per_second and speedup (the same estimators as the run's, with the bootstrap CI
-  of the throughput ratio: record.speedup / specexp.stats), when the run has a baseline,
+  baseline_tokens_per_second and speedup (the same estimators as the run's, with the throughput
+  ratio's t interval on the log scale, paired bootstrap standard error: record.speedup /
+  specexp.stats), when the run has a baseline,
   quality: the mean of each numeric per-sample score, when the task scores per sample.
 Categories appear in order of first appearance; samples without a category are left out. A run
 whose samples have no category gets no breakdown (None).
@@ -91,6 +92,7 @@ def specbench_sections(df) -> list[tuple[str, list[str], list[list[str]], list[s
                            "n/a" if _num(r, "mean_accepted_length") is None else f"{r['mean_accepted_length']:.2f}"])
         out.append((f"Spec-Bench: {keys[2]}, pair {keys[0]}, {keys[1]}", ["Method", *here, "Overall", "Mean accepted tokens"],
                     rows, ["Each category and Overall: speedup as the throughput ratio (strategy tokens/s over "
-                           "autoregressive tokens/s on the same samples) with its 95% paired bootstrap CI over the "
-                           "samples. Mean accepted tokens: tokens emitted per target forward, over all samples."]))
+                           "autoregressive tokens/s on the same samples) with its 95% CI over the samples: a t "
+                           "interval on the log scale with the paired bootstrap standard error (no CI below 2 "
+                           "samples). Mean accepted tokens: tokens emitted per target forward, over all samples."]))
     return out

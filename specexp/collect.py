@@ -13,7 +13,8 @@ speedup_per_token_geomean, speedup_source), timing (timing_repeats, timing_sprea
 when a run carries them, the cost-model speedups (`cost_speedup.params|previous_work|measured`).
 
 Speedup: the throughput ratio (strategy tokens/s over autoregressive tokens/s, totals over the
-samples) with its 95% paired bootstrap CI (specexp/stats.py). Its source, in `speedup_source`:
+samples) with its 95% CI over samples: a t interval on the log ratio with the paired bootstrap
+standard error (specexp/stats.py, speedup_estimates). Its source, in `speedup_source`:
 "paired" (the run decoded every sample autoregressively too, `baseline=true`, interleaved per
 sample: preferred), "ar_run:<dir>" (a separate `strategy=autoregressive` run of the same model
 pair, dataset version, samples, token budget and sampling settings), "self" (an autoregressive

@@ -70,7 +70,7 @@ def headline(m: dict) -> dict:
     """metrics.json["headline"]: the run's throughput and speedup, and what they measure.
 
     batch 1: throughput = new tokens / the sum of the samples' decode times (metrics
-      tokens_per_second), speedup = metrics speedup.throughput_ratio with its paired bootstrap CI
+      tokens_per_second), speedup = metrics speedup.throughput_ratio with its interval (docs/statistics.md)
       over samples.
     batch B > 1: batch throughput = new tokens of all samples / wall time of the whole dataset's
       decode (metrics batch.tokens_per_second), speedup against autoregressive at the same B
