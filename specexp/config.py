@@ -6,6 +6,10 @@ strategy) against that class's arguments, before any model loads."""
 from __future__ import annotations
 
 import importlib.resources
+import os
+import re
+import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -116,3 +120,39 @@ def compose(overrides: list[str]):
     register()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return hydra_compose("config", overrides=overrides)
+
+
+# --------------------------------------------------------------------------------------------
+# The command line as Hydra reads it (`specexp`, `specexp console`)
+# --------------------------------------------------------------------------------------------
+
+def hydra_quote(text: str) -> str:
+    """`text` as a quoted value of Hydra's override grammar that reads back as exactly `text`:
+    backslashes before a quote or at the end are doubled, quotes and `${` escaped."""
+    text = re.sub(r"(\\*)(\$\{)", lambda m: m.group(1) * 2 + "\\${", text)
+    text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
+    text = re.sub(r"(\\+)\Z", lambda m: m.group(1) * 2, text)
+    return f"'{text}'"
+
+
+def cli_overrides(args: list[str]) -> list[str]:
+    """The command line as Hydra gets it: `prompt=TEXT` takes TEXT literally (Hydra's grammar would
+    read `a, b` as a sweep and `${x}` as an interpolation) unless it is already in quotes, and it
+    selects dataset=prompt unless a dataset= override is given. The overrides in the environment
+    variable SPECEXP_OVERRIDES (shell words) go last, so they win: a recipe written for large models
+    runs as a smoke test on the tiny pair (docs/testing.md); Hydra records them with the rest."""
+    extra = shlex.split(os.environ.get("SPECEXP_OVERRIDES", ""))
+    if extra:
+        print(f"specexp: SPECEXP_OVERRIDES appends {' '.join(extra)}", file=sys.stderr)
+    # after the last override already there: Hydra's parser takes no override after a flag's value (--cfg job)
+    at = max((i + 1 for i, a in enumerate(args) if "=" in a and not a.startswith("-")), default=0)
+    out = []
+    for a in [*args[:at], *extra, *args[at:]]:
+        if a.startswith("prompt="):
+            v = a[len("prompt="):]
+            if not (len(v) >= 2 and v[0] == v[-1] and v[0] in "'\""):
+                a = "prompt=" + hydra_quote(v)
+        out.append(a)
+    if any(a.startswith("prompt=") for a in out) and not any(a.split("=")[0].lstrip("+~") == "dataset" for a in out):
+        out.append("dataset=prompt")
+    return out

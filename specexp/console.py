@@ -21,7 +21,7 @@ import transformers
 from omegaconf import OmegaConf
 
 from specexp import build, show, validate
-from specexp.config import CONF_DIR, compose
+from specexp.config import CONF_DIR, cli_overrides, compose
 from specexp.decode import Generation, generate
 from specexp.lm import cached_lm
 from specexp.prompting import eos_ids, fit_prompts
@@ -292,8 +292,6 @@ def main(argv: list[str] | None = None) -> None:
     if any(a in ("-h", "--help") for a in overrides):
         print(__doc__.strip() + "\n\n" + HELP)
         return
-    from specexp.run import cli_overrides
-
     overrides = cli_overrides(list(overrides))  # as `specexp` reads them: prompt=TEXT literal, SPECEXP_OVERRIDES last
     print("specexp console: loading the pair ...", flush=True)
     transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars in the session

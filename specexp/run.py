@@ -9,8 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
-import shlex
 import sys
 import tempfile
 import time
@@ -24,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from specexp import analysis, batch, beam, build, categories, costs, provenance, record, show, stats, sweep, validate
-from specexp.config import CONF_DIR, register
+from specexp.config import CONF_DIR, cli_overrides, register
 from specexp.decode import generate
 from specexp.lm import cached_lm, check_context
 from specexp.models import describe
@@ -364,38 +362,6 @@ def _app(cfg: DictConfig) -> float | None:
     metrics = run(cfg)
     # what a sweeper (e.g. Optuna) optimises: the summary's headline (batch throughput on a batched run)
     return sweep.headline(metrics)["tokens_per_second"]
-
-
-def hydra_quote(text: str) -> str:
-    """`text` as a quoted value of Hydra's override grammar that reads back as exactly `text`:
-    backslashes before a quote or at the end are doubled, quotes and `${` escaped."""
-    text = re.sub(r"(\\*)(\$\{)", lambda m: m.group(1) * 2 + "\\${", text)
-    text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
-    text = re.sub(r"(\\+)\Z", lambda m: m.group(1) * 2, text)
-    return f"'{text}'"
-
-
-def cli_overrides(args: list[str]) -> list[str]:
-    """The command line as Hydra gets it: `prompt=TEXT` takes TEXT literally (Hydra's grammar would
-    read `a, b` as a sweep and `${x}` as an interpolation) unless it is already in quotes, and it
-    selects dataset=prompt unless a dataset= override is given. The overrides in the environment
-    variable SPECEXP_OVERRIDES (shell words) go last, so they win: a recipe written for large models
-    runs as a smoke test on the tiny pair (docs/testing.md); Hydra records them with the rest."""
-    extra = shlex.split(os.environ.get("SPECEXP_OVERRIDES", ""))
-    if extra:
-        print(f"specexp: SPECEXP_OVERRIDES appends {' '.join(extra)}", file=sys.stderr)
-    # after the last override already there: Hydra's parser takes no override after a flag's value (--cfg job)
-    at = max((i + 1 for i, a in enumerate(args) if "=" in a and not a.startswith("-")), default=0)
-    out = []
-    for a in [*args[:at], *extra, *args[at:]]:
-        if a.startswith("prompt="):
-            v = a[len("prompt="):]
-            if not (len(v) >= 2 and v[0] == v[-1] and v[0] in "'\""):
-                a = "prompt=" + hydra_quote(v)
-        out.append(a)
-    if any(a.startswith("prompt=") for a in out) and not any(a.split("=")[0].lstrip("+~") == "dataset" for a in out):
-        out.append("dataset=prompt")
-    return out
 
 
 def main() -> None:

@@ -38,6 +38,7 @@ def store(tmp_path_factory):
     """A datastore folder of replies (the strategies with a datastore read it instead of building one)."""
     folder = tmp_path_factory.mktemp("store")
     (folder / "replies.json").write_text(json.dumps({"replies": [[10, 11, 12, 13, 14], [40, 41, 42]] * 4}))
+    (folder / "corpus.txt").write_text("def add(a, b):\n    return a + b\n" * 50)
     return folder
 
 
@@ -46,7 +47,10 @@ def strategy(name: str, pair, store, *extra: str):
     builds them; None when the pair lacks a model the strategy needs (a third cascade model)."""
     cfg = compose([f"strategy={name}", *extra])
     if "store" in cfg.strategy:
-        cfg = compose([f"strategy={name}", f"strategy.store={store}", *extra])
+        extra = (f"strategy.store={store}", *extra)
+    if "corpus" in cfg.strategy:  # a bigram bottom drafter: its table from a small text, not a corpus in ../shared/data
+        extra = (f"strategy.corpus={store / 'corpus.txt'}", "strategy.table=null", *extra)
+    cfg = compose([f"strategy={name}", *extra])
     try:
         proposer, policy = build.strategy(cfg.strategy, pair)
     except ValueError as e:

@@ -312,3 +312,22 @@ def test_the_score_records_the_cgroup_bound():
     score = HumanEval(timeout=20, memory_mb=512).score([sample], ["    return a + b\n"])
     assert score["n_passed"] == 1 and score["sandbox_memory"] == f"cgroup v{CGROUP_VERSION} 512 MB"
     assert _box_cgroups() == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux isolation levels")
+@pytest.mark.parametrize("mode", isolation.candidates())
+def test_an_interpreter_under_tmp_runs_in_every_kernel_level(mode):
+    """The setpriv level's own root mounted the box's tmpfs /tmp after binding the Python
+    installation, so a venv under /tmp (a CI clone there) was hidden: `failed to execute
+    .../python3`. Every level runs a program from such an interpreter."""
+    tmp = Path(f"/tmp/specexp-venv-{secrets.token_hex(4)}")
+    try:
+        python = _venv_under_tmp(tmp)
+        code = ("import sys\nfrom specexp.tasks.sandbox import run_python\nassert sys.prefix.startswith('/tmp/')\n"
+                f"out = run_python('print(6 * 7)', mode={mode!r})\nprint(out.passed, out.stdout.strip(), out.detail)\n")
+        res = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=300,
+                             cwd=Path(__file__).parent.parent)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.split()[:2] == ["True", "42"], res.stdout
+    finally:
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)

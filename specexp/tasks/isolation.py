@@ -112,16 +112,17 @@ def _new_root(roots: list[str], box: str, uid: int, tmp_mb: int) -> list[str]:
         elif os.path.isdir(top):
             lines.append(f"mkdir {q(top[1:])} && mount --bind {q(top)} {q(top[1:])} && "
                          f"mount -o remount,bind,ro {q(top[1:])}")
+    # the box's tmpfs /tmp before the Python installation's binds: an interpreter that lives under
+    # /tmp (a venv in a clone there) is bound on top of it, not hidden by it
+    lines += ["mkdir -p dev/shm proc tmp .old", f"mount -t tmpfs -o mode=1777,size={tmp_mb}m specexp tmp"]
     for i, r in enumerate(roots):
         lines.append(f"mkdir -p {q('.' + r)} && mount --no-canonicalize --bind /proc/self/fd/{3 + i} {q('.' + r)} && "
                      f"mount -o remount,bind,ro {q('.' + r)} && exec {3 + i}<&-")
-    lines += ["mkdir -p dev/shm proc tmp .old"]
     lines += [f"touch dev/{d} && mount --bind /dev/{d} dev/{d}" for d in DEVICES if os.path.exists(f"/dev/{d}")]
     lines += ["ln -s /proc/self/fd dev/fd", "ln -s /proc/self/fd/0 dev/stdin", "ln -s /proc/self/fd/1 dev/stdout",
               "ln -s /proc/self/fd/2 dev/stderr",
               "mount -t tmpfs -o mode=1777,size=1m specexp dev/shm",
               "mount -t proc -o nosuid,nodev,noexec proc proc",
-              f"mount -t tmpfs -o mode=1777,size={tmp_mb}m specexp tmp",
               f"mkdir -m 0700 {q('.' + box)} && chown {uid}:{uid} {q('.' + box)}",
               f"{q(_pivot_root() or 'pivot_root')} . .old", "cd /", "umount -l /.old", "rmdir /.old",
               "mount -o remount,bind,ro /"]
