@@ -49,3 +49,20 @@ class Proposer:
     def observe_features(self, hidden: torch.Tensor) -> None:
         """Only when `needs_features` (called before `observe`): the target's last hidden states
         [m, H] of the tokens it kept this round (its unseen suffix, then the accepted drafts)."""
+
+
+class OneModelProposer(Proposer):
+    """A proposer that drafts with one model of the pair: its role `model` and its cached wrapper
+    `lm` (set at bind). Its forwards are that model's, and the run times them under that role."""
+
+    model: str = "drafter"
+    lm = None  # a specexp.lm.CachedLM once bound
+
+    @property
+    def forwards(self) -> int:
+        return self.lm.forwards
+
+    @property
+    def cached_models(self) -> dict:
+        """The models this proposer runs, by role (per-model forward counts and times)."""
+        return {self.model: self.lm}

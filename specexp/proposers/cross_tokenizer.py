@@ -43,7 +43,7 @@ import torch
 
 from specexp.length import Decision, DraftStep, LengthPolicy
 from specexp.lm import CachedLM, cached_lm
-from specexp.proposers.base import Draft, Proposer
+from specexp.proposers.base import Draft, OneModelProposer
 from specexp.sampling import Sampling
 
 SAMPLING_REFUSED = (
@@ -53,7 +53,7 @@ SAMPLING_REFUSED = (
     "target's tokenizer")
 
 
-class CrossTokenizerDrafter(Proposer):
+class CrossTokenizerDrafter(OneModelProposer):
     """A causal LM with another tokenizer than the target's, drafting through text (module
     docstring). `DraftModel.bind` hands over to it when the pair's `model` does not share the
     target's tokenizer; greedy decoding only.
@@ -93,15 +93,6 @@ class CrossTokenizerDrafter(Proposer):
         fallback = bos if bos is not None else self.drafter_tok.eos_token_id  # context of an empty text
         self.empty_context = [fallback] if fallback is not None else []
         return self
-
-    @property
-    def forwards(self) -> int:
-        return self.lm.forwards
-
-    @property
-    def cached_models(self) -> dict[str, CachedLM]:
-        """The models this proposer runs, by role (per-model forward counts and times)."""
-        return {self.model: self.lm}
 
     def reset(self, prompt: torch.Tensor) -> None:
         self.lm.reset()

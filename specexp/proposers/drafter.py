@@ -5,12 +5,12 @@ import torch
 from specexp import entropy
 from specexp.length import Decision, DraftStep, LengthPolicy
 from specexp.lm import CachedLM, SubsetHeadLM, cached_lm
-from specexp.proposers.base import Draft, Proposer
+from specexp.proposers.base import Draft, OneModelProposer, Proposer
 from specexp.proposers.cross_tokenizer import CrossTokenizerDrafter
 from specexp.sampling import Sampling
 
 
-class DraftModel(Proposer):
+class DraftModel(OneModelProposer):
     """A small causal LM drafting token by token with its own KV cache. The draft ends after an
     EOS token (`eos`, kept as the last draft), as transformers' assistant, the SVIP code and the
     Entropy Drafting thesis' code stop there. A drafter with another tokenizer than the target's
@@ -22,7 +22,7 @@ class DraftModel(Proposer):
         self.lm: CachedLM | None = None
         self.embed_limit: int | None = None  # ids >= this can't be embedded by the drafter (see _check_vocab)
 
-    def bind(self, pair) -> "Proposer":
+    def bind(self, pair) -> Proposer:
         shares = getattr(pair, "shares_tokenizer", None)  # (a test's stand-in pair may not say: assumed shared)
         if shares is not None and not shares(self.model):  # another tokenizer: draft through text, greedy only
             if self.vocab:
@@ -39,15 +39,6 @@ class DraftModel(Proposer):
         else:
             self.lm = cached_lm(model, vocab_size=pair.vocab_size)
         return self
-
-    @property
-    def forwards(self) -> int:
-        return self.lm.forwards
-
-    @property
-    def cached_models(self) -> dict[str, CachedLM]:
-        """The models this proposer runs, by role (per-model forward counts and times)."""
-        return {self.model: self.lm}
 
     def reset(self, prompt: torch.Tensor) -> None:
         self.lm.start(prompt)
