@@ -164,7 +164,7 @@ def timing_report(timing_cfg, repeat_infos: list[dict], load_before, load_after)
     n_mismatch = sum(not r["identical"] for r in repeat_infos)
     out = {
         "repeats": int(timing_cfg.repeats),
-        "order": "interleaved per sample: baseline, strategy, baseline, strategy, ...",
+        "order": "interleaved per sample and counterbalanced: the baseline first when sample + repeat is even, the strategy first when odd",
         "per_sample_time": "median of the repeats",
         "spread_median": statistics.median(spreads) if spreads else None,
         "spread_max": max(spreads, default=None),

@@ -104,8 +104,9 @@ def decode_dataset(cfg: DictConfig) -> dict:
     if policy is not None:
         policy.reset()
 
-    # Timed decodes: every sample R times per mode, the modes alternating (ABAB...), so drift in
-    # the machine's speed hits both alike; a sample's time is the median of its R repeats.
+    # Timed decodes: every sample R times per mode, the modes alternating and their order
+    # counterbalanced, so drift in the machine's speed hits both alike; a sample's time is the
+    # median of its R repeats.
     repeats = int(cfg.timing.repeats)
     if repeats < 1:
         raise ValueError(f"timing.repeats must be >= 1, got {repeats}")
@@ -122,12 +123,20 @@ def decode_dataset(cfg: DictConfig) -> dict:
     else:
         prompts_one_at_a_time = prompts
     for i, prompt in enumerate(tqdm(prompts_one_at_a_time, desc=f"decoding {task.name} (x{repeats})", unit="sample", leave=False)):
-        reps_s, reps_b = [], []
-        for _ in range(repeats):
-            if with_baseline:
-                reps_b.append(decode(i, prompt, task.max_new_tokens, False))
-            reps_s.append(decode(i, prompt, task.max_new_tokens, proposer is not None))
+        reps_s, reps_b, order = [], [], []
+        for r in range(repeats):
+            # counterbalanced (ABBA...): the baseline first when sample + repeat is even, the strategy
+            # first when odd, so a cost that falls on whichever decode runs first hits both modes alike
+            first_base = (i + r) % 2 == 0
+            modes = ([False, True] if first_base else [True, False]) if with_baseline else [True]
+            for strategy_mode in modes:
+                if strategy_mode:
+                    reps_s.append(decode(i, prompt, task.max_new_tokens, proposer is not None))
+                else:
+                    reps_b.append(decode(i, prompt, task.max_new_tokens, False))
+            order.append("".join("S" if m else "B" for m in modes))
         g, info = record.median_of_repeats(reps_s)
+        info["order"] = order  # per repeat, which mode ran first: "BS" or "SB"
         gens.append(g)
         gen_reps.append(info)
         if with_baseline:

@@ -77,6 +77,9 @@ def test_repeats_interleaved_median_time(run_specexp, random_pair_dir):
             assert s[side]["spread"] == pytest.approx((max(times) - min(times)) / sorted(times)[1])
     assert m["wall_time_s"] == pytest.approx(sum(s["wall_time_s"] for s in m["samples"]))
     assert "3 repeat(s) per sample" in proc.stdout and "throughput ratio" in proc.stdout
+    # the order of the modes is counterbalanced: the baseline first when sample + repeat is even
+    for i, s in enumerate(m["samples"]):
+        assert s["repeats"]["order"] == ["BS" if (i + r) % 2 == 0 else "SB" for r in range(3)]
 
 
 def test_autoregressive_strategy_has_no_drafter(run_specexp, random_pair_dir):
