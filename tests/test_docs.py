@@ -31,6 +31,10 @@ from sybil.parsers.markdown.lexers import FencedCodeBlockLexer
 from conftest import ROOT
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+# The README and the how-to guides run here, the reference and results pages in
+# tests/test_docs_reference.py: two files, so that `make test`'s workers share them.
+GUIDES = [ROOT / "README.md", *(ROOT / "docs" / f"{name}.md" for name in (
+    "own-pair", "paper-tables", "add-a-strategy", "watch", "your-prompts", "smollm2", "setup"))]
 # What every documented command runs with: eight new tokens, one timed repeat (a page's `env`
 # directive adds `dataset.limit=N` where a command would decode many samples; `dataset=prompt` has no limit).
 OVERRIDES = "max_new_tokens=8 timing.repeats=1"
@@ -55,8 +59,8 @@ def blocks(page: Path) -> list[tuple[int, str, dict]]:
     return out
 
 
-def _params():
-    for page in PAGES:
+def params(pages: list[Path]):
+    for page in pages:
         rel = page.relative_to(ROOT)
         for line, source, d in blocks(page):
             marks = [pytest.mark.slow] if "slow" in d else []
@@ -94,8 +98,7 @@ def workdir(page: Path, tmp_path_factory) -> Path:
     return _WORKDIRS[page]
 
 
-@pytest.mark.parametrize("page,line,source,env", list(_params()))
-def test_documented_command_runs(page, line, source, env, tmp_path_factory):
+def run_block(page, line, source, env, tmp_path_factory):
     bin_dir = Path(sys.executable).parent
     environ = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
                "VENV": str(bin_dir.parent), "SPECEXP_OVERRIDES": OVERRIDES,
@@ -117,6 +120,17 @@ def test_documented_command_runs(page, line, source, env, tmp_path_factory):
     done = subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
     assert done.returncode == 0, (f"{page}:{line} failed (exit {done.returncode}):\n{source}\n"
                                   f"--- output (last 4000 characters) ---\n{(done.stdout + done.stderr)[-4000:]}")
+
+
+@pytest.mark.parametrize("page,line,source,env", list(params(GUIDES)))
+def test_documented_command_runs(page, line, source, env, tmp_path_factory):
+    run_block(page, line, source, env, tmp_path_factory)
+
+
+def test_every_page_is_run_by_one_of_the_two_files():
+    from test_docs_reference import REFERENCE
+
+    assert sorted(GUIDES + REFERENCE) == sorted(PAGES) and not set(GUIDES) & set(REFERENCE)
 
 
 def test_directives_are_read():
