@@ -1,5 +1,5 @@
 """Packaging beyond what pyproject.toml can say: the configs keep their top-level home `conf/` in
-the repository and ship inside the package as `specexp/conf` (specexp.config finds them there when
+the repository and ship inside the package as `specexp/conf` (specexp.experiment.config finds them there when
 no checkout is around). Everything else is in pyproject.toml."""
 from setuptools import find_packages, setup
 

@@ -8,7 +8,7 @@ the crossover batch size where speculation stops paying.
     python scripts/bench_batch.py --pair smollm2-135m__truncated --strategies speculative,prompt_lookup
     python scripts/bench.py --pair smollm2 --batch-sizes 1,4,8,16     # the same, from the main bench
 
-Batch size 1 runs the batch-1 loop (specexp.decode.generate); larger sizes specexp.batch. Modes
+Batch size 1 runs the batch-1 loop (specexp.core.decode.generate); larger sizes specexp.core.batch. Modes
 are interleaved within each repeat (ABC ABC ...) so machine drift hits all alike; a number is the
 median over repeats; last, the ceiling: the model's own decode-step forward at each B (no loop,
 no prefill), which bounds how far any decode loop can scale. Greedy, EOS only (no stop strings;
@@ -92,7 +92,7 @@ def forward_ceiling(model, sizes: list[int], context: int = 200, repeats: int = 
     {B: {"ms_per_step", "tokens_per_second", "vs_batch1"}}."""
     import copy
 
-    from specexp.lm import cache_arg, cache_of
+    from specexp.models.lm import cache_arg, cache_of
 
     vocab = model.get_input_embeddings().weight.shape[0]
     gen = torch.Generator().manual_seed(0)
@@ -133,14 +133,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     from tqdm.auto import tqdm
 
-    from specexp import build
-    from specexp.batch import check_supported, generate_batch
-    from specexp.config import compose
-    from specexp.decode import generate
-    from specexp.lm import cached_lm
-    from specexp.prompting import encode_prompt, eos_ids
-    from specexp.sampling import Sampling
-    from specexp.stopping import Stopper
+    from specexp.experiment import build
+    from specexp.core.batch import check_supported, generate_batch
+    from specexp.experiment.config import compose
+    from specexp.core.decode import generate
+    from specexp.models.lm import cached_lm
+    from specexp.models.prompting import encode_prompt, eos_ids
+    from specexp.models.sampling import Sampling
+    from specexp.core.stopping import Stopper
 
     sizes = [int(x) for x in args.batch_sizes.split(",")]
     base = [f"model_pair={args.pair}", "dataset=humaneval", f"dataset.limit={args.prompts}", *args.override]

@@ -6,7 +6,7 @@ import contextlib
 import time
 from typing import Callable
 
-from specexp.sampling import Sampling
+from specexp.models.sampling import Sampling
 
 
 class ForwardClock:

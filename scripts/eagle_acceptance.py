@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def main(argv: list[str] | None = None) -> dict:
     from bench import load_prompts
 
-    from specexp import build
-    from specexp.config import compose
-    from specexp.eagle import acceptance_summary, chain_acceptance
-    from specexp.replies import replies_with_reads
+    from specexp.experiment import build
+    from specexp.experiment.config import compose
+    from specexp.builds.eagle import acceptance_summary, chain_acceptance
+    from specexp.builds.replies import replies_with_reads
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--eagle-dir", help="a built feature drafter (default: the smollm2-135m__eagle pair's, "

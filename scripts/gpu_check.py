@@ -50,11 +50,11 @@ RUNS = [  # (name, overrides): the tiny pair's runs, each checked the same way
 
 
 def run_specexp(name: str, overrides: list[str], device: str, limit: int, out: Path) -> dict:
-    """`python -m specexp.run` (the `specexp` command) with the overrides; its metrics.json."""
+    """`python -m specexp.experiment.run` (the `specexp` command) with the overrides; its metrics.json."""
     folder = out / f"run-{name}"
     if any(o.startswith("batch_size=") for o in overrides):  # a batch needs as many samples
         limit = max(limit, int(next(o for o in overrides if o.startswith("batch_size=")).split("=")[1]))
-    cmd = [sys.executable, "-m", "specexp.run", f"model_pair.device={device}", f"dataset.limit={limit}",
+    cmd = [sys.executable, "-m", "specexp.experiment.run", f"model_pair.device={device}", f"dataset.limit={limit}",
            "max_new_tokens=48", f"hydra.run.dir={folder}", *overrides]
     t = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -88,14 +88,14 @@ def check_api(device: str) -> tuple[list[tuple[str, bool, str]], dict]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from specexp.decode import generate
+    from specexp.core.decode import generate
     from specexp.length import Fixed
-    from specexp.length_cost import measure_verify_cost
-    from specexp.lm import CachedLM
-    from specexp.models import resolve_device, resolve_dtype
+    from specexp.length.length_cost import measure_verify_cost
+    from specexp.models.lm import CachedLM
+    from specexp.models.models import resolve_device, resolve_dtype
     from specexp.proposers import DraftModel
-    from specexp.sampling import Sampling
-    from specexp.stopping import Stopper
+    from specexp.models.sampling import Sampling
+    from specexp.core.stopping import Stopper
 
     checks, info = [], {}
     dev = resolve_device("auto" if device == "cuda" else device)

@@ -7,7 +7,7 @@
     python scripts/reproduce_table.py thesis_6_6 --out /tmp/t --dry-run      # print the commands only
 
 Everything after `--` is appended to every sweep (a launcher, a device, smaller limits...). The
-sweeps run in this process through `specexp.run.run_cli` (each model loads once with the basic
+sweeps run in this process through `specexp.experiment.run.run_cli` (each model loads once with the basic
 launcher); each gets its own sweep dir under --out, and a re-run resumes (ok runs are skipped).
 The models are hub downloads: this needs the network (or local copies, see conf/model_pair/).
 """
@@ -72,14 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         cmd = ["-m", *sweep_args, *extra, f"hydra.sweep.dir={out / name}"]
         print("specexp " + " ".join(shlex.quote(c) for c in cmd), flush=True)
         if not args.dry_run:
-            from specexp import run
+            from specexp.experiment import run
 
             failed += run.run_cli(cmd) != 0
     report_cmd = [str(out), "--table", args.table, "--format", args.format]
     print("specexp-report " + " ".join(shlex.quote(c) for c in report_cmd), flush=True)
     if args.dry_run:
         return 0
-    from specexp import report
+    from specexp.report import report
 
     code = report.main(report_cmd)
     if failed:

@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from specexp import build
-    from specexp.config import compose
-    from specexp.lm import cached_lm
+    from specexp.experiment import build
+    from specexp.experiment.config import compose
+    from specexp.models.lm import cached_lm
     from specexp.proposers import DraftModel
     from specexp.stats import bootstrap_ci
 

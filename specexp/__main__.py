@@ -1,3 +1,3 @@
-from specexp.run import main
+from specexp.experiment.run import main
 
 main()

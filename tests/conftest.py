@@ -118,8 +118,8 @@ def random_pair_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_pair_dir() -> Path:
-    """The trained tiny pair (specexp.tiny), built once per machine into the cache (~3 min)."""
-    from specexp.tiny import build_tiny_pair
+    """The trained tiny pair (specexp.builds.tiny), built once per machine into the cache (~3 min)."""
+    from specexp.builds.tiny import build_tiny_pair
 
     return Path(build_tiny_pair())
 
@@ -129,7 +129,7 @@ def compose(overrides: list[str]):
     from hydra import compose as hcompose
     from hydra import initialize_config_dir
 
-    from specexp.config import register
+    from specexp.experiment.config import register
 
     register()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

@@ -7,7 +7,7 @@ import math
 import pytest
 from scipy import stats
 
-from specexp import analysis
+from specexp.report import analysis
 
 
 def rec(h, acc, pos=0, top=0.5, th=1.0):

@@ -1,4 +1,4 @@
-"""Batched decoding (specexp/batch.py): each row's output equals its batch-1 decode token for token
+"""Batched decoding (specexp/core/batch.py): each row's output equals its batch-1 decode token for token
 (greedy, fp32, tiny random Llama models), for a mix of prompt lengths and early stops, for
 autoregressive, the drafter model, prompt lookup and bigram; the sampling distribution per row
 is the target's (chi-square at batch 4); bad batch sizes and unsupported proposers are refused."""
@@ -10,17 +10,17 @@ import pytest
 import torch
 from conftest import ModelsByRole, noisy_copy, pooled_chisquare, random_model
 
-from specexp.batch import check_batch_size, generate_batch
-from specexp.decode import generate
+from specexp.core.batch import check_batch_size, generate_batch
+from specexp.core.decode import generate
 from specexp.length import Fixed, LengthPolicy
-from specexp.lm import CachedLM
+from specexp.models.lm import CachedLM
 from specexp.proposers import DraftModel
 from specexp.proposers.bigram import Bigram
 from specexp.proposers.datastore import Datastore
 from specexp.proposers.lookup import PromptLookup
-from specexp.ragged import RaggedCache
-from specexp.sampling import Sampling
-from specexp.stopping import Stopper
+from specexp.models.ragged import RaggedCache
+from specexp.models.sampling import Sampling
+from specexp.core.stopping import Stopper
 
 V = 64
 GREEDY = Sampling()
@@ -63,7 +63,7 @@ def _proposer(kind: str, target):
 
 
 def _reference(target, prompts, n, sampling, stopper, proposer, policy, seeds=None):
-    """Each prompt decoded alone by the batch-1 loop (specexp.decode.generate), as run.py runs it:
+    """Each prompt decoded alone by the batch-1 loop (specexp.core.decode.generate), as run.py runs it:
     one policy for the whole dataset, told `start_sample(carry=False)` before each sample (never a
     fresh copy per sample, which would hide state a policy carries from one sample to the next)."""
     out = []
@@ -297,8 +297,8 @@ def test_smollm2_rows_equal_batch_one():
     lookup, HumanEval prompts with the dataset's stop strings: batched greedy rows equal batch 1."""
     from conftest import compose
 
-    from specexp import build
-    from specexp.fetch import artifact_path
+    from specexp.experiment import build
+    from specexp.models.fetch import artifact_path
     from specexp.tasks.humaneval import HumanEval
 
     if not artifact_path("smollm2-135m").exists():
@@ -320,7 +320,10 @@ def test_reports_and_statistics_group_by_batch_size(run_specexp, random_pair_dir
     size (never the other one), and the tables name the batch size."""
     from conftest import pair_overrides
 
-    from specexp import collect, compare, per_sample, tables
+    from specexp.report import collect
+    from specexp.report import compare
+    from specexp.report import per_sample
+    from specexp.report import tables
 
     run_specexp(*pair_overrides(random_pair_dir), "strategy=autoregressive,speculative", "batch_size=1,2",
                 "dataset.limit=2", "dataset.max_new_tokens=8", "warmup=0", "baseline=false", "summary=false",

@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import pair_overrides, random_model
 
-from specexp.beam import BeamSearch
-from specexp.lm import CachedLM
-from specexp.sampling import Sampling
-from specexp.stopping import Stopper
+from specexp.core.beam import BeamSearch
+from specexp.models.lm import CachedLM
+from specexp.models.sampling import Sampling
+from specexp.core.stopping import Stopper
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""specexp/builds.py: a build runs once per parameter set, lands whole, and cleans up after a
+"""specexp/builds/builds.py: a build runs once per parameter set, lands whole, and cleans up after a
 killed one."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from specexp.builds import build_once
+from specexp.builds.builds import build_once
 
 
 def _build(calls):

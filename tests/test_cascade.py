@@ -12,13 +12,13 @@ import torch
 from conftest import pooled_chisquare, random_model
 from scipy.stats import chisquare
 
-from specexp.decode import generate
+from specexp.core.decode import generate
 from specexp.length import LengthPolicy
-from specexp.lm import CachedLM, cached_lm
+from specexp.models.lm import CachedLM, cached_lm
 from specexp.proposers import Bigram, Cascade, PromptLookup
 from specexp.proposers.cascade import _Items
-from specexp.sampling import Sampling
-from specexp.stopping import Stopper
+from specexp.models.sampling import Sampling
+from specexp.core.stopping import Stopper
 
 GREEDY = Sampling()
 

@@ -1,4 +1,4 @@
-"""The config check (specexp/validate.py) and inputs taken as documented: unknown keys (`+key`
+"""The config check (specexp/experiment/validate.py) and inputs taken as documented: unknown keys (`+key`
 typos too), type and range errors that name the key, incompatible choices, all before any model
 loads; `prompt=` taken literally; a missing local model path; a zero token budget."""
 from __future__ import annotations
@@ -10,9 +10,12 @@ import pytest
 from omegaconf import open_dict
 
 from conftest import CONF, compose, pair_overrides
-from specexp import build, models, run, validate
-from specexp.config import register
-from specexp.models import ModelSpec
+from specexp.experiment import build
+from specexp.models import models
+from specexp.experiment import run
+from specexp.experiment import validate
+from specexp.experiment.config import register
+from specexp.models.models import ModelSpec
 
 
 def composed(overrides: list[str]):

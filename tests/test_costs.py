@@ -6,13 +6,13 @@ import pytest
 import torch
 from test_cascade import FakePair, RuleLM, succ
 
-from specexp import costs
-from specexp.decode import generate
+from specexp.report import costs
+from specexp.core.decode import generate
 from specexp.length import Fixed, LengthPolicy
-from specexp.lm import CachedLM
+from specexp.models.lm import CachedLM
 from specexp.proposers import Bigram, Cascade, DraftModel
-from specexp.sampling import Sampling
-from specexp.stopping import Stopper
+from specexp.models.sampling import Sampling
+from specexp.core.stopping import Stopper
 
 V = 20
 
@@ -155,7 +155,7 @@ def test_measured_cost_model_counts_encoder_passes():
     both sides. 10 tokens; strategy: target 3 forwards of 1 s, drafter 3 of 0.1 s, encoders 2 s
     (target) and 0.5 s (drafter); baseline: 10 target steps of 1 s and its 2 s encoder pass:
     (10*1 + 2) / (3*1 + 3*0.1 + 2 + 0.5) = 12 / 5.8 = 2.0690 (without encoders: 10 / 3.3 = 3.03)."""
-    from specexp.decode import Generation
+    from specexp.core.decode import Generation
 
     zero = {"target": 0, "drafter": 0}
     g = Generation(tokens=[1] * 10, model_forwards={"target": 3, "drafter": 3},

@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from specexp import validate
-from specexp.decode import generate
+from specexp.experiment import validate
+from specexp.core.decode import generate
 from specexp.length import Fixed
-from specexp.lm import cached_lm
-from specexp.models import LOAD_COUNT, ModelSpec, Pair
-from specexp.prompting import encode_prompt
+from specexp.models.lm import cached_lm
+from specexp.models.models import LOAD_COUNT, ModelSpec, Pair
+from specexp.models.prompting import encode_prompt
 from specexp.proposers import DraftModel
 from specexp.proposers.cross_tokenizer import CrossTokenizerDrafter, _after_suffix, _Decoded, _Encoded
-from specexp.sampling import Sampling
-from specexp.stopping import Stopper
+from specexp.models.sampling import Sampling
+from specexp.core.stopping import Stopper
 from conftest import compose
 
 # The text both models learn by heart (code, prose, and characters of 2, 3 and 4 bytes in UTF-8).

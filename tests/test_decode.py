@@ -7,12 +7,12 @@ import pytest
 import torch
 from conftest import ModelsByRole, noisy_copy, random_model
 
-from specexp.decode import generate
+from specexp.core.decode import generate
 from specexp.length import Fixed
-from specexp.lm import CachedLM
+from specexp.models.lm import CachedLM
 from specexp.proposers import DraftModel
-from specexp.sampling import Sampling
-from specexp.stopping import Stopper
+from specexp.models.sampling import Sampling
+from specexp.core.stopping import Stopper
 
 GAMMAS = [1, 2, 3, 5, 8]
 GREEDY = Sampling()

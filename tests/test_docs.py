@@ -148,7 +148,7 @@ def test_directives_are_read():
 def test_specexp_overrides_go_after_the_commands_own_and_win(monkeypatch):
     """SPECEXP_OVERRIDES is appended after the command's own overrides (Hydra: the last value of a
     key wins) and before a flag's value such as `--cfg job`, which takes no override after it."""
-    from specexp.run import cli_overrides
+    from specexp.experiment.run import cli_overrides
 
     monkeypatch.setenv("SPECEXP_OVERRIDES", "model_pair=tiny 'dataset.limit=2'")
     assert cli_overrides(["experiment=x", "dataset.limit=100", "--cfg", "job"]) == [
@@ -161,7 +161,7 @@ def test_specexp_overrides_go_after_the_commands_own_and_win(monkeypatch):
 def test_specexp_overrides_win_over_an_experiments_model_pair(monkeypatch):
     """A recipe written for hub models composes on the tiny pair under the overrides."""
     from conftest import compose
-    from specexp.run import cli_overrides
+    from specexp.experiment.run import cli_overrides
 
     monkeypatch.setenv("SPECEXP_OVERRIDES", "model_pair=tiny dataset.limit=2")
     cfg = compose(cli_overrides(["experiment=entropy_thesis_opt", "dataset.limit=100"]))
@@ -174,7 +174,7 @@ def test_every_experiment_runs_on_the_tiny_pair_under_the_overrides(experiment, 
     pair. That holds only while an experiment picks its models through its model_pair config and
     names none itself (a name set in the experiment would win over the tiny pair's)."""
     from conftest import compose
-    from specexp.run import cli_overrides
+    from specexp.experiment.run import cli_overrides
 
     monkeypatch.setenv("SPECEXP_OVERRIDES", "model_pair=tiny")
     cfg = compose(cli_overrides([f"experiment={experiment}"]))

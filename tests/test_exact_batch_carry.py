@@ -1,7 +1,7 @@
 """Every shipped strategy decodes at batch_size=3 exactly as at batch_size=1, or is refused with a
 reason: batch 1 as run.py runs it (ONE policy and ONE proposer for the whole dataset, the policy
 told `start_sample(carry=False)` before each sample, so whatever a policy keeps from one sample
-to the next is kept), batch 3 as specexp/batch.py runs it; equal tokens, draft lengths and
+to the next is kept), batch 3 as specexp/core/batch.py runs it; equal tokens, draft lengths and
 accepted counts per sample, greedy and seeded sampling. A policy that carries state across
 samples (AdaEDL's lambda, by default) cannot be batched and is refused, naming the fix."""
 from __future__ import annotations
@@ -12,12 +12,14 @@ import pytest
 import torch
 from conftest import CONF, compose, pair_overrides
 
-from specexp import batch, beam, build
-from specexp.batch import generate_batch
-from specexp.decode import generate
-from specexp.lm import CachedLM
-from specexp.sampling import Sampling
-from specexp.stopping import Stopper
+from specexp.core import batch
+from specexp.core import beam
+from specexp.experiment import build
+from specexp.core.batch import generate_batch
+from specexp.core.decode import generate
+from specexp.models.lm import CachedLM
+from specexp.models.sampling import Sampling
+from specexp.core.stopping import Stopper
 
 STRATEGIES = sorted(p.stem for p in (CONF / "strategy").glob("*.yaml"))
 # refused at batch_size > 1, and the words the reason must hold

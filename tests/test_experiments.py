@@ -12,7 +12,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import CONF, ROOT, compose
-from specexp import run
+from specexp.experiment import run
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 SHARED = ROOT.parent / "shared" / "data"

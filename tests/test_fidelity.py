@@ -12,15 +12,15 @@ import torch
 from conftest import ModelsByRole, noisy_copy, random_model
 from test_length import C, BEFORE, run
 
-from specexp import entropy
+from specexp.models import entropy
 from specexp import length as L
-from specexp.analysis import aggregate
-from specexp.decode import generate
+from specexp.report.analysis import aggregate
+from specexp.core.decode import generate
 from specexp.length import Fixed, Heuristic
-from specexp.lm import CachedLM, cached_lm
+from specexp.models.lm import CachedLM, cached_lm
 from specexp.proposers import DraftModel
-from specexp.sampling import Sampling
-from specexp.stopping import Stopper
+from specexp.models.sampling import Sampling
+from specexp.core.stopping import Stopper
 
 ROOT = Path(__file__).resolve().parents[1]
 GREEDY = Sampling()
@@ -209,7 +209,7 @@ def test_drafter_covering_the_tokenizer_but_not_the_padded_head_drafts_nothing_p
 # --- 6. entropy under sampling --------------------------------------------------------------------
 
 def test_records_hold_the_entropy_the_rule_used_under_sampling(llama):
-    from specexp.console import entropy_legend
+    from specexp.experiment.console import entropy_legend
 
     target, drafter = llama["target"], llama["noisy"]
     sampling = Sampling(temperature=0.5)

@@ -14,7 +14,9 @@ from omegaconf import OmegaConf
 from scipy.stats import t
 
 from conftest import pair_overrides
-from specexp import run, stats, sweep
+from specexp import stats
+from specexp.experiment import run
+from specexp.experiment import sweep
 
 BATCHED = ["dataset.limit=3", "dataset.max_new_tokens=12", "warmup=0", "batch_size=2", "strategy.gamma=3",
            "timing.repeats=2"]

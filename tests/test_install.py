@@ -34,7 +34,7 @@ def test_wheel_holds_every_package_and_config(wheel):
     assert [m for m in modules if m not in names] == []
     assert not any(n.startswith(("conf/", "tests/")) for n in names)  # nothing lands top-level
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert "specexp = specexp.run:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "specexp = specexp.experiment.run:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 @pytest.mark.slow
@@ -50,7 +50,7 @@ def test_wheel_installs_and_runs_from_tmp(wheel, tmp_path):
                     "-q", str(wheel)], check=True, timeout=300)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": ""}
     cwd = Path("/tmp")
-    where = subprocess.check_output([str(venv / "bin" / "python"), "-c", "import specexp.config as c; print(c.CONF_DIR)"],
+    where = subprocess.check_output([str(venv / "bin" / "python"), "-c", "import specexp.experiment.config as c; print(c.CONF_DIR)"],
                                     text=True, cwd=cwd, env=env).strip()
     assert where.startswith(str(site)) and where.endswith("specexp/conf"), where
     job = subprocess.run([str(venv / "bin" / "specexp"), "--cfg", "job", "strategy=nasd"], capture_output=True,

@@ -29,12 +29,13 @@ import torch
 from conftest import CONF, CORPUS, compose, make_tokenizer, noisy_copy, random_model
 from scipy import stats
 
-from specexp import build, verify
-from specexp.decode import generate
-from specexp.lm import CachedLM, cached_lm
+from specexp.experiment import build
+from specexp.core import verify
+from specexp.core.decode import generate
+from specexp.models.lm import CachedLM, cached_lm
 from specexp.proposers.bigram import save_table
-from specexp.sampling import Sampling, sample
-from specexp.stopping import Stopper
+from specexp.models.sampling import Sampling, sample
+from specexp.core.stopping import Stopper
 
 STRATEGIES = sorted(p.stem for p in (CONF / "strategy").glob("*.yaml"))
 GREEDY_ONLY = {"oracle": "an upper bound: it drafts the target's own argmax"}
@@ -81,7 +82,7 @@ def strategy_cfg(name: str, table: Path, extra: tuple[str, ...] = ()):
 
 
 def write_store(folder: Path, replies: list[list[int]]) -> None:
-    """A datastore folder (specexp.datastore) holding `replies`."""
+    """A datastore folder (specexp.builds.datastore) holding `replies`."""
     (folder / "store").mkdir()
     (folder / "store" / "replies.json").write_text(json.dumps({"replies": replies}))
 

@@ -12,8 +12,9 @@ import pytest
 import torch
 from conftest import pair_overrides
 
-from specexp import costs, record
-from specexp.decode import Generation
+from specexp.report import costs
+from specexp.experiment import record
+from specexp.core.decode import Generation
 
 # ---------------------------------------------------------------------------------- the fixture
 #
@@ -147,10 +148,10 @@ def test_a_stop_inside_accepted_drafts_counts_only_the_emitted_ones():
     from test_paths import ScriptLM
 
     from specexp.length import Fixed
-    from specexp.lm import CachedLM
+    from specexp.models.lm import CachedLM
     from specexp.proposers import DraftModel
-    from specexp.sampling import Sampling
-    from specexp.stopping import Stopper
+    from specexp.models.sampling import Sampling
+    from specexp.core.stopping import Stopper
     from types import SimpleNamespace
 
     script, prompt = [5, 0, 6, 7, 8], torch.tensor([3, 4])  # 0 = EOS
@@ -166,7 +167,7 @@ def test_a_stop_inside_accepted_drafts_counts_only_the_emitted_ones():
 
 
 def generate_one(target, pair, prompt, stopper, policy, sampling, CachedLM, DraftModel):
-    from specexp.decode import generate
+    from specexp.core.decode import generate
 
     proposer = DraftModel().bind(pair)
     return generate(CachedLM(target), prompt, 10, sampling, stopper, proposer, policy, torch.Generator())
@@ -175,7 +176,7 @@ def generate_one(target, pair, prompt, stopper, policy, sampling, CachedLM, Draf
 def test_a_runs_metrics_agree_with_its_per_sample_records(tmp_path, random_pair_dir):
     """End to end: metrics.json's aggregates and speedup, recomputed by hand from its own
     per-sample records (so run() wires strategy and baseline the right way round)."""
-    from specexp.run import run_cli
+    from specexp.experiment.run import run_cli
 
     out = tmp_path / "run"
     assert run_cli([*pair_overrides(random_pair_dir), "dataset=humaneval", "dataset.limit=3", "max_new_tokens=10",

@@ -10,14 +10,14 @@ import pytest
 import torch
 from conftest import CORPUS, make_tokenizer, random_model
 
-from specexp.decode import generate
+from specexp.core.decode import generate
 from specexp.length import Fixed
-from specexp.lm import CachedLM
+from specexp.models.lm import CachedLM
 from specexp.proposers import Bigram, LookupFirst, PromptLookup
 from specexp.proposers.bigram import build_bigram, count_table, fit_table, load_table
 from specexp.proposers.lookup import longest_suffix_match
-from specexp.sampling import Sampling
-from specexp.stopping import Stopper
+from specexp.models.sampling import Sampling
+from specexp.core.stopping import Stopper
 
 T = torch.tensor
 GREEDY = Sampling()

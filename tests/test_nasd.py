@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from conftest import compose, pooled_chisquare, random_model
 
-from specexp.decode import generate
+from specexp.core.decode import generate
 from specexp.length import Fixed
-from specexp.lm import CachedLM
+from specexp.models.lm import CachedLM
 from specexp.proposers.nasd import NASD, NGramStore
-from specexp.sampling import Sampling
-from specexp.stopping import Stopper
+from specexp.models.sampling import Sampling
+from specexp.core.stopping import Stopper
 
 V = 8
 

@@ -11,14 +11,17 @@ import pytest
 import torch
 
 from conftest import compose, make_tokenizer, noisy_copy, random_model
-from specexp import build, collect, models, run
-from specexp.decode import generate
+from specexp.experiment import build
+from specexp.report import collect
+from specexp.models import models
+from specexp.experiment import run
+from specexp.core.decode import generate
 from specexp.length import Fixed
-from specexp.lm import cached_lm
-from specexp.models import ModelSpec, Pair, Placement
+from specexp.models.lm import cached_lm
+from specexp.models.models import ModelSpec, Pair, Placement
 from specexp.proposers.drafter import DraftModel
-from specexp.sampling import Sampling
-from specexp.stopping import Stopper
+from specexp.models.sampling import Sampling
+from specexp.core.stopping import Stopper
 
 
 def write_gguf(model, tok, path: Path) -> Path:

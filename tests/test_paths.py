@@ -17,17 +17,17 @@ import torch
 from conftest import make_tokenizer, pair_overrides, random_model
 
 from specexp import length as L
-from specexp.decode import generate
-from specexp.lm import CachedLM
+from specexp.core.decode import generate
+from specexp.models.lm import CachedLM
 from specexp.proposers import DraftModel
-from specexp.sampling import Sampling
-from specexp.stopping import Stopper
+from specexp.models.sampling import Sampling
+from specexp.core.stopping import Stopper
 
 
 # ----------------------------------------------------------------- state across samples, end to end
 
 def _run(tmp_path: Path, name: str, pair_dir: Path, *overrides: str) -> dict:
-    from specexp.run import run_cli
+    from specexp.experiment.run import run_cli
 
     out = tmp_path / name
     code = run_cli([*pair_overrides(pair_dir), "dataset=humaneval", "dataset.limit=3", "max_new_tokens=12",
@@ -173,7 +173,7 @@ def test_a_stop_string_spanning_two_rounds_ends_generation_inside_generate():
 # ----------------------------------------------------------------- prompts and EOS ids
 
 def test_encode_prompt_keeps_the_end_of_a_long_prompt_and_a_bos_for_an_empty_one():
-    from specexp.prompting import encode_prompt
+    from specexp.models.prompting import encode_prompt
 
     tok = make_tokenizer()
     text = "def add(a, b):\n    return a + b\n" * 20
@@ -189,7 +189,7 @@ def test_encode_prompt_keeps_the_end_of_a_long_prompt_and_a_bos_for_an_empty_one
 
 
 def test_eos_ids_merges_the_tokenizers_and_a_list_in_the_generation_config():
-    from specexp.prompting import eos_ids
+    from specexp.models.prompting import eos_ids
 
     tok = make_tokenizer()
     gen = SimpleNamespace(eos_token_id=[7, tok.eos_token_id, 3])
@@ -278,7 +278,7 @@ def ar_and_spec_runs(tmp_path_factory, random_pair_dir):
 
 
 def _collect_spec_row(*dirs):
-    from specexp.collect import collect
+    from specexp.report.collect import collect
 
     df = collect(dirs)
     return df[df["strategy"] == "speculative"].iloc[0]

@@ -1,4 +1,4 @@
-"""Prompts cut to fit the models' context (specexp/prompting.py): dataset.max_prompt_tokens=auto is
+"""Prompts cut to fit the models' context (specexp/models/prompting.py): dataset.max_prompt_tokens=auto is
 what every model reads with max_new_tokens after it; XSum keeps the article's start and its
 instruction whole, HumanEval (and the default) the prompt's end; an explicit N wins, null never
 cuts (and a prompt that does not fit fails before decoding); metrics.json records each cut and the
@@ -11,8 +11,8 @@ import shutil
 import pytest
 from conftest import pair_overrides
 
-from specexp.lm import CachedLM
-from specexp.prompting import budget, fit_prompts
+from specexp.models.lm import CachedLM
+from specexp.models.prompting import budget, fit_prompts
 from specexp.tasks.humaneval import HumanEval
 from specexp.tasks.loading import shared_data_dir
 from specexp.tasks.xsum import XSum
@@ -127,7 +127,7 @@ def test_bad_settings_name_their_key():
 
 
 def run(tmp_path, short_pair, *overrides):
-    from specexp.run import run_cli
+    from specexp.experiment.run import run_cli
 
     out = tmp_path / "run"
     rc = run_cli([*pair_overrides(short_pair), "dataset=xsum", "dataset.source=path",
@@ -166,7 +166,7 @@ def test_xsum_runs_on_the_default_pair_with_no_flag(tmp_path, capsys):
     (built on first use, ~3 min): the articles run past its 640 positions and are cut to fit."""
     if shared_data_dir() is None or not (shared_data_dir() / "xsum").is_dir():
         pytest.skip("../shared/data/xsum is absent")
-    from specexp.run import run_cli
+    from specexp.experiment.run import run_cli
 
     out = tmp_path / "run"
     assert run_cli(["dataset=xsum", "dataset.limit=2", "max_new_tokens=16", f"hydra.run.dir={out}"]) == 0

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from specexp.tasks import isolation, sandbox
+from specexp.tasks.sandbox import isolation
+from specexp.tasks.sandbox import sandbox
 from specexp.tasks.base import Sample
 from specexp.tasks.humaneval import HumanEval
-from specexp.tasks.sandbox import Limits, isolation_mode, run_check, run_python
+from specexp.tasks.sandbox.sandbox import Limits, isolation_mode, run_check, run_python
 
 PROMPT = 'def add(a, b):\n    """Return a + b."""\n'
 TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n    assert candidate(10, 5) == 15\n"

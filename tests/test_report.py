@@ -8,7 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from specexp import markup, plots, report
+from specexp.report import markup
+from specexp.report import plots
+from specexp.report import report
 
 
 def write_run(root: Path, name: str, *, strategy: str = "speculative", params: dict | None = None,
@@ -18,7 +20,7 @@ def write_run(root: Path, name: str, *, strategy: str = "speculative", params: d
               quality_baseline: dict | None = None, overrides: list[str] | None = None,
               sample_times: dict[str, float] | None = None, base_times: dict[str, float] | None = None,
               status: str = "ok", extra: dict | None = None, per_sample_quality: list[dict] | None = None) -> Path:
-    """A metrics.json as specexp.run writes it (only the keys the report reads). Without
+    """A metrics.json as specexp.experiment.run writes it (only the keys the report reads). Without
     `sample_times`, two samples of 32 tokens whose times (1:2) add up to the run's tokens/s; the
     paired baseline's per-sample times are `base_times`, else the same scaled to `base_tps`."""
     params = params or {}
@@ -261,7 +263,7 @@ def test_cli_writes_tables_and_plots(tmp_path, capsys):
 
 
 def test_plots_from_analysis_key_and_nothing_to_plot(tmp_path):
-    from specexp.analysis import aggregate
+    from specexp.report.analysis import aggregate
 
     recs = analysis_records()
     write_run(tmp_path, "a", strategy="entropy_static", params={"tau": 2.0},

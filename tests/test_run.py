@@ -182,7 +182,7 @@ def test_default_run_on_the_trained_pair(run_specexp, trained_pair_dir):
 def aa_sweep(run_specexp, overrides, tmp_path):
     """`specexp -m strategy.gamma=4,4`: Hydra keeps both jobs (it does not merge duplicates);
     then `specexp-report --stats --reference run=0`."""
-    from specexp import report
+    from specexp.report import report
 
     run_specexp(*overrides, "strategy.gamma=4,4", multirun=True)
     sweep = tmp_path / "sweep"
@@ -235,11 +235,11 @@ def test_decoding_touches_no_deprecated_cache_name(transformers_log):
     where `past_key_values` is a deprecated alias that logs a warning): a decode with the tiny
     models, and a forward without a cache (the feature drafter's training step), log nothing."""
     from conftest import random_model
-    from specexp.decode import generate
-    from specexp.eagle import init_feature_drafter
-    from specexp.lm import cache_of, cached_lm
-    from specexp.sampling import Sampling
-    from specexp.stopping import Stopper
+    from specexp.core.decode import generate
+    from specexp.builds.eagle import init_feature_drafter
+    from specexp.models.lm import cache_of, cached_lm
+    from specexp.models.sampling import Sampling
+    from specexp.core.stopping import Stopper
 
     import torch
 

@@ -9,13 +9,13 @@ import torch
 from conftest import pooled_chisquare, random_model
 from scipy.stats import chisquare
 
-from specexp.decode import generate
+from specexp.core.decode import generate
 from specexp.length import Fixed
-from specexp.lm import CachedLM
+from specexp.models.lm import CachedLM
 from specexp.proposers import DraftModel
-from specexp.sampling import Sampling
-from specexp.stopping import Stopper
-from specexp.verify import verify_greedy, verify_sampling
+from specexp.models.sampling import Sampling
+from specexp.core.stopping import Stopper
+from specexp.core.verify import verify_greedy, verify_sampling
 
 V = 8  # a small vocabulary: the joint of the first two tokens has 64 cells
 

@@ -12,9 +12,9 @@ import tracemalloc
 
 import pytest
 
-from specexp.tasks import _sandbox_child as child
-from specexp.tasks import sandbox
-from specexp.tasks.sandbox import Limits, isolation_mode, reason_ok, run_check, run_python
+from specexp.tasks.sandbox import _sandbox_child as child
+from specexp.tasks.sandbox import sandbox
+from specexp.tasks.sandbox.sandbox import Limits, isolation_mode, reason_ok, run_check, run_python
 
 MODE = isolation_mode()
 ADD = 'def add(a, b):\n    """Return a + b."""\n'

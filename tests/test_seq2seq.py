@@ -10,13 +10,13 @@ import torch
 from conftest import CORPUS, make_tokenizer, pair_overrides
 from test_cascade import FakePair, perturbed
 
-from specexp.decode import generate
+from specexp.core.decode import generate
 from specexp.length import Fixed, LengthPolicy
-from specexp.lm import CachedLM, Seq2SeqLM, cached_lm
-from specexp.models import ModelSpec, load_model
+from specexp.models.lm import CachedLM, Seq2SeqLM, cached_lm
+from specexp.models.models import ModelSpec, load_model
 from specexp.proposers import Bigram, Cascade, DraftModel, PromptLookup
-from specexp.sampling import Sampling
-from specexp.stopping import Stopper
+from specexp.models.sampling import Sampling
+from specexp.core.stopping import Stopper
 
 V = 64
 GREEDY = Sampling()

@@ -1,4 +1,4 @@
-"""The statistics (specexp/stats.py) and the run aggregates (specexp/record.py) on hand-computed
+"""The statistics (specexp/stats.py) and the run aggregates (specexp/experiment/record.py) on hand-computed
 fixtures and synthetic per-sample times with fixed seeds."""
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from specexp import record, stats
-from specexp.decode import Generation
+from specexp import stats
+from specexp.experiment import record
+from specexp.core.decode import Generation
 
 
 def gen(n_tokens: int, wall: float, drafted=(), accepted=(), emitted=(), first: int = 1) -> Generation:

@@ -4,7 +4,9 @@ variation only where configurations were replicated, and still finds a real fact
 import numpy as np
 import pandas as pd
 
-from specexp import compare, stats, study
+from specexp import stats
+from specexp.report import compare
+from specexp.report import study
 
 
 def sweep(effects: dict, window_name: str = "override.window", replicates: int = 2, drift: float = 0.03,

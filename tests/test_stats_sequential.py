@@ -10,7 +10,8 @@ import pytest
 from conftest import pair_overrides
 from scipy import stats as sps
 
-from specexp import run, stats
+from specexp import stats
+from specexp.experiment import run
 
 
 def test_stein_n_by_hand():

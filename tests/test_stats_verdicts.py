@@ -12,8 +12,13 @@ import pandas as pd
 import pytest
 from test_report import noisy_run, write_run
 
-from specexp import benchmark, compare, costs, plots, report, stats
-from specexp.decode import Generation
+from specexp import stats
+from specexp.report import benchmark
+from specexp.report import compare
+from specexp.report import costs
+from specexp.report import plots
+from specexp.report import report
+from specexp.core.decode import Generation
 
 
 def collected(root):

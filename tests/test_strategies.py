@@ -18,13 +18,14 @@ from conftest import ModelsByRole, CONF, ROOT, compose, noisy_copy, pair_overrid
 from omegaconf import OmegaConf
 from scipy import stats
 
-from specexp import analysis, build
+from specexp.report import analysis
+from specexp.experiment import build
 from specexp import length as L
-from specexp.decode import generate
-from specexp.lm import CachedLM
+from specexp.core.decode import generate
+from specexp.models.lm import CachedLM
 from specexp.proposers import DraftModel
-from specexp.sampling import Sampling
-from specexp.stopping import Stopper
+from specexp.models.sampling import Sampling
+from specexp.core.stopping import Stopper
 
 STRATEGIES = ["speculative", "random_gamma", "oracle", "heuristic", "heuristic_transient", "confidence",
               "entropy_static", "entropy_ma", "entropy_cum", "entropy_absolute", "entropy_relative",

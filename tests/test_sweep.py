@@ -17,7 +17,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import ROOT, compose, pair_overrides
-from specexp import gpu_pin, models, report, run, sweep
+from specexp.experiment import gpu_pin
+from specexp.models import models
+from specexp.report import report
+from specexp.experiment import run
+from specexp.experiment import sweep
 from specexp.length import Fixed
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -323,7 +327,7 @@ def test_pin_gpu_sets_cuda_visible_devices_once_per_process(tmp_path, monkeypatc
 def test_launcher_and_sweeper_configs_compose():
     c = compose(["hydra/launcher=joblib_gpus"])
     assert c.hydra.launcher._target_.endswith("JoblibLauncher") and c.hydra.launcher.backend == "loky"
-    assert c.hydra.callbacks.gpu_pin._target_ == "specexp.gpu_pin.PinGPU"
+    assert c.hydra.callbacks.gpu_pin._target_ == "specexp.experiment.gpu_pin.PinGPU"
     assert OmegaConf.to_container(c.hydra.launcher, resolve=True)["n_jobs"] >= 1  # ${specexp_gpu_count:}
     c = compose(["hydra/launcher=submitit_slurm_gpu", "hydra.launcher.partition=gpu"])
     assert c.hydra.launcher._target_.endswith("SlurmLauncher")
@@ -337,14 +341,14 @@ def test_launcher_and_sweeper_configs_compose():
     c = compose(["hydra/sweeper=optuna_entropy_static", "strategy=entropy_static"])
     assert c.hydra.sweeper.params["strategy.tau"] == "interval(0.25, 5.0)" and c.strategy.name == "entropy_static"
     c = compose(["hydra/callbacks=sweep_summary"])
-    assert c.hydra.callbacks.sweep_summary._target_ == "specexp.sweep.SweepSummary"
+    assert c.hydra.callbacks.sweep_summary._target_ == "specexp.experiment.sweep.SweepSummary"
     for extra in ([], ["hydra/launcher=joblib_gpus"], ["hydra/sweeper=optuna_gamma"]):  # the lock is always on
-        assert compose(extra).hydra.callbacks.sweep_lock._target_ == "specexp.sweep.SweepLock"
+        assert compose(extra).hydra.callbacks.sweep_lock._target_ == "specexp.experiment.sweep.SweepLock"
     from hydra.utils import get_class
 
     for name in ("SweepSummary", "PinGPU", "Objective"):
-        assert get_class(f"specexp.sweep.{name}")
-    assert get_class("specexp.sweep.PinGPU") is get_class("specexp.gpu_pin.PinGPU")  # the older path still works
+        assert get_class(f"specexp.experiment.sweep.{name}")
+    assert get_class("specexp.experiment.sweep.PinGPU") is get_class("specexp.experiment.gpu_pin.PinGPU")  # the older path still works
 
 
 def test_optuna_tunes_gamma_in_process(random_pair_dir, tmp_path):

@@ -1,4 +1,4 @@
-"""The embedded tiny model pair (specexp/tiny.py): build, reuse, determinism, crash safety, and the
+"""The embedded tiny model pair (specexp/builds/tiny.py): build, reuse, determinism, crash safety, and the
 random-init pairs unit tests use. The full default build and its acceptance are `slow`."""
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from conftest import ModelsByRole
 import pytest
 import torch
 
-from specexp import tiny
-from specexp.corpus import load_corpus
-from specexp.tiny import build_tiny_pair, default_tiny_dir, random_tiny_pair
+from specexp.builds import tiny
+from specexp.builds.corpus import load_corpus
+from specexp.builds.tiny import build_tiny_pair, default_tiny_dir, random_tiny_pair
 
 # A build small enough for unit tests (a few seconds): 1-layer models on a 150 kB corpus.
 SMALL = dict(corpus_max_bytes=150_000, vocab_size=320, seq_len=64, batch_size=2, steps=4, distill_steps=2,
@@ -294,12 +294,12 @@ def test_random_tiny_pair(arch):
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_random_pair_decodes_speculatively(arch):
     """The helper's models work with the project's decoder: greedy speculative == autoregressive."""
-    from specexp.decode import generate
+    from specexp.core.decode import generate
     from specexp.length import Fixed
-    from specexp.lm import CachedLM
+    from specexp.models.lm import CachedLM
     from specexp.proposers import DraftModel
-    from specexp.sampling import Sampling
-    from specexp.stopping import Stopper
+    from specexp.models.sampling import Sampling
+    from specexp.core.stopping import Stopper
 
     target, drafter = random_tiny_pair(arch, vocab=64, seed=0)
     pair = ModelsByRole(target, drafter)
@@ -320,12 +320,12 @@ def test_default_pair_quality():
     accepted length > 1.5 at gamma 4), and greedy speculative output equals autoregressive."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from specexp.decode import generate
+    from specexp.core.decode import generate
     from specexp.length import Fixed
-    from specexp.lm import CachedLM
+    from specexp.models.lm import CachedLM
     from specexp.proposers import DraftModel
-    from specexp.sampling import Sampling
-    from specexp.stopping import Stopper
+    from specexp.models.sampling import Sampling
+    from specexp.core.stopping import Stopper
     from specexp.tasks.humaneval import HumanEval
 
     out = Path(build_tiny_pair(progress=False))

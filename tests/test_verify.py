@@ -1,4 +1,4 @@
-"""The ratio test of speculative sampling (specexp/verify.py) at its boundary: a draft the target
+"""The ratio test of speculative sampling (specexp/core/verify.py) at its boundary: a draft the target
 rules out (p(x) = 0, e.g. cut by top-k / top-p) is never accepted, not even when the uniform draw
 is exactly 0.0 (torch.rand returns it about once in 2^24 draws), and the emitted tokens still
 follow the target's distribution."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from scipy import stats
 
-from specexp.verify import accepts, verify_sampling
+from specexp.core.verify import accepts, verify_sampling
 
 
 def test_zero_draw_never_accepts_a_ruled_out_draft():

@@ -1,5 +1,5 @@
 """Watching one generation (issue 8): `specexp prompt=...` prints the generation with its draft
-tokens marked (specexp/show.py), and specexp-console (specexp/console.py) changes settings
+tokens marked (specexp/experiment/show.py), and specexp-console (specexp/experiment/console.py) changes settings
 between prompts without reloading the pair.
 
 Output that is not a terminal is plain text: `== title ==` headers, `-- ` statistics lines, the
@@ -18,8 +18,8 @@ import pytest
 import torch
 from conftest import ROOT, compose, make_tokenizer, pair_overrides
 
-from specexp import show
-from specexp.decode import Generation
+from specexp.experiment import show
+from specexp.core.decode import Generation
 
 KYIV = "Towering over Kyiv for six decades, Hotel Ukraine has witnessed"  # the issue's prompt (a comma!)
 
@@ -84,7 +84,7 @@ def test_spans_follow_the_rounds_exactly():
 
 
 def test_colours_on_a_terminal(trained_pair_dir):
-    from specexp.console import Console
+    from specexp.experiment.console import Console
 
     out = io.StringIO()
     console = Console(["max_new_tokens=16"], out=out, color=True)
@@ -134,8 +134,8 @@ def test_prompt_text_is_taken_literally_and_needs_the_prompt_dataset(random_pair
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    from specexp import validate
-    from specexp.run import cli_overrides, decode_dataset
+    from specexp.experiment import validate
+    from specexp.experiment.run import cli_overrides, decode_dataset
 
     parser = OverridesParser.create()
     for text in [KYIV, "it's ${x}, a \\'trap\\", "def f(a, b):\n    return a['k']  # \\", "a=b [1] {c: d}"]:
@@ -188,7 +188,7 @@ def chunks(transcript: str) -> list[tuple[str, str]]:
 
 
 def test_console_scripted_session(trained_pair_dir):
-    from specexp.console import Console
+    from specexp.experiment.console import Console
 
     out = io.StringIO()
     console = Console([], out=out, color=False)
@@ -261,7 +261,7 @@ def test_console_chat_template(tmp_path):
     from conftest import save_pair
     from transformers import AutoTokenizer
 
-    from specexp.console import Console
+    from specexp.experiment.console import Console
 
     root = save_pair(tmp_path / "pair")
     for role in ("target", "drafter"):

@@ -9,8 +9,8 @@ Oracle (an upper bound), transformers' Heuristic / HeuristicTransient / Confiden
 Drafting thesis' EntropyStatic / EntropyMovingAverage / EntropyCumulative (checked after
 drafting), the entropy-based framework's EntropyAbsolute / EntropyRelative / EntropyWindow /
 EntropyAdaptive / EntropyCombined (checked before drafting), AdaEDL (before) and SVIP (after).
-Entropies are in nats, measured as specexp.entropy describes. The cost-aware rule (drafts while
-it pays for the measured cost of verification) is its own module, specexp/length_cost.py.
+Entropies are in nats, measured as specexp.models.entropy describes. The cost-aware rule (drafts while
+it pays for the measured cost of verification) is its own module, specexp/length/length_cost.py.
 
 The rules live in this package's modules by family: base (the interface and Fixed), baselines
 (RandomGamma, Oracle), schedules (transformers'), entropy_rules (the entropy family, AdaEDL,

@@ -33,7 +33,7 @@ class LengthPolicy:
     (per token) and/or `begin`/`observe` (per round)."""
 
     needs_steps = False  # True if `decide` must be called for every drafted token
-    greedy_only = False  # True if the policy works under greedy decoding only (specexp.validate checks it)
+    greedy_only = False  # True if the policy works under greedy decoding only (specexp.experiment.validate checks it)
 
     def __init__(self, max_len: int = 10):
         if max_len < 0:
@@ -53,7 +53,7 @@ class LengthPolicy:
 
     def observe(self, drafted: int, accepted: int) -> None:
         """Called after every round of a speculative decode with its draft length and accepted
-        count (specexp.decode's convention: drafts emitted before a stop). `drafted` may be 0: a
+        count (specexp.core.decode's convention: drafts emitted before a stop). `drafted` may be 0: a
         round whose budget left room for the target's token only, or a rule that stopped first."""
 
     def reset(self) -> None:
@@ -75,7 +75,7 @@ class LengthPolicy:
     def carried_state(self, carry: bool = False) -> str | None:
         """What `start_sample(carry)` keeps from the samples decoded before it (so a sample's draft
         lengths depend on the samples before it and their order), with how to turn that off; None
-        when every sample starts afresh. Batched decoding (specexp/batch.py) decodes samples at the
+        when every sample starts afresh. Batched decoding (specexp/core/batch.py) decodes samples at the
         same time, so it refuses a policy that carries state. Override with `start_sample`."""
         if carry:
             return ("carry_length_state=true keeps the length policy's state from one sample to the next; "

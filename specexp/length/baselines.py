@@ -6,7 +6,7 @@ import random
 
 import torch
 
-from specexp import entropy
+from specexp.models import entropy
 from specexp.length.base import Decision, DraftStep, LengthPolicy
 
 
@@ -44,7 +44,7 @@ class Oracle(LengthPolicy):
         self._seq: torch.Tensor | None = None  # the tokens in the oracle's cache
 
     def bind(self, pair) -> "Oracle":
-        from specexp.lm import CachedLM
+        from specexp.models.lm import CachedLM
 
         self.lm = CachedLM(pair.target, vocab_size=getattr(pair, "vocab_size", None))
         self._seq = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from specexp import entropy
+from specexp.models import entropy
 from specexp.length.base import Decision, DraftStep, LengthPolicy
 
 
@@ -12,7 +12,7 @@ class Heuristic(LengthPolicy):
     """transformers' `num_assistant_tokens_schedule="heuristic"`: start at `start` tokens; after
     each round draft 2 more if the round's matches equal `rule`'s reference, otherwise 1 fewer (at
     least 1). transformers updates after every round, also one with no draft (a budget of one
-    token) and counts an accepted EOS draft as no match (specexp.decode's convention, which this
+    token) and counts an accepted EOS draft as no match (specexp.core.decode's convention, which this
     policy observes). `rule`:
       drafted    +2 iff matches == drafts of this round (transformers 5.x:
                  `num_matches == len(scores[0]) - 1`; a round with no draft gives +2)

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 import torch
 
 from specexp.length import LengthPolicy
-from specexp.sampling import Sampling
+from specexp.models.sampling import Sampling
 
 
 @dataclass
@@ -56,7 +56,7 @@ class OneModelProposer(Proposer):
     `lm` (set at bind). Its forwards are that model's, and the run times them under that role."""
 
     model: str = "drafter"
-    lm = None  # a specexp.lm.CachedLM once bound
+    lm = None  # a specexp.models.lm.CachedLM once bound
 
     @property
     def forwards(self) -> int:

@@ -33,10 +33,10 @@ from pathlib import Path
 
 import torch
 
-from specexp.fetch import cache_root
+from specexp.models.fetch import cache_root
 from specexp.length import LengthPolicy
 from specexp.proposers.base import Draft, Proposer
-from specexp.sampling import Sampling
+from specexp.models.sampling import Sampling
 
 log = logging.getLogger(__name__)
 

@@ -70,11 +70,11 @@ from dataclasses import dataclass, field
 import torch
 
 from specexp.length import LengthPolicy
-from specexp.lm import CachedLM, cached_lm
+from specexp.models.lm import CachedLM, cached_lm
 from specexp.proposers.base import Draft, Proposer
 from specexp.proposers.bigram import Bigram, check_policy
 from specexp.proposers.lookup import longest_suffix_match
-from specexp.sampling import Sampling, sample
+from specexp.models.sampling import Sampling, sample
 
 COMPAT = ("specexp", "original")
 ORIGINAL_BOTTOM_TOKENS = 10  # csd.py `_MAG_GENERATION`: tokens per call of the original's bottom

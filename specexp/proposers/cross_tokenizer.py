@@ -29,7 +29,7 @@ emits as many tokens as without it), when it is right it is one more accepted to
 Costs: the drafter's forwards count as a drafter's. The text is decoded and re-encoded
 incrementally (`_Decoded`, `_Encoded`: only the last few dozen tokens each round, behind a prefix
 frozen once a split there is verified to change nothing), so a round's tokenizer work does not grow
-with the context (re-encoding 3,000 tokens of context takes over 10 ms on a slow CPU). Not supported: analysis records (records=true) and batch_size > 1 (specexp.validate
+with the context (re-encoding 3,000 tokens of context takes over 10 ms on a slow CPU). Not supported: analysis records (records=true) and batch_size > 1 (specexp.experiment.validate
 refuses both before any weights load).
 
 Sampling is refused: speculative sampling needs the drafter's probability q(x) of each drafted
@@ -42,9 +42,9 @@ from __future__ import annotations
 import torch
 
 from specexp.length import Decision, DraftStep, LengthPolicy
-from specexp.lm import CachedLM, cached_lm
+from specexp.models.lm import CachedLM, cached_lm
 from specexp.proposers.base import Draft, OneModelProposer
-from specexp.sampling import Sampling
+from specexp.models.sampling import Sampling
 
 SAMPLING_REFUSED = (
     "the {role} has another tokenizer than the target, so it drafts through text, and sampling needs the "

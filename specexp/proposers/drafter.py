@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import torch
 
-from specexp import entropy
+from specexp.models import entropy
 from specexp.length import Decision, DraftStep, LengthPolicy
-from specexp.lm import CachedLM, SubsetHeadLM, cached_lm
+from specexp.models.lm import CachedLM, SubsetHeadLM, cached_lm
 from specexp.proposers.base import Draft, OneModelProposer, Proposer
 from specexp.proposers.cross_tokenizer import CrossTokenizerDrafter
-from specexp.sampling import Sampling
+from specexp.models.sampling import Sampling
 
 
 class DraftModel(OneModelProposer):

@@ -24,12 +24,12 @@ from __future__ import annotations
 import torch
 
 from specexp.length import LengthPolicy
-from specexp.lm import CachedLM
+from specexp.models.lm import CachedLM
 from specexp.proposers.base import Draft, Proposer
 from specexp.proposers.datastore import Datastore
 from specexp.proposers.drafter import DraftModel
 from specexp.proposers.lookup import PromptLookup
-from specexp.sampling import Sampling
+from specexp.models.sampling import Sampling
 
 
 class LookupFirst(Proposer):

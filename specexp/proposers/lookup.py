@@ -31,7 +31,7 @@ from specexp.length import LengthPolicy
 from specexp.proposers.base import Draft, Proposer
 from specexp.proposers.bigram import Bigram, check_policy
 from specexp.proposers.datastore import Datastore
-from specexp.sampling import Sampling
+from specexp.models.sampling import Sampling
 
 
 def longest_suffix_match(text: torch.Tensor, max_ngram: int | None = None, min_ngram: int = 1,

@@ -15,7 +15,7 @@ shorter), the most frequent one (ties: the first seen). The draft stops where no
 Lossless. The drafts are deterministic proposals (`Draft.probs = None`), so the decode loop
 verifies them as one-hot drafts: greedy accepts exactly the prefix equal to the target's argmax;
 sampling accepts draft d with probability p(d) and, on rejection, samples the residual
-norm(max(0, p - onehot(d))) = p with d removed (specexp.verify). The emitted token then has
+norm(max(0, p - onehot(d))) = p with d removed (specexp.core.verify). The emitted token then has
 probability p(d) for d and (1 - p(d)) * p(x) / (1 - p(d)) = p(x) for every other x: the target's
 own distribution.
 
@@ -35,7 +35,7 @@ import torch
 from specexp.length import LengthPolicy
 from specexp.proposers.base import Draft, Proposer
 from specexp.proposers.bigram import check_policy
-from specexp.sampling import Sampling
+from specexp.models.sampling import Sampling
 
 
 class NGramStore:

@@ -7,7 +7,7 @@
 Fields are named by a path into the row: `text`, `turns[0]`, `meta.lang`, `turns[-1]`. `prompt`
 is such a path, or a template over them (`"Q: {question}\nA:"`, `"{turns[0]}"`: only placeholders
 naming a field of the row are filled, other braces stay). `category` (optional) groups the
-samples: metrics.json then breaks every aggregate down per category (specexp/categories.py) and
+samples: metrics.json then breaks every aggregate down per category (specexp/report/categories.py) and
 `select=stratified` draws the limit evenly across them. `reference` (optional) is scored against
 the output: ROUGE-1/2/L F1 (`metric=rouge`, the rouge-score package, as XSum) or exact match after
 stripping whitespace (`metric=exact`); without it there is no quality metric.

@@ -10,7 +10,7 @@ models). Encoder-decoder models: the context goes to the encoder (with the token
 tokens), the continuation is scored as the decoder's output.
 
 A task that scores this way asks for the target: the run calls `task.set_model(model, tokenizer)`
-before `score()` when the task has that method (`specexp/run.py`).
+before `score()` when the task has that method (`specexp/experiment/run.py`).
 """
 from __future__ import annotations
 
