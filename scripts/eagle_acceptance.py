@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def main(argv: list[str] | None = None) -> dict:
     from bench import load_prompts
 
-    from specexp.experiment import build
+    from specexp.experiment import instantiate
     from specexp.experiment.config import compose
-    from specexp.builds.eagle import acceptance_summary, chain_acceptance
-    from specexp.builds.replies import replies_with_reads
+    from specexp.builds.train_feature_drafter import acceptance_summary, chain_acceptance
+    from specexp.builds.target_replies import replies_with_reads
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--eagle-dir", help="a built feature drafter (default: the smollm2-135m__eagle pair's, "
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     own = [f"model_pair.dir={args.eagle_dir}", "model_pair.build=null"] if args.eagle_dir else []
-    pair = build.pair(compose(["model_pair=smollm2-135m__eagle", "model_pair.device=cpu", *own]).model_pair)
+    pair = instantiate.pair(compose(["model_pair=smollm2-135m__eagle", "model_pair.device=cpu", *own]).model_pair)
     target, drafter, tok = pair.target, pair.get("drafter"), pair.tokenizer
     embed, head = target.get_input_embeddings(), target.get_output_embeddings()
     out = {"eagle_dir": pair.specs["drafter"].name, "settings": vars(args), "datasets": {}}
@@ -79,7 +79,7 @@ def path_ranks(drafter, embed, head, read: dict, depth: int) -> torch.Tensor:
     """[rounds, depth]: from each position t of the reply (real features up to t), the rank of the
     target's token x_{t+1+d} among the drafter's logits at depth d, the drafter fed the target's
     own path with its own predicted features (as it drafts)."""
-    from specexp.proposers.eagle import FeatureLM
+    from specexp.proposers.feature_drafter import FeatureLM
 
     x, hidden, lm = read["ids"], read["hidden"], FeatureLM(drafter, embed, head)
     lm.start(x)

@@ -90,9 +90,9 @@ def check_api(device: str) -> tuple[list[tuple[str, bool, str]], dict]:
 
     from specexp.core.decode import generate
     from specexp.length import Fixed
-    from specexp.length.length_cost import measure_verify_cost
-    from specexp.models.lm import CachedLM
-    from specexp.models.models import resolve_device, resolve_dtype
+    from specexp.length.cost_aware import measure_verify_cost
+    from specexp.models.cached_lm import CachedLM
+    from specexp.models.loading import resolve_device, resolve_dtype
     from specexp.proposers import DraftModel
     from specexp.models.sampling import Sampling
     from specexp.core.stopping import Stopper

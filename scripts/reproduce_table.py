@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     print("specexp-report " + " ".join(shlex.quote(c) for c in report_cmd), flush=True)
     if args.dry_run:
         return 0
-    from specexp.report import report
+    from specexp.report import cli as report
 
     code = report.main(report_cmd)
     if failed:

@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from specexp.experiment import build
+    from specexp.experiment import instantiate
     from specexp.experiment.config import compose
-    from specexp.models.lm import cached_lm
+    from specexp.models.cached_lm import cached_lm
     from specexp.proposers import DraftModel
     from specexp.stats import bootstrap_ci
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     widths = sorted({1, *map(int, args.widths.split(","))})
 
-    pair = build.pair(compose(["model_pair=smollm2-135m__eagle"]).model_pair)  # builds the drafter if missing
+    pair = instantiate.pair(compose(["model_pair=smollm2-135m__eagle"]).model_pair)  # builds the drafter if missing
     target = cached_lm(pair.target, vocab_size=pair.vocab_size)
     target.keep_hidden = True  # as when a feature drafter verifies
     drafter = DraftModel("drafter", vocab=args.vocab or None).bind(pair).lm

@@ -118,8 +118,8 @@ def random_pair_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_pair_dir() -> Path:
-    """The trained tiny pair (specexp.builds.tiny), built once per machine into the cache (~3 min)."""
-    from specexp.builds.tiny import build_tiny_pair
+    """The trained tiny pair (specexp.builds.train_tiny_pair), built once per machine into the cache (~3 min)."""
+    from specexp.builds.train_tiny_pair import build_tiny_pair
 
     return Path(build_tiny_pair())
 

@@ -7,7 +7,7 @@ import math
 import pytest
 from scipy import stats
 
-from specexp.report import analysis
+from specexp.report import token_records as analysis
 
 
 def rec(h, acc, pos=0, top=0.5, th=1.0):

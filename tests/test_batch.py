@@ -1,4 +1,4 @@
-"""Batched decoding (specexp/core/batch.py): each row's output equals its batch-1 decode token for token
+"""Batched decoding (specexp/core/batch_decode.py): each row's output equals its batch-1 decode token for token
 (greedy, fp32, tiny random Llama models), for a mix of prompt lengths and early stops, for
 autoregressive, the drafter model, prompt lookup and bigram; the sampling distribution per row
 is the target's (chi-square at batch 4); bad batch sizes and unsupported proposers are refused."""
@@ -10,15 +10,15 @@ import pytest
 import torch
 from conftest import ModelsByRole, noisy_copy, pooled_chisquare, random_model
 
-from specexp.core.batch import check_batch_size, generate_batch
+from specexp.core.batch_decode import check_batch_size, generate_batch
 from specexp.core.decode import generate
 from specexp.length import Fixed, LengthPolicy
-from specexp.models.lm import CachedLM
+from specexp.models.cached_lm import CachedLM
 from specexp.proposers import DraftModel
 from specexp.proposers.bigram import Bigram
-from specexp.proposers.datastore import Datastore
+from specexp.proposers.retrieval import Datastore
 from specexp.proposers.lookup import PromptLookup
-from specexp.models.ragged import RaggedCache
+from specexp.models.ragged_cache import RaggedCache
 from specexp.models.sampling import Sampling
 from specexp.core.stopping import Stopper
 
@@ -297,13 +297,13 @@ def test_smollm2_rows_equal_batch_one():
     lookup, HumanEval prompts with the dataset's stop strings: batched greedy rows equal batch 1."""
     from conftest import compose
 
-    from specexp.experiment import build
+    from specexp.experiment import instantiate
     from specexp.models.fetch import artifact_path
     from specexp.tasks.humaneval import HumanEval
 
     if not artifact_path("smollm2-135m").exists():
         pytest.skip("SmolLM2 GGUF not fetched; run specexp-fetch")
-    pair = build.pair(compose(["model_pair=smollm2-135m__truncated", "model_pair.dtype=float32",
+    pair = instantiate.pair(compose(["model_pair=smollm2-135m__truncated", "model_pair.dtype=float32",
                                "model_pair.device=cpu"]).model_pair)
     task = HumanEval(limit=4)
     prompts = [torch.tensor(pair.tokenizer(s.prompt)["input_ids"]) for s in task.samples()]
@@ -320,8 +320,8 @@ def test_reports_and_statistics_group_by_batch_size(run_specexp, random_pair_dir
     size (never the other one), and the tables name the batch size."""
     from conftest import pair_overrides
 
-    from specexp.report import collect
-    from specexp.report import compare
+    from specexp.report import collect_runs
+    from specexp.report import paired
     from specexp.report import per_sample
     from specexp.report import tables
 
@@ -329,8 +329,8 @@ def test_reports_and_statistics_group_by_batch_size(run_specexp, random_pair_dir
                 "dataset.limit=2", "dataset.max_new_tokens=8", "warmup=0", "baseline=false", "summary=false",
                 multirun=True)
     sweep = tmp_path / "sweep"
-    runs = collect.load_runs([sweep])
-    df = collect.collect([sweep], runs)
+    runs = collect_runs.load_runs([sweep])
+    df = collect_runs.collect([sweep], runs)
     assert len(df) == 4 and (df["status"] == "ok").all()
     assert sorted(df["batch_size"]) == [1, 1, 2, 2]
     ar = {int(r["batch_size"]): r["run_dir"] for _, r in df[df["strategy"] == "autoregressive"].iterrows()}
@@ -340,8 +340,8 @@ def test_reports_and_statistics_group_by_batch_size(run_specexp, random_pair_dir
     assert spec2["batch_tokens_per_second"] > 0 and spec2["batch_speedup_same_batch"] is None  # no AR in-run
 
     samples = per_sample.collect_samples(runs, df)
-    st = compare.compare_runs(df, samples, reference={"strategy": "autoregressive"})
-    names = dict(zip(df["run_dir"], compare.run_names(df)))
+    st = paired.compare_runs(df, samples, reference={"strategy": "autoregressive"})
+    names = dict(zip(df["run_dir"], paired.run_names(df)))
     assert len(st) == 2
     for _, r in st.iterrows():
         run_dir = next(d for d, n in names.items() if n == r["run"])

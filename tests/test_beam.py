@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import pair_overrides, random_model
 
-from specexp.core.beam import BeamSearch
-from specexp.models.lm import CachedLM
+from specexp.core.beam_search import BeamSearch
+from specexp.models.cached_lm import CachedLM
 from specexp.models.sampling import Sampling
 from specexp.core.stopping import Stopper
 

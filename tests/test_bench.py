@@ -117,7 +117,7 @@ def test_ratios_table_json_and_cleanup(bench_run):
         assert r["name"] in table
     assert "speedup [95% CI]" in table and "throughput ratio, 95% CI" in table
     # the forward hooks and the round counter are gone from the (process-cached) models
-    from specexp.models.models import _MODEL_CACHE
+    from specexp.models.loading import _MODEL_CACHE
 
     for model in _MODEL_CACHE.values():
         assert not model._forward_hooks and not model._forward_pre_hooks
@@ -159,7 +159,7 @@ def test_batch_sizes_flag_runs_the_batched_bench(random_pair_dir, tmp_path, monk
 
 
 def test_feature_goals_pick_the_best_feature_mode_and_transformers_fastest_speculative_mode():
-    from specexp.report.benchmark import feature_goals
+    from specexp.report.bench_analysis import feature_goals
 
     def row(mode, side, tps, tau=None, speedup=None, gamma=4):
         return {"setting": "greedy", "mode": mode, "name": mode, "side": side, "tokens_per_s": tps, "tau": tau,

@@ -1,4 +1,4 @@
-"""specexp/builds/builds.py: a build runs once per parameter set, lands whole, and cleans up after a
+"""specexp/builds/build_cache.py: a build runs once per parameter set, lands whole, and cleans up after a
 killed one."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from specexp.builds.builds import build_once
+from specexp.builds.build_cache import build_once
 
 
 def _build(calls):

@@ -14,7 +14,7 @@ from scipy.stats import chisquare
 
 from specexp.core.decode import generate
 from specexp.length import LengthPolicy
-from specexp.models.lm import CachedLM, cached_lm
+from specexp.models.cached_lm import CachedLM, cached_lm
 from specexp.proposers import Bigram, Cascade, PromptLookup
 from specexp.proposers.cascade import _Items
 from specexp.models.sampling import Sampling

@@ -10,12 +10,12 @@ import pytest
 from omegaconf import open_dict
 
 from conftest import CONF, compose, pair_overrides
-from specexp.experiment import build
-from specexp.models import models
+from specexp.experiment import instantiate
+from specexp.models import loading as models
 from specexp.experiment import run
 from specexp.experiment import validate
 from specexp.experiment.config import register
-from specexp.models.models import ModelSpec
+from specexp.models.loading import ModelSpec
 
 
 def composed(overrides: list[str]):
@@ -135,7 +135,7 @@ def test_beam_with_sampling_fails_before_any_model_loads(random_pair_dir, tmp_pa
 def test_prompt_is_literal(text):
     cfg = composed(run.cli_overrides([f"prompt={text}"]))
     validate.check(cfg)
-    assert build.task(cfg.dataset, None).text == text
+    assert instantiate.task(cfg.dataset, None).text == text
 
 
 def test_prompt_with_dollar_brace_runs(random_pair_dir, tmp_path, capsys):

@@ -6,10 +6,10 @@ import pytest
 import torch
 from test_cascade import FakePair, RuleLM, succ
 
-from specexp.report import costs
+from specexp.report import forward_costs
 from specexp.core.decode import generate
 from specexp.length import Fixed, LengthPolicy
-from specexp.models.lm import CachedLM
+from specexp.models.cached_lm import CachedLM
 from specexp.proposers import Bigram, Cascade, DraftModel
 from specexp.models.sampling import Sampling
 from specexp.core.stopping import Stopper
@@ -25,30 +25,30 @@ def _step_seconds(g):
 
 def test_formulas_by_hand():
     # SWI = N c_t / sum F c: 10 tokens, 3 target forwards (cost 1000), 3 drafter forwards (100)
-    assert costs.swi(10, {"target": 3, "drafter": 3}, {"target": 1000, "drafter": 100}) == pytest.approx(10000 / 3300)
-    assert costs.swi(10, {"target": 3, "drafter": 0}, {"target": 1.0, "drafter": None}) == pytest.approx(10 / 3)
-    assert costs.swi(10, {"target": 3, "drafter": 3}, None) is None
+    assert forward_costs.swi(10, {"target": 3, "drafter": 3}, {"target": 1000, "drafter": 100}) == pytest.approx(10000 / 3300)
+    assert forward_costs.swi(10, {"target": 3, "drafter": 0}, {"target": 1.0, "drafter": None}) == pytest.approx(10 / 3)
+    assert forward_costs.swi(10, {"target": 3, "drafter": 3}, None) is None
     # Leviathan et al.: (1 - a^(g+1)) / ((1 - a)(g c + 1))
-    assert costs.leviathan_speedup(0.8, 4, 0.1) == pytest.approx((1 - 0.8 ** 5) / (0.2 * 1.4))  # 2.4012
-    assert costs.leviathan_speedup(0.8, 4, 0.1) == pytest.approx(2.40114, abs=1e-5)
-    assert costs.leviathan_speedup(1.0, 4, 0.0) == 5.0
+    assert forward_costs.leviathan_speedup(0.8, 4, 0.1) == pytest.approx((1 - 0.8 ** 5) / (0.2 * 1.4))  # 2.4012
+    assert forward_costs.leviathan_speedup(0.8, 4, 0.1) == pytest.approx(2.40114, abs=1e-5)
+    assert forward_costs.leviathan_speedup(1.0, 4, 0.0) == 5.0
     # measured per-forward cost: 4 forwards in 10 s, of which 1 prefill of 4 s -> 6 s / 3 = 2 s
-    assert costs.measured_costs({"target": 4}, {"target": 10.0}, {"target": 1}, {"target": 4.0}) == {"target": 2.0}
-    assert costs.measured_costs({"target": 1}, {"target": 3.0}, {"target": 1}, {"target": 3.0}) == {"target": 3.0}
-    assert costs.measured_costs({"target": 0}, {}, {}, {}) == {"target": None}
+    assert forward_costs.measured_costs({"target": 4}, {"target": 10.0}, {"target": 1}, {"target": 4.0}) == {"target": 2.0}
+    assert forward_costs.measured_costs({"target": 1}, {"target": 3.0}, {"target": 1}, {"target": 3.0}) == {"target": 3.0}
+    assert forward_costs.measured_costs({"target": 0}, {}, {}, {}) == {"target": None}
 
 
 def test_t5_sizes_and_previous_work_ratios():
     t5 = {r: RuleLM(V, succ(V), model_type="t5") for r in ("target", "drafter", "drafter2")}
     names = {"target": "google/flan-t5-xxl", "drafter": "google/flan-t5-base", "drafter2": "/models/t5-small"}
-    assert costs.previous_work_costs(t5, names) == {"target": 1.0, "drafter": 0.04, "drafter2": 0.02}
-    assert costs.t5_size(t5["target"], "google/flan-t5-xl") == "xl"  # not "xxl": whole words
-    assert costs.previous_work_costs(t5, {**names, "drafter": "google/flan-t5-xl"}) is None  # no ratio for xl
-    assert costs.previous_work_costs({"target": RuleLM(V, succ(V)), "drafter": t5["drafter"]}, names) is None
+    assert forward_costs.previous_work_costs(t5, names) == {"target": 1.0, "drafter": 0.04, "drafter2": 0.02}
+    assert forward_costs.t5_size(t5["target"], "google/flan-t5-xl") == "xl"  # not "xxl": whole words
+    assert forward_costs.previous_work_costs(t5, {**names, "drafter": "google/flan-t5-xl"}) is None  # no ratio for xl
+    assert forward_costs.previous_work_costs({"target": RuleLM(V, succ(V)), "drafter": t5["drafter"]}, names) is None
     from transformers import T5Config
 
     t5["drafter"].config = T5Config(d_model=768)  # unnamed: recognised by its width
-    assert costs.t5_size(t5["drafter"]) == "base"
+    assert forward_costs.t5_size(t5["drafter"]) == "base"
 
 
 def test_cascade_forward_counts_and_cost_models_by_hand():
@@ -65,8 +65,8 @@ def test_cascade_forward_counts_and_cost_models_by_hand():
     assert g.model_forwards == {"target": 3, "drafter": 3} and len(g.tokens) == 10
     assert all(s > 0 for s in g.model_forward_seconds.values())
     assert g.model_prefills == {"target": 1, "drafter": 1}  # each model's first forward fed the prompt
-    rep = costs.report([g], {"target": lm, **casc.cached_models},
-                       {"target": "google/flan-t5-xxl", "drafter": "google/flan-t5-small"}, costs.classic_gamma(casc, None))
+    rep = forward_costs.report([g], {"target": lm, **casc.cached_models},
+                       {"target": "google/flan-t5-xxl", "drafter": "google/flan-t5-small"}, forward_costs.classic_gamma(casc, None))
     cms = rep["cost_model_speedup"]
     assert cms["params"] == pytest.approx(10000 / 3300) == pytest.approx(3.0303, abs=1e-4)
     assert cms["previous_work"] == pytest.approx(10 / 3.06) == pytest.approx(3.2680, abs=1e-4)
@@ -84,16 +84,16 @@ def test_csd_paper_cost_table():
     small 60; llama-160m 160, llama-68m 68, LLaMA-7B 70000 (the table's value); others: none."""
     t5 = {r: RuleLM(V, succ(V), model_type="t5") for r in ("target", "drafter", "drafter2")}
     names = {"target": "google/flan-t5-xxl", "drafter": "google/flan-t5-base", "drafter2": "google/flan-t5-small"}
-    assert costs.csd_paper_costs(t5, names) == {"target": 11300, "drafter": 220, "drafter2": 60}
-    assert costs.csd_paper_costs(t5, {**names, "drafter": "google/flan-t5-xl"})["drafter"] == 3000
+    assert forward_costs.csd_paper_costs(t5, names) == {"target": 11300, "drafter": 220, "drafter2": 60}
+    assert forward_costs.csd_paper_costs(t5, {**names, "drafter": "google/flan-t5-xl"})["drafter"] == 3000
     llama = {"target": RuleLM(V, succ(V), model_type="llama"), "drafter": RuleLM(V, succ(V), model_type="llama")}
-    assert costs.csd_paper_costs(llama, {"target": "huggyllama/llama-7b", "drafter": "JackFram/llama-160m"}) == \
+    assert forward_costs.csd_paper_costs(llama, {"target": "huggyllama/llama-7b", "drafter": "JackFram/llama-160m"}) == \
         {"target": 70000, "drafter": 160}
-    assert costs.csd_paper_costs(llama, {"target": "meta-llama/Llama-3.2-1B", "drafter": "JackFram/llama-68m"}) is None
+    assert forward_costs.csd_paper_costs(llama, {"target": "meta-llama/Llama-3.2-1B", "drafter": "JackFram/llama-68m"}) is None
     opt = {"target": RuleLM(V, succ(V), model_type="opt")}
-    assert costs.csd_paper_costs(opt, {"target": "facebook/opt-2.7b"}) is None  # "7b" in the name is not enough
+    assert forward_costs.csd_paper_costs(opt, {"target": "facebook/opt-2.7b"}) is None  # "7b" in the name is not enough
     # FLAN-T5 forward counts of one round of the paper's matrix (target 1, base 1, small 2) over 30 tokens
-    assert costs.swi(30, {"target": 1, "drafter": 1, "drafter2": 2}, costs.csd_paper_costs(t5, names)) == \
+    assert forward_costs.swi(30, {"target": 1, "drafter": 1, "drafter2": 2}, forward_costs.csd_paper_costs(t5, names)) == \
         pytest.approx(30 * 11300 / (11300 + 220 + 120))
 
 
@@ -115,10 +115,10 @@ def test_classic_forward_counts_alpha_and_leviathan_by_hand():
     assert g.tokens == list(range(1, 13))
     assert g.drafted == [3, 3, 3, 2] and g.accepted == [3, 0, 3, 2]
     assert g.model_forwards == {"target": 4, "drafter": 11}
-    assert costs.acceptance_alpha([g]) == pytest.approx(8 / 9)
-    gamma = costs.classic_gamma(proposer, policy)
+    assert forward_costs.acceptance_alpha([g]) == pytest.approx(8 / 9)
+    gamma = forward_costs.classic_gamma(proposer, policy)
     assert gamma == 3
-    rep = costs.report([g], {"target": lm, **proposer.cached_models}, None, gamma)
+    rep = forward_costs.report([g], {"target": lm, **proposer.cached_models}, None, gamma)
     cms = rep["cost_model_speedup"]
     assert cms["params"] == pytest.approx(12000 / 5100) == pytest.approx(2.3529, abs=1e-4)
     assert cms["previous_work"] is None  # not T5
@@ -133,7 +133,7 @@ def test_classic_forward_counts_alpha_and_leviathan_by_hand():
     base = generate(CachedLM(target), torch.tensor([0]), 12, Sampling(), Stopper())
     assert base.model_forwards == {"target": 12} and base.model_prefills == {"target": 1}
     t_ar = _step_seconds(base)["target"]
-    rep = costs.report([g], {"target": lm, **proposer.cached_models}, None, gamma, base=[base])
+    rep = forward_costs.report([g], {"target": lm, **proposer.cached_models}, None, gamma, base=[base])
     cms = rep["cost_model_speedup"]
     assert rep["cost_model"]["measured_target_autoregressive"] == pytest.approx(t_ar)
     assert cms["measured"] == pytest.approx(12 * t_ar / (4 * t["target"] + 11 * t["drafter"]))
@@ -146,7 +146,7 @@ def test_autoregressive_costs_are_one():
     target = RuleLM(V, succ(V), n_params=1000)
     lm = CachedLM(target)
     g = generate(lm, torch.tensor([0]), 7, Sampling(), Stopper())
-    cms = costs.report([g], {"target": lm})["cost_model_speedup"]
+    cms = forward_costs.report([g], {"target": lm})["cost_model_speedup"]
     assert cms["params"] == pytest.approx(1.0) and cms["measured"] == pytest.approx(1.0)
 
 
@@ -166,7 +166,7 @@ def test_measured_cost_model_counts_encoder_passes():
                    model_prefills={"target": 0}, model_prefill_seconds={"target": 0.0},
                    model_encoder_seconds={"target": 2.0})
     models = {"target": RuleLM(V, succ(V), n_params=1000), "drafter": RuleLM(V, succ(V), n_params=100)}
-    rep = costs.report([g], models, base=[b])
+    rep = forward_costs.report([g], models, base=[b])
     assert rep["cost_model_speedup"]["measured"] == pytest.approx(12 / 5.8) == pytest.approx(2.0690, abs=1e-4)
     assert rep["cost_model"]["encoder_seconds"] == {"target": 2.0, "drafter": 0.5}
     assert rep["cost_model_speedup"]["params"] == pytest.approx(10000 / 3300)  # decoder forwards only

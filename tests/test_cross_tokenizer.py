@@ -13,9 +13,9 @@ import torch
 from specexp.experiment import validate
 from specexp.core.decode import generate
 from specexp.length import Fixed
-from specexp.models.lm import cached_lm
-from specexp.models.models import LOAD_COUNT, ModelSpec, Pair
-from specexp.models.prompting import encode_prompt
+from specexp.models.cached_lm import cached_lm
+from specexp.models.loading import LOAD_COUNT, ModelSpec, Pair
+from specexp.models.prompt_ids import encode_prompt
 from specexp.proposers import DraftModel
 from specexp.proposers.cross_tokenizer import CrossTokenizerDrafter, _after_suffix, _Decoded, _Encoded
 from specexp.models.sampling import Sampling

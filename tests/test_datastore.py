@@ -1,5 +1,5 @@
-"""The datastore of the target's own replies (specexp/builds/datastore.py) and its retrieval drafts
-(specexp/proposers/datastore.py) in the prompt lookup."""
+"""The datastore of the target's own replies (specexp/builds/build_datastore.py) and its retrieval drafts
+(specexp/proposers/retrieval.py) in the prompt lookup."""
 from __future__ import annotations
 
 import json
@@ -9,12 +9,12 @@ import pytest
 import torch
 from conftest import CORPUS, ModelsByRole, compose, make_tokenizer, random_model
 
-from specexp.experiment import build
-from specexp.builds.datastore import NGramTable, build_datastore, load_replies
+from specexp.experiment import instantiate as build
+from specexp.builds.build_datastore import NGramTable, build_datastore, load_replies
 from specexp.core.decode import generate
 from specexp.length import Fixed
-from specexp.models.lm import CachedLM
-from specexp.models.models import ModelSpec, load_model, load_tokenizer
+from specexp.models.cached_lm import CachedLM
+from specexp.models.loading import ModelSpec, load_model, load_tokenizer
 from specexp.proposers import Datastore, PromptLookup
 from specexp.models.sampling import Sampling
 from specexp.core.stopping import Stopper
@@ -100,7 +100,7 @@ def test_build_datastore_writes_the_targets_greedy_replies(random_pair_dir, tmp_
     """A small build on a tiny target (code stubs only: no shared data needed): the replies are the
     target's greedy continuations of the prompts, build.json counts them, a rerun reuses the folder,
     and other parameters build elsewhere."""
-    from specexp.builds.distill import reply_prompts
+    from specexp.builds.train_distilled_drafter import reply_prompts
 
     spec = ModelSpec(name=str(random_pair_dir / "target"))
     kw = dict(replies=3, reply_mix={"code": 1}, reply_tokens=6, reply_batch=1)
@@ -132,7 +132,7 @@ def test_the_command_builds_the_pairs_datastore(random_pair_dir, tmp_path, monke
     where the strategy will look for it; a strategy without one is refused by name."""
     import sys
 
-    from specexp.builds.datastore import main
+    from specexp.builds.build_datastore import main
 
     monkeypatch.setenv("SPECEXP_CACHE", str(tmp_path))
     args = ["model_pair=tiny", f"model_pair.target.name={random_pair_dir / 'target'}",

@@ -9,7 +9,7 @@ from conftest import ModelsByRole, noisy_copy, random_model
 
 from specexp.core.decode import generate
 from specexp.length import Fixed
-from specexp.models.lm import CachedLM
+from specexp.models.cached_lm import CachedLM
 from specexp.proposers import DraftModel
 from specexp.models.sampling import Sampling
 from specexp.core.stopping import Stopper

@@ -1,4 +1,4 @@
-"""The feature drafter (EAGLE-style, specexp/proposers/eagle.py) and its training (specexp/builds/eagle.py):
+"""The feature drafter (EAGLE-style, specexp/proposers/feature_drafter.py) and its training (specexp/builds/train_feature_drafter.py):
 greedy output equal to the target's own under every length policy, the target's distribution
 kept under sampling, reproducible training, and a small build end to end."""
 from __future__ import annotations
@@ -12,16 +12,16 @@ import torch
 from omegaconf import OmegaConf
 from conftest import CONF, CORPUS, ModelsByRole, compose, pooled_chisquare, random_model
 
-from specexp.experiment import build
+from specexp.experiment import instantiate as build
 from specexp.core.decode import generate
-from specexp.builds.distill import teacher_read
-from specexp.builds.eagle import build_feature_drafter, chain_acceptance, heldout_agreement, init_feature_drafter, train
+from specexp.builds.train_distilled_drafter import teacher_read
+from specexp.builds.train_feature_drafter import build_feature_drafter, chain_acceptance, heldout_agreement, init_feature_drafter, train
 from specexp.length import Fixed
-from specexp.models.lm import CachedLM
-from specexp.models.models import ModelSpec, load_model
-from specexp.builds.replies import chat_ids, replies_with_reads
+from specexp.models.cached_lm import CachedLM
+from specexp.models.loading import ModelSpec, load_model
+from specexp.builds.target_replies import chat_ids, replies_with_reads
 from specexp.proposers import Datastore, DraftModel, FeatureDrafter, LookupFirst
-from specexp.proposers.eagle import FeatureDrafterModel
+from specexp.proposers.feature_drafter import FeatureDrafterModel
 from specexp.models.sampling import Sampling
 from specexp.core.stopping import Stopper
 
@@ -198,7 +198,7 @@ def test_lookup_first_with_a_plain_drafter():
 
 
 def test_drafter_passes_its_cache_as_its_transformers_takes_it(tiny):
-    """The drafter's layer gets its KV cache through specexp.models.lm.cache_arg (`cache=` in transformers
+    """The drafter's layer gets its KV cache through specexp.models.cached_lm.cache_arg (`cache=` in transformers
     5.x, where `past_key_values=` is deprecated and goes in 5.40), and decoding with the cache gives
     the same features as one pass over the whole sequence."""
     import warnings
@@ -391,7 +391,7 @@ def test_replies_are_read_while_the_target_writes_them(random_pair_dir, tmp_path
 
 def test_reply_prompts_follow_the_mix():
     from specexp.builds.corpus import code_stubs
-    from specexp.builds.distill import SUMMARIZE, reply_prompts
+    from specexp.builds.train_distilled_drafter import SUMMARIZE, reply_prompts
 
     stubs = code_stubs()
     assert len(stubs) > 100 and all(s.startswith("def ") and s.rstrip().endswith('"""') for s in stubs)
@@ -444,7 +444,7 @@ def test_eagle_pair_composes_with_any_strategy(tiny, name, tmp_path):
     cfg = compose(overrides)
     if "store" in cfg.strategy:  # the datastore: a folder of replies instead of a build for SmolLM2
         cfg = compose([*overrides, f"strategy.store={tmp_path}"])
-    assert cfg.model_pair.build._target_ == "specexp.builds.eagle.build_feature_drafter"
+    assert cfg.model_pair.build._target_ == "specexp.builds.train_feature_drafter.build_feature_drafter"
     assert cfg.model_pair.drafter.name == cfg.model_pair.dir
     assert cfg.strategy.proposer.model == "drafter"
     strategy = OmegaConf.to_container(cfg.strategy)

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from specexp.models import entropy
+from specexp.models import token_entropy as entropy
 from specexp.length import DraftStep, EntropyAbsolute, EntropyStatic
 
 V = 12

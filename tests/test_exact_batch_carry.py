@@ -1,7 +1,7 @@
 """Every shipped strategy decodes at batch_size=3 exactly as at batch_size=1, or is refused with a
 reason: batch 1 as run.py runs it (ONE policy and ONE proposer for the whole dataset, the policy
 told `start_sample(carry=False)` before each sample, so whatever a policy keeps from one sample
-to the next is kept), batch 3 as specexp/core/batch.py runs it; equal tokens, draft lengths and
+to the next is kept), batch 3 as specexp/core/batch_decode.py runs it; equal tokens, draft lengths and
 accepted counts per sample, greedy and seeded sampling. A policy that carries state across
 samples (AdaEDL's lambda, by default) cannot be batched and is refused, naming the fix."""
 from __future__ import annotations
@@ -12,12 +12,12 @@ import pytest
 import torch
 from conftest import CONF, compose, pair_overrides
 
-from specexp.core import batch
-from specexp.core import beam
-from specexp.experiment import build
-from specexp.core.batch import generate_batch
+from specexp.core import batch_decode as batch
+from specexp.core import beam_search as beam
+from specexp.experiment import instantiate
+from specexp.core.batch_decode import generate_batch
 from specexp.core.decode import generate
-from specexp.models.lm import CachedLM
+from specexp.models.cached_lm import CachedLM
 from specexp.models.sampling import Sampling
 from specexp.core.stopping import Stopper
 
@@ -32,7 +32,7 @@ SAMPLINGS = {"greedy": Sampling(), "sample": Sampling(temperature=0.8, top_k=40)
 
 @pytest.fixture(scope="module")
 def pair(random_pair_dir):
-    return build.pair(compose(pair_overrides(random_pair_dir)).model_pair)
+    return instantiate.pair(compose(pair_overrides(random_pair_dir)).model_pair)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def strategy(name: str, pair, store, *extra: str):
         extra = (f"strategy.corpus={store / 'corpus.txt'}", "strategy.table=null", *extra)
     cfg = compose([f"strategy={name}", *extra])
     try:
-        proposer, policy = build.strategy(cfg.strategy, pair)
+        proposer, policy = instantiate.strategy(cfg.strategy, pair)
     except ValueError as e:
         if "needs a 'drafter2' model" in str(e):
             return None

@@ -12,12 +12,12 @@ import torch
 from conftest import ModelsByRole, noisy_copy, random_model
 from test_length import C, BEFORE, run
 
-from specexp.models import entropy
+from specexp.models import token_entropy as entropy
 from specexp import length as L
-from specexp.report.analysis import aggregate
+from specexp.report.token_records import aggregate
 from specexp.core.decode import generate
 from specexp.length import Fixed, Heuristic
-from specexp.models.lm import CachedLM, cached_lm
+from specexp.models.cached_lm import CachedLM, cached_lm
 from specexp.proposers import DraftModel
 from specexp.models.sampling import Sampling
 from specexp.core.stopping import Stopper

@@ -73,7 +73,7 @@ REPRO_01 = [(17.2727, 0.5499, 0.6386), (35.0, 9.6456, 17.9015), (25.2632, 1.5163
 
 
 def test_repro_estimators_reproduce_its_published_numbers():
-    from specexp.report.repro_estimators import repro_estimators
+    from specexp.report.paper_estimators import repro_estimators
 
     recs = [{"new_tokens": 40, "wall_time_s": 40 / spec, "baseline_new_tokens": 40, "baseline_wall_time_s": 40 / ar,
              "drafted": 100, "accepted": acc} for acc, ar, spec in REPRO_01]
@@ -210,7 +210,7 @@ def test_report_shows_the_reproduction_repos_estimators_and_the_papers_cost_tabl
     cascade run carrying cost_model_speedup.csd_paper gets the paper-table column."""
     from test_report import write_run
 
-    from specexp.report import report
+    from specexp.report import cli as report
 
     write_run(tmp_path, "neo", params={"gamma": 5}, speedup=1.33, accept=0.5,
               sample_times={"s0": 1.0, "s1": 1.0}, base_times={"s0": 2.0, "s1": 1.0})

@@ -16,7 +16,7 @@ from scipy.stats import t
 from conftest import pair_overrides
 from specexp import stats
 from specexp.experiment import run
-from specexp.experiment import sweep
+from specexp.experiment import sweep_callbacks as sweep
 
 BATCHED = ["dataset.limit=3", "dataset.max_new_tokens=12", "warmup=0", "batch_size=2", "strategy.gamma=3",
            "timing.repeats=2"]

@@ -110,9 +110,9 @@ def test_run_breaks_aggregates_down_per_category(spec_bench, random_pair_dir, ru
         assert set(c["quality"]) >= {"rouge1", "rougeL", "n_scored"} and c["quality"]["n_scored"] == len(mine)
     assert sum(c["n_samples"] for c in cats.values()) == m["dataset"]["n_samples"] == 5
     # specexp-report --table specbench: Spec-Bench's layout, a column per category
-    from specexp.report import report
+    from specexp.report import cli
 
-    assert report.main([str(run_dir), "--table", "specbench", "--no-write"]) == 0
+    assert cli.main([str(run_dir), "--table", "specbench", "--no-write"]) == 0
     out = capsys.readouterr().out
     assert "Method | writing | math | coding | Overall | Mean accepted tokens" in out.replace("  ", " ")
     sp = cats["math"]["speedup"]

@@ -1,4 +1,4 @@
-"""The cost-aware length rule (specexp/length/length_cost.py) on hand-computed numbers: each decision is
+"""The cost-aware length rule (specexp/length/cost_aware.py) on hand-computed numbers: each decision is
 worked out next to its test from E(k) - lam C(k) (module docstring), then the calibration, the
 rate, the measured verification cost, and the rule inside the decode loop."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from specexp.length import Decision, DraftStep
-from specexp.length.length_cost import EDGE_TOL, CostAware, calibration_bin, measure_verify_cost, monotone_cost
+from specexp.length.cost_aware import EDGE_TOL, CostAware, calibration_bin, measure_verify_cost, monotone_cost
 
 V = 40
 C, BEFORE = Decision.CONTINUE, Decision.STOP_BEFORE
@@ -187,7 +187,7 @@ def test_measured_rule_in_the_decode_loop_keeps_greedy_output():
     from conftest import ModelsByRole, noisy_copy, random_model
 
     from specexp.core.decode import generate
-    from specexp.models.lm import CachedLM
+    from specexp.models.cached_lm import CachedLM
     from specexp.proposers import DraftModel
     from specexp.models.sampling import Sampling
     from specexp.core.stopping import Stopper
@@ -217,7 +217,7 @@ def test_replayed_costs_decide_identically():
     from conftest import ModelsByRole, noisy_copy, random_model
 
     from specexp.core.decode import generate
-    from specexp.models.lm import CachedLM
+    from specexp.models.cached_lm import CachedLM
     from specexp.proposers import DraftModel
     from specexp.models.sampling import Sampling
     from specexp.core.stopping import Stopper
@@ -257,7 +257,7 @@ def test_verify_cost_profile_groups_every_operator_of_a_forward(random_pair_dir)
     from transformers import AutoModelForCausalLM
 
     from conftest import load_script
-    from specexp.models.lm import cached_lm
+    from specexp.models.cached_lm import cached_lm
 
     script = load_script("verify_cost")
     assert script.group_of("aten::mm") == "matrix multiplies" and script.group_of("aten::addmm") == "matrix multiplies"

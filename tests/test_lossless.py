@@ -29,10 +29,10 @@ import torch
 from conftest import CONF, CORPUS, compose, make_tokenizer, noisy_copy, random_model
 from scipy import stats
 
-from specexp.experiment import build
+from specexp.experiment import instantiate as build
 from specexp.core import verify
 from specexp.core.decode import generate
-from specexp.models.lm import CachedLM, cached_lm
+from specexp.models.cached_lm import CachedLM, cached_lm
 from specexp.proposers.bigram import save_table
 from specexp.models.sampling import Sampling, sample
 from specexp.core.stopping import Stopper
@@ -82,7 +82,7 @@ def strategy_cfg(name: str, table: Path, extra: tuple[str, ...] = ()):
 
 
 def write_store(folder: Path, replies: list[list[int]]) -> None:
-    """A datastore folder (specexp.builds.datastore) holding `replies`."""
+    """A datastore folder (specexp.builds.build_datastore) holding `replies`."""
     (folder / "store").mkdir()
     (folder / "store" / "replies.json").write_text(json.dumps({"replies": replies}))
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import pair_overrides
 
-from specexp.report import costs
-from specexp.experiment import record
+from specexp.report import forward_costs
+from specexp.experiment import metrics_json
 from specexp.core.decode import Generation
 
 # ---------------------------------------------------------------------------------- the fixture
@@ -54,7 +54,7 @@ def baseline_gens(wall_a=0.6, wall_b=0.25):
 
 
 def test_aggregate_by_hand():
-    m = record.aggregate(strategy_gens())
+    m = metrics_json.aggregate(strategy_gens())
     assert m["n_samples"] == 2 and m["new_tokens"] == 11
     assert m["wall_time_s"] == pytest.approx(0.55)
     assert m["tokens_per_second"] == pytest.approx(20.0)  # 11 tokens / 0.55 s
@@ -93,7 +93,7 @@ def assert_log_t_ci(sp: dict, resamples: list[tuple[float, float]], n: int) -> N
 
 
 def test_speedup_estimators_by_hand():
-    sp = record.speedup(strategy_gens(), baseline_gens())
+    sp = metrics_json.speedup(strategy_gens(), baseline_gens())
     assert sp["estimator"] == "throughput_ratio"
     # (11 / 0.55) / (11 / 0.85) = 0.85 / 0.55
     assert sp["throughput_ratio"] == pytest.approx(0.85 / 0.55)
@@ -112,7 +112,7 @@ def test_speedup_estimators_by_hand():
 
 def test_a_slower_strategy_gets_a_speedup_below_one():
     """Baseline A in 0.15 s, B in 0.1 s: the strategy (0.3 s, 0.25 s) is slower."""
-    sp = record.speedup(strategy_gens(), baseline_gens(wall_a=0.15, wall_b=0.1))
+    sp = metrics_json.speedup(strategy_gens(), baseline_gens(wall_a=0.15, wall_b=0.1))
     assert sp["throughput_ratio"] == pytest.approx(0.25 / 0.55)  # (11 / 0.55) / (11 / 0.25) = 0.4545
     # every resample is slower (A 0.5, B 0.4), but with 2 samples the t interval (1 df) is wide
     assert_log_t_ci(sp, [(math.log(0.5), 0.25), (math.log(0.4), 0.25), (math.log(0.25 / 0.55), 0.5)], n=2)
@@ -125,7 +125,7 @@ def test_a_slower_strategy_gets_a_speedup_below_one():
 def test_cost_model_speedups_by_hand():
     """target = Linear(10, 10) (110 parameters), drafter = Linear(2, 5) (15 parameters)."""
     models = {"target": torch.nn.Linear(10, 10), "drafter": torch.nn.Linear(2, 5)}
-    c = costs.report(strategy_gens(), models, gamma=3, base=baseline_gens())
+    c = forward_costs.report(strategy_gens(), models, gamma=3, base=baseline_gens())
     s = c["cost_model_speedup"]
     # params: N c_t / (F_t c_t + F_d c_d) = 11 * 110 / (5 * 110 + 10 * 15) = 1210 / 700
     assert s["params"] == pytest.approx(1210 / 700)
@@ -148,7 +148,7 @@ def test_a_stop_inside_accepted_drafts_counts_only_the_emitted_ones():
     from test_paths import ScriptLM
 
     from specexp.length import Fixed
-    from specexp.models.lm import CachedLM
+    from specexp.models.cached_lm import CachedLM
     from specexp.proposers import DraftModel
     from specexp.models.sampling import Sampling
     from specexp.core.stopping import Stopper
@@ -161,7 +161,7 @@ def test_a_stop_inside_accepted_drafts_counts_only_the_emitted_ones():
     assert g.tokens == [5, 0]
     assert g.emitted == [2] and g.accepted == [1]
     assert g.drafted[0] in (2, 3)  # 2 where the drafter stops drafting at its own EOS
-    m = record.aggregate([g])
+    m = metrics_json.aggregate([g])
     assert m["accepted_tokens"] == 1 and m["acceptance_rate"] == pytest.approx(1 / g.drafted[0])
     assert m["mean_accepted_length"] == pytest.approx(2.0)  # 2 tokens / 1 target forward
 
@@ -201,7 +201,7 @@ def test_median_of_repeats_by_hand():
     those of the 0.2 s repeat (the lower median), spread (0.4 - 0.1) / 0.25 = 1.2."""
     reps = [gen(TOK_A, t, [3], [2], [3], [t], {"target": 1}, {"target": t}, {}, {}) for t in (0.1, 0.4, 0.2, 0.3)]
     reps[2].drafted = [2]  # marks the repeat that must be picked
-    g, info = record.median_of_repeats(reps)
+    g, info = metrics_json.median_of_repeats(reps)
     assert g.wall_time == pytest.approx(0.25) and g.drafted == [2]
     assert info["wall_times_s"] == [0.1, 0.4, 0.2, 0.3]
     assert info["spread"] == pytest.approx(1.2) and info["identical"] is True

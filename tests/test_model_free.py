@@ -12,7 +12,7 @@ from conftest import CORPUS, make_tokenizer, random_model
 
 from specexp.core.decode import generate
 from specexp.length import Fixed
-from specexp.models.lm import CachedLM
+from specexp.models.cached_lm import CachedLM
 from specexp.proposers import Bigram, LookupFirst, PromptLookup
 from specexp.proposers.bigram import build_bigram, count_table, fit_table, load_table
 from specexp.proposers.lookup import longest_suffix_match

@@ -7,7 +7,7 @@ from conftest import compose, pooled_chisquare, random_model
 
 from specexp.core.decode import generate
 from specexp.length import Fixed
-from specexp.models.lm import CachedLM
+from specexp.models.cached_lm import CachedLM
 from specexp.proposers.nasd import NASD, NGramStore
 from specexp.models.sampling import Sampling
 from specexp.core.stopping import Stopper

@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from conftest import compose, make_tokenizer, noisy_copy, random_model
-from specexp.experiment import build
-from specexp.report import collect
-from specexp.models import models
+from specexp.experiment import instantiate
+from specexp.report import collect_runs
+from specexp.models import loading as models
 from specexp.experiment import run
 from specexp.core.decode import generate
 from specexp.length import Fixed
-from specexp.models.lm import cached_lm
-from specexp.models.models import ModelSpec, Pair, Placement
+from specexp.models.cached_lm import cached_lm
+from specexp.models.loading import ModelSpec, Pair, Placement
 from specexp.proposers.drafter import DraftModel
 from specexp.models.sampling import Sampling
 from specexp.core.stopping import Stopper
@@ -138,7 +138,7 @@ def test_hf_pair_is_named_after_its_models(target, drafter, name):
 def test_hf_pair_without_a_target_names_the_key(fresh_cache):
     cfg = compose(["model_pair=hf"])
     with pytest.raises(ValueError, match=r"model_pair\.target\.name is missing"):
-        build.pair(cfg.model_pair)
+        instantiate.pair(cfg.model_pair)
     with pytest.raises(Exception, match=r"model_pair\.target\.name is missing"):
         str(cfg.model_pair.name)  # the derived name says the same
     assert fresh_cache["models"] == 0
@@ -156,7 +156,7 @@ def test_own_pair_run_is_named_after_the_folders_and_builds_nothing(own, tmp_pat
     assert m["model_pair"] == {"name": "llama-big__llama-small", "target": str(own["target"]),
                                "drafter": str(own["drafter"]), "sources": {"target": "local", "drafter": "local"}}
     assert not cache.exists()  # nothing was built
-    row = collect.collect([run_dir]).iloc[0]  # specexp-report's table labels the run by the pair's name
+    row = collect_runs.collect([run_dir]).iloc[0]  # specexp-report's table labels the run by the pair's name
     assert (row["model_pair"], row["target"], row["drafter"]) == ("llama-big__llama-small", str(own["target"]), str(own["drafter"]))
 
 
@@ -167,7 +167,7 @@ def test_own_pair_run_is_named_after_the_folders_and_builds_nothing(own, tmp_pat
 def test_a_gguf_file_as_name_loads_as_the_same_model(own, fresh_cache):
     cfg = compose(hf(own["gguf"], own["drafter"], "model_pair.device=cpu"))
     assert cfg.model_pair.name == "llama-big__llama-small"
-    from_gguf = build.pair(cfg.model_pair)
+    from_gguf = instantiate.pair(cfg.model_pair)
     spec = from_gguf.specs["target"]
     assert (spec.name, spec.gguf_file, spec.source) == (str(own["gguf"].parent), "llama-big.gguf", "local")
     assert models.describe(spec) == str(own["gguf"])
@@ -182,7 +182,7 @@ def test_a_gguf_file_as_name_loads_as_the_same_model(own, fresh_cache):
 # --------------------------------------------------------------------------------------------
 
 def test_another_tokenizer_is_refused_before_any_weights_load(own, fresh_cache):
-    pair = build.pair(compose(hf(own["target"], own["other"], "model_pair.device=cpu")).model_pair)
+    pair = instantiate.pair(compose(hf(own["target"], own["other"], "model_pair.device=cpu")).model_pair)
     assert fresh_cache["models"] == 0  # the tokenizers were read; no weights
     assert pair.tokenizer_of("target") is pair.tokenizer and len(pair.tokenizer_of("drafter")) == 280
     assert not pair.shares_tokenizer("drafter")
@@ -218,7 +218,7 @@ def test_offloaded_target_decodes_the_same_tokens(own, tmp_path, fresh_cache, pl
         mapped = Pair(ModelSpec(name=str(own["target"])), {"drafter": ModelSpec(name=str(own["drafter"]))},
                       device="cpu", placement=Placement(MAP, None, str(tmp_path / "offload")))
     else:  # the config keys, as a user gives them: accelerate splits the target over a small CPU budget and the disk
-        mapped = build.pair(compose(hf(own["target"], own["drafter"], "model_pair.device=cpu", "model_pair.device_map=auto",
+        mapped = instantiate.pair(compose(hf(own["target"], own["drafter"], "model_pair.device=cpu", "model_pair.device_map=auto",
                                        "model_pair.max_memory={cpu:300KB}",
                                        f"model_pair.offload_folder={tmp_path / 'offload'}")).model_pair)
     where = set(mapped.target.hf_device_map.values())
@@ -253,5 +253,5 @@ def test_a_failed_hf_run_is_labelled_by_its_models(tmp_path):
     recorded = OmegaConf.to_container(cfg, resolve=False)
     recorded.pop("hydra", None)
     assert recorded["model_pair"]["name"] == "${specexp_pair_name:}"
-    row, _ = collect.flatten(tmp_path / "metrics.json", {"status": "failed", "error": "x", "config": recorded})
+    row, _ = collect_runs.flatten(tmp_path / "metrics.json", {"status": "failed", "error": "x", "config": recorded})
     assert row["model_pair"] == "llama-7b__llama-160m"

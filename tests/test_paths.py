@@ -18,7 +18,7 @@ from conftest import make_tokenizer, pair_overrides, random_model
 
 from specexp import length as L
 from specexp.core.decode import generate
-from specexp.models.lm import CachedLM
+from specexp.models.cached_lm import CachedLM
 from specexp.proposers import DraftModel
 from specexp.models.sampling import Sampling
 from specexp.core.stopping import Stopper
@@ -173,7 +173,7 @@ def test_a_stop_string_spanning_two_rounds_ends_generation_inside_generate():
 # ----------------------------------------------------------------- prompts and EOS ids
 
 def test_encode_prompt_keeps_the_end_of_a_long_prompt_and_a_bos_for_an_empty_one():
-    from specexp.models.prompting import encode_prompt
+    from specexp.models.prompt_ids import encode_prompt
 
     tok = make_tokenizer()
     text = "def add(a, b):\n    return a + b\n" * 20
@@ -189,7 +189,7 @@ def test_encode_prompt_keeps_the_end_of_a_long_prompt_and_a_bos_for_an_empty_one
 
 
 def test_eos_ids_merges_the_tokenizers_and_a_list_in_the_generation_config():
-    from specexp.models.prompting import eos_ids
+    from specexp.models.prompt_ids import eos_ids
 
     tok = make_tokenizer()
     gen = SimpleNamespace(eos_token_id=[7, tok.eos_token_id, 3])
@@ -278,7 +278,7 @@ def ar_and_spec_runs(tmp_path_factory, random_pair_dir):
 
 
 def _collect_spec_row(*dirs):
-    from specexp.report.collect import collect
+    from specexp.report.collect_runs import collect
 
     df = collect(dirs)
     return df[df["strategy"] == "speculative"].iloc[0]

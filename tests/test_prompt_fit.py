@@ -1,4 +1,4 @@
-"""Prompts cut to fit the models' context (specexp/models/prompting.py): dataset.max_prompt_tokens=auto is
+"""Prompts cut to fit the models' context (specexp/models/prompt_ids.py): dataset.max_prompt_tokens=auto is
 what every model reads with max_new_tokens after it; XSum keeps the article's start and its
 instruction whole, HumanEval (and the default) the prompt's end; an explicit N wins, null never
 cuts (and a prompt that does not fit fails before decoding); metrics.json records each cut and the
@@ -11,8 +11,8 @@ import shutil
 import pytest
 from conftest import pair_overrides
 
-from specexp.models.lm import CachedLM
-from specexp.models.prompting import budget, fit_prompts
+from specexp.models.cached_lm import CachedLM
+from specexp.models.prompt_ids import budget, fit_prompts
 from specexp.tasks.humaneval import HumanEval
 from specexp.tasks.loading import shared_data_dir
 from specexp.tasks.xsum import XSum

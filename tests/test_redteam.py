@@ -5,7 +5,7 @@ canary files outside its temp dir unchanged and undeleted.
 
 Host attacks run twice at the kernel levels: with the Python hooks (the normal run) and without
 them (`guard=False`), which shows what the kernel alone holds. Verdict forging does not depend on
-the level: it runs at every level, `plain` included. docs/sandbox.md has the table of which layer
+the level: it runs at every level, `plain` included. docs/judge.md has the table of which layer
 stops what."""
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 from specexp.tasks.sandbox import isolation
-from specexp.tasks.sandbox import sandbox
+from specexp.tasks.sandbox import judge
 from specexp.tasks.base import Sample
 from specexp.tasks.humaneval import HumanEval
-from specexp.tasks.sandbox.sandbox import Limits, isolation_mode, run_check, run_python
+from specexp.tasks.sandbox.judge import Limits, isolation_mode, run_check, run_python
 
 PROMPT = 'def add(a, b):\n    """Return a + b."""\n'
 TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n    assert candidate(10, 5) == 15\n"
@@ -94,7 +94,7 @@ def _assert_nothing_leaked(out, score: dict | None = None):
 
 def _assert_no_box_left(mode: str):
     """Event-based: every process of the box is gone (killed with its group / PID namespace)."""
-    if not (ROOT and mode in sandbox.STRONG):
+    if not (ROOT and mode in judge.STRONG):
         return  # the box shares a uid with other processes: nothing to tell them apart by
     deadline = time.monotonic() + 10
     while isolation.box_processes() and time.monotonic() < deadline:
@@ -194,7 +194,7 @@ def test_host_attack_with_the_python_hooks(host, listener, name, mode):
     _assert_no_box_left(mode)
 
 
-@pytest.mark.parametrize("mode", [m for m in LEVELS if m.values[0] in sandbox.STRONG])
+@pytest.mark.parametrize("mode", [m for m in LEVELS if m.values[0] in judge.STRONG])
 @pytest.mark.parametrize("name", list(HOST_ATTACKS))
 def test_host_attack_against_the_kernel_alone(host, listener, name, mode):
     """Python hooks off: the kernel level alone keeps the host out."""

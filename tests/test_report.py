@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from specexp.report import markup
+from specexp.report import rendering
 from specexp.report import plots
-from specexp.report import report
+from specexp.report import cli as report
 
 
 def write_run(root: Path, name: str, *, strategy: str = "speculative", params: dict | None = None,
@@ -225,7 +225,7 @@ def test_runs_table_and_unknown_names(tmp_path):
 
 
 def test_latex_escaping():
-    assert markup.latex_escape("pass@1 & 50% of_x #1 ~{}") == r"pass@1 \& 50\% of\_x \#1 \textasciitilde{}\{\}"
+    assert rendering.latex_escape("pass@1 & 50% of_x #1 ~{}") == r"pass@1 \& 50\% of\_x \#1 \textasciitilde{}\{\}"
 
 
 def analysis_records(n: int = 200) -> list[dict]:
@@ -263,7 +263,7 @@ def test_cli_writes_tables_and_plots(tmp_path, capsys):
 
 
 def test_plots_from_analysis_key_and_nothing_to_plot(tmp_path):
-    from specexp.report.analysis import aggregate
+    from specexp.report.token_records import aggregate
 
     recs = analysis_records()
     write_run(tmp_path, "a", strategy="entropy_static", params={"tau": 2.0},

@@ -51,7 +51,7 @@ def test_unreadable_run_exits_2(tmp_path):
 
 
 def test_model_identity_hashes_files_once(tmp_path, monkeypatch):
-    from specexp.models.models import ModelSpec
+    from specexp.models.loading import ModelSpec
 
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "model.safetensors").write_bytes(b"abc")
@@ -75,7 +75,7 @@ def test_replay_puts_the_measured_costs_where_the_strategy_reads_them():
     from conftest import compose
     from omegaconf import OmegaConf
 
-    from specexp.experiment.reproduce import replay_measured
+    from specexp.experiment.rerun import replay_measured
 
     config = OmegaConf.to_container(compose(["strategy=cost_aware"]), resolve=False)
     config.pop("hydra", None)

@@ -182,12 +182,12 @@ def test_default_run_on_the_trained_pair(run_specexp, trained_pair_dir):
 def aa_sweep(run_specexp, overrides, tmp_path):
     """`specexp -m strategy.gamma=4,4`: Hydra keeps both jobs (it does not merge duplicates);
     then `specexp-report --stats --reference run=0`."""
-    from specexp.report import report
+    from specexp.report import cli
 
     run_specexp(*overrides, "strategy.gamma=4,4", multirun=True)
     sweep = tmp_path / "sweep"
     assert sorted(p.parent.name for p in sweep.glob("*/metrics.json")) == ["0", "1"]
-    assert report.main([str(sweep), "--stats", "--reference", "run=0"]) == 0
+    assert cli.main([str(sweep), "--stats", "--reference", "run=0"]) == 0
     import pandas as pd
 
     st = pd.read_csv(sweep / "report" / "stats.csv")
@@ -236,8 +236,8 @@ def test_decoding_touches_no_deprecated_cache_name(transformers_log):
     models, and a forward without a cache (the feature drafter's training step), log nothing."""
     from conftest import random_model
     from specexp.core.decode import generate
-    from specexp.builds.eagle import init_feature_drafter
-    from specexp.models.lm import cache_of, cached_lm
+    from specexp.builds.train_feature_drafter import init_feature_drafter
+    from specexp.models.cached_lm import cache_of, cached_lm
     from specexp.models.sampling import Sampling
     from specexp.core.stopping import Stopper
 

@@ -11,7 +11,7 @@ from scipy.stats import chisquare
 
 from specexp.core.decode import generate
 from specexp.length import Fixed
-from specexp.models.lm import CachedLM
+from specexp.models.cached_lm import CachedLM
 from specexp.proposers import DraftModel
 from specexp.models.sampling import Sampling
 from specexp.core.stopping import Stopper

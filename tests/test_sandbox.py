@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from specexp.tasks.sandbox import isolation
-from specexp.tasks.sandbox import sandbox
-from specexp.tasks.sandbox.sandbox import Limits, check_many, Check, isolation_mode, run_check, run_many, run_python
+from specexp.tasks.sandbox import judge as sandbox
+from specexp.tasks.sandbox.judge import Limits, check_many, Check, isolation_mode, run_check, run_many, run_python
 
 FAST = Limits(timeout=30, cpu_seconds=5, memory_mb=512, nproc=8, fsize_mb=1)  # the timeout is a safety net only
 MODE = isolation_mode()
@@ -387,7 +387,7 @@ def test_check_sees_plain_data_only():
 
 
 def test_literal_parser_accepts_data_and_nothing_else():
-    from specexp.tasks.sandbox._sandbox_child import literal, plain
+    from specexp.tasks.sandbox.child import literal, plain
 
     assert literal("(1, -2.5, 'a', b'b', None, True, [inf, -inf], {1: set()}, frozenset({2}), (1-2j))") == (
         1, -2.5, "a", b"b", None, True, [float("inf"), float("-inf")], {1: set()}, frozenset({2}), 1 - 2j)

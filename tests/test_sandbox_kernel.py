@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from specexp.tasks.sandbox import _sandbox_child as child
+from specexp.tasks.sandbox import child as child
 from specexp.tasks.sandbox import isolation
-from specexp.tasks.sandbox import sandbox
-from specexp.tasks.sandbox.sandbox import Limits, isolation_mode, run_python
+from specexp.tasks.sandbox import judge as sandbox
+from specexp.tasks.sandbox.judge import Limits, isolation_mode, run_python
 
 MODE = isolation_mode()
 LEVELS = list(dict.fromkeys([MODE, "plain"]))  # the filter is the box's own: every level has it
@@ -324,7 +324,7 @@ def test_an_interpreter_under_tmp_runs_in_every_kernel_level(mode):
     tmp = Path(f"/tmp/specexp-venv-{secrets.token_hex(4)}")
     try:
         python = _venv_under_tmp(tmp)
-        code = ("import sys\nfrom specexp.tasks.sandbox.sandbox import run_python\nassert sys.prefix.startswith('/tmp/')\n"
+        code = ("import sys\nfrom specexp.tasks.sandbox.judge import run_python\nassert sys.prefix.startswith('/tmp/')\n"
                 f"out = run_python('print(6 * 7)', mode={mode!r})\nprint(out.passed, out.stdout.strip(), out.detail)\n")
         res = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=300,
                              cwd=Path(__file__).parent.parent)

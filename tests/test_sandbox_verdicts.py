@@ -12,9 +12,9 @@ import tracemalloc
 
 import pytest
 
-from specexp.tasks.sandbox import _sandbox_child as child
-from specexp.tasks.sandbox import sandbox
-from specexp.tasks.sandbox.sandbox import Limits, isolation_mode, reason_ok, run_check, run_python
+from specexp.tasks.sandbox import child as child
+from specexp.tasks.sandbox import judge as sandbox
+from specexp.tasks.sandbox.judge import Limits, isolation_mode, reason_ok, run_check, run_python
 
 MODE = isolation_mode()
 ADD = 'def add(a, b):\n    """Return a + b."""\n'

@@ -12,8 +12,8 @@ from test_cascade import FakePair, perturbed
 
 from specexp.core.decode import generate
 from specexp.length import Fixed, LengthPolicy
-from specexp.models.lm import CachedLM, Seq2SeqLM, cached_lm
-from specexp.models.models import ModelSpec, load_model
+from specexp.models.cached_lm import CachedLM, Seq2SeqLM, cached_lm
+from specexp.models.loading import ModelSpec, load_model
 from specexp.proposers import Bigram, Cascade, DraftModel, PromptLookup
 from specexp.models.sampling import Sampling
 from specexp.core.stopping import Stopper

@@ -2,7 +2,7 @@
 
 Greedy speculative decoding must give the target's greedy output token for token with every
 drafter the project offers for it: the layer-truncated self-drafter, a drafter distilled by
-`specexp.builds.distill` (a small budget here: losslessness does not depend on its quality), bigram and
+`specexp.builds.train_distilled_drafter` (a small budget here: losslessness does not depend on its quality), bigram and
 prompt lookup. Skips cleanly when the GGUF has not been fetched. Also here: where weights come
 from (`resolve_source`), layer truncation and distillation on small models (no GGUF needed)."""
 from __future__ import annotations
@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from conftest import pair_overrides, random_model
-from specexp.experiment import build
+from specexp.experiment import instantiate as build
 from specexp.core.decode import generate
 from specexp.models.fetch import artifact_path
-from specexp.models.lm import cached_lm
-from specexp.models.models import ModelSpec, load_model, resolve_source, truncate_layers
-from specexp.models.prompting import encode_prompt, eos_ids
+from specexp.models.cached_lm import cached_lm
+from specexp.models.loading import ModelSpec, load_model, resolve_source, truncate_layers
+from specexp.models.prompt_ids import encode_prompt, eos_ids
 from specexp.models.sampling import Sampling
 from specexp.core.stopping import Stopper
 from specexp.tasks.loading import DataUnavailable
@@ -97,7 +97,7 @@ def test_distill_raises_agreement_with_the_target(trained_pair_dir, tmp_path):
     """On the tiny trained target: the drafter starts as its first layer and the distillation
     raises held-out top-1 agreement clearly; the result loads as a drafter sharing the tokenizer,
     and a second call reuses the build."""
-    from specexp.builds.distill import distill_drafter
+    from specexp.builds.train_distilled_drafter import distill_drafter
 
     target = ModelSpec(name=str(trained_pair_dir / "target"))
     out = distill_drafter(target, str(tmp_path / "d"), layers=1, corpus=("code",), tokens=24_000, seq_len=128,
@@ -152,7 +152,7 @@ def test_smollm2_loads_offline_and_answers(smol):
 
 @needs_gguf
 def test_smollm2_greedy_speculative_equals_greedy_for_every_drafter(smol, tmp_path):
-    from specexp.builds.distill import distill_drafter
+    from specexp.builds.train_distilled_drafter import distill_drafter
     from specexp.length import Fixed
     from specexp.proposers import Bigram, DraftModel, PromptLookup
 

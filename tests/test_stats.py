@@ -1,4 +1,4 @@
-"""The statistics (specexp/stats.py) and the run aggregates (specexp/experiment/record.py) on hand-computed
+"""The statistics (specexp/stats.py) and the run aggregates (specexp/experiment/metrics_json.py) on hand-computed
 fixtures and synthetic per-sample times with fixed seeds."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from specexp import stats
-from specexp.experiment import record
+from specexp.experiment import metrics_json
 from specexp.core.decode import Generation
 
 
@@ -32,7 +32,7 @@ def fixture(strategy_times=(1.0, 2.0)):
 
 def test_aggregate_by_hand():
     gens, _ = fixture()
-    a = record.aggregate(gens)
+    a = metrics_json.aggregate(gens)
     assert a["n_samples"] == 2 and a["new_tokens"] == 16 and a["wall_time_s"] == 3.0
     assert a["tokens_per_second"] == pytest.approx(16 / 3)
     assert a["drafted_tokens"] == 22 and a["accepted_tokens"] == 10
@@ -44,7 +44,7 @@ def test_aggregate_by_hand():
 
 def test_speedup_estimators_by_hand_faster():
     gens, base = fixture()
-    sp = record.speedup(gens, base)
+    sp = metrics_json.speedup(gens, base)
     assert sp["estimator"] == "throughput_ratio"
     # (16 tokens / 3 s) / (22 tokens / 6 s) = 96 / 66
     assert sp["throughput_ratio"] == pytest.approx(96 / 66)
@@ -61,7 +61,7 @@ def test_speedup_estimators_by_hand_faster():
 def test_speedup_estimators_by_hand_slower():
     """The direction: a strategy that takes longer per token gets a ratio below 1."""
     gens, base = fixture(strategy_times=(4.0, 8.0))
-    sp = record.speedup(gens, base)
+    sp = metrics_json.speedup(gens, base)
     assert sp["throughput_ratio"] == pytest.approx((16 / 12) / (22 / 6))  # 4/11
     assert sp["throughput_ratio"] < 1
     assert sp["per_token"]["per_sample"] == pytest.approx([0.5, 0.25])
@@ -72,15 +72,15 @@ def test_speedup_estimators_by_hand_slower():
 def test_speedup_with_no_identical_output_has_no_matched_ratio():
     gens, base = fixture()
     base[0] = gen(10, 2.0, first=500)  # other tokens
-    assert record.speedup(gens, base)["wall_time_ratio_matched"] is None
+    assert metrics_json.speedup(gens, base)["wall_time_ratio_matched"] is None
 
 
 def test_median_of_repeats():
     reps = [gen(5, 3.0), gen(5, 1.0), gen(5, 2.0)]
-    g, info = record.median_of_repeats(reps)
+    g, info = metrics_json.median_of_repeats(reps)
     assert g.wall_time == 2.0 and g is not reps[2] and g.tokens == reps[2].tokens
     assert info == {"wall_times_s": [3.0, 1.0, 2.0], "spread": 1.0, "identical": True}
-    g, info = record.median_of_repeats([gen(5, 1.0), gen(5, 2.0, first=9)])
+    g, info = metrics_json.median_of_repeats([gen(5, 1.0), gen(5, 2.0, first=9)])
     assert g.wall_time == 1.5 and info["identical"] is False
 
 

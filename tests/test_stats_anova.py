@@ -1,11 +1,11 @@
-"""Factor importance (compare.factor_importance -> stats.factor_anova): a type II ANOVA of run
+"""Factor importance (paired.factor_importance -> stats.factor_anova): a type II ANOVA of run
 means that depends neither on the order nor on the names of the keys, tests against run-to-run
 variation only where configurations were replicated, and still finds a real factor."""
 import numpy as np
 import pandas as pd
 
 from specexp import stats
-from specexp.report import compare
+from specexp.report import paired
 from specexp.report import study
 
 
@@ -31,8 +31,8 @@ def sweep(effects: dict, window_name: str = "override.window", replicates: int =
 
 def test_renaming_a_no_effect_key_changes_no_share_or_p():
     df, samples = sweep({"speculative": 1.2, "entropy_static": 1.5})
-    a = compare.factor_importance(df, samples)
-    b = compare.factor_importance(df.rename(columns={"override.window": "override.aaa_window"}), samples)
+    a = paired.factor_importance(df, samples)
+    b = paired.factor_importance(df.rename(columns={"override.window": "override.aaa_window"}), samples)
     assert a["tested"] and b["tested"]
     rows_a = {r["factor"]: r for r in a["rows"]}
     rows_b = {r["factor"].replace("aaa_window", "window"): r for r in b["rows"]}
@@ -44,7 +44,7 @@ def test_renaming_a_no_effect_key_changes_no_share_or_p():
 
 def test_a_real_factor_is_found_and_the_no_op_key_has_a_small_share():
     df, samples = sweep({"speculative": 1.2, "entropy_static": 1.5}, seed=1)
-    f = {r["factor"]: r for r in compare.factor_importance(df, samples)["rows"]}
+    f = {r["factor"]: r for r in paired.factor_importance(df, samples)["rows"]}
     assert f["strategy"]["p"] < 0.01 and f["strategy"]["share"] > 0.8
     assert f["window"]["share"] < 0.1
 
@@ -65,7 +65,7 @@ def test_a_no_op_key_is_significant_about_alpha_of_the_time():
 
 def test_without_replication_the_section_declines_to_test():
     df, samples = sweep({"speculative": 1.2, "entropy_static": 1.5}, replicates=1)
-    f = compare.factor_importance(df, samples)
+    f = paired.factor_importance(df, samples)
     assert not f["tested"] and f["df_pure_error"] == 0
     assert all(r["p"] is None and r["F"] is None for r in f["rows"])
     section = study.factors_section(f)
@@ -75,6 +75,6 @@ def test_without_replication_the_section_declines_to_test():
 
 def test_a_key_of_one_strategy_is_nested_in_it():
     df, samples = sweep({"speculative": 1.2, "entropy_static": 1.5}, nested_tau=True, seed=2)
-    f = {r["factor"]: r for r in compare.factor_importance(df, samples)["rows"]}
+    f = {r["factor"]: r for r in paired.factor_importance(df, samples)["rows"]}
     assert f["strategy"]["df"] == 1 and f["strategy"]["p"] < 0.01  # not swallowed by the nested key
     assert f["strategy.tau"]["df"] == 1  # tau's two levels within entropy_static

@@ -13,11 +13,11 @@ import pytest
 from test_report import noisy_run, write_run
 
 from specexp import stats
-from specexp.report import benchmark
-from specexp.report import compare
-from specexp.report import costs
+from specexp.report import bench_analysis as benchmark
+from specexp.report import paired
+from specexp.report import forward_costs
 from specexp.report import plots
-from specexp.report import report
+from specexp.report import cli as report
 from specexp.core.decode import Generation
 
 
@@ -57,7 +57,7 @@ def test_quality_verdict_at_n4_is_undecidable_not_no_difference(tmp_path):
     noisy_run(tmp_path, "0", 1.0, seed=0, n=4, passed=[True] * 4)
     noisy_run(tmp_path, "1", 1.0, seed=1, n=4, params={"gamma": 2}, passed=[False] * 4)
     df, samples = collected(tmp_path)
-    st = compare.compare_runs(df, samples, {"run": "0"}).set_index("run")
+    st = paired.compare_runs(df, samples, {"run": "0"}).set_index("run")
     assert st.loc["1", "quality_verdict"] == (
         "undecidable at n = 4 (smallest attainable p 0.125 >= 0.05; n = 6 would decide)")
 
@@ -68,7 +68,7 @@ def criteria_sweep(root, n: int, fixed_passed: list[bool], dyn_passed: list[bool
     noisy_run(root, "0", 1.2, seed=0, n=n, params={"gamma": 4}, passed=fixed_passed)
     noisy_run(root, "1", 1.3, seed=1, n=n, strategy="entropy_static", params={"tau": 1.0}, passed=dyn_passed)
     df, samples = collected(root)
-    (row,) = compare.success_criteria(df, samples)
+    (row,) = paired.success_criteria(df, samples)
     return row
 
 
@@ -116,11 +116,11 @@ def test_best_fixed_gamma_is_selected_by_its_speedup_over_its_own_baseline(tmp_p
     run("1", "speculative", {"gamma": 6}, 1.21, 1.5)
     run("2", "entropy_static", {"tau": 1.0}, 1.45 * 0.93, 1.0)
     df, samples = collected(tmp_path)
-    st = compare.compare_runs(df, samples, {"strategy": "speculative"}).set_index("run")
+    st = paired.compare_runs(df, samples, {"strategy": "speculative"}).set_index("run")
     assert st.loc["2", "reference"].startswith("0 (speculative (gamma=2)), selected: highest speedup")
     assert st.loc["2", "speedup"] == pytest.approx(0.93, rel=0.03)
     assert st.loc["2", "verdict"] in ("slower", stats.NO_DIFFERENCE)
-    crit = compare.success_criteria(df, samples)[0]
+    crit = paired.success_criteria(df, samples)[0]
     assert crit["best_fixed"].startswith("0 (") and crit["faster_10pct"] == "not met"
 
 
@@ -133,9 +133,9 @@ def test_raw_and_normalised_comparisons_are_labelled_and_corrected_apart(tmp_pat
     ids = [f"s{i:02d}" for i in range(12)]
     write_run(tmp_path, "3", strategy="autoregressive", speedup=None, accept=None, sample_times=dict.fromkeys(ids, 1.0))
     df, samples = collected(tmp_path)
-    st = compare.compare_runs(df, samples, {"strategy": "speculative"}).set_index("run")
-    assert st.loc["3", "comparison"] == compare.RAW and st.loc["2", "comparison"] == compare.NORMALISED
-    norm = st[st["comparison"] == compare.NORMALISED]
+    st = paired.compare_runs(df, samples, {"strategy": "speculative"}).set_index("run")
+    assert st.loc["3", "comparison"] == paired.RAW and st.loc["2", "comparison"] == paired.NORMALISED
+    norm = st[st["comparison"] == paired.NORMALISED]
     assert norm["p_holm"].astype(float).tolist() == pytest.approx(stats.holm(norm["p_ttest"].tolist()))
     assert float(st.loc["3", "p_holm"]) == pytest.approx(float(st.loc["3", "p_ttest"]))  # a family of one
     text = report.render_markdown([report.study.stats_section(st.reset_index())], "x")
@@ -150,7 +150,7 @@ def test_acceptance_survives_a_sample_that_drafts_nothing(tmp_path):
     df, samples = collected(tmp_path)
     first = samples.index[(samples["run_dir"].str.endswith("1")) & (samples["sample"] == "s00")]
     samples.loc[first, "acceptance_rate"] = None  # s00 drafted nothing in run 1
-    st = compare.compare_runs(df, samples, {"run": "0"}).set_index("run")
+    st = paired.compare_runs(df, samples, {"run": "0"}).set_index("run")
     assert st.loc["1", "acceptance_n"] == 11
     assert st.loc["1", "acceptance_diff"] == pytest.approx(6 / 7 - 4 / 7)
     assert st.loc["1", "acceptance_verdict"] == "higher"
@@ -180,7 +180,7 @@ def test_acceptance_alpha_does_not_count_a_round_cut_by_a_stop_as_a_rejection():
     g.log_round(4, 4, [])  # 4 of 4 accepted
     g.log_round(4, 1, [])  # a stop among the accepted drafts after 1: cut, nothing rejected
     g.log_round(4, 0, [9, 9, 9, 9])  # a rejection at the first draft
-    assert costs.acceptance_alpha([g]) == pytest.approx(5 / 6)  # 5 acceptances, 1 rejection
+    assert forward_costs.acceptance_alpha([g]) == pytest.approx(5 / 6)  # 5 acceptances, 1 rejection
 
 
 # ---- the benchmark's units -----------------------------------------------------------------

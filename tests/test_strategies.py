@@ -18,11 +18,11 @@ from conftest import ModelsByRole, CONF, ROOT, compose, noisy_copy, pair_overrid
 from omegaconf import OmegaConf
 from scipy import stats
 
-from specexp.report import analysis
-from specexp.experiment import build
+from specexp.report import token_records as analysis
+from specexp.experiment import instantiate
 from specexp import length as L
 from specexp.core.decode import generate
-from specexp.models.lm import CachedLM
+from specexp.models.cached_lm import CachedLM
 from specexp.proposers import DraftModel
 from specexp.models.sampling import Sampling
 from specexp.core.stopping import Stopper
@@ -42,7 +42,7 @@ def strategy_cfg(name: str, overrides: tuple[str, ...] = ()):
 
 def make(name: str, pair, overrides: tuple[str, ...] = ()):
     """(proposer, policy) of conf/strategy/<name>.yaml, built as a run builds them."""
-    return build.strategy(strategy_cfg(name, tuple(overrides)), pair)
+    return instantiate.strategy(strategy_cfg(name, tuple(overrides)), pair)
 
 
 def decode(pair, proposer, policy, prompts, n, sampling=GREEDY, stopper=None, records=False, seed=0):
@@ -136,7 +136,7 @@ def test_grids_match_the_thesis_and_the_framework():
 @pytest.fixture(scope="module")
 def random_pair(random_pair_dir):
     cfg = compose(pair_overrides(random_pair_dir))
-    return build.pair(cfg.model_pair)
+    return instantiate.pair(cfg.model_pair)
 
 
 def _prompts(vocab: int, n: int = 3, seed: int = 0):
@@ -362,7 +362,7 @@ def trained(trained_pair_dir):
     from specexp.tasks.humaneval import HumanEval
 
     cfg = compose(pair_overrides(trained_pair_dir))
-    pair = build.pair(cfg.model_pair)
+    pair = instantiate.pair(cfg.model_pair)
     tok = pair.tokenizer
     prompts = [torch.tensor(tok(s.prompt)["input_ids"]) for s in HumanEval(limit=3).samples()]
     return pair, prompts, Stopper(eos_ids=[tok.eos_token_id])

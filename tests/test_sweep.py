@@ -18,10 +18,10 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, compose, pair_overrides
 from specexp.experiment import gpu_pin
-from specexp.models import models
-from specexp.report import report
+from specexp.models import loading as models
+from specexp.report import cli as report
 from specexp.experiment import run
-from specexp.experiment import sweep
+from specexp.experiment import sweep_callbacks as sweep
 from specexp.length import Fixed
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -341,14 +341,14 @@ def test_launcher_and_sweeper_configs_compose():
     c = compose(["hydra/sweeper=optuna_entropy_static", "strategy=entropy_static"])
     assert c.hydra.sweeper.params["strategy.tau"] == "interval(0.25, 5.0)" and c.strategy.name == "entropy_static"
     c = compose(["hydra/callbacks=sweep_summary"])
-    assert c.hydra.callbacks.sweep_summary._target_ == "specexp.experiment.sweep.SweepSummary"
+    assert c.hydra.callbacks.sweep_summary._target_ == "specexp.experiment.sweep_callbacks.SweepSummary"
     for extra in ([], ["hydra/launcher=joblib_gpus"], ["hydra/sweeper=optuna_gamma"]):  # the lock is always on
-        assert compose(extra).hydra.callbacks.sweep_lock._target_ == "specexp.experiment.sweep.SweepLock"
+        assert compose(extra).hydra.callbacks.sweep_lock._target_ == "specexp.experiment.sweep_callbacks.SweepLock"
     from hydra.utils import get_class
 
     for name in ("SweepSummary", "PinGPU", "Objective"):
-        assert get_class(f"specexp.experiment.sweep.{name}")
-    assert get_class("specexp.experiment.sweep.PinGPU") is get_class("specexp.experiment.gpu_pin.PinGPU")  # the older path still works
+        assert get_class(f"specexp.experiment.sweep_callbacks.{name}")
+    assert get_class("specexp.experiment.sweep_callbacks.PinGPU") is get_class("specexp.experiment.gpu_pin.PinGPU")  # the older path still works
 
 
 def test_optuna_tunes_gamma_in_process(random_pair_dir, tmp_path):

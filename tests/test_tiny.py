@@ -1,4 +1,4 @@
-"""The embedded tiny model pair (specexp/builds/tiny.py): build, reuse, determinism, crash safety, and the
+"""The embedded tiny model pair (specexp/builds/train_tiny_pair.py): build, reuse, determinism, crash safety, and the
 random-init pairs unit tests use. The full default build and its acceptance are `slow`."""
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from conftest import ModelsByRole
 import pytest
 import torch
 
-from specexp.builds import tiny
+from specexp.builds import train_tiny_pair as tiny
 from specexp.builds.corpus import load_corpus
-from specexp.builds.tiny import build_tiny_pair, default_tiny_dir, random_tiny_pair
+from specexp.builds.train_tiny_pair import build_tiny_pair, default_tiny_dir, random_tiny_pair
 
 # A build small enough for unit tests (a few seconds): 1-layer models on a 150 kB corpus.
 SMALL = dict(corpus_max_bytes=150_000, vocab_size=320, seq_len=64, batch_size=2, steps=4, distill_steps=2,
@@ -296,7 +296,7 @@ def test_random_pair_decodes_speculatively(arch):
     """The helper's models work with the project's decoder: greedy speculative == autoregressive."""
     from specexp.core.decode import generate
     from specexp.length import Fixed
-    from specexp.models.lm import CachedLM
+    from specexp.models.cached_lm import CachedLM
     from specexp.proposers import DraftModel
     from specexp.models.sampling import Sampling
     from specexp.core.stopping import Stopper
@@ -322,7 +322,7 @@ def test_default_pair_quality():
 
     from specexp.core.decode import generate
     from specexp.length import Fixed
-    from specexp.models.lm import CachedLM
+    from specexp.models.cached_lm import CachedLM
     from specexp.proposers import DraftModel
     from specexp.models.sampling import Sampling
     from specexp.core.stopping import Stopper

@@ -1,5 +1,5 @@
 """Watching one generation (issue 8): `specexp prompt=...` prints the generation with its draft
-tokens marked (specexp/experiment/show.py), and specexp-console (specexp/experiment/console.py) changes settings
+tokens marked (specexp/experiment/watch.py), and specexp-console (specexp/experiment/console.py) changes settings
 between prompts without reloading the pair.
 
 Output that is not a terminal is plain text: `== title ==` headers, `-- ` statistics lines, the
@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import ROOT, compose, make_tokenizer, pair_overrides
 
-from specexp.experiment import show
+from specexp.experiment import watch
 from specexp.core.decode import Generation
 
 KYIV = "Towering over Kyiv for six decades, Hotel Ukraine has witnessed"  # the issue's prompt (a comma!)
@@ -73,14 +73,14 @@ def test_spans_follow_the_rounds_exactly():
     x, y = tok("print")["input_ids"][0], tok("class")["input_ids"][0]
     gen = Generation(tokens=ids[:8], drafted=[3, 2, 0, 4], accepted=[2, 2, 0, 4], emitted=[3, 3, 1, 1],
                      rejected=[[x], [], [], []])
-    d = lambda a, b: show.decode(tok, ids[a:b])  # noqa: E731 (the tokenizer spells these ids context-free)
-    expected = [(show.ACCEPTED, d(0, 2)), (show.REJECTED, show.decode(tok, [x])), (show.TARGET, d(2, 3)),
-                (show.ACCEPTED, d(3, 5)), (show.TARGET, d(5, 7)), (show.ACCEPTED, d(7, 8))]
-    assert show.spans(tok, gen) == expected
-    assert strip(show.plain(expected)) == show.decode(tok, ids[:8])
+    d = lambda a, b: watch.decode(tok, ids[a:b])  # noqa: E731 (the tokenizer spells these ids context-free)
+    expected = [(watch.ACCEPTED, d(0, 2)), (watch.REJECTED, watch.decode(tok, [x])), (watch.TARGET, d(2, 3)),
+                (watch.ACCEPTED, d(3, 5)), (watch.TARGET, d(5, 7)), (watch.ACCEPTED, d(7, 8))]
+    assert watch.spans(tok, gen) == expected
+    assert strip(watch.plain(expected)) == watch.decode(tok, ids[:8])
     # the rejected drafts are never part of the text, the rest always is, whatever the tokens are
     gen.rejected[0] = [y, x]
-    assert "".join(t for k, t in show.spans(tok, gen) if k != show.REJECTED) == show.decode(tok, ids[:8])
+    assert "".join(t for k, t in watch.spans(tok, gen) if k != watch.REJECTED) == watch.decode(tok, ids[:8])
 
 
 def test_colours_on_a_terminal(trained_pair_dir):
@@ -90,11 +90,11 @@ def test_colours_on_a_terminal(trained_pair_dir):
     console = Console(["max_new_tokens=16"], out=out, color=True)
     gen = console.generate("def add(a, b):")["speculative"]
     text = out.getvalue()
-    pieces = show.spans(console.pair.tokenizer, gen)
-    assert {k for k, _ in pieces} == {show.ACCEPTED, show.REJECTED, show.TARGET}
+    pieces = watch.spans(console.pair.tokenizer, gen)
+    assert {k for k, _ in pieces} == {watch.ACCEPTED, watch.REJECTED, watch.TARGET}
     assert re.search(r"\x1b\[(\d+;)*9(;\d+)*m", text)  # strike-through: the rejected drafts
     assert "[-" not in text and "{+" not in text  # colours, not markers
-    shown = "".join(t.replace("\n", "↵") if k == show.REJECTED else t for k, t in pieces)  # visible line breaks
+    shown = "".join(t.replace("\n", "↵") if k == watch.REJECTED else t for k, t in pieces)  # visible line breaks
     assert shown in re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
@@ -115,11 +115,11 @@ def test_prompt_run_marks_the_drafts_and_reproduces_the_run(trained_pair_dir, tm
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(trained_pair_dir / "target")
-    assert tok(show.decode(tok, tokens), add_special_tokens=False)["input_ids"] == tokens  # canonical
+    assert tok(watch.decode(tok, tokens), add_special_tokens=False)["input_ids"] == tokens  # canonical
     assert section(proc.stdout, "prompt")[1] == KYIV
     title, marked, stats = section(proc.stdout, "speculative: ")
     assert "[-" in marked and "{+" in marked  # rejected drafts and the target's own tokens are both shown
-    assert not re.search(r"\[-|-\]|\{\+|\+\}", show.decode(tok, tokens))  # so stripping is unambiguous
+    assert not re.search(r"\[-|-\]|\{\+|\+\}", watch.decode(tok, tokens))  # so stripping is unambiguous
     assert tok(strip(marked), add_special_tokens=False)["input_ids"] == tokens
     assert strip(marked) == m["samples"][0]["text"]
     assert f"acceptance {m['acceptance_rate']:.2f}" in stats
@@ -203,7 +203,7 @@ def test_console_scripted_session(trained_pair_dir):
 
     def greedy(model, n=12) -> str:  # transformers' own greedy decode: the reference
         ids = model.generate(prompt, max_new_tokens=n, do_sample=False, pad_token_id=tok.eos_token_id)
-        return show.decode(tok, ids[0, prompt.shape[1]:].tolist())
+        return watch.decode(tok, ids[0, prompt.shape[1]:].tolist())
 
     assert ":strategy NAME" in said[":help"] and ":quit" in said[":help"]
     assert "max_new_tokens: 12" in said[":max 12"]

@@ -1,6 +1,6 @@
 """The decode loop: one function for autoregressive and speculative decoding (autoregressive is
 the special case with no proposer, i.e. a draft of length 0 every round). Batch size 1;
-specexp/core/batch.py runs the same steps for B rows at once (sharing `emit` and `Generation.log_round`).
+specexp/core/batch_decode.py runs the same steps for B rows at once (sharing `emit` and `Generation.log_round`).
 
 Counting convention for a round cut by a stop (EOS or stop string): `accepted` counts the drafts
 emitted before the stop token, so every round emits `accepted + 1` tokens. Drafts after the stop
@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from specexp.models import entropy
+from specexp.models import token_entropy as entropy
 from specexp.length import LengthPolicy
-from specexp.models.lm import CachedLM, check_context
-from specexp.models.models import sync
+from specexp.models.cached_lm import CachedLM, check_context
+from specexp.models.loading import sync
 from specexp.proposers.base import Proposer
 from specexp.models.sampling import Sampling
 from specexp.core.stopping import Stopper
@@ -169,7 +169,7 @@ def generate(
 def annotate(recs: list[dict], target_logits: torch.Tensor, n: int, round_index: int, sampling: Sampling) -> list[dict]:
     """Complete the proposer's per-token records with the target's side and the outcome. The
     target's entropy (Shannon, nats) is of the distribution it verifies with, as the drafter's
-    (specexp.models.entropy.step_probs): the sampling distribution, or softmax at T=1 under greedy; the
+    (specexp.models.token_entropy.step_probs): the sampling distribution, or softmax at T=1 under greedy; the
     T=1 entropy is recorded too."""
     logits = target_logits[: len(recs)]
     h1 = entropy.of_logits(logits).tolist()

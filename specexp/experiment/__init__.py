@@ -1,0 +1,7 @@
+"""The `specexp` Hydra app and everything around one run: the typed config schema (config.py)
+and its check before any model loads (validate.py), turning config nodes into objects
+(instantiate.py), the run (run.py), metrics.json (metrics_json.py), sweeps' callbacks and locks
+(sweep_callbacks.py, gpu_pin.py), watching a generation (watch.py), the console (console.py),
+decoding a recorded run again (rerun.py) and where a run came from (provenance.py).
+
+May import: every other layer. Nothing imports it."""

@@ -17,7 +17,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from specexp.models.models import ModelSpec
+from specexp.models.loading import ModelSpec
 from specexp.models.sampling import Sampling
 
 # The configs: the repository's top-level conf/ in a checkout (an editable install), else the copy
@@ -46,7 +46,7 @@ class ModelPairConfig:
 
 @dataclass
 class TimingConfig:
-    """How samples are timed (specexp/experiment/record.py, specexp/stats.py)."""
+    """How samples are timed (specexp/experiment/metrics_json.py, specexp/stats.py)."""
 
     repeats: int = 1  # decodes per sample and mode, modes interleaved (ABAB); a sample's time = their median
     spread_warning: float = 0.25  # warn when the repeats' median relative spread (max-min)/median exceeds this
@@ -73,7 +73,7 @@ class RunConfig:
     summary: bool = True
     prompt: Optional[str] = None  # one prompt: selects dataset=prompt (conf/dataset/prompt.yaml)
     max_new_tokens: Optional[int] = None  # when set, the generation budget of any dataset
-    batch_size: int = 1  # samples decoded together (specexp/core/batch.py, docs/batching.md); 1 = one at a time
+    batch_size: int = 1  # samples decoded together (specexp/core/batch_decode.py, docs/batching.md); 1 = one at a time
     timing: TimingConfig = field(default_factory=TimingConfig)  # repeats per sample, spread warning
 
 

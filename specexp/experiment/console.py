@@ -20,15 +20,15 @@ import torch
 import transformers
 from omegaconf import OmegaConf
 
-from specexp.experiment import build
-from specexp.experiment import show
+from specexp.experiment import instantiate
+from specexp.experiment import watch as show
 from specexp.experiment import validate
 from specexp.experiment.config import CONF_DIR, cli_overrides, compose
 from specexp.core.decode import Generation, generate
-from specexp.models.lm import cached_lm
-from specexp.models.prompting import eos_ids, fit_prompts
+from specexp.models.cached_lm import cached_lm
+from specexp.models.prompt_ids import eos_ids, fit_prompts
 from specexp.core.stopping import Stopper
-from specexp.tasks.prompt import PromptTask
+from specexp.tasks.typed_prompts import PromptTask
 
 HELP = """\
 Type a prompt to generate from it (a line ending in \\ continues on the next line).
@@ -72,7 +72,7 @@ class Console:
         self.printer = show.Printer(out or sys.stdout, color)
         self.start = ["dataset=prompt", *overrides]  # what :reset goes back to
         self.cfg = compose_config(self.start)
-        self.pair = build.pair(self.cfg.model_pair)  # loaded once
+        self.pair = instantiate.pair(self.cfg.model_pair)  # loaded once
         self.target = cached_lm(self.pair.target)
         self._drafter = None  # the drafter alone, for :compare (loaded on first use)
         self.reset()
@@ -100,14 +100,14 @@ class Console:
             overrides.pop(key, None)
             overrides[key] = o
         cfg = compose_config(self.start + list(overrides.values()))
-        proposer, policy = build.strategy(cfg.strategy, self.pair)
-        sampling = build.sampling(cfg.sampling)
+        proposer, policy = instantiate.strategy(cfg.strategy, self.pair)
+        sampling = instantiate.sampling(cfg.sampling)
         self._task(cfg, "check").samples()  # a dataset option that cannot work (chat without a template) fails now
         self.cfg, self.overrides, self.proposer, self.policy, self.sampling = cfg, overrides, proposer, policy, sampling
 
     def _task(self, cfg, text: str) -> PromptTask:
         node = {**OmegaConf.to_container(cfg.dataset, resolve=True), "text": text}
-        task = build.task(OmegaConf.create(node), self.pair.tokenizer)
+        task = instantiate.task(OmegaConf.create(node), self.pair.tokenizer)
         if not isinstance(task, PromptTask):
             raise ValueError("the console reads its prompts itself: it needs dataset=prompt")
         if cfg.max_new_tokens is not None:

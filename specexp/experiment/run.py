@@ -22,24 +22,24 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from specexp import stats
-from specexp.report import analysis
-from specexp.core import batch
-from specexp.core import beam
-from specexp.experiment import build
+from specexp.report import token_records
+from specexp.core import batch_decode as batch
+from specexp.core import beam_search as beam
+from specexp.experiment import instantiate
 from specexp.report import categories
-from specexp.report import costs
+from specexp.report import forward_costs as costs
 from specexp.experiment import provenance
-from specexp.experiment import record
-from specexp.experiment import show
-from specexp.experiment import sweep
+from specexp.experiment import metrics_json as record
+from specexp.experiment import watch
+from specexp.experiment import sweep_callbacks as sweep
 from specexp.experiment import validate
 from specexp.experiment.config import CONF_DIR, cli_overrides, register
 from specexp.core.decode import generate
-from specexp.models.lm import cached_lm, check_context
-from specexp.models.models import describe
-from specexp.models.prompting import eos_ids, fit_line, fit_prompts
+from specexp.models.cached_lm import cached_lm, check_context
+from specexp.models.loading import describe
+from specexp.models.prompt_ids import eos_ids, fit_line, fit_prompts
 from specexp.core.stopping import Stopper
-from specexp.tasks.prompt import PromptTask
+from specexp.tasks.typed_prompts import PromptTask
 
 log = logging.getLogger("specexp")
 
@@ -75,22 +75,22 @@ def decode_dataset(cfg: DictConfig) -> dict:
     alternating), score, aggregate."""
     torch.manual_seed(cfg.seed)
     batch.check_batch_size(cfg.get("batch_size", 1))  # a bad batch_size fails before any model loads
-    pair = build.pair(cfg.model_pair)
-    task = build.task(cfg.dataset, pair.tokenizer)
+    pair = instantiate.pair(cfg.model_pair)
+    task = instantiate.task(cfg.dataset, pair.tokenizer)
     if hasattr(task, "set_model"):  # scored by the target's log-likelihoods (mmlu scoring=loglikelihood)
         task.set_model(pair.target, pair.tokenizer)
     if cfg.max_new_tokens is not None:  # the top-level budget overrides the dataset's (checked in validate)
         task.max_new_tokens = cfg.max_new_tokens
     samples = task.samples()
-    batch_size = batch.check_batch_size(cfg.get("batch_size", 1), len(samples))  # specexp/core/batch.py
-    proposer, policy = build.strategy(cfg.strategy, pair)
-    search = beam.from_strategy(cfg.strategy)  # strategy=beam: its own decode (specexp/core/beam.py), else None
-    sampling = build.sampling(cfg.sampling)
+    batch_size = batch.check_batch_size(cfg.get("batch_size", 1), len(samples))  # specexp/core/batch_decode.py
+    proposer, policy = instantiate.strategy(cfg.strategy, pair)
+    search = beam.from_strategy(cfg.strategy)  # strategy=beam: its own decode (specexp/core/beam_search.py), else None
+    sampling = instantiate.sampling(cfg.sampling)
     stopper = Stopper(eos_ids(pair), task.stop, pair.tokenizer)
     target = cached_lm(pair.target)  # an encoder-decoder target gets the seq2seq wrapper
     lms = {"target": target, **(getattr(proposer, "cached_models", None) or {})}  # role -> CachedLM
     # longer prompts cut to dataset.max_prompt_tokens (auto: what every model's context holds), the
-    # task's side kept (specexp/models/prompting.py); what does not fit even so fails before any decode
+    # task's side kept (specexp/models/prompt_ids.py); what does not fit even so fails before any decode
     prompts, fitted, prompt_fit = fit_prompts(pair.tokenizer, samples, task, lms, pair.device)
     check_context(lms, max((p.shape[0] for p in prompts), default=0), task.max_new_tokens, what="the longest prompt")
     with_baseline = bool(cfg.baseline) and proposer is not None
@@ -125,7 +125,7 @@ def decode_dataset(cfg: DictConfig) -> dict:
     load_before = record.load_average()
     gens, bases, gen_reps, base_reps = [], [], [], []
     batch_info = None
-    if batch_size > 1:  # >>> batched decoding (specexp/core/batch.py): B samples at a time, per-sample Generations
+    if batch_size > 1:  # >>> batched decoding (specexp/core/batch_decode.py): B samples at a time, per-sample Generations
         gens, bases, gen_reps, base_reps, batch_info = batch.decode_samples(
             pair.target, prompts, task.max_new_tokens, sampling, stopper, proposer, policy, batch_size=batch_size,
             seed=cfg.seed, repeats=repeats, warmup=int(cfg.warmup), with_baseline=with_baseline,
@@ -172,7 +172,7 @@ def decode_dataset(cfg: DictConfig) -> dict:
 
     completions = texts(gens)
     if isinstance(task, PromptTask) and task.show:  # one prompt: print the generation, drafts marked
-        show.show_run(show.Printer(sys.stdout), pair.tokenizer, samples[0].prompt, gens[0],
+        watch.show_run(watch.Printer(sys.stdout), pair.tokenizer, samples[0].prompt, gens[0],
                       bases[0] if with_baseline else None, cfg.strategy.get("name"), entropy=bool(cfg.records))
     result = {
         "model_pair": {"name": cfg.model_pair.name, **{k: describe(v) for k, v in pair.specs.items() if v},
@@ -199,14 +199,14 @@ def decode_dataset(cfg: DictConfig) -> dict:
     result["timing"] = timing
     if sequential is not None:  # timing.target_ci: how many samples Stein's rule asked for and why it stopped
         result["sequential"] = sequential
-    if batch_info is not None:  # batch throughput and speedups at batch_size (specexp/core/batch.py)
+    if batch_info is not None:  # batch throughput and speedups at batch_size (specexp/core/batch_decode.py)
         result["batch"] = batch_info
     cats = categories.breakdown(samples, gens, bases if with_baseline else None, result["quality"], cfg.seed)
     if cats is not None:  # the samples carry categories (dataset=jsonl with dataset.category)
         result["categories"] = cats
     if cfg.records:
         result["draft_records"] = [{"sample": s.id, **r} for s, g in zip(samples, gens) for r in g.records]
-        result["analysis"] = analysis.aggregate(result["draft_records"], [g.drafted for g in gens],
+        result["analysis"] = token_records.aggregate(result["draft_records"], [g.drafted for g in gens],
                                                 entropy_type=getattr(policy, "entropy_type", "shannon"))
     result.update(costs.report(gens, {"target": target, **(getattr(proposer, "cached_models", None) or {})},
                                {r: describe(s) for r, s in pair.specs.items() if s}, costs.classic_gamma(proposer, policy),
@@ -340,7 +340,7 @@ def summary(m: dict, path: Path) -> str:
             lines.append(f"  speedup at batch {h['batch_size']} (batch throughput ratio vs {h['speedup_against']}{ci}): "
                          f"{sweep.format_headline_speedup(h)}; vs autoregressive at batch 1: {stats.format_ratio(b1)}")
     cut = fit_line(m["dataset"].get("prompt_fit") or {}, m["dataset"]["n_samples"])
-    if cut:  # prompts cut to fit (specexp/models/prompting.py); per sample: prompt_tokens_original, prompt_kept
+    if cut:  # prompts cut to fit (specexp/models/prompt_ids.py); per sample: prompt_tokens_original, prompt_kept
         lines.append("  " + cut)
     if "speedup" in m:
         sp = m["speedup"]
@@ -391,7 +391,7 @@ def main() -> None:
         del sys.argv[1]
         return console.main()
     if sys.argv[1:2] == ["reproduce"]:  # `specexp reproduce RUN_DIR`: decode a recorded run again, compare
-        from specexp.experiment import reproduce
+        from specexp.experiment import rerun as reproduce
 
         sys.exit(reproduce.main(sys.argv[2:], decode_dataset))
     register()

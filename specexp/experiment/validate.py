@@ -10,8 +10,8 @@
                or those | None), named by the key the user sets (`strategy.gamma`, not the
                `strategy.length.gamma` it feeds)
   3. budgets   `max_new_tokens` and `dataset.max_new_tokens` are integers >= 1
-  4. ranges    the light objects are built without models (build.strategy_objects, build.task,
-               build.sampling): their constructors' own range checks run now
+  4. ranges    the light objects are built without models (instantiate.strategy_objects, instantiate.task,
+               instantiate.sampling): their constructors' own range checks run now
   5. choices   the choices fit together: a greedy-only length policy (the oracle) or beam
                search under sampling, `prompt=` with another dataset
   6. tokenizers  a drafter with another tokenizer than the target's drafts through text
@@ -265,12 +265,12 @@ def budgets(cfg: DictConfig) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 def build_light(cfg: DictConfig) -> list[str]:
-    from specexp.experiment import build
+    from specexp.experiment import instantiate
 
     errors = []
-    for path, make in (("strategy", lambda: build.strategy_objects(cfg.strategy)),
-                       ("dataset", lambda: build.task(cfg.dataset, None)),
-                       ("sampling", lambda: build.sampling(cfg.sampling))):
+    for path, make in (("strategy", lambda: instantiate.strategy_objects(cfg.strategy)),
+                       ("dataset", lambda: instantiate.task(cfg.dataset, None)),
+                       ("sampling", lambda: instantiate.sampling(cfg.sampling))):
         try:
             make()
         except Exception as err:
@@ -316,15 +316,15 @@ def _same_target(configured: str, reported: str) -> bool:
 # --------------------------------------------------------------------------------------------
 
 def choices(cfg: DictConfig) -> list[str]:
-    from specexp.experiment import build
-    from specexp.tasks.prompt import PromptTask
+    from specexp.experiment import instantiate
+    from specexp.tasks.typed_prompts import PromptTask
 
     errors = []
-    _, policy = build.strategy_objects(cfg.strategy)
+    _, policy = instantiate.strategy_objects(cfg.strategy)
     if getattr(policy, "greedy_only", False) and float(cfg.sampling.temperature) > 0:
         errors.append(f"strategy={cfg.strategy.get('name')} sampling (temperature {cfg.sampling.temperature}): "
                       f"the {type(policy).__name__} length policy supports greedy decoding only: use sampling=greedy")
-    if cfg.strategy.get("search") is not None and not build.sampling(cfg.sampling).greedy:
+    if cfg.strategy.get("search") is not None and not instantiate.sampling(cfg.sampling).greedy:
         # a search of its own (strategy=beam) keeps the most likely hypotheses: there is nothing to sample
         errors.append(f"strategy={cfg.strategy.get('name')} sampling (temperature {cfg.sampling.temperature}): "
                       "beam search is deterministic: use sampling=greedy")
@@ -408,7 +408,7 @@ def _is(target: str, cls: type) -> bool:
 def _other_tokenizer(pair: DictConfig, role: str) -> str | None:
     """The name of `role`'s model when its tokenizer is not the target's; None when it is, when
     the pair has no such model, or when a tokenizer is not on this machine (not checked here)."""
-    from specexp.models.models import ModelSpec, resolve_source
+    from specexp.models.loading import ModelSpec, resolve_source
 
     def spec(key: str):
         node = pair.get(key)

@@ -9,13 +9,15 @@ Oracle (an upper bound), transformers' Heuristic / HeuristicTransient / Confiden
 Drafting thesis' EntropyStatic / EntropyMovingAverage / EntropyCumulative (checked after
 drafting), the entropy-based framework's EntropyAbsolute / EntropyRelative / EntropyWindow /
 EntropyAdaptive / EntropyCombined (checked before drafting), AdaEDL (before) and SVIP (after).
-Entropies are in nats, measured as specexp.models.entropy describes. The cost-aware rule (drafts while
-it pays for the measured cost of verification) is its own module, specexp/length/length_cost.py.
+Entropies are in nats, measured as specexp.models.token_entropy describes. The cost-aware rule (drafts while
+it pays for the measured cost of verification) is its own module, specexp/length/cost_aware.py.
 
 The rules live in this package's modules by family: base (the interface and Fixed), baselines
 (RandomGamma, Oracle), schedules (transformers'), entropy_rules (the entropy family, AdaEDL,
 SVIP). Every one is importable from here, which is the path configs name:
 `_target_: specexp.length.EntropyStatic`.
+
+May import: models, stats. Never a proposer or a builder.
 """
 from specexp.length.base import Decision, DraftStep, Fixed, LengthPolicy
 from specexp.length.baselines import Oracle, RandomGamma

@@ -75,7 +75,7 @@ class LengthPolicy:
     def carried_state(self, carry: bool = False) -> str | None:
         """What `start_sample(carry)` keeps from the samples decoded before it (so a sample's draft
         lengths depend on the samples before it and their order), with how to turn that off; None
-        when every sample starts afresh. Batched decoding (specexp/core/batch.py) decodes samples at the
+        when every sample starts afresh. Batched decoding (specexp/core/batch_decode.py) decodes samples at the
         same time, so it refuses a policy that carries state. Override with `start_sample`."""
         if carry:
             return ("carry_length_state=true keeps the length policy's state from one sample to the next; "

@@ -6,7 +6,7 @@ import random
 
 import torch
 
-from specexp.models import entropy
+from specexp.models import token_entropy
 from specexp.length.base import Decision, DraftStep, LengthPolicy
 
 
@@ -44,7 +44,7 @@ class Oracle(LengthPolicy):
         self._seq: torch.Tensor | None = None  # the tokens in the oracle's cache
 
     def bind(self, pair) -> "Oracle":
-        from specexp.models.lm import CachedLM
+        from specexp.models.cached_lm import CachedLM
 
         self.lm = CachedLM(pair.target, vocab_size=getattr(pair, "vocab_size", None))
         self._seq = None
@@ -53,7 +53,7 @@ class Oracle(LengthPolicy):
     def decide(self, step: DraftStep) -> Decision:
         if self.lm is None:
             raise RuntimeError("the oracle length policy needs the target model: call bind(pair) first")
-        if entropy.is_greedy(step) is False or step.prefix is None:
+        if token_entropy.is_greedy(step) is False or step.prefix is None:
             raise ValueError("the oracle length policy supports greedy decoding with a model drafter only "
                              "(sampling=greedy)")
         drafted = list(step.drafted or [])[: step.position]

@@ -1,18 +1,18 @@
 """The rules that read the drafter's entropy: the Entropy Drafting thesis' rules (checked after
 drafting), the entropy-based framework's rules (checked before drafting), AdaEDL (before) and
-SVIP (after). Entropies are in nats, measured as specexp.models.entropy describes."""
+SVIP (after). Entropies are in nats, measured as specexp.models.token_entropy describes."""
 from __future__ import annotations
 
 import math
 
 import torch
 
-from specexp.models import entropy
+from specexp.models import token_entropy as entropy
 from specexp.length.base import Decision, DraftStep, LengthPolicy
 
 
 class EntropyPolicy(LengthPolicy):
-    """Base of the rules that read the drafter's entropy (specexp.models.entropy says which distribution:
+    """Base of the rules that read the drafter's entropy (specexp.models.token_entropy says which distribution:
     the sampling distribution under sampling, softmax(logits / temperature) under greedy or when
     `temperature` is set). `step_entropy(step)` is what the rule reads and what the analysis
     records report as the drafter's entropy (`entropy_label` says of which distribution);

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from specexp.models import entropy
+from specexp.models import token_entropy
 from specexp.length.base import Decision, DraftStep, LengthPolicy
 
 
@@ -80,7 +80,7 @@ class Confidence(LengthPolicy):
         self.reset()
 
     def confidence(self, step: DraftStep) -> float:
-        if entropy.is_greedy(step):
+        if token_entropy.is_greedy(step):
             return float(step.logits.double().softmax(-1).max())
         return float(step.probs[int(step.token)])
 

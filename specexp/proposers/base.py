@@ -56,7 +56,7 @@ class OneModelProposer(Proposer):
     `lm` (set at bind). Its forwards are that model's, and the run times them under that role."""
 
     model: str = "drafter"
-    lm = None  # a specexp.models.lm.CachedLM once bound
+    lm = None  # a specexp.models.cached_lm.CachedLM once bound
 
     @property
     def forwards(self) -> int:

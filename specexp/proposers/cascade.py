@@ -70,7 +70,7 @@ from dataclasses import dataclass, field
 import torch
 
 from specexp.length import LengthPolicy
-from specexp.models.lm import CachedLM, cached_lm
+from specexp.models.cached_lm import CachedLM, cached_lm
 from specexp.proposers.base import Draft, Proposer
 from specexp.proposers.bigram import Bigram, check_policy
 from specexp.proposers.lookup import longest_suffix_match

@@ -42,7 +42,7 @@ from __future__ import annotations
 import torch
 
 from specexp.length import Decision, DraftStep, LengthPolicy
-from specexp.models.lm import CachedLM, cached_lm
+from specexp.models.cached_lm import CachedLM, cached_lm
 from specexp.proposers.base import Draft, OneModelProposer
 from specexp.models.sampling import Sampling
 

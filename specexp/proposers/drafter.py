@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import torch
 
-from specexp.models import entropy
+from specexp.models import token_entropy as entropy
 from specexp.length import Decision, DraftStep, LengthPolicy
-from specexp.models.lm import CachedLM, SubsetHeadLM, cached_lm
+from specexp.models.cached_lm import CachedLM, SubsetHeadLM, cached_lm
 from specexp.proposers.base import Draft, OneModelProposer, Proposer
 from specexp.proposers.cross_tokenizer import CrossTokenizerDrafter
 from specexp.models.sampling import Sampling

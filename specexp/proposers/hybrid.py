@@ -6,7 +6,7 @@ Each round:
 1. Prompt lookup (`PromptLookup`, no bigram fill): when the last `min_ngram`+ tokens occurred
    earlier in the prompt or the output, draft what followed them (sized from the match,
    `draft_per_ngram`, at most the policy's `begin()`). No forwards; the draft is deterministic.
-2. Otherwise, with a `datastore` (specexp/proposers/datastore.py), the continuation the target's
+2. Otherwise, with a `datastore` (specexp/proposers/retrieval.py), the continuation the target's
    own replies to other prompts hold for the suffix, when it is a confident one (REST).
 3. Otherwise the drafter drafts token by token under the length policy, as `DraftModel` alone.
 
@@ -24,9 +24,9 @@ from __future__ import annotations
 import torch
 
 from specexp.length import LengthPolicy
-from specexp.models.lm import CachedLM
+from specexp.models.cached_lm import CachedLM
 from specexp.proposers.base import Draft, Proposer
-from specexp.proposers.datastore import Datastore
+from specexp.proposers.retrieval import Datastore
 from specexp.proposers.drafter import DraftModel
 from specexp.proposers.lookup import PromptLookup
 from specexp.models.sampling import Sampling

@@ -7,7 +7,7 @@ continuation is shorter than the draft (or nothing matched), the rest of the dra
 bigram chain from the last proposed token. No model, no forwards; proposals are deterministic
 (`Draft.probs = None`: verification treats them as one-hot drafts).
 
-`datastore` (a `Datastore`, specexp/proposers/datastore.py): when the text's suffix does not
+`datastore` (a `Datastore`, specexp/proposers/retrieval.py): when the text's suffix does not
 repeat, the continuation the target's own replies to other prompts hold for it (REST); the bigram
 fill is not used after a datastore draft (it sizes itself by confidence).
 
@@ -30,7 +30,7 @@ import torch
 from specexp.length import LengthPolicy
 from specexp.proposers.base import Draft, Proposer
 from specexp.proposers.bigram import Bigram, check_policy
-from specexp.proposers.datastore import Datastore
+from specexp.proposers.retrieval import Datastore
 from specexp.models.sampling import Sampling
 
 

@@ -2,7 +2,7 @@
 metrics.json["categories"][<category>] holds, over that category's samples only,
   n_samples, tokens_per_second, acceptance_rate, mean_accepted_length (tokens per target forward),
   baseline_tokens_per_second and speedup (the same estimators as the run's, with the throughput
-  ratio's t interval on the log scale, paired bootstrap standard error: record.speedup /
+  ratio's t interval on the log scale, paired bootstrap standard error: metrics_json.speedup /
   specexp.stats), when the run has a baseline,
   quality: the mean of each numeric per-sample score, when the task scores per sample.
 Categories appear in order of first appearance; samples without a category are left out. A run
@@ -21,7 +21,7 @@ KEYS = ("n_samples", "new_tokens", "tokens_per_second", "acceptance_rate", "mean
 def breakdown(samples: list, gens: list, bases: list | None = None,
               quality: dict | None = None, seed: int = 0) -> dict | None:
     """{category: aggregates} over `samples` (which may carry `.category`), or None."""
-    from specexp.experiment import record  # (torch: only the run needs it, not the report)
+    from specexp.experiment import metrics_json  # (torch: only the run needs it, not the report)
 
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(samples):
@@ -32,11 +32,11 @@ def breakdown(samples: list, gens: list, bases: list | None = None,
     scores = {r["id"]: r for r in (quality or {}).get("per_sample") or [] if isinstance(r, dict) and "id" in r}
     out = {}
     for cat, idx in groups.items():
-        agg = record.aggregate([gens[i] for i in idx])
+        agg = metrics_json.aggregate([gens[i] for i in idx])
         entry = {k: agg[k] for k in KEYS}
         if bases:
-            entry["baseline_tokens_per_second"] = record.aggregate([bases[i] for i in idx])["tokens_per_second"]
-            entry["speedup"] = record.speedup([gens[i] for i in idx], [bases[i] for i in idx], seed=seed)
+            entry["baseline_tokens_per_second"] = metrics_json.aggregate([bases[i] for i in idx])["tokens_per_second"]
+            entry["speedup"] = metrics_json.speedup([gens[i] for i in idx], [bases[i] for i in idx], seed=seed)
         rows = [scores[samples[i].id] for i in idx if samples[i].id in scores]
         numeric = [k for k, v in (rows[0].items() if rows else ()) if isinstance(v, (int, float))]  # bools: a rate
         if numeric:

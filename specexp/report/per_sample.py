@@ -1,14 +1,14 @@
 """The per-sample table (`processed_data.csv`): one row per ok run x sample, with the sample's
 tokens and seconds on both sides, its per-token speedup, whether the outputs match, its drafts and
-its quality scores. The run table it joins to is specexp.report.collect's."""
+its quality scores. The run table it joins to is specexp.report.collect_runs's."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
 
-from specexp.report.collect import _missing
-from specexp.dotted import value_at
+from specexp.report.collect_runs import _missing
+from specexp.dotted_keys import value_at
 
 
 QUALITY_SAMPLE_KEYS = ("passed", "correct", "rouge1", "rouge2", "rougeL")  # per-sample scores the tasks write

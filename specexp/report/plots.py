@@ -28,8 +28,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from statsmodels.stats.proportion import proportion_confint  # noqa: E402
 
-from specexp.report.collect import _NOT_PARAMS, _THRESHOLD_KEYS  # noqa: E402
-from specexp.dotted import value_at  # noqa: E402
+from specexp.report.collect_runs import _NOT_PARAMS, _THRESHOLD_KEYS  # noqa: E402
+from specexp.dotted_keys import value_at  # noqa: E402
 
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 8,
                      "figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3})

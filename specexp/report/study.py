@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 
 from specexp import stats
-from specexp.report import compare
+from specexp.report import paired as compare
 from specexp.report import plots
-from specexp.report.collect import _missing
-from specexp.report.markup import Section, render_markdown
+from specexp.report.collect_runs import _missing
+from specexp.report.rendering import Section, render_markdown
 from specexp.report.tables import SPEEDUP_NOTE, render
 
 ESTIMATOR_TEXT = (

@@ -12,9 +12,9 @@ import pandas as pd
 from specexp import stats
 from specexp.report import categories
 from specexp.report.per_sample import selection_score
-from specexp.report.collect import QUALITY_LABEL, QUALITY_ORDER, _PERCENT_QUALITY, _first_line, _fmt_param, _missing
-from specexp.report.markup import Section, render_latex, render_markdown
-from specexp.report.repro_estimators import REPO as REPRO_REPO
+from specexp.report.collect_runs import QUALITY_LABEL, QUALITY_ORDER, _PERCENT_QUALITY, _first_line, _fmt_param, _missing
+from specexp.report.rendering import Section, render_latex, render_markdown
+from specexp.report.paper_estimators import REPO as REPRO_REPO
 
 def _f(x, fmt: str = "{:.2f}", none: str = "–") -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):

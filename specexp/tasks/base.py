@@ -27,7 +27,7 @@ class Task:
     name = "task"
     version = "0"  # bump when prompts or scoring change; saved with the results
     keep = "end"  # the part of a too-long prompt kept when dataset.truncate=auto: "end" (what the model
-    #   continues) or "start"; specexp/models/prompting.py cuts the prompt (a Sample's cut_span: only that part)
+    #   continues) or "start"; specexp/models/prompt_ids.py cuts the prompt (a Sample's cut_span: only that part)
     cut_part = "document"  # what a Sample's cut_span holds, as the run's summary names it
 
     def __init__(self, limit: int | None = None, seed: int = 0, select: str = "first",

@@ -1,7 +1,7 @@
 """HumanEval (Chen et al. 2021; 164 problems): complete a Python function from its signature and
 docstring; pass@1 = the share of completions that pass the official tests: `check(candidate)` runs in
 a trusted judge process while prompt + completion runs in the sandbox and answers each call with plain
-data (`specexp.tasks.sandbox.sandbox`, docs/sandbox.md: kernel isolation, limits, no network, own temp dir)."""
+data (`specexp.tasks.sandbox.judge`, docs/sandbox.md: kernel isolation, limits, no network, own temp dir)."""
 from __future__ import annotations
 
 import math
@@ -91,7 +91,7 @@ class HumanEval(Task):
         return text if fence < 0 else text[: fence + 1]
 
     def score(self, samples: list[Sample], completions: list[str]) -> dict:
-        from specexp.tasks.sandbox.sandbox import Check, Limits, check_many, isolation_mode, isolation_warning, memory_held
+        from specexp.tasks.sandbox.judge import Check, Limits, check_many, isolation_mode, isolation_warning, memory_held
 
         if len(samples) != len(completions):
             raise ValueError(f"{len(samples)} samples but {len(completions)} completions")

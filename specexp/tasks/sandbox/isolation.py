@@ -1,4 +1,4 @@
-"""The sandbox's first layer, the kernel (specexp/tasks/sandbox/sandbox.py says what each level isolates):
+"""The sandbox's first layer, the kernel (specexp/tasks/sandbox/judge.py says what each level isolates):
 the command lines that start a box at each isolation level (bubblewrap, unshare + setpriv,
 unprivileged user namespaces, plain), the unused uids boxes run as, and the live processes left
 under those uids, and the memory cgroup each box runs in where one can be made (MemoryCgroup).

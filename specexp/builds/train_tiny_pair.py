@@ -14,7 +14,7 @@ build.json records the same parameters is reused at once. It is built in a tempo
 directory and renamed into place at the end, so an interrupted build leaves nothing reusable.
 
 The models know positions < `seq_len` (640) only: prompt + new tokens must fit in 640. The datasets'
-default `max_prompt_tokens: auto` cuts a longer prompt to fit (specexp/models/prompting.py); HumanEval
+default `max_prompt_tokens: auto` cuts a longer prompt to fit (specexp/models/prompt_ids.py); HumanEval
 prompts are 46-519 tokens with this tokenizer, XSum articles up to about 1,750.
 
 `random_tiny_pair()` gives small random-init (untrained) models sharing a vocabulary, for tests.
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from specexp.builds import training
-from specexp.builds.builds import build_once
+from specexp.builds import training_utils as training
+from specexp.builds.build_cache import build_once
 from specexp.builds.corpus import EOS, MAX_BYTES, MAX_FILE_BYTES, load_corpus
 
 log = logging.getLogger(__name__)

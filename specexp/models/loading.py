@@ -1,6 +1,6 @@
 """Models: where their weights come from (`resolve_source`), loading a target/drafter pair
 (`load_model`, `load_tokenizer`, `Pair`), devices and dtypes. The LM wrapper that owns a KV cache
-(`CachedLM`) is specexp.models.lm."""
+(`CachedLM`) is specexp.models.cached_lm."""
 from __future__ import annotations
 
 import logging

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from specexp import stats
-from specexp.report.collect import _missing
+from specexp.report.collect_runs import _missing
 from specexp.report.per_sample import QUALITY_SAMPLE_KEYS, selection_score
 
 GROUP_KEYS = ("model_pair", "dataset", "dataset_version", "max_new_tokens", "seed", "sampling", "batch_size")

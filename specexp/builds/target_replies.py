@@ -1,7 +1,7 @@
 """The target's own greedy replies to chat prompts, as token ids: the text a drafter most needs to
 predict (greedy acceptance asks for exactly the target's argmax after its own tokens). Used by the
-feature drafter's build (specexp/builds/eagle.py, with the target's reads kept as it writes) and by the
-reply datastore (specexp/builds/datastore.py, ids only)."""
+feature drafter's build (specexp/builds/train_feature_drafter.py, with the target's reads kept as it writes) and by the
+reply datastore (specexp/builds/build_datastore.py, ids only)."""
 from __future__ import annotations
 
 import time

@@ -88,7 +88,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from specexp.tasks.sandbox import _sandbox_child as child
+from specexp.tasks.sandbox import child as child
 from specexp.tasks.sandbox import isolation
 
 CHILD_ARGV = [sys.executable, "-I", "-B", "-c", Path(child.__file__).read_text()]  # needs no project file

@@ -1,4 +1,4 @@
-"""The two child processes of `specexp.tasks.sandbox.sandbox`. Standard library only: it runs as
+"""The two child processes of `specexp.tasks.sandbox.judge`. Standard library only: it runs as
 `python -I -B -c <this source> box|judge '<json config>'`, so it needs no file of the project.
 
 box   (untrusted: inside the kernel sandbox)

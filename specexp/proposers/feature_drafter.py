@@ -16,7 +16,7 @@ policies decide on the drafter's token distribution as with any drafter; verific
 loop's own (lossless: greedy and sampling).
 
 The drafter is a Hugging Face model type of its own (`specexp_eagle`, registered with the Auto
-classes when this module is imported), built by `specexp-eagle` (specexp/builds/eagle.py) and loaded as
+classes when this module is imported), built by `specexp-eagle` (specexp/builds/train_feature_drafter.py) and loaded as
 the pair's `drafter`; `DraftModel.bind` hands over to `FeatureDrafter` when it finds one, so every
 strategy that drafts with `model: drafter` drafts from features on the pair smollm2-135m__eagle.
 """
@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaModel, LlamaPreTrainedModel
 
-from specexp.models.lm import CachedLM, cache_arg, cache_of
+from specexp.models.cached_lm import CachedLM, cache_arg, cache_of
 from specexp.proposers.base import Draft
 from specexp.proposers.drafter import DraftModel, draft_vocab
 

@@ -55,7 +55,7 @@ import time
 
 import torch
 
-from specexp.models import entropy
+from specexp.models import token_entropy
 from specexp.length import Decision, DraftStep, LengthPolicy
 
 
@@ -66,8 +66,8 @@ def measure_verify_cost(target, widths: int, context: int = 64, repeats: int = 5
     over w tokens after `context` cached tokens, relative to a one-token forward in the same
     repeat (the widths alternate within each repeat, so a load change hits them all); the median
     over `repeats` (one warm-up repeat first, dropped)."""
-    from specexp.models.lm import cached_lm
-    from specexp.models.models import sync
+    from specexp.models.cached_lm import cached_lm
+    from specexp.models.loading import sync
 
     lm = cached_lm(target, vocab_size=vocab_size)
     device = next(target.parameters()).device
@@ -98,8 +98,8 @@ def measure_drafter_cost(target, drafter, context: int = 64, repeats: int = 5, v
     """c: the drafter's one-token forward over the target's, both after `context` cached tokens,
     the two alternating within each repeat; the median ratio over `repeats` (one warm-up repeat
     first, dropped)."""
-    from specexp.models.lm import cached_lm
-    from specexp.models.models import sync
+    from specexp.models.cached_lm import cached_lm
+    from specexp.models.loading import sync
 
     lms = [cached_lm(target, vocab_size=vocab_size), cached_lm(drafter)]
     device = next(target.parameters()).device
@@ -248,8 +248,8 @@ class CostAware(LengthPolicy):
 
     def decide(self, step: DraftStep) -> Decision:
         self.decided += 1
-        p = float(entropy.step_probs(step, None).max())  # never the drawn token's own probability (below)
-        greedy = entropy.is_greedy(step) is not False and step.prefix is not None
+        p = float(token_entropy.step_probs(step, None).max())  # never the drawn token's own probability (below)
+        greedy = token_entropy.is_greedy(step) is not False and step.prefix is not None
         if self.declined is not None and step.prefix is not None and step.prefix.shape[0] > self.declined[0]:
             at, token, q = self.declined  # last time's declined token: the target has decided its position
             self.count(q, int(step.prefix[at]) == token)

@@ -5,7 +5,7 @@ A small chat model writes in habits ("To solve this problem, we need to", "The a
 a docstring's "Args:" block) that its prompt does not contain, so a prompt lookup cannot draft
 them, while its own earlier replies to other prompts do. The datastore is those replies:
 
-1. `build_datastore`: the target's greedy replies (specexp/builds/replies.py) to `replies` chat prompts
+1. `build_datastore`: the target's greedy replies (specexp/builds/target_replies.py) to `replies` chat prompts
    it is not evaluated on (XSum articles and GSM8K questions from sample `skip` on, standard
    library code stubs: distill.reply_prompts, the feature drafter's own mix), reply tokens only,
    cached once per parameter set (builds.build_once: a temporary folder renamed into place) under
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from specexp.builds.builds import build_once
+from specexp.builds.build_cache import build_once
 from specexp.models.fetch import cache_root
-from specexp.models.models import ModelSpec, describe, load_model, load_tokenizer, resolve_source
-from specexp.builds.replies import REPLY_MIX, chat_ids, replies_with_reads
+from specexp.models.loading import ModelSpec, describe, load_model, load_tokenizer, resolve_source
+from specexp.builds.target_replies import REPLY_MIX, chat_ids, replies_with_reads
 
 FORMAT = "specexp-datastore-v1"
 REPLIES = "replies.json"
@@ -59,7 +59,7 @@ def _done(out: Path, params: dict) -> bool:
 
 
 def _build(spec: ModelSpec, tmp: Path, p: dict, progress: bool) -> dict:
-    from specexp.builds.distill import reply_prompts
+    from specexp.builds.train_distilled_drafter import reply_prompts
 
     t0 = time.perf_counter()
     tok = load_tokenizer(spec)
@@ -105,7 +105,7 @@ class NGramTable:
             self.next.append(table)
         self.tokens = sum(map(len, docs))
 
-    def __deepcopy__(self, memo):  # read-only once counted: per-row copies (specexp/core/batch.py) share it
+    def __deepcopy__(self, memo):  # read-only once counted: per-row copies (specexp/core/batch_decode.py) share it
         return self
 
     def draft(self, text: list[int], k: int, min_n: int = 2, min_count: int = 2, min_share: float = 0.5,

@@ -1,4 +1,4 @@
-"""Retrieval from the target's own replies (specexp/builds/datastore.py; REST, He et al. 2024), as the
+"""Retrieval from the target's own replies (specexp/builds/build_datastore.py; REST, He et al. 2024), as the
 second source of a prompt lookup: when the text's suffix does not repeat in the prompt or the
 output, the datastore drafts what the target wrote after the same context elsewhere. Model-free:
 no forwards, deterministic drafts (one-hot proposals); verification keeps the output the target's."""
@@ -8,7 +8,7 @@ import functools
 
 import torch
 
-from specexp.builds.datastore import NGramTable, build_datastore, load_replies
+from specexp.builds.build_datastore import NGramTable, build_datastore, load_replies
 
 
 @functools.lru_cache(maxsize=4)
@@ -21,7 +21,7 @@ class Datastore:
 
     dir: a built datastore folder (null: built on first use for the pair's target and cached under
     $SPECEXP_CACHE/datastore/); replies, reply_mix, article_chars, reply_tokens, reply_batch,
-    skip: what to build (specexp.builds.datastore.build_datastore); max_n: the longest context counted;
+    skip: what to build (specexp.builds.build_datastore.build_datastore); max_n: the longest context counted;
     min_n: the shortest context that may draft; min_count: times a context must have been seen;
     min_share: draft a token only while it followed its context at least this often."""
 

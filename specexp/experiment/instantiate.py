@@ -7,7 +7,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from specexp.experiment.config import TARGET_MISSING
 from specexp.length import LengthPolicy
-from specexp.models.models import ModelSpec, Pair, Placement
+from specexp.models.loading import ModelSpec, Pair, Placement
 from specexp.proposers.base import Proposer
 from specexp.models.sampling import Sampling
 from specexp.tasks.base import Task

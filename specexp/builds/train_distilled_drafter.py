@@ -2,7 +2,7 @@
 
     specexp-distill                                   # the SmolLM2-135M drafter (model_pair smollm2-135m__distilled)
     specexp-distill model_pair=my_pair                # any pair whose `build` is distill_drafter
-    python -m specexp.builds.distill model_pair.build.layers=2 model_pair.build.tokens=50000
+    python -m specexp.builds.train_distilled_drafter model_pair.build.layers=2 model_pair.build.tokens=50000
 
 Recipe (deterministic: fixed seeds, fixed data order, a fixed number of steps):
   1. Text the target reads and writes: its own greedy replies to chat prompts (XSum articles to
@@ -39,9 +39,9 @@ from typing import Any
 
 import torch
 
-from specexp.builds.builds import build_once
-from specexp.builds.training import warmup_cosine
-from specexp.models.models import ModelSpec, describe, load_model, load_tokenizer, n_params, resolve_source
+from specexp.builds.build_cache import build_once
+from specexp.builds.training_utils import warmup_cosine
+from specexp.models.loading import ModelSpec, describe, load_model, load_tokenizer, n_params, resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def init_drafter(target, layers: int):
     """A separate model: the target's first `layers` layers, embeddings, final norm and head (copied)."""
     import copy
 
-    from specexp.models.models import truncate_layers
+    from specexp.models.loading import truncate_layers
 
     short = truncate_layers(target, layers)
     config = copy.deepcopy(short.config)

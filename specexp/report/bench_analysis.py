@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 
 from specexp import stats
-from specexp.report import costs
+from specexp.report import forward_costs
 
 GOALS = {"ours/hf assisted": 1.3, "overhead": 0.10, "prediction": 0.10}  # the speed goals set for this machine's bench
 # the feature drafter's goals (modes ours-eagle*) on SmolLM2: tokens per target forward, speedup
@@ -31,7 +31,7 @@ def _ratio(a, b):
 def mode_stats(calls: list, mode) -> dict:
     """Throughput, overhead, forwards and acceptance of one mode in one setting."""
     gens = [c.gen for c in calls]
-    n, fw, sec, pre, pre_sec = costs.totals(gens)
+    n, fw, sec, pre, pre_sec = forward_costs.totals(gens)
     wall = sum(g.wall_time for g in gens)
     inside, prefill = sum(sec.values()), sum(pre_sec.values())
     per_repeat = {}
@@ -47,11 +47,11 @@ def mode_stats(calls: list, mode) -> dict:
         "decode_tokens_per_s": _ratio(n, wall - prefill),
         "forward_s": inside, "prefill_s": prefill, "overhead_share": 1 - inside / wall if wall else None,
         "forwards": fw, "prefills": pre, "forward_seconds": sec, "prefill_seconds": pre_sec,
-        "seconds_per_forward": costs.measured_costs(fw, sec, pre, pre_sec),
+        "seconds_per_forward": forward_costs.measured_costs(fw, sec, pre, pre_sec),
         "rounds": sum(len(g.drafted) for g in gens) if spec else None,
         "drafted": drafted if spec else None, "accepted": accepted if spec else None,
         "accept_rate": _ratio(accepted, drafted) if spec else None,
-        "alpha": costs.acceptance_alpha(gens) if spec else None,
+        "alpha": forward_costs.acceptance_alpha(gens) if spec else None,
         "tau": _ratio(n, fw.get("target")),
     }
 
@@ -111,7 +111,7 @@ def analyse(calls: dict, modes: list, sets: list) -> list[dict]:
                     c = _ratio(d, t_ar) if m.drafter else 0.0
                     if c is not None:
                         row["cost_ratio_c"] = c
-                        row["predicted"] = costs.leviathan_speedup(st["alpha"], m.gamma, c)
+                        row["predicted"] = forward_costs.leviathan_speedup(st["alpha"], m.gamma, c)
                         row["measured_over_predicted"] = _ratio(row["decode_speedup"], row["predicted"])
                         if row["verify_cost"]:  # the same, a verification forward costing what it measured
                             row["predicted_with_verify_cost"] = (row["predicted"] * (m.gamma * c + 1)

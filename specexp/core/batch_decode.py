@@ -6,7 +6,7 @@ round) and returns one `Generation` per prompt with the per-sample meaning of sp
 (tokens, drafted/accepted/emitted per round, forwards, per-sequence wall time). It follows the
 batch-1 loop (specexp/core/decode.py, the readable reference) step for step, per row.
 
-The cache scheme is specexp/models/ragged.py (`RaggedCache`): one DynamicCache for all rows, a
+The cache scheme is specexp/models/ragged_cache.py (`RaggedCache`): one DynamicCache for all rows, a
 per-row mask of valid columns, holes allowed, per-row rollback by masking.
 
 Cost: each batched forward is W wide, W = max over rows of (unseen + drafts); rows with less
@@ -41,10 +41,10 @@ import torch
 
 from specexp.core.decode import Generation, annotate, emit, rejected_drafts
 from specexp.length import Decision, DraftStep, LengthPolicy
-from specexp.models.models import sync
+from specexp.models.loading import sync
 from specexp.proposers.base import Draft, Proposer
 from specexp.proposers.drafter import DraftModel, _record
-from specexp.models.ragged import RaggedCache
+from specexp.models.ragged_cache import RaggedCache
 from specexp.models.sampling import Sampling
 from specexp.core.stopping import Stopper
 from specexp.core.verify import verify
@@ -361,7 +361,7 @@ def decode_samples(target_model, prompts, max_new_tokens: int, sampling: Samplin
     builds them (per sample: the median-time repeat) and the `batch` block of metrics.json."""
     from tqdm.auto import tqdm
 
-    from specexp.experiment import record
+    from specexp.experiment import metrics_json
     from specexp.core.decode import generate
 
     def gens_for():
@@ -373,7 +373,7 @@ def decode_samples(target_model, prompts, max_new_tokens: int, sampling: Samplin
                               progress=bar.update if bar is not None else None)
 
     def batch_one_ar(bar):
-        from specexp.models.lm import cached_lm
+        from specexp.models.cached_lm import cached_lm
 
         lm = cached_lm(target_model)
         out = []
@@ -399,7 +399,7 @@ def decode_samples(target_model, prompts, max_new_tokens: int, sampling: Samplin
                 seconds[m].append(time.perf_counter() - t0)
 
     def per_sample(reps: list[list[Generation]]):
-        picked = [record.median_of_repeats([r[i] for r in reps]) for i in range(len(prompts))]
+        picked = [metrics_json.median_of_repeats([r[i] for r in reps]) for i in range(len(prompts))]
         return [g for g, _ in picked], [info for _, info in picked]
 
     main = "strategy" if speculative else "ar"

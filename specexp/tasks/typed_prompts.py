@@ -1,6 +1,6 @@
 """One prompt given on the command line (`specexp prompt="..."`) or typed in the console: a
 dataset of one sample, no quality metric. With `show` the run prints the generation with the draft
-tokens marked (specexp/experiment/show.py)."""
+tokens marked (specexp/experiment/watch.py)."""
 from __future__ import annotations
 
 from specexp.tasks.base import Sample, Task

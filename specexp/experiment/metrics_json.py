@@ -191,7 +191,7 @@ def timing_report(timing_cfg, repeat_infos: list[dict], load_before, load_after)
 def sample_record(sample, prompt_ids: list[int], gen: Generation, text: str, base: Generation | None,
                   repeats: dict | None = None, base_repeats: dict | None = None, fit=None) -> dict:
     """One sample's record; `repeats` / `base_repeats`: median_of_repeats' info per mode; `fit`:
-    how the prompt was cut to fit (specexp.models.prompting.Fitted), None when that is not known."""
+    how the prompt was cut to fit (specexp.models.prompt_ids.Fitted), None when that is not known."""
     rec = {
         "id": sample.id,
         "prompt_tokens": len(prompt_ids),

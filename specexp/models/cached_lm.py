@@ -1,7 +1,7 @@
 """`CachedLM`: a causal LM that owns its KV cache, feeds only the tokens the cache has not seen,
 rolls back rejected positions, and counts and times its forwards. `SubsetHeadLM`: the same with an
 LM head over a vocabulary subset; `Seq2SeqLM`: the same for an encoder-decoder model;
-`cached_lm` picks the one that fits. Loading the models is specexp.models.models."""
+`cached_lm` picks the one that fits. Loading the models is specexp.models.loading."""
 from __future__ import annotations
 
 import functools
@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from specexp.models.models import mapped_cuda_devices, sync
+from specexp.models.loading import mapped_cuda_devices, sync
 
 
 @functools.lru_cache(maxsize=None)
@@ -243,7 +243,7 @@ def cached_lm(model, vocab_size: int | None = None) -> CachedLM:
 def check_context(lms: dict[str, CachedLM], n_prompt: int, max_new_tokens: int, what: str = "the prompt") -> None:
     """Refuse a decode that would read past a model's position limit (its config's
     max_position_embeddings / n_positions), naming both numbers and the keys that fix it."""
-    from specexp.models.prompting import room
+    from specexp.models.prompt_ids import room
 
     for role, lm in lms.items():
         need, limit = lm.positions_needed(n_prompt, max_new_tokens), lm.max_positions

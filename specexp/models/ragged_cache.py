@@ -1,4 +1,4 @@
-"""`RaggedCache`: a batched KV cache whose rows hold different prefixes (specexp.core.batch decodes with
+"""`RaggedCache`: a batched KV cache whose rows hold different prefixes (specexp.core.batch_decode decodes with
 it). One HF DynamicCache of C columns for all rows, and a [B, C] mask of which cached columns are
 valid for each row. Holes are allowed anywhere:
   - a forward feeds each row its own chunk (unseen suffix + drafts), right-padded to the
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from specexp.models.lm import cache_arg, cache_of
+from specexp.models.cached_lm import cache_arg, cache_of
 
 
 def _fit_width(logits: torch.Tensor, v: int | None) -> torch.Tensor:

@@ -1,9 +1,9 @@
 """`specexp-eagle`: train a feature drafter (EAGLE, Li et al. 2024) for a target, on the target's own
-hidden states. The drafter and how it drafts: specexp/proposers/eagle.py.
+hidden states. The drafter and how it drafts: specexp/proposers/feature_drafter.py.
 
     specexp-eagle                                    # SmolLM2-135M (model_pair smollm2-135m__eagle)
     specexp-eagle model_pair.build.replies=100       # a smaller build
-    python -m specexp.builds.eagle model_pair.build.epochs=2
+    python -m specexp.builds.train_feature_drafter model_pair.build.epochs=2
 
 Recipe (deterministic: fixed seeds, fixed data order, a fixed number of steps):
   1. The text is the target's own: its greedy replies to `replies` chat prompts, XSum articles
@@ -45,13 +45,13 @@ from typing import Any
 
 import torch
 
-from specexp.builds.builds import build_once
-from specexp.builds.training import warmup_cosine
-from specexp.builds.distill import teacher_read
-from specexp.models.models import ModelSpec, describe, load_model, load_tokenizer, n_params, resolve_source
+from specexp.builds.build_cache import build_once
+from specexp.builds.training_utils import warmup_cosine
+from specexp.builds.train_distilled_drafter import teacher_read
+from specexp.models.loading import ModelSpec, describe, load_model, load_tokenizer, n_params, resolve_source
 from specexp.proposers import DraftModel, LookupFirst
-from specexp.proposers.eagle import FeatureDrafterConfig, FeatureDrafterModel, FeatureLM
-from specexp.builds.replies import REPLY_MIX, chat_ids, replies_with_reads
+from specexp.proposers.feature_drafter import FeatureDrafterConfig, FeatureDrafterModel, FeatureLM
+from specexp.builds.target_replies import REPLY_MIX, chat_ids, replies_with_reads
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def teacher_data(target, tok, p: dict, cache: Path | None, progress: bool) -> di
     states): the target's replies to `replies` chat prompts, read while it writes them, then
     `corpus_tokens` of `corpus` text it reads (distill.teacher_read); rows shuffled by the seed.
     From `cache` when it holds them (written atomically after the reads)."""
-    from specexp.builds.distill import corpus_documents, reply_prompts, windows
+    from specexp.builds.train_distilled_drafter import corpus_documents, reply_prompts, windows
 
     if cache is not None and cache.is_file():
         return torch.load(cache)
@@ -339,7 +339,7 @@ def _build(spec: ModelSpec, tmp: Path, p: dict, cache: Path | None, progress: bo
 
 def main() -> None:
     """`specexp-eagle`: builds the `model_pair`'s feature drafter through its `build` node."""
-    from specexp.builds.distill import build_cli
+    from specexp.builds.train_distilled_drafter import build_cli
 
     build_cli("specexp-eagle", "smollm2-135m__eagle", "build_feature_drafter", __doc__)
 
@@ -360,7 +360,7 @@ def bench_proposers(pair, wanted: set[str], gamma: int, vocab: int, eagle_dir: s
     smollm2-135m__bigram, and the lookup with the datastore, prompt_lookup_store)."""
     from hydra.utils import instantiate
 
-    from specexp.experiment import build
+    from specexp.experiment import instantiate as build
     from specexp.experiment.config import compose
     from specexp.length import Fixed
 

@@ -28,8 +28,8 @@ import time
 import torch
 
 from specexp.core.decode import Generation
-from specexp.models.lm import CachedLM, cache_arg, cache_of
-from specexp.models.models import sync
+from specexp.models.cached_lm import CachedLM, cache_arg, cache_of
+from specexp.models.loading import sync
 from specexp.models.sampling import Sampling
 from specexp.core.stopping import Stopper
 

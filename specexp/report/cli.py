@@ -7,7 +7,7 @@ papers' tables, the paired statistics across runs and a study report with plots.
     specexp-report SWEEP_DIR --stats                                # paired tests vs each run's own baseline
     specexp-report SWEEP_DIR --stats --reference strategy=speculative   # ... vs the best fixed-gamma run
     specexp-report PILOT_DIR --plan --effect 1.10 --power 0.8       # samples needed, from a pilot run
-    python -m specexp.report.report ...                                    # the same
+    python -m specexp.report.cli ...                                    # the same
 
 Modules, imported downward only: stats (tests, intervals) <- collect (tables of runs and samples)
 <- tables (named layouts), compare (paired statistics across runs), plots <- report (this CLI and
@@ -19,11 +19,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from specexp.report import compare
+from specexp.report import paired as compare
 from specexp.report import plots
 from specexp.report import study
-from specexp.report.collect import collect, load_runs, write_table
-from specexp.report.markup import render_latex, render_markdown
+from specexp.report.collect_runs import collect, load_runs, write_table
+from specexp.report.rendering import render_latex, render_markdown
 from specexp.report.per_sample import collect_samples
 from specexp.report.tables import TABLES, render
 

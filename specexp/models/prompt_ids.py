@@ -3,7 +3,7 @@
 A prompt longer than `dataset.max_prompt_tokens` is cut to fit (`fit_prompts`). The default,
 `auto`, is the most prompt tokens every model of the run can read with `max_new_tokens` after
 them (each model's config position limit); an integer is used as given; null never cuts (and a
-prompt that does not fit then fails before decoding: specexp.models.lm.check_context). Which part is kept
+prompt that does not fit then fails before decoding: specexp.models.cached_lm.check_context). Which part is kept
 is the task's choice (`Task.keep`, overridden by `dataset.truncate`): the end (what the model
 continues) or the start; a task that marks its document inside the template (`Sample.cut_span`,
 XSum's article) keeps its template whole and cuts the document's end."""

@@ -33,11 +33,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from specexp import stats
 from specexp.experiment import gpu_pin
-from specexp.dotted import value_at
+from specexp.dotted_keys import value_at
 
-log = logging.getLogger("specexp.experiment.sweep")
+log = logging.getLogger("specexp.experiment.sweep_callbacks")
 
-PinGPU = gpu_pin.PinGPU  # it lives in specexp/experiment/gpu_pin.py; specexp.experiment.sweep.PinGPU is the path older configs name
+PinGPU = gpu_pin.PinGPU  # it lives in specexp/experiment/gpu_pin.py; specexp.experiment.sweep_callbacks.PinGPU is the path older configs name
 
 # Keys of the run config that do not change what a run measures: a metrics.json written with
 # other values of these still counts as "the same run" for resume.
@@ -412,7 +412,7 @@ class SweepSummary(Callback):
         try:
             print(summarize(self._dir, since=self._t0), file=sys.stderr, flush=True)
             if self.report:
-                from specexp.report import report
+                from specexp.report import cli as report
 
                 df = report.collect([self._dir])
                 out = report.write_table(df, Path(self._dir) / "report")

@@ -32,8 +32,8 @@ import pandas as pd
 
 from specexp import stats
 from specexp.report import categories
-from specexp.dotted import value_at
-from specexp.report.repro_estimators import repro_estimators
+from specexp.dotted_keys import value_at
+from specexp.report.paper_estimators import repro_estimators
 
 # Strategy parameters that are plumbing, not hyperparameters (never in a method label).
 _NOT_PARAMS = {"name", "proposer", "length", "keep_trigger", "entropy_type", "renyi_alpha",
@@ -195,7 +195,7 @@ def flatten(path: Path, m: dict) -> tuple[dict, dict]:
         "top_p": value_at(m, "sampling.top_p", value_at(cfg, "sampling.top_p")),
         "seed": cfg.get("seed"),
         "experiment": choices.get("experiment"),
-        "batch_size": m.get("batch_size") or cfg.get("batch_size") or 1,  # samples decoded at a time (specexp/core/batch.py)
+        "batch_size": m.get("batch_size") or cfg.get("batch_size") or 1,  # samples decoded at a time (specexp/core/batch_decode.py)
     }
     for k, v in (cfg.get("strategy") or {}).items():
         if k in ("name", "proposer", "length") or (isinstance(v, str) and "${" in v):
@@ -239,7 +239,7 @@ def flatten(path: Path, m: dict) -> tuple[dict, dict]:
         for k, v in cms.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 row[f"cost_speedup.{k}"] = v
-    # the estimators of the paper-reproduction repository (specexp/report/repro_estimators.py)
+    # the estimators of the paper-reproduction repository (specexp/report/paper_estimators.py)
     row.update({f"repro.{k}": v for k, v in repro_estimators(samples).items()})
     env = m.get("environment") or {}
     row.update({"device_name": env.get("device_name"), "torch": env.get("torch"),

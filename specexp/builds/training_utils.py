@@ -1,5 +1,5 @@
-"""Small training helpers shared by the pairs this project builds (specexp/builds/tiny.py,
-specexp/builds/distill.py, specexp/builds/eagle.py): precision, learning-rate schedules, an AdamW step,
+"""Small training helpers shared by the pairs this project builds (specexp/builds/train_tiny_pair.py,
+specexp/builds/train_distilled_drafter.py, specexp/builds/train_feature_drafter.py): precision, learning-rate schedules, an AdamW step,
 distillation losses, random windows and a progress bar."""
 from __future__ import annotations
 
