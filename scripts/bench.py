@@ -59,12 +59,12 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from specexp.experiment import instantiate
-from specexp.report.bench_analysis import LEGEND, analyse, format_table, goals, ratios  # noqa: F401 (format_table: API)
 from specexp.core.decode import Generation
+from specexp.experiment import instantiate
 from specexp.models.loading import describe
 from specexp.models.prompt_ids import encode_prompt
 from specexp.models.sampling import Sampling
+from specexp.report.bench_analysis import LEGEND, analyse, format_table, goals, ratios  # noqa: F401 (format_table: API)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules below
 from bench_modes import MODE_KEYS, Mode, make_modes  # noqa: E402

@@ -133,14 +133,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     from tqdm.auto import tqdm
 
-    from specexp.experiment import instantiate
     from specexp.core.batch_decode import check_supported, generate_batch
-    from specexp.experiment.config import compose
     from specexp.core.decode import generate
+    from specexp.core.stopping import Stopper
+    from specexp.experiment import instantiate
+    from specexp.experiment.config import compose
     from specexp.models.cached_lm import cached_lm
     from specexp.models.prompt_ids import encode_prompt, eos_ids
     from specexp.models.sampling import Sampling
-    from specexp.core.stopping import Stopper
 
     sizes = [int(x) for x in args.batch_sizes.split(",")]
     base = [f"model_pair={args.pair}", "dataset=humaneval", f"dataset.limit={args.prompts}", *args.override]

@@ -11,19 +11,20 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-
 from bench_hf import ForwardClock, counting_rounds, hf_sampling, set_assistant
+
 from specexp.core.decode import Generation, generate
+from specexp.core.stopping import Stopper
 from specexp.length import Fixed
 from specexp.models.cached_lm import cached_lm
-from specexp.proposers import Bigram, DraftModel, PromptLookup
+from specexp.models.loading import ModelSpec
 from specexp.models.prompt_ids import eos_ids
 from specexp.models.sampling import Sampling
-from specexp.core.stopping import Stopper
+from specexp.proposers import Bigram, DraftModel, LookupFirst, PromptLookup
 
 MODE_KEYS = ["ours-ar", "hf-ar", "ours-spec", "ours-spec-vocab", "hf-assisted", "ours-lookup", "hf-lookup",
              "ours-truncated", "hf-truncated", "ours-bigram",
-             # (specexp.builds.train_feature_drafter.bench_proposers): the feature drafter, the shipped model-free pairs, the datastore
+             # (bench_proposers below): the feature drafter, the shipped model-free pairs, the datastore
              "ours-eagle", "ours-eagle-vocab", "ours-eagle-entropy", "ours-eagle-vocab-entropy",
              "ours-eagle-heuristic", "ours-eagle-lookup", "ours-eagle-lookup-entropy", "ours-eagle-lookup-heuristic",
              "ours-eagle-store-entropy", "ours-eagle-cost", "ours-eagle-store-cost",
@@ -145,12 +146,73 @@ def make_modes(pair, args, sync: Callable[[], None] = lambda: None) -> tuple[lis
                              eos, {"assistant_model": pair.get("truncated")}, gamma=g, fixed_gamma=True,
                              drafter="truncated", counterpart="ours-truncated"))
     if "ours-bigram" in wanted:
-        modes.append(ours_mode("ours-bigram", "ours bigram", target_lm, stopper,
-                               Bigram(corpus=args.bigram_corpus).bind(pair), Fixed(g).bind(pair), gamma=g,
-                               fixed_gamma=True))
-    if args.pair == "smollm2" or args.eagle_dir:  # the feature drafter, the shipped model-free pairs
-        from specexp.builds.train_feature_drafter import bench_proposers
+        from specexp.experiment.instantiate import provide_builds  # the table, built as a run builds it
 
+        modes.append(ours_mode("ours-bigram", "ours bigram", target_lm, stopper,
+                               provide_builds(Bigram(corpus=args.bigram_corpus), pair).bind(pair), Fixed(g).bind(pair),
+                               gamma=g, fixed_gamma=True))
+    if args.pair == "smollm2" or args.eagle_dir:  # the feature drafter, the shipped model-free pairs
         for key, name, proposer, policy, kw in bench_proposers(pair, wanted, g, args.draft_vocab, args.eagle_dir):
             modes.append(ours_mode(key, name, target_lm, stopper, proposer, policy, **kw))
     return modes, all_clocks
+
+
+# ------------------------------------------------------------------------ the benchmark's modes
+def bench_proposers(pair, wanted: set[str], gamma: int, vocab: int, eagle_dir: str | None = None):
+    """scripts/bench.py's feature-drafter modes on a loaded SmolLM2 pair, as (key, name, proposer, policy,
+    Mode fields): the feature drafter (registered as the pair's role "eagle"; `eagle_dir`, else
+    the smollm2-135m__eagle pair's own, built if missing) with Fixed(gamma), its `vocab` subset
+    head, the shipped entropy_static rule (full and subset head) and heuristic rule; the subset
+    head behind a prompt lookup (`LookupFirst`) with each of the three, and behind a prompt lookup
+    and the target's reply datastore (strategy lookup_store_entropy, built if missing); and the
+    shipped model-free strategies exactly as composed (smollm2-135m__prompt_lookup,
+    smollm2-135m__bigram, and the lookup with the datastore, prompt_lookup_store). The datastore
+    and the bigram table are built as a run builds them (instantiate.provide_builds)."""
+    from hydra.utils import instantiate
+
+    from specexp.experiment import instantiate as build
+    from specexp.experiment.config import compose
+    from specexp.length import Fixed
+
+    out = []
+    if any(k.startswith("ours-eagle") for k in wanted):
+        if eagle_dir is None:
+            eagle_dir = instantiate(compose(["model_pair=smollm2-135m__eagle"]).model_pair.build)
+        pair.specs["eagle"] = ModelSpec(name=str(eagle_dir))
+        fixed = {"gamma": gamma, "fixed_gamma": True, "drafter": "eagle", "counterpart": "hf-assisted"}
+        dynamic = {"drafter": "eagle", "counterpart": "hf-assisted"}
+        head = f"{vocab // 1024}k head"
+        lookup = f"ours lookup + eagle ({head})"  # LookupFirst: prompt lookup when the text repeats, else eagle
+        store = f"ours lookup + datastore + eagle ({head})"  # ... else the target's replies, else eagle
+        for key, name, v, first, policy, kw in (  # policy: Fixed(gamma), or a shipped strategy's length rule
+                ("ours-eagle", "ours eagle (feature drafter)", None, None, "fixed", fixed),
+                ("ours-eagle-vocab", f"ours eagle ({head})", vocab, None, "fixed", fixed),
+                ("ours-eagle-entropy", "ours eagle, entropy_static", None, None, "entropy_static", dynamic),
+                ("ours-eagle-vocab-entropy", f"ours eagle ({head}), entropy_static", vocab, None, "entropy_static",
+                 dynamic),
+                ("ours-eagle-heuristic", "ours eagle, heuristic", None, None, "heuristic", dynamic),
+                ("ours-eagle-lookup", f"{lookup}, gamma {gamma}", vocab, "lookup", "fixed", dynamic),
+                ("ours-eagle-lookup-entropy", f"{lookup}, entropy_static", vocab, "lookup", "entropy_static", dynamic),
+                ("ours-eagle-lookup-heuristic", f"{lookup}, heuristic", vocab, "lookup", "heuristic", dynamic),
+                ("ours-eagle-store-entropy", f"{store}, entropy_static", vocab, "store", "entropy_static", dynamic),
+                ("ours-eagle-cost", f"ours eagle ({head}), cost_aware", vocab, None, "cost_aware", dynamic),
+                ("ours-eagle-store-cost", f"{store}, cost_aware", vocab, "store", "cost_aware", dynamic)):
+            if key in wanted and (v is None or vocab):
+                rule = Fixed(gamma) if policy == "fixed" else instantiate(
+                    compose([f"strategy={policy}"]).strategy.length, _convert_="all")  # built fresh per mode
+                if first is None:
+                    proposer = DraftModel("eagle", vocab=v)
+                else:  # "store": the shipped strategy's datastore, as composed
+                    datastore = instantiate(compose(["strategy=lookup_store_entropy"]).strategy.proposer.datastore) \
+                        if first == "store" else None
+                    proposer = LookupFirst("eagle", vocab=v, datastore=datastore)
+                out.append((key, name, build.provide_builds(proposer, pair).bind(pair), rule.bind(pair), kw))
+    for key, name, overrides in (
+            ("ours-lookup-shipped", "ours prompt_lookup (shipped pair)", ["model_pair=smollm2-135m__prompt_lookup"]),
+            ("ours-bigram-shipped", "ours bigram (shipped pair)", ["model_pair=smollm2-135m__bigram"]),
+            ("ours-lookup-store", "ours prompt_lookup_store (lookup + datastore)",
+             ["model_pair=smollm2-135m__prompt_lookup", "strategy=prompt_lookup_store"])):
+        if key in wanted:
+            proposer, policy = build.strategy(compose(overrides).strategy, pair)
+            out.append((key, name, proposer, policy, {}))
+    return out

@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from specexp.proposers.bigram import DEFAULT_MAX_BYTES, build_bigram, load_table  # noqa: E402
+from specexp.builds.build_bigram import build_bigram  # noqa: E402
+from specexp.proposers.bigram import DEFAULT_MAX_BYTES, load_table  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> Path:

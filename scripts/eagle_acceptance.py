@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def main(argv: list[str] | None = None) -> dict:
     from bench import load_prompts
 
+    from specexp.builds.target_replies import replies_with_reads
+    from specexp.builds.train_feature_drafter import acceptance_summary, chain_acceptance
     from specexp.experiment import instantiate
     from specexp.experiment.config import compose
-    from specexp.builds.train_feature_drafter import acceptance_summary, chain_acceptance
-    from specexp.builds.target_replies import replies_with_reads
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--eagle-dir", help="a built feature drafter (default: the smollm2-135m__eagle pair's, "
@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> dict:
     for name in args.datasets.split(","):
         prompts = [p.ids.tolist() for p in load_prompts([name], args.per_dataset, tok, torch.device("cpu"))]
         reads = replies_with_reads(target, prompts, tok.eos_token_id, tok.eos_token_id, args.new_tokens, 1, 1, False)
-        accepted = sum(torch.tensor(chain_acceptance(  # every round start from the prompt's last token on
+        accepted = sum(torch.tensor(chain_acceptance(  # rounds from every reply position (p >= P: where drafting happens)
             drafter, embed, head, {"windows": r["ids"][None], "ids": r["top_ids"][None], "hidden": r["hidden"][None]},
-            torch.tensor([0]), args.gamma, 1, [r["prompt_tokens"] - 1])["rounds_accepting_at_least"]) for r in reads)
+            torch.tensor([0]), args.gamma, 1, [r["prompt_tokens"]])["rounds_accepting_at_least"]) for r in reads)
         d = out["datasets"][name] = {"prompts": len(reads), **acceptance_summary(accepted)}
         print(f"{name:10s} {d['prompts']} prompts, {d['rounds']} rounds: acceptance by position "
               f"{' / '.join(f'{a:.2f}' for a in d['acceptance_per_position'])}, "
@@ -84,7 +84,7 @@ def path_ranks(drafter, embed, head, read: dict, depth: int) -> torch.Tensor:
     x, hidden, lm = read["ids"], read["hidden"], FeatureLM(drafter, embed, head)
     lm.start(x)
     known, out = 0, []
-    for t in range(read["prompt_tokens"] - 1, x.shape[0] - depth - 1):
+    for t in range(read["prompt_tokens"], x.shape[0] - depth - 1):  # reply positions, as drafting faces them
         lm.add_features(hidden[known:t].float())
         known = t
         logits = lm.forward(x[lm.length: t + 1], keep=1)[-1]

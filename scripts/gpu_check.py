@@ -89,13 +89,13 @@ def check_api(device: str) -> tuple[list[tuple[str, bool, str]], dict]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from specexp.core.decode import generate
+    from specexp.core.stopping import Stopper
     from specexp.length import Fixed
     from specexp.length.cost_aware import measure_verify_cost
     from specexp.models.cached_lm import CachedLM
     from specexp.models.loading import resolve_device, resolve_dtype
-    from specexp.proposers import DraftModel
     from specexp.models.sampling import Sampling
-    from specexp.core.stopping import Stopper
+    from specexp.proposers import DraftModel
 
     checks, info = [], {}
     dev = resolve_device("auto" if device == "cuda" else device)

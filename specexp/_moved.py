@@ -60,6 +60,7 @@ MOVED = {
     "specexp.tables": "specexp.report.tables",
     "specexp.tasks._sandbox_child": "specexp.tasks.sandbox.child",
     "specexp.tasks.isolation": "specexp.tasks.sandbox.isolation",
+    "specexp.tasks.loading": "specexp.tasks.dataset_sources",
     "specexp.tasks.prompt": "specexp.tasks.typed_prompts",
     "specexp.tasks.sandbox": "specexp.tasks.sandbox.judge",
     "specexp.tiny": "specexp.builds.train_tiny_pair",

@@ -89,6 +89,27 @@ def pooled_chisquare(counts: torch.Tensor, p: torch.Tensor, n_draws: int) -> flo
     return float(chisquare(obs.numpy(), exp.numpy() * obs.sum().item() / exp.sum().item()).pvalue)
 
 
+def pair_counts_pvalue(counts, exact: torch.Tensor) -> float:
+    """pooled_chisquare (in float64) of a Counter of emitted token pairs {(t1, t2): draws}
+    against their exact joint distribution `exact` [V, V]."""
+    v = exact.shape[1]
+    observed = torch.zeros(exact.numel(), dtype=torch.float64)
+    for (a, b), c in counts.items():
+        observed[a * v + b] += c
+    return pooled_chisquare(observed, exact.double().flatten(), sum(counts.values()))
+
+
+def exact_joint(model, prompt: torch.Tensor, sampling, vocab: int) -> torch.Tensor:
+    """Exact distribution [vocab, vocab] of the first two tokens `model` emits after `prompt`
+    under `sampling`: p(t1) * p(t2 | t1), one forward per first token."""
+    from specexp.models.cached_lm import CachedLM
+
+    p1 = sampling.probs(CachedLM(model).forward(prompt)[-1])
+    p2 = torch.stack([sampling.probs(CachedLM(model).forward(torch.cat([prompt, torch.tensor([t])]))[-1])
+                      for t in range(vocab)])
+    return p1[:, None] * p2
+
+
 def save_pair(root: Path, arch: str = "llama", vocab_size: int = 300) -> Path:
     tok = make_tokenizer(vocab_size)
     for role, hidden, layers, seed in (("target", 64, 2, 0), ("drafter", 32, 1, 1)):
@@ -140,6 +161,24 @@ def pair_overrides(pair_dir: Path) -> list[str]:
     return ["model_pair.build=null", f"model_pair.dir={pair_dir}", "model_pair.name=test"]
 
 
+# One short HumanEval sample, no warm-up, no summary: about a second per run on the random pair.
+SHORT_RUN = ["dataset.limit=1", "dataset.max_new_tokens=4", "dataset.max_prompt_tokens=16", "warmup=0", "summary=false"]
+
+# A specexp subprocess's environment: nothing fetched from the Hub, no tokenizer threads.
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture
+def fresh_cache(monkeypatch):
+    """An empty model cache and load counter: what this test loads, and only that, is counted (a
+    check that fails before loading leaves it at 0). Returns the counter."""
+    from specexp.models import loading
+
+    monkeypatch.setattr(loading, "_MODEL_CACHE", {})
+    monkeypatch.setitem(loading.LOAD_COUNT, "models", 0)
+    return loading.LOAD_COUNT
+
+
 @pytest.fixture
 def run_specexp(tmp_path):
     """Run the real CLI in a subprocess; returns (completed process, run dir)."""
@@ -150,7 +189,7 @@ def run_specexp(tmp_path):
         run_dir = tmp_path / "run"
         cmd = [sys.executable, "-m", "specexp", *(["-m"] if multirun else []), *overrides,
                f"hydra.run.dir={run_dir}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env = {**os.environ, **OFFLINE_ENV}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
         if check and proc.returncode != 0:
             raise AssertionError(f"specexp failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")

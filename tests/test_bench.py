@@ -42,7 +42,7 @@ def test_every_mode_runs_in_both_settings(bench_run):
     bench, report, _ = bench_run
     rows = rows_by(report)
     # every mode but the subset-head one, which needs a drafter from specexp-distill (draft_vocab.json),
-    # and issue 15's feature-drafter / shipped-pair modes (only with --pair smollm2 or --eagle-dir)
+    # and the feature-drafter / shipped-pair modes (only with --pair smollm2 or --eagle-dir)
     skipped = {"ours-spec-vocab", "ours-lookup-store"} | {m for m in bench.MODE_KEYS
                                                        if m.startswith("ours-eagle") or m.endswith("-shipped")}
     assert set(rows) == {(s, m) for s in SETTINGS for m in bench.MODE_KEYS if m not in skipped}
@@ -136,7 +136,7 @@ def test_missing_dataset_is_skipped_with_a_note(random_pair_dir, tmp_path, monke
 
 
 def test_batch_sizes_flag_runs_the_batched_bench(random_pair_dir, tmp_path, monkeypatch):
-    """`bench.py --batch-sizes 1,2` (issue 16): every mode at every batch size, transformers'
+    """`bench.py --batch-sizes 1,2`: every mode at every batch size, transformers'
     batched generate included, each row identical to batch-1 autoregressive; a crossover entry per
     drafter; --ignore-eos decodes exactly --new-tokens per prompt on every side."""
     bench = load_bench()

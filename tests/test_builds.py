@@ -50,3 +50,29 @@ def test_a_folder_that_is_not_a_build_is_never_replaced(tmp_path):
     with pytest.raises(FileExistsError, match="not a build"):
         build_once(out, {"a": 1}, _build([]))
     assert (out / "notes.txt").read_text() == "my files"
+
+
+def test_the_build_commands_are_entry_points_of_the_experiment_layer(monkeypatch, capsys):
+    """`specexp-distill`, `specexp-eagle`, `specexp-datastore` resolve to specexp/experiment/build_commands.py
+    (builders never compose a config); --help prints the build's recipe; a pair without the
+    command's build step is refused by name."""
+    import importlib
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    from specexp.builds import train_distilled_drafter, train_feature_drafter
+    from specexp.experiment import build_commands
+
+    scripts = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    for name, fn in (("specexp-distill", "distill"), ("specexp-eagle", "eagle"), ("specexp-datastore", "datastore")):
+        module, attr = scripts[name].split(":")
+        assert (module, attr) == ("specexp.experiment.build_commands", fn)
+        assert callable(getattr(importlib.import_module(module), attr))
+    for command, builder in ((build_commands.distill, train_distilled_drafter), (build_commands.eagle, train_feature_drafter)):
+        monkeypatch.setattr(sys, "argv", ["cmd", "--help"])
+        command()
+        assert capsys.readouterr().out.strip() == builder.__doc__.strip()
+    monkeypatch.setattr(sys, "argv", ["specexp-eagle", "model_pair=tiny"])
+    with pytest.raises(SystemExit, match="specexp-eagle: model_pair 'tiny' has no build_feature_drafter build step"):
+        build_commands.eagle()

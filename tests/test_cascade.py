@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import pooled_chisquare, random_model
+from conftest import exact_joint, pooled_chisquare, random_model
 from scipy.stats import chisquare
 
 from specexp.core.decode import generate
@@ -271,13 +271,6 @@ def test_lenient_review_emits_its_reported_distribution(l):
 V_CHI = 6
 
 
-def _joint(model, prompt, sampling):
-    p1 = sampling.probs(CachedLM(model).forward(prompt)[-1])
-    p2 = torch.stack([sampling.probs(CachedLM(model).forward(torch.cat([prompt, torch.tensor([t])]))[-1])
-                      for t in range(V_CHI)])
-    return p1[:, None] * p2
-
-
 def _chi_square_cascade(n_draws, sampling, cascade_cls=Cascade):
     """p-value of the first two emitted tokens (drawn through a 3-level lenient cascade, drafts
     of up to 3 tokens) against the target's exact joint; and the mean accepted drafts."""
@@ -285,8 +278,8 @@ def _chi_square_cascade(n_draws, sampling, cascade_cls=Cascade):
     target.lm_head.weight.data *= 8  # sharp, so that the drafters visibly differ
     d1, d2 = perturbed(target, 0.6, 1), perturbed(target, 1.2, 2)
     prompt = torch.tensor([1, 2, 3, 1, 2])
-    p = _joint(target, prompt, sampling)
-    assert 0.5 * (p - _joint(d2, prompt, sampling)).abs().sum() > 0.3  # the test has power
+    p = exact_joint(target, prompt, sampling, V_CHI)
+    assert 0.5 * (p - exact_joint(d2, prompt, sampling, V_CHI)).abs().sum() > 0.3  # the test has power
     bottom = PromptLookup(bigram=Bigram.from_table([2, 3, 4, 5, 0, 1]))
     casc = cascade_cls(["drafter", "drafter2"], bottom, [[1, 2, 2], [0, 1, 2], [0, 0, 2]], lenience=3)
     casc.bind(FakePair(V_CHI, target=target, drafter=d1, drafter2=d2))

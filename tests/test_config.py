@@ -32,14 +32,6 @@ def problems(overrides: list[str]) -> str:
     return str(err.value)
 
 
-@pytest.fixture
-def fresh_cache(monkeypatch):
-    """An empty model cache and load counter: a check that fails before loading leaves it at 0."""
-    monkeypatch.setattr(models, "_MODEL_CACHE", {})
-    monkeypatch.setitem(models.LOAD_COUNT, "models", 0)
-    return models.LOAD_COUNT
-
-
 SHORT = ["dataset.limit=1", "dataset.max_new_tokens=4", "dataset.max_prompt_tokens=16"]  # one short HumanEval sample
 
 
@@ -125,6 +117,44 @@ def test_beam_with_sampling_fails_before_any_model_loads(random_pair_dir, tmp_pa
     assert code == 1 and m["error"].startswith("ConfigError: invalid config (nothing was run)")
     assert message in m["error"]
     assert fresh_cache["models"] == 0
+
+
+def _tree_strategies() -> list[str]:
+    """Every shipped strategy whose proposer drafts token trees (its class's `drafts_trees`)."""
+    from hydra.utils import get_object
+
+    out = []
+    for f in sorted((CONF / "strategy").glob("*.yaml")):
+        target = (compose([f"strategy={f.stem}"]).strategy.get("proposer") or {}).get("_target_")
+        if target and getattr(get_object(target), "drafts_trees", False):
+            out.append(f.stem)
+    return out
+
+
+TREES = _tree_strategies()
+
+
+def test_tree_strategies_are_found():
+    assert "tree" in TREES
+
+
+@pytest.mark.parametrize("name", TREES)
+def test_tree_strategy_on_an_encoder_decoder_pair_fails_before_any_model_loads(tmp_path, fresh_cache, name):
+    """Token trees need decoder-only models: a T5 pair is refused by the config check, naming the
+    key, from the models' config.json (a local pair) or the model's name (a hub pair not
+    downloaded yet), before any model loads; batching is refused there too."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    cfg = T5Config(vocab_size=16, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_decoder_layers=1, num_heads=2)
+    for role in ("target", "drafter"):
+        T5ForConditionalGeneration(cfg).save_pretrained(tmp_path / "t5" / role)
+    code, m = run_once(tmp_path / "t5", tmp_path / "run", *SHORT, f"strategy={name}")
+    assert code == 1 and m["error"].startswith("ConfigError: invalid config (nothing was run)")
+    assert "model_pair.target: strategy=" in m["error"] and "decoder-only" in m["error"]
+    assert fresh_cache["models"] == 0
+    hub = problems([f"strategy={name}", "model_pair=flan-t5-xxl__base_small"])
+    assert "model_pair.target:" in hub and "'google/flan-t5-xxl' is an encoder-decoder model" in hub
+    assert "batch_size: strategy=" in problems([f"strategy={name}", "batch_size=2"])
 
 
 # --------------------------------------------------------------------------------------------

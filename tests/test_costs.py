@@ -6,6 +6,8 @@ import pytest
 import torch
 from test_cascade import FakePair, RuleLM, succ
 
+from specexp.experiment.metrics_json import classic_gamma
+from specexp.models.loading import n_params
 from specexp.report import forward_costs
 from specexp.core.decode import generate
 from specexp.length import Fixed, LengthPolicy
@@ -21,6 +23,11 @@ def _step_seconds(g):
     """Seconds per forward of each model, its prefill forward left out (the measured cost model)."""
     return {r: (g.model_forward_seconds[r] - g.model_prefill_seconds[r]) / (g.model_forwards[r] - g.model_prefills[r])
             for r in g.model_forwards}
+
+
+def _params(models: dict) -> dict[str, int]:
+    """Each role's parameter count, as the run passes them (metrics_json.run_record)."""
+    return {r: n_params(getattr(m, "model", m)) for r, m in models.items()}
 
 
 def test_formulas_by_hand():
@@ -65,8 +72,9 @@ def test_cascade_forward_counts_and_cost_models_by_hand():
     assert g.model_forwards == {"target": 3, "drafter": 3} and len(g.tokens) == 10
     assert all(s > 0 for s in g.model_forward_seconds.values())
     assert g.model_prefills == {"target": 1, "drafter": 1}  # each model's first forward fed the prompt
-    rep = forward_costs.report([g], {"target": lm, **casc.cached_models},
-                       {"target": "google/flan-t5-xxl", "drafter": "google/flan-t5-small"}, forward_costs.classic_gamma(casc, None))
+    models = {"target": lm, **casc.cached_models}
+    rep = forward_costs.report([g], models, {"target": "google/flan-t5-xxl", "drafter": "google/flan-t5-small"},
+                               classic_gamma(casc, None), params=_params(models))
     cms = rep["cost_model_speedup"]
     assert cms["params"] == pytest.approx(10000 / 3300) == pytest.approx(3.0303, abs=1e-4)
     assert cms["previous_work"] == pytest.approx(10 / 3.06) == pytest.approx(3.2680, abs=1e-4)
@@ -116,9 +124,10 @@ def test_classic_forward_counts_alpha_and_leviathan_by_hand():
     assert g.drafted == [3, 3, 3, 2] and g.accepted == [3, 0, 3, 2]
     assert g.model_forwards == {"target": 4, "drafter": 11}
     assert forward_costs.acceptance_alpha([g]) == pytest.approx(8 / 9)
-    gamma = forward_costs.classic_gamma(proposer, policy)
+    gamma = classic_gamma(proposer, policy)
     assert gamma == 3
-    rep = forward_costs.report([g], {"target": lm, **proposer.cached_models}, None, gamma)
+    models = {"target": lm, **proposer.cached_models}
+    rep = forward_costs.report([g], models, None, gamma, params=_params(models))
     cms = rep["cost_model_speedup"]
     assert cms["params"] == pytest.approx(12000 / 5100) == pytest.approx(2.3529, abs=1e-4)
     assert cms["previous_work"] is None  # not T5
@@ -133,7 +142,7 @@ def test_classic_forward_counts_alpha_and_leviathan_by_hand():
     base = generate(CachedLM(target), torch.tensor([0]), 12, Sampling(), Stopper())
     assert base.model_forwards == {"target": 12} and base.model_prefills == {"target": 1}
     t_ar = _step_seconds(base)["target"]
-    rep = forward_costs.report([g], {"target": lm, **proposer.cached_models}, None, gamma, base=[base])
+    rep = forward_costs.report([g], models, None, gamma, base=[base], params=_params(models))
     cms = rep["cost_model_speedup"]
     assert rep["cost_model"]["measured_target_autoregressive"] == pytest.approx(t_ar)
     assert cms["measured"] == pytest.approx(12 * t_ar / (4 * t["target"] + 11 * t["drafter"]))
@@ -146,7 +155,7 @@ def test_autoregressive_costs_are_one():
     target = RuleLM(V, succ(V), n_params=1000)
     lm = CachedLM(target)
     g = generate(lm, torch.tensor([0]), 7, Sampling(), Stopper())
-    cms = forward_costs.report([g], {"target": lm})["cost_model_speedup"]
+    cms = forward_costs.report([g], {"target": lm}, params=_params({"target": lm}))["cost_model_speedup"]
     assert cms["params"] == pytest.approx(1.0) and cms["measured"] == pytest.approx(1.0)
 
 
@@ -166,7 +175,7 @@ def test_measured_cost_model_counts_encoder_passes():
                    model_prefills={"target": 0}, model_prefill_seconds={"target": 0.0},
                    model_encoder_seconds={"target": 2.0})
     models = {"target": RuleLM(V, succ(V), n_params=1000), "drafter": RuleLM(V, succ(V), n_params=100)}
-    rep = forward_costs.report([g], models, base=[b])
+    rep = forward_costs.report([g], models, base=[b], params=_params(models))
     assert rep["cost_model_speedup"]["measured"] == pytest.approx(12 / 5.8) == pytest.approx(2.0690, abs=1e-4)
     assert rep["cost_model"]["encoder_seconds"] == {"target": 2.0, "drafter": 0.5}
     assert rep["cost_model_speedup"]["params"] == pytest.approx(10000 / 3300)  # decoder forwards only

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from specexp.tasks.loading import shared_data_dir
+from specexp.tasks.dataset_sources import shared_data_dir
 
 EXPECTED = {  # dataset -> quality keys its scorer must write
     "humaneval": {"pass@1", "n_scored"},

@@ -1,5 +1,6 @@
-"""The datastore of the target's own replies (specexp/builds/build_datastore.py) and its retrieval drafts
-(specexp/proposers/retrieval.py) in the prompt lookup."""
+"""The datastore of the target's own replies (specexp/builds/build_datastore.py), its retrieval drafts
+(specexp/proposers/retrieval.py) in the prompt lookup, its build for a run (specexp/experiment/instantiate.py)
+and its command (`specexp-datastore`, specexp/experiment/build_commands.py)."""
 from __future__ import annotations
 
 import json
@@ -7,15 +8,17 @@ from collections import Counter
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from conftest import CORPUS, ModelsByRole, compose, make_tokenizer, random_model
 
 from specexp.experiment import instantiate as build
-from specexp.builds.build_datastore import NGramTable, build_datastore, load_replies
+from specexp.builds.build_datastore import build_datastore
 from specexp.core.decode import generate
 from specexp.length import Fixed
 from specexp.models.cached_lm import CachedLM
 from specexp.models.loading import ModelSpec, load_model, load_tokenizer
 from specexp.proposers import Datastore, PromptLookup
+from specexp.proposers.retrieval import NGramTable, load_replies
 from specexp.models.sampling import Sampling
 from specexp.core.stopping import Stopper
 
@@ -51,6 +54,8 @@ def test_ties_go_to_the_smaller_id_and_bad_settings_are_refused():
         Datastore(min_share=1.5)
     with pytest.raises(RuntimeError, match="bind"):
         Datastore().draft(torch.tensor([1, 2]), 3)
+    with pytest.raises(RuntimeError, match="bind"):  # bound without a folder: a proposer never builds one
+        Datastore().bind(object()).draft(torch.tensor([1, 2]), 3)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +137,7 @@ def test_the_command_builds_the_pairs_datastore(random_pair_dir, tmp_path, monke
     where the strategy will look for it; a strategy without one is refused by name."""
     import sys
 
-    from specexp.builds.build_datastore import main
+    from specexp.experiment.build_commands import datastore as main
 
     monkeypatch.setenv("SPECEXP_CACHE", str(tmp_path))
     args = ["model_pair=tiny", f"model_pair.target.name={random_pair_dir / 'target'}",
@@ -148,3 +153,24 @@ def test_the_command_builds_the_pairs_datastore(random_pair_dir, tmp_path, monke
     monkeypatch.setattr(sys, "argv", ["specexp-datastore", "strategy=entropy_static"])
     with pytest.raises(SystemExit, match="no proposer.datastore"):
         main()
+
+
+def test_a_run_builds_the_datastore_a_nested_proposer_reads(random_pair_dir, tmp_path, monkeypatch):
+    """strategy=prompt_lookup_store with no store folder: the experiment layer builds the datastore
+    for the pair's target (the datastore sits inside the prompt lookup) before binding, in the
+    cache folder `build_datastore` gives for the same settings, and the proposer drafts from it."""
+    monkeypatch.setenv("SPECEXP_CACHE", str(tmp_path))
+    spec = ModelSpec(name=str(random_pair_dir / "target"))
+    cfg = compose(["strategy=prompt_lookup_store", "strategy.proposer.bigram=null", "strategy.proposer.datastore.replies=2",
+                   "strategy.proposer.datastore.reply_mix={code: 1}", "strategy.proposer.datastore.reply_tokens=4"]).strategy
+    settings = {k: OmegaConf.to_container(cfg.proposer.datastore, resolve=True)[k]
+                for k in ("replies", "reply_mix", "reply_tokens")}
+    models = ModelsByRole(load_model(spec, torch.float32, torch.device("cpu")))
+    models.specs = {"target": spec}
+    proposer, _ = build.strategy(cfg, models)
+    store = proposer.datastore
+    assert store.dir == build_datastore(spec, progress=False, **settings)  # the same key: built once, reused
+    assert store.dir.startswith(str(tmp_path / "datastore"))
+    replies = load_replies(store.dir)
+    assert len(replies) == 2 and store.table.tokens == sum(map(len, replies))
+

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import get_object
 from omegaconf import OmegaConf
 from conftest import CONF, CORPUS, ModelsByRole, compose, pooled_chisquare, random_model
 
@@ -116,7 +117,10 @@ def test_lookup_first_output_equals_the_target(tiny, name):
     on a feature drafter: greedy output is the target's own, and both the lookup and the drafter
     drafted (prompts whose tail repeats; the drafter's features stay in step across lookup rounds)."""
     target, drafter, _ = tiny
-    cfg = compose([f"strategy={name}", "strategy.proposer._target_=specexp.proposers.LookupFirst"])
+    # cost_aware with costs given, not timed: timed on a loaded machine it may leave the drafter idle
+    costs = [f"strategy.verify_cost=[{','.join(['1.0'] + ['1.05'] * 8)}]", "strategy.drafter_cost=0.05"]
+    cfg = compose([f"strategy={name}", "strategy.proposer._target_=specexp.proposers.LookupFirst",
+                   *(costs if name == "cost_aware" else [])])
     proposer, policy = build.strategy(cfg.strategy, ModelsByRole(target, drafter))
     assert isinstance(proposer, LookupFirst) and isinstance(proposer.drafter, FeatureDrafter)
     assert proposer.needs_features
@@ -331,8 +335,9 @@ def test_small_build_end_to_end(random_pair_dir, tmp_path):
     out = Path(build_feature_drafter(spec, str(tmp_path / "eagle"), **kw))
     info = json.loads((out / "build.json").read_text())
     assert info["params"]["subset"] == 64 and info["steps"] >= 1 and info["training_curve"]
-    assert set(info["heldout_top1_agreement"]) == {"untrained", "trained"}
-    assert info["heldout_chain_acceptance"]["gamma"] == 4
+    assert set(info["heldout_corpus_top1_agreement"]) == {"untrained", "trained", "positions"}
+    assert info["heldout_corpus_chain_acceptance"]["gamma"] == 4
+    assert "heldout_reply_top1_agreement" not in info  # no replies: corpus text only
     assert len(list(tmp_path.glob(".eagle-teacher-*.pt"))) == 1  # the target's reads, kept for reruns
     stamp = (out / "build.json").stat().st_mtime_ns
     assert build_feature_drafter(spec, str(out), **kw) == str(out)  # same parameters: reused
@@ -437,7 +442,8 @@ def test_eagle_pair_composes_with_any_strategy(tiny, name, tmp_path):
     """`model_pair=smollm2-135m__eagle strategy=<name>` for every strategy that takes a drafter: the
     config composes with the feature drafter as the pair's drafter, the strategy builds as a run
     builds it on a feature drafter (the tiny one: DraftModel hands over to FeatureDrafter), and it
-    decodes: greedy output is the target's own, with drafts made."""
+    decodes: greedy output is the target's own, with drafts made. A token-tree strategy is
+    refused instead, naming the feature drafter."""
     target, drafter, _ = tiny
     (tmp_path / "replies.json").write_text(json.dumps({"replies": [[10, 11, 12, 13, 14]] * 4}))
     overrides = ["model_pair=smollm2-135m__eagle", f"strategy={name}"]
@@ -449,6 +455,12 @@ def test_eagle_pair_composes_with_any_strategy(tiny, name, tmp_path):
     assert cfg.strategy.proposer.model == "drafter"
     strategy = OmegaConf.to_container(cfg.strategy)
     strategy["proposer"].pop("vocab", None)  # the pair's subset head is sized for SmolLM2's vocabulary
+    if getattr(get_object(strategy["proposer"]["_target_"]), "drafts_trees", False):
+        # token trees are drafted by a language model; a feature drafter drafts chains from the
+        # target's hidden states: refused when built, naming the feature drafter
+        with pytest.raises(ValueError, match="feature drafter"):
+            build.strategy(OmegaConf.create(strategy), ModelsByRole(target, drafter))
+        return
     proposer, policy = build.strategy(OmegaConf.create(strategy), ModelsByRole(target, drafter))
     assert isinstance(getattr(proposer, "drafter", proposer), FeatureDrafter) and proposer.needs_features
     lm, stopper, drafted = CachedLM(target), Stopper(), 0
@@ -472,5 +484,7 @@ def test_full_smollm2_build():
         pytest.skip("SmolLM2 GGUF not fetched (specexp-fetch)")
     out = Path(instantiate(cfg.model_pair.build))
     info = json.loads((out / "build.json").read_text())
-    assert info["heldout_top1_agreement"]["trained"] > info["heldout_top1_agreement"]["untrained"] + 0.2
-    assert info["heldout_chain_acceptance"]["rounds"] > 0
+    agree = info["heldout_reply_top1_agreement"]
+    assert agree["trained"] > agree["untrained"] + 0.2
+    assert info["heldout_reply_chain_acceptance"]["rounds"] > 0
+    assert info["heldout_leak_check"]["heldout_replies_in_training_windows"] == 0

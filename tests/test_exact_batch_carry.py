@@ -26,7 +26,20 @@ STRATEGIES = sorted(p.stem for p in (CONF / "strategy").glob("*.yaml"))
 REFUSED = {"beam": "strategy=beam", "cascade": "cascade", "cascade_llama": "cascade",
            "cascade_flan_t5": "cascade", "cascade_flan_t5_prevwork": "cascade",
            "lookup_entropy": "lookup_entropy", "lookup_store_entropy": "lookup_entropy",
-           "lookup_store_cost": "lookup_entropy", "adaedl": "strategy.per_sample=true"}
+           "lookup_store_cost": "lookup_entropy", "adaedl": "strategy.per_sample=true", "medusa": "Medusa"}
+
+
+def drafts_trees(name: str) -> bool:
+    """Whether conf/strategy/<name>.yaml's proposer drafts token trees (its class's `drafts_trees`)."""
+    from hydra.utils import get_object
+
+    target = (compose([f"strategy={name}"]).strategy.get("proposer") or {}).get("_target_")
+    return bool(target) and bool(getattr(get_object(target), "drafts_trees", False))
+
+
+# token trees (strategy=tree, ...): batching verifies chains only; found from the files, so a new
+# tree strategy is expected refused without editing this list
+REFUSED.update({n: "token trees" for n in STRATEGIES if drafts_trees(n)})
 SAMPLINGS = {"greedy": Sampling(), "sample": Sampling(temperature=0.8, top_k=40)}
 
 

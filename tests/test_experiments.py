@@ -11,7 +11,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from conftest import CONF, ROOT, compose
+from conftest import CONF, ROOT, SHORT_RUN, compose
 from specexp.experiment import run
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -106,8 +106,7 @@ def smoke_overrides(cfg, pair_dir: Path, tmp_path: Path) -> list[str]:
         corpus = tmp_path / "corpus.txt"
         corpus.write_text("def add(a, b):\n    return a + b\n" * 50)
         out += [f"strategy.corpus={corpus}", "strategy.table=null"]
-    return out + ["dataset.limit=1", "dataset.max_new_tokens=4", "dataset.max_prompt_tokens=16",
-                  "warmup=0", "summary=false"]
+    return out + SHORT_RUN
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

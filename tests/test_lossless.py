@@ -13,7 +13,11 @@ Every `conf/strategy/*.yaml` is composed through the real configs and built as a
     (a plausible bug) must be rejected.
 
 A strategy that cannot sample (the oracle: an upper bound built on the target's argmax) is
-listed in GREEDY_ONLY and must refuse sampling. Models a strategy needs that the test pair lacks
+listed in GREEDY_ONLY and must refuse sampling. Token-tree strategies (a proposer class with
+`drafts_trees`, e.g. strategy=tree) need a real decoder (a tree attention mask, position ids, a
+KV cache to gather the accepted path from), which the bigram stand-in is not: their sampling
+check runs on a tiny random-init Llama pair over the same 6 tokens, against its exact joint of
+the first two tokens. Models a strategy needs that the test pair lacks
 fail the test, naming them and the roles the pair offers. Also covered here: DraftModel(vocab=N)
 (the subset head), prompt lookup without the bigram fill, and encoder-decoder (T5) proposers.
 """
@@ -26,7 +30,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import CONF, CORPUS, compose, make_tokenizer, noisy_copy, random_model
+from conftest import CONF, CORPUS, compose, exact_joint, make_tokenizer, noisy_copy, random_model
 from scipy import stats
 
 from specexp.experiment import instantiate as build
@@ -39,6 +43,18 @@ from specexp.core.stopping import Stopper
 
 STRATEGIES = sorted(p.stem for p in (CONF / "strategy").glob("*.yaml"))
 GREEDY_ONLY = {"oracle": "an upper bound: it drafts the target's own argmax"}
+
+
+def drafts_trees(name: str) -> bool:
+    """Whether conf/strategy/<name>.yaml's proposer drafts token trees (its class says so:
+    `drafts_trees`; the greedy test checks that every proposer that drafted a tree says so)."""
+    from hydra.utils import get_object
+
+    target = (compose([f"strategy={name}"]).strategy.get("proposer") or {}).get("_target_")
+    return bool(target) and bool(getattr(get_object(target), "drafts_trees", False))
+
+
+TREES = sorted(n for n in STRATEGIES if drafts_trees(n))
 
 # Thresholds at which the per-token rules both draft and stop on the bigram pair below (their
 # defaults are tuned for 50k-token vocabularies, where entropies are larger), so that the
@@ -62,11 +78,18 @@ VARIANTS = {
 # and stopping) are the same on every machine (a random-init drafter as large as the target never
 # pays for itself, and the measured rule would rightly never draft).
 COSTS = ("strategy.verify_cost=[1.0,1.1,1.2,1.6,1.7,1.8,1.9,2.0,2.1]", "strategy.drafter_cost=0.05")
-FIXED = {"cost_aware": COSTS, "lookup_store_cost": COSTS}
+# Model-free tree proposers, set to draft within these short decodes: Token Recycling's matrix
+# seeded from the prompt (else a random target's 24 tokens never revisit a row it wrote), the trie
+# matching single repeated tokens (a random target never repeats a 2-gram of its text).
+FIXED = {"cost_aware": COSTS, "lookup_store_cost": COSTS,
+         "token_recycling": ("strategy.proposer.prompt_init=true",), "lookup_trie": ("strategy.proposer.min_ngram=1",)}
 CASES = {**{s: (s, FIXED.get(s, ())) for s in STRATEGIES}, **VARIANTS}
 # Greedy, on a random-init target: drafts that only come from repeats of the text are never right
 # (the target does not repeat itself within 24 tokens); their accept path is checked under sampling.
-NOTHING_ACCEPTED_GREEDY = {"prompt_lookup[no-bigram]": "lookup only", "nasd": "an n-gram store of the text"}
+NOTHING_ACCEPTED_GREEDY = {"prompt_lookup[no-bigram]": "lookup only", "nasd": "an n-gram store of the text",
+                           "medusa": "untrained heads repeat the target's next token (trained: tests/test_medusa.py)",
+                           "token_recycling": "candidates recycled from the target's earlier positions",
+                           "lookup_trie": "a trie of the text's own continuations"}
 
 
 def strategy_cfg(name: str, table: Path, extra: tuple[str, ...] = ()):
@@ -157,6 +180,8 @@ def test_greedy_output_equals_the_targets(llama_pair, case, tmp_path):
             policy.start_sample(carry=False)
         outs.append(generate(target, p, 24, Sampling(), Stopper(), proposer, policy, torch.Generator().manual_seed(i)))
     assert [o.tokens for o in outs] == reference
+    if any(o.tree_nodes for o in outs):  # batching and encoder-decoder pairs refuse these before loading
+        assert name in TREES, f"{case} drafted a token tree, but its proposer class does not set drafts_trees = True"
     if proposer is not None:
         assert sum(sum(o.drafted) for o in outs) > 0, f"{case} never drafted: nothing was checked"
         if case not in NOTHING_ACCEPTED_GREEDY:
@@ -306,11 +331,72 @@ def pvalue(pair, counts, prompt) -> float:
     return min(1.0, len(counts) * min(chi2_pvalue(c, e) for c, e in zip(counts, exact)))
 
 
+def break_verifiers(m) -> None:
+    """Drop the residual in both verifiers: the chain's (verify_sampling) and the tree walk's
+    (verify.residual: a rejected child then leaves the target's p as it was)."""
+    m.setattr(verify, "verify_sampling", verify_sampling_without_residual)
+    m.setattr(verify, "residual", lambda p, q: p)
+
+
+TREE_DRAWS = 400
+
+
+@pytest.fixture(scope="module")
+def tree_pair(bigram_pair):
+    """The token-tree strategies' sampling pair: a tiny random-init Llama target over the bigram
+    pair's 6 tokens and two noisy copies of it as drafters (real decoders: a tree attention mask,
+    position ids, a KV cache the accepted path is gathered from), the bigram pair's table and
+    datastore for model-free tree proposers, and the exact joint of the target's first two tokens
+    after PROMPT under SAMPLE (one forward per first token)."""
+    _, table = bigram_pair
+    target = random_model("llama", VS, 16, 1, seed=3)
+    with torch.no_grad():
+        target.lm_head.weight.mul_(2)  # less uniform: drafts are accepted and rejected
+    models = {"target": target, "drafter": noisy_copy(target, 0.5, seed=4), "drafter2": noisy_copy(target, 1.0, seed=5)}
+    return LoadedPair(models), table, exact_joint(target, PROMPT, SAMPLE, VS)
+
+
+def draw_first_pairs(pair, proposer, policy, prompt, draws=TREE_DRAWS):
+    """Decode 3 tokens `draws` times; counts of the first two, and the generations."""
+    target = CachedLM(pair.target)
+    counts, outs = Counter(), []
+    for i in range(draws):
+        if policy is not None:
+            policy.start_sample(carry=False)
+        out = generate(target, prompt, 3, SAMPLE, Stopper(), proposer, policy, torch.Generator().manual_seed(i))
+        counts[tuple(out.tokens[:2])] += 1
+        outs.append(out)
+    return counts, outs
+
+
+def check_tree_sampling(tree_pair, case, monkeypatch):
+    """A token-tree strategy on the tiny Llama pair: the power check (the broken tree walk must
+    be rejected), then the joint of the first two tokens against the target's exact joint, drafts
+    accepted and rejected, trees drafted, no token outside the target's top-k."""
+    pair, table, exact = tree_pair
+    name, extra = CASES[case]
+    proposer, policy = make(strategy_cfg(name, table, (*SAMPLING_OVERRIDES.get(name, ()), *extra)), pair)
+    with monkeypatch.context() as m:
+        break_verifiers(m)
+        broken, _ = draw_first_pairs(pair, proposer, policy, PROMPT)
+    assert chi2_pvalue(broken, exact) < POWER, f"{case}: the check cannot tell a broken tree verifier apart"
+    counts, outs = draw_first_pairs(pair, proposer, policy, PROMPT)
+    assert chi2_pvalue(counts, exact) > 1e-3
+    assert not any(exact[a, b] == 0 for a, b in counts), "a token outside the target's top-k was emitted"
+    assert any(n > d for o in outs for n, d in zip(o.tree_nodes, o.tree_depth)), f"{case} never drafted a branching tree"
+    accepted = sum(sum(o.accepted) for o in outs)
+    assert 0 < accepted < sum(sum(o.drafted) for o in outs), "both the accept and the reject path must run"
+
+
 @pytest.mark.parametrize("case", [c for c in CASES if CASES[c][0] not in GREEDY_ONLY])
-def test_sampling_output_has_the_targets_distribution(bigram_pair, case, monkeypatch):
+def test_sampling_output_has_the_targets_distribution(bigram_pair, case, monkeypatch, request):
     """First the power check: through a verifier that drops the residual, the same check must
     reject (p < POWER). Then the real verifier must pass (p > 1e-3), drafts must have been both
-    accepted and rejected, and no token outside the target's top-k may appear."""
+    accepted and rejected, and no token outside the target's top-k may appear. Token-tree
+    strategies: the same on the tiny Llama pair (check_tree_sampling; the bigram stand-in has no
+    attention mask, positions or KV layers)."""
+    if CASES[case][0] in TREES:
+        return check_tree_sampling(request.getfixturevalue("tree_pair"), case, monkeypatch)
     pair, table = bigram_pair
     name, extra = CASES[case]
     cfg = strategy_cfg(name, table, (*SAMPLING_OVERRIDES.get(name, ()), *extra))
@@ -318,7 +404,7 @@ def test_sampling_output_has_the_targets_distribution(bigram_pair, case, monkeyp
     prompt = PROMPT
     if proposer is not None:  # 1. power: the check sees a broken verifier
         with monkeypatch.context() as m:
-            m.setattr(verify, "verify_sampling", verify_sampling_without_residual)
+            break_verifiers(m)
             broken, _ = draw_pairs(pair, proposer, policy, prompt)
         assert pvalue(pair, broken, prompt) < POWER, f"{case}: the check cannot tell a broken verifier apart"
     counts, outs = draw_pairs(pair, proposer, policy, prompt)  # 2. the real thing
@@ -370,7 +456,10 @@ def _one_per_proposer() -> list[str]:
     return sorted(seen.values())
 
 
-SEQ2SEQ = _one_per_proposer() + ["cascade_flan_t5"]  # the paper's two-drafter cascade, on T5
+DECODER_ONLY = {"medusa": "heads on a decoder-only target's hidden states (refuses T5: tests/test_medusa.py)",
+                **{n: "token trees need a decoder-only model's tree mask and KV cache (refused on T5: "
+                      "test_tree_strategies_refuse_an_encoder_decoder_pair)" for n in TREES}}
+SEQ2SEQ = [n for n in _one_per_proposer() if n not in DECODER_ONLY] + ["cascade_flan_t5"]  # + the paper's cascade, on T5
 SEQ2SEQ_DRAWS = 400
 # Proposers that draft too rarely in a 3-token T5 decode for the power check to mean anything: the
 # distribution is still checked; their power is proven on the decoder-only pair above.
@@ -416,7 +505,7 @@ def test_encoder_decoder_sampling_has_the_targets_distribution(t5_pair, name, mo
     proposer, policy = make(strategy_cfg(name, table), pair)
     if name not in SEQ2SEQ_NO_POWER:
         with monkeypatch.context() as m:
-            m.setattr(verify, "verify_sampling", verify_sampling_without_residual)
+            break_verifiers(m)
             broken, _ = _t5_pairs(pair, proposer, policy, prompt, SEQ2SEQ_DRAWS)
         assert chi2_pvalue(broken, exact) < POWER, f"{name}: the check cannot tell a broken verifier apart"
     counts, outs = _t5_pairs(pair, proposer, policy, prompt, SEQ2SEQ_DRAWS)
@@ -425,3 +514,15 @@ def test_encoder_decoder_sampling_has_the_targets_distribution(t5_pair, name, mo
     assert drafted > 0
     if name not in SEQ2SEQ_NO_POWER:
         assert 0 < sum(sum(o.accepted) for o in outs) < drafted
+
+
+@pytest.mark.parametrize("name", TREES)
+def test_tree_strategies_refuse_an_encoder_decoder_pair(t5_pair, name):
+    """A token tree needs a decoder-only model (a tree attention mask over its KV cache): on the
+    T5 pair the strategy is refused, naming why, when it is built or at its first tree (the
+    config check refuses it before any model loads: tests/test_config.py)."""
+    pair, table, prompt, _ = t5_pair
+    with pytest.raises(ValueError, match="decoder-only"):
+        proposer, policy = make(strategy_cfg(name, table), pair)
+        policy.start_sample(carry=False)
+        generate(cached_lm(pair.target), prompt, 3, SAMPLE, Stopper(), proposer, policy, torch.Generator().manual_seed(0))

@@ -125,7 +125,7 @@ def test_a_slower_strategy_gets_a_speedup_below_one():
 def test_cost_model_speedups_by_hand():
     """target = Linear(10, 10) (110 parameters), drafter = Linear(2, 5) (15 parameters)."""
     models = {"target": torch.nn.Linear(10, 10), "drafter": torch.nn.Linear(2, 5)}
-    c = forward_costs.report(strategy_gens(), models, gamma=3, base=baseline_gens())
+    c = forward_costs.report(strategy_gens(), models, gamma=3, base=baseline_gens(), params={"target": 110, "drafter": 15})
     s = c["cost_model_speedup"]
     # params: N c_t / (F_t c_t + F_d c_d) = 11 * 110 / (5 * 110 + 10 * 15) = 1210 / 700
     assert s["params"] == pytest.approx(1210 / 700)

@@ -14,7 +14,9 @@ from specexp.core.decode import generate
 from specexp.length import Fixed
 from specexp.models.cached_lm import CachedLM
 from specexp.proposers import Bigram, LookupFirst, PromptLookup
-from specexp.proposers.bigram import build_bigram, count_table, fit_table, load_table
+from specexp.builds.build_bigram import build_bigram
+from specexp.experiment.instantiate import provide_builds
+from specexp.proposers.bigram import count_table, fit_table, load_table
 from specexp.proposers.lookup import longest_suffix_match
 from specexp.models.sampling import Sampling
 from specexp.core.stopping import Stopper
@@ -226,13 +228,24 @@ def test_model_free_strategies_equal_target_greedy(target, make):
     assert accepted > 0
 
 
-def test_bigram_proposer_builds_its_table_from_the_pair_tokenizer(tmp_path, monkeypatch, target):
+def test_a_run_builds_the_bigram_table_from_the_pair_tokenizer(tmp_path, monkeypatch, target):
+    """A Bigram without a table never builds one itself (it drafts nothing but an error); the
+    experiment layer builds it with the pair's tokenizer, cached, also inside a prompt lookup."""
     monkeypatch.setenv("SPECEXP_CACHE", str(tmp_path / "cache"))
     corpus = tmp_path / "c.txt"
     corpus.write_text(CORPUS)
-    b = Bigram(corpus=str(corpus)).bind(_Pair(target, make_tokenizer(300)))
+    pair = _Pair(target, make_tokenizer(300))
+    with pytest.raises(RuntimeError, match="bind"):
+        Bigram(corpus=str(corpus)).bind(pair).draft(5, 3)
+    b = provide_builds(Bigram(corpus=str(corpus)), pair).bind(pair)
     assert b.table.numel() == 300 and b.meta["source"]["corpus"] == str(corpus)
-    assert len(list((tmp_path / "cache" / "bigram").glob("*.json"))) == 1
+    built = list((tmp_path / "cache" / "bigram").glob("*.json"))
+    assert len(built) == 1 and b.meta["path"] == str(built[0])
+    ids = pair.tokenizer(CORPUS, add_special_tokens=False)["input_ids"]
+    assert b.table.tolist() == count_table([ids], 300)[0].tolist()  # the corpus' counts
+    nested = provide_builds(PromptLookup(bigram=Bigram(corpus=str(corpus))), pair).bind(pair)
+    assert nested.bigram.table.tolist() == b.table.tolist()
+    assert len(list((tmp_path / "cache" / "bigram").glob("*.json"))) == 1  # reused
 
 
 def test_per_token_policies_are_refused():

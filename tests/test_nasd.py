@@ -3,7 +3,7 @@ to autoregressive decoding, and sampling that keeps the target's exact distribut
 from __future__ import annotations
 
 import torch
-from conftest import compose, pooled_chisquare, random_model
+from conftest import compose, exact_joint, pooled_chisquare, random_model
 
 from specexp.core.decode import generate
 from specexp.length import Fixed
@@ -64,13 +64,6 @@ def test_greedy_output_identical_to_autoregressive():
     assert g.target_forwards < base.target_forwards
 
 
-def _joint(model, prompt, sampling):
-    p1 = sampling.probs(CachedLM(model).forward(prompt)[-1])
-    p2 = torch.stack([sampling.probs(CachedLM(model).forward(torch.cat([prompt, torch.tensor([t])]))[-1])
-                      for t in range(V)])
-    return p1[:, None] * p2
-
-
 def test_sampling_preserves_target_distribution():
     """Chi-square of the first two emitted tokens against the target's exact joint. The prompt
     makes the store draft 3 then 4 (a trigram and a bigram seen in it), which the target rarely
@@ -80,7 +73,7 @@ def test_sampling_preserves_target_distribution():
     target.lm_head.weight.data *= 8
     sampling = Sampling(1.0)
     prompt = torch.tensor([1, 2, 3, 4, 1, 2])
-    p = _joint(target, prompt, sampling)
+    p = exact_joint(target, prompt, sampling, V)
     n_draws, counts, drafted, accepted = 3000, torch.zeros(V, V), 0, 0
     for i in range(n_draws):
         g = _pair_run(target, NASD(), prompt, sampling, 3, i)
@@ -107,7 +100,7 @@ def test_the_sampling_check_has_power():
     (drawn exactly from it): the check would catch the bias it is there for."""
     target = random_model("llama", vocab=V, hidden=32, layers=2, seed=10)
     target.lm_head.weight.data *= 8
-    p = _joint(target, torch.tensor([1, 2, 3, 4, 1, 2]), Sampling(1.0))
+    p = exact_joint(target, torch.tensor([1, 2, 3, 4, 1, 2]), Sampling(1.0), V)
     biased = _resampled_from_p(p, 3)  # the store drafts 3 first (the trigram 1 2 -> 3)
     assert torch.allclose(biased.sum(), torch.tensor(1.0)) and float(biased[3].sum() - p[3].sum()) > 0.1
     for seed in range(3):

@@ -93,14 +93,6 @@ def own(tmp_path_factory) -> dict[str, Path]:
             "gguf": root / "gguf" / "llama-big.gguf"}
 
 
-@pytest.fixture
-def fresh_cache(monkeypatch):
-    """An empty model cache and load counter: what this test loads, and only that, is counted."""
-    monkeypatch.setattr(models, "_MODEL_CACHE", {})
-    monkeypatch.setitem(models.LOAD_COUNT, "models", 0)
-    return models.LOAD_COUNT
-
-
 def hf(target, drafter=None, *more: str) -> list[str]:
     return ["model_pair=hf", f"model_pair.target.name={target}",
             *([f"model_pair.drafter.name={drafter}"] if drafter else []), *more]

@@ -14,7 +14,7 @@ from conftest import pair_overrides
 from specexp.models.cached_lm import CachedLM
 from specexp.models.prompt_ids import budget, fit_prompts
 from specexp.tasks.humaneval import HumanEval
-from specexp.tasks.loading import shared_data_dir
+from specexp.tasks.dataset_sources import shared_data_dir
 from specexp.tasks.xsum import XSum
 
 CONTEXT = 128  # the short pair's position limit

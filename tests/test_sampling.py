@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import pooled_chisquare, random_model
+from conftest import ModelsByRole, exact_joint, pooled_chisquare, random_model
 from scipy.stats import chisquare
 
 from specexp.core.decode import generate
@@ -67,23 +67,6 @@ def test_verify_sampling_single_position_matches_target():
     assert chisquare(counts.numpy(), (p * n_draws).numpy()).pvalue > 1e-3
 
 
-def _joint(model, prompt, sampling):
-    """Exact distribution of the first two tokens under `sampling` for `model` [V, V]."""
-    lm = CachedLM(model)
-    p1 = sampling.probs(lm.forward(prompt)[-1])
-    p2 = torch.stack([sampling.probs(CachedLM(model).forward(torch.cat([prompt, torch.tensor([t])]))[-1])
-                      for t in range(V)])
-    return p1[:, None] * p2
-
-
-class _Pair:
-    def __init__(self, target, drafter):
-        self.target, self.drafter, self.vocab_size = target, drafter, V
-
-    def get(self, role):
-        return getattr(self, role)
-
-
 @pytest.mark.parametrize("sampling", [Sampling(1.0), Sampling(0.7, top_k=5), Sampling(1.3, top_p=0.8)],
                          ids=["T1", "T0.7-topk5", "T1.3-topp0.8"])
 def test_speculative_sampling_preserves_target_distribution(sampling):
@@ -95,11 +78,11 @@ def test_speculative_sampling_preserves_target_distribution(sampling):
     for m in (target, drafter):  # sharpen the random models so the distributions differ visibly
         m.lm_head.weight.data *= 8
     prompt = torch.tensor([1, 2, 3])
-    p = _joint(target, prompt, sampling)
-    q = _joint(drafter, prompt, sampling)
+    p = exact_joint(target, prompt, sampling, V)
+    q = exact_joint(drafter, prompt, sampling, V)
     assert 0.5 * (p - q).abs().sum() > 0.2  # the test has power: drafter and target disagree
 
-    proposer = DraftModel().bind(_Pair(target, drafter))
+    proposer = DraftModel().bind(ModelsByRole(target, drafter))
     lm, policy, stopper = CachedLM(target), Fixed(2), Stopper()
     n_draws, counts, accepted = 3000, torch.zeros(V, V), 0
     for i in range(n_draws):

@@ -22,7 +22,7 @@ from specexp.models.loading import ModelSpec, load_model, resolve_source, trunca
 from specexp.models.prompt_ids import encode_prompt, eos_ids
 from specexp.models.sampling import Sampling
 from specexp.core.stopping import Stopper
-from specexp.tasks.loading import DataUnavailable
+from specexp.tasks.dataset_sources import DataUnavailable
 
 GGUF = artifact_path("smollm2-135m")
 needs_gguf = pytest.mark.skipif(not GGUF.exists(), reason=f"SmolLM2 GGUF not fetched ({GGUF}); run specexp-fetch")
@@ -153,6 +153,7 @@ def test_smollm2_loads_offline_and_answers(smol):
 @needs_gguf
 def test_smollm2_greedy_speculative_equals_greedy_for_every_drafter(smol, tmp_path):
     from specexp.builds.train_distilled_drafter import distill_drafter
+    from specexp.experiment.instantiate import provide_builds
     from specexp.length import Fixed
     from specexp.proposers import Bigram, DraftModel, PromptLookup
 
@@ -172,7 +173,7 @@ def test_smollm2_greedy_speculative_equals_greedy_for_every_drafter(smol, tmp_pa
     assert all(len(r) > 5 for r in reference)
     accepted = {}
     for name, proposer in proposers.items():
-        proposer.bind(smol)
+        provide_builds(proposer, smol).bind(smol)  # the bigram tables, built as a run builds them
         policy = Fixed(gamma=4).bind(smol)
         outs = [generate(target, p, 24, Sampling(), stopper, proposer, policy) for p in prompts]
         assert [o.tokens for o in outs] == reference, name

@@ -31,6 +31,20 @@ STRATEGIES = ["speculative", "random_gamma", "oracle", "heuristic", "heuristic_t
               "entropy_static", "entropy_ma", "entropy_cum", "entropy_absolute", "entropy_relative",
               "entropy_window", "entropy_adaptive", "entropy_combined", "adaedl", "svip"]
 FIXED_LENGTH = {"speculative", "random_gamma", "heuristic", "heuristic_transient"}  # no per-token decision
+
+
+def _drafts_trees(name: str) -> bool:
+    """Whether conf/strategy/<name>.yaml's proposer drafts token trees (its class's `drafts_trees`)."""
+    from hydra.utils import get_object
+
+    target = (compose([f"strategy={name}"]).strategy.get("proposer") or {}).get("_target_")
+    return bool(target) and bool(getattr(get_object(target), "drafts_trees", False))
+
+
+# Token-tree strategies that draft with the pair's drafter model (found from the files): the YAML
+# and losslessness checks below cover them too (a tree's depth is the policy's draft length).
+TREES = sorted(p.stem for p in (CONF / "strategy").glob("*.yaml") if _drafts_trees(p.stem)
+               and (compose([f"strategy={p.stem}"]).strategy.proposer.get("model") == "drafter"))
 GRIDS = sorted(p.stem for p in (CONF / "grid").glob("*.yaml"))
 GREEDY = Sampling()
 
@@ -71,7 +85,7 @@ def autoregressive(pair, prompts, n, stopper=None):
 
 # --- the YAML files --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", STRATEGIES)
+@pytest.mark.parametrize("name", STRATEGIES + TREES)
 def test_strategy_yaml_is_complete(name):
     """The file exists, builds a proposer and a length policy, names itself, comments every
     option, and every free top-level parameter reaches the policy (so `strategy.<p>=x` works)."""
@@ -144,13 +158,19 @@ def _prompts(vocab: int, n: int = 3, seed: int = 0):
     return [torch.randint(1, vocab, (4 + 3 * i,), generator=g) for i in range(n)]
 
 
-@pytest.mark.parametrize("name", STRATEGIES)
+@pytest.mark.parametrize("name", STRATEGIES + TREES)
 def test_every_strategy_is_lossless_on_the_random_pair(random_pair, name):
-    """The strategy as configured (defaults), built from its YAML, on the random-init pair."""
+    """The strategy as configured (defaults), built from its YAML, on the random-init pair (a
+    tree: its accepted path within its depth, within the policy's length, and at least one node per level)."""
     proposer, policy = make(name, random_pair)
     prompts = _prompts(random_pair.vocab_size, n=2)
     outs = decode(random_pair, proposer, policy, prompts, 24)
     assert [o.tokens for o in outs] == autoregressive(random_pair, prompts, 24)
+    if name in TREES:
+        assert any(o.tree_nodes for o in outs), f"{name} drafted no tree"
+        assert all(n <= d <= policy.max_len and d <= k for o in outs
+                   for n, d, k in zip(o.tree_path, o.tree_depth, o.tree_nodes))
+        return
     assert all(0 <= n <= k <= policy.max_len for o in outs for n, k in zip(o.accepted, o.drafted))
 
 
@@ -368,7 +388,7 @@ def trained(trained_pair_dir):
     return pair, prompts, Stopper(eos_ids=[tok.eos_token_id])
 
 
-@pytest.mark.parametrize("name", STRATEGIES)
+@pytest.mark.parametrize("name", STRATEGIES + TREES)
 def test_every_strategy_is_lossless_on_the_trained_pair(trained, name):
     pair, prompts, stopper = trained
     proposer, policy = make(name, pair)

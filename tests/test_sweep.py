@@ -16,33 +16,23 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import ROOT, compose, pair_overrides
+from conftest import OFFLINE_ENV, ROOT, SHORT_RUN, compose, pair_overrides
 from specexp.experiment import gpu_pin
-from specexp.models import loading as models
 from specexp.report import cli as report
 from specexp.experiment import run
 from specexp.experiment import sweep_callbacks as sweep
 from specexp.length import Fixed
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+ENV = {**os.environ, **OFFLINE_ENV}
 
 
 def tiny(pair_dir: Path) -> list[str]:
     """The random pair, one short HumanEval sample, no warm-up: about a second per run."""
-    return [*pair_overrides(pair_dir), "dataset.limit=1", "dataset.max_new_tokens=4",
-            "dataset.max_prompt_tokens=16", "warmup=0", "summary=false"]
+    return [*pair_overrides(pair_dir), *SHORT_RUN]
 
 
 def metrics(sweep_dir: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/metrics.json"))}
-
-
-@pytest.fixture
-def fresh_cache(monkeypatch):
-    """An empty model cache and load counter, so that this test's loads are counted alone."""
-    monkeypatch.setattr(models, "_MODEL_CACHE", {})
-    monkeypatch.setitem(models.LOAD_COUNT, "models", 0)
-    return models.LOAD_COUNT
 
 
 def test_sweep_in_one_process_loads_each_model_once(random_pair_dir, tmp_path, fresh_cache):

@@ -15,11 +15,11 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from specexp.tasks import loading
+from specexp.tasks import dataset_sources as loading
 from specexp.tasks.base import Sample, Task
 from specexp.tasks.gsm8k import GSM8K
 from specexp.tasks.humaneval import HumanEval
-from specexp.tasks.loading import DataUnavailable, render, shared_data_dir
+from specexp.tasks.dataset_sources import DataUnavailable, render, shared_data_dir
 from specexp.tasks.mmlu import MMLU, SUBJECTS
 from specexp.tasks.wikitext import WikiText, split_words
 from specexp.tasks.xsum import XSum

@@ -1,8 +1,8 @@
 """What the project builds and caches once per parameter set (build_cache.py: under a lock, in a
 temporary folder renamed into place): the embedded tiny pair (train_tiny_pair.py), a drafter
 distilled for any target (train_distilled_drafter.py), the feature drafter's training
-(train_feature_drafter.py), the datastore of the target's replies (build_datastore.py), and
-what they train on (corpus.py, target_replies.py, training_utils.py).
+(train_feature_drafter.py), the datastore of the target's replies (build_datastore.py), the
+bigram table (build_bigram.py), and what they train on (corpus.py, target_replies.py, training_utils.py).
 
 May import: core, proposers, length, models, tasks, stats. Never the experiment or report layer:
 the command lines that compose Hydra configs for a build live in specexp/experiment/."""

@@ -2,7 +2,9 @@
 
     specexp-distill                                   # the SmolLM2-135M drafter (model_pair smollm2-135m__distilled)
     specexp-distill model_pair=my_pair                # any pair whose `build` is distill_drafter
-    python -m specexp.builds.train_distilled_drafter model_pair.build.layers=2 model_pair.build.tokens=50000
+    specexp-distill model_pair.build.layers=2 model_pair.build.tokens=50000
+
+(the command line: specexp/experiment/build_commands.py)
 
 Recipe (deterministic: fixed seeds, fixed data order, a fixed number of steps):
   1. Text the target reads and writes: its own greedy replies to chat prompts (XSum articles to
@@ -51,7 +53,7 @@ RECIPE = 3  # bump when the recipe changes: older builds are then rebuilt, not r
 
 # ---------------------------------------------------------------------------------- 1. the text
 def _shared(rel: str) -> Path | None:
-    from specexp.tasks.loading import shared_data_dir
+    from specexp.tasks.dataset_sources import shared_data_dir
 
     root = shared_data_dir()
     p = root / rel if root else None
@@ -337,36 +339,3 @@ def _build(spec: ModelSpec, tmp: Path, p: dict, progress: bool) -> dict:
     print(f"distill: {p['layers']}-layer drafter, held-out top-1 agreement {before:.3f} (untrained) -> "
           f"{after:.3f} (distilled), {info['seconds']['total']:.0f} s")
     return info
-
-
-def build_cli(command: str, default_pair: str, step: str, doc: str | None) -> None:
-    """The Hydra front end of a pair's build step (`specexp-distill`, `specexp-eagle`): compose the
-    config from the command line (model_pair=`default_pair` unless given), check that the pair's
-    `build` node is `step`, and run it."""
-    import sys
-
-    from hydra.utils import instantiate
-
-    from specexp.experiment.config import compose
-
-    overrides = sys.argv[1:]
-    if any(a in ("-h", "--help") for a in overrides):
-        print(doc)
-        return
-    if not any(o.startswith("model_pair=") for o in overrides):
-        overrides = [f"model_pair={default_pair}", *overrides]
-    cfg = compose(overrides)
-    build = cfg.model_pair.get("build")
-    if build is None or not str(build.get("_target_", "")).endswith(step):
-        sys.exit(f"{command}: model_pair {cfg.model_pair.name!r} has no {step} build step")
-    logging.basicConfig(level=logging.INFO)
-    print(f"{command}: drafter ready at {instantiate(build)}")
-
-
-def main() -> None:
-    """`specexp-distill`: builds the `model_pair`'s drafter through its `build` node."""
-    build_cli("specexp-distill", "smollm2-135m__distilled", "distill_drafter", __doc__)
-
-
-if __name__ == "__main__":
-    main()

@@ -3,7 +3,7 @@ hidden states. The drafter and how it drafts: specexp/proposers/feature_drafter.
 
     specexp-eagle                                    # SmolLM2-135M (model_pair smollm2-135m__eagle)
     specexp-eagle model_pair.build.replies=100       # a smaller build
-    python -m specexp.builds.train_feature_drafter model_pair.build.epochs=2
+    specexp-eagle model_pair.build.epochs=2          # (the command line: specexp/experiment/build_commands.py)
 
 Recipe (deterministic: fixed seeds, fixed data order, a fixed number of steps):
   1. The text is the target's own: its greedy replies to `replies` chat prompts, XSum articles
@@ -24,10 +24,15 @@ Recipe (deterministic: fixed seeds, fixed data order, a fixed number of steps):
      united with the batch's top-k ids (a cross-entropy over ~10k ids, not 49k). `unroll` = 2
      runs the drafter a second time on its own predicted features ([f^_{p-1} ; e(x_p)]), as it
      drafts from the second token on, and adds that step's loss.
-  4. Held out (`heldout` of the windows): teacher-forced top-1 agreement with the target, and the
-     greedy chain acceptance at gamma 4 (per position and the mean accepted length), measured
-     where the held-out text is the target's own greedy continuation. build.json records them,
-     the training curve and the time.
+  4. Held out: `heldout` of the replies, whole, split off before the rest is cut into windows (no
+     window holds a held-out reply: build.json's heldout_leak_check), and `heldout` of the corpus
+     windows. Each held-out reply is read alone, from its first token, as decoding reads it, and
+     measured where drafting is: at its reply positions (heldout_reply_top1_agreement, teacher-
+     forced: the first draft's acceptance; by source too; heldout_reply_chain_acceptance: greedy
+     chains at gamma 4 from every reply position, acceptance per position and the mean accepted
+     length). Its prompt positions, which drafting never faces, are counted apart
+     (heldout_prompt_top1_agreement); held-out corpus windows too (heldout_corpus_*). build.json
+     records them, the training curve and the time.
   5. Saved in Hugging Face format (model type specexp_eagle) with the tokenizer and
      draft_vocab.json (ids by how often they were the target's top-1, for `vocab=N`), in a
      temporary sibling folder renamed into place: an interrupted build leaves nothing that looks
@@ -46,68 +51,116 @@ from typing import Any
 import torch
 
 from specexp.builds.build_cache import build_once
-from specexp.builds.training_utils import warmup_cosine
-from specexp.builds.train_distilled_drafter import teacher_read
-from specexp.models.loading import ModelSpec, describe, load_model, load_tokenizer, n_params, resolve_source
-from specexp.proposers import DraftModel, LookupFirst
-from specexp.proposers.feature_drafter import FeatureDrafterConfig, FeatureDrafterModel, FeatureLM
 from specexp.builds.target_replies import REPLY_MIX, chat_ids, replies_with_reads
+from specexp.builds.train_distilled_drafter import teacher_read
+from specexp.builds.training_utils import warmup_cosine
+from specexp.models.loading import ModelSpec, describe, load_model, load_tokenizer, n_params, resolve_source
+from specexp.proposers.feature_drafter import FeatureDrafterConfig, FeatureDrafterModel, FeatureLM
 
 log = logging.getLogger(__name__)
 
-RECIPE = 3  # bump when the recipe changes: older builds are then rebuilt, not reused
+RECIPE = 4  # bump when the recipe changes: older builds are then rebuilt, not reused
+# 4: held out by reply (whole replies, before windowing), measured on reply positions (build.json's heldout_reply_*)
 DATA_KEYS = ("target", "replies", "reply_mix", "article_chars", "reply_tokens", "reply_batch", "corpus",
              "corpus_tokens", "skip", "seq_len", "topk", "seed")
+DATA_FORMAT = 2  # what the teacher cache holds (2: the replies one by one, not yet windowed); part of its key
 
 
 # ------------------------------------------------------------------------------- 1-2. the data
 def pack(reads: list[dict], seq_len: int, seed: int) -> dict:
     """The replies end to end in a seeded order, cut into [N, seq_len] windows (the tail that fills
-    no window is dropped), as the training data: windows, top-k ids / probs, hidden states."""
+    no window is dropped), as the training data: windows, top-k ids / probs, hidden states, and
+    `reply_of`: at each position, the index of the reply it comes from (its "index", else its place
+    in `reads`)."""
     order = torch.randperm(len(reads), generator=torch.Generator().manual_seed(seed)).tolist()
     cat = {k: torch.cat([reads[i][k] for i in order]) for k in ("ids", "top_ids", "top_probs", "hidden")}
+    of = torch.cat([torch.full((len(reads[i]["ids"]),), reads[i].get("index", i), dtype=torch.long) for i in order])
     n = cat["ids"].shape[0] // seq_len
-    return {"windows": cat["ids"][: n * seq_len].view(n, seq_len),
+    return {"windows": cat["ids"][: n * seq_len].view(n, seq_len), "reply_of": of[: n * seq_len].view(n, seq_len),
             **{k: cat[src][: n * seq_len].view(n, seq_len, -1)
                for k, src in (("ids", "top_ids"), ("probs", "top_probs"), ("hidden", "hidden"))}}
 
 
+def source_of(prompt: str) -> str:
+    """The reply_prompts pool a user turn came from: xsum (it opens with the summary instruction),
+    code (a stub: it opens with `def `) or gsm8k."""
+    from specexp.builds.train_distilled_drafter import SUMMARIZE
+
+    return "xsum" if prompt.startswith(SUMMARIZE) else "code" if prompt.startswith("def ") else "gsm8k"
+
+
 def teacher_data(target, tok, p: dict, cache: Path | None, progress: bool) -> dict:
-    """The training windows [N, L] and the target's reads of them (top-k ids / probs, hidden
-    states): the target's replies to `replies` chat prompts, read while it writes them, then
-    `corpus_tokens` of `corpus` text it reads (distill.teacher_read); rows shuffled by the seed.
-    From `cache` when it holds them (written atomically after the reads)."""
+    """What the target wrote and read, not yet split or windowed: "replies", its replies to
+    `replies` chat prompts read while it writes them (each with its "index" in prompt order and
+    its prompt's "source"), and "corpus", `corpus_tokens` of `corpus` text it reads
+    (distill.teacher_read) as windows (None without). From `cache` when it holds them (written
+    atomically after the reads)."""
     from specexp.builds.train_distilled_drafter import corpus_documents, reply_prompts, windows
 
     if cache is not None and cache.is_file():
         return torch.load(cache)
     t0 = time.perf_counter()
-    parts, used = [], {}
+    data, used = {"replies": [], "corpus": None}, {}
     if p["replies"]:
-        prompts = chat_ids(tok, reply_prompts(p["skip"], p["replies"], p["reply_mix"], p["article_chars"]))
+        texts = reply_prompts(p["skip"], p["replies"], p["reply_mix"], p["article_chars"])
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        reads = replies_with_reads(target, prompts, tok.eos_token_id, pad, p["reply_tokens"], p["reply_batch"],
-                                   p["topk"], progress)
-        parts.append(pack(reads, p["seq_len"], p["seed"]))
+        reads = replies_with_reads(target, chat_ids(tok, texts), tok.eos_token_id, pad, p["reply_tokens"],
+                                   p["reply_batch"], p["topk"], progress)
+        data["replies"] = [{**r, "index": i, "source": source_of(q)} for i, (r, q) in enumerate(zip(reads, texts))]
         used["replies"] = {"prompts": len(reads), "prompt_tokens": sum(r["prompt_tokens"] for r in reads),
                            "reply_tokens": sum(len(r["ids"]) - r["prompt_tokens"] for r in reads)}
     if p["corpus"] and p["corpus_tokens"]:
         docs, used["corpus"] = corpus_documents(tok, p["corpus"], p["skip"])
         w = windows(tok, docs, p["corpus_tokens"], p["seq_len"], p["seed"])
         ids, probs, hidden = teacher_read(target, w, p["topk"], p["batch"], progress)
-        parts.append({"windows": w, "ids": ids, "probs": probs, "hidden": hidden})
-    if not parts or not sum(len(q["windows"]) for q in parts):
-        raise ValueError("eagle: no training text (model_pair.build.replies and corpus_tokens give none here); "
-                         "the replies need ../shared/data or the code stubs, the corpus `code` always works")
-    data = {k: torch.cat([q[k] for q in parts]) for k in ("windows", "ids", "probs", "hidden")}
-    rows = torch.randperm(len(data["windows"]), generator=torch.Generator().manual_seed(p["seed"]))
-    data = {k: v[rows] for k, v in data.items()}
+        data["corpus"] = {"windows": w, "ids": ids, "probs": probs, "hidden": hidden}
     data.update(documents=used, read_seconds=time.perf_counter() - t0)
     if cache is not None:
         part = cache.with_name(cache.name + ".part")
         torch.save(data, part)
         part.rename(cache)
     return data
+
+
+def split_replies(reads: list[dict], heldout: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(held out, training): whole replies, in a seeded order, the first `heldout` share held out
+    (at least one when there are two or more). Held out before windowing, so that no window mixes
+    a held-out reply with a training one."""
+    order = torch.randperm(len(reads), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_held = min(max(1, int(len(reads) * heldout)), len(reads) - 1) if heldout > 0 and len(reads) > 1 else 0
+    return [reads[i] for i in order[:n_held]], [reads[i] for i in order[n_held:]]
+
+
+def training_windows(teacher: dict, p: dict) -> tuple[dict, list[dict], list[dict]]:
+    """(windows, held-out replies, training replies): the training replies end to end, cut into
+    `seq_len` windows (pack), with the corpus windows (`reply_of` -1), rows shuffled by the seed;
+    the held-out replies are kept whole, as drafting meets them."""
+    held, train = split_replies(teacher["replies"], p["heldout"], p["seed"])
+    parts = [pack(train, p["seq_len"], p["seed"])] if train else []
+    if teacher["corpus"] is not None:
+        c = teacher["corpus"]
+        parts.append({**c, "reply_of": torch.full(c["windows"].shape, -1, dtype=torch.long)})
+    if not parts or not sum(len(q["windows"]) for q in parts):
+        raise ValueError("eagle: no training text (model_pair.build.replies and corpus_tokens give none here); "
+                         "the replies need ../shared/data or the code stubs, the corpus `code` always works")
+    data = {k: torch.cat([q[k] for q in parts]) for k in ("windows", "ids", "probs", "hidden", "reply_of")}
+    rows = torch.randperm(len(data["windows"]), generator=torch.Generator().manual_seed(p["seed"]))
+    return {k: v[rows] for k, v in data.items()}, held, train
+
+
+def leak_check(held: list[dict], train: list[dict], reply_of: torch.Tensor) -> dict:
+    """The held-out replies against the training data: how many have a position in a training window
+    (by reply index: 0, or the split is broken and this raises), and how many have the same reply
+    text (the tokens after the prompt) as a training reply (a repeated prompt or a stock answer)."""
+    in_windows = set(reply_of[reply_of >= 0].unique().tolist())
+    trained = {tuple(r["ids"][r["prompt_tokens"]:].tolist()) for r in train}
+    out = {"heldout_replies": len(held), "training_replies": len(train),
+           "heldout_replies_in_training_windows": sum(r["index"] in in_windows for r in held),
+           "heldout_reply_texts_also_in_training": sum(tuple(r["ids"][r["prompt_tokens"]:].tolist()) in trained
+                                                       for r in held)}
+    if out["heldout_replies_in_training_windows"]:
+        raise RuntimeError(f"eagle: held-out replies leaked into the training windows: {out}")
+    return out
 
 
 # ------------------------------------------------------------------------------- 3. the drafter
@@ -245,6 +298,45 @@ def acceptance_summary(accepted: torch.Tensor) -> dict:
             "rounds_accepting_at_least": [int(a) for a in accepted]}
 
 
+@torch.inference_mode()
+def reply_agreement(drafter, embed, head, held: list[dict]) -> dict:
+    """Teacher-forced top-1 agreement with the target on held-out replies, each read alone from its
+    first token (f_{-1} = 0, as decoding starts), split by what drafting faces. With P prompt
+    tokens, position p reads [f_{p-1} ; e(x_p)] and predicts x_{p+1}:
+      "reply":  p >= P, x_p a reply token. Every draft round starts at such a position (the
+                decode loop's first round is the target's prefill, which writes x_P itself);
+                agreement here is the first draft's acceptance rate.
+      "prompt": p < P, positions drafting never faces (the prompt is given, not drafted).
+    Each with the number of positions, and "reply" also by the prompt's source (xsum, gsm8k, code)."""
+    hits, n = {}, {}
+    for r in held:
+        x, P = r["ids"], r["prompt_tokens"]
+        pred, _ = drafter(shifted(r["hidden"][None].float()), embed(x[None]))
+        ok = (head(pred[0]).argmax(-1) == r["top_ids"][:, 0]).long()
+        for key, part in (("prompt", ok[:P]), ("reply", ok[P:]), (f"reply/{r.get('source', 'text')}", ok[P:])):
+            hits[key] = hits.get(key, 0) + int(part.sum())
+            n[key] = n.get(key, 0) + len(part)
+    out = {k: {"agreement": round(hits[k] / max(1, n[k]), 4), "positions": n[k]}
+           for k in ("reply", "prompt") if k in n}
+    if "reply" in out:
+        out["reply"]["by_source"] = {k.split("/", 1)[1]: {"agreement": round(hits[k] / max(1, n[k]), 4),
+                                                          "positions": n[k]}
+                                     for k in sorted(n) if k.startswith("reply/")}
+    return out
+
+
+def reply_chain_acceptance(drafter, embed, head, held: list[dict], gamma: int = 4) -> dict:
+    """Greedy chain drafting (chain_acceptance) from every reply position p >= P of every held-out
+    reply (where draft rounds start: reply_agreement), each reply read alone; acceptance_summary of
+    all the rounds."""
+    accepted = torch.zeros(gamma + 1)
+    for r in held:
+        one = {"windows": r["ids"][None], "ids": r["top_ids"][None], "hidden": r["hidden"][None]}
+        chain = chain_acceptance(drafter, embed, head, one, torch.tensor([0]), gamma, 1, [r["prompt_tokens"]])
+        accepted += torch.tensor(chain["rounds_accepting_at_least"], dtype=accepted.dtype)
+    return acceptance_summary(accepted)
+
+
 # --------------------------------------------------------------------------------- the command
 def build_feature_drafter(target: Any, out_dir: str, replies: int = 600, reply_mix: dict | None = None,
                           article_chars: int = 1000, reply_tokens: int = 128, reply_batch: int = 32,
@@ -270,7 +362,8 @@ def build_feature_drafter(target: Any, out_dir: str, replies: int = 600, reply_m
 
 
 def _data_key(params: dict) -> str:
-    return hashlib.sha256(json.dumps({k: params[k] for k in DATA_KEYS}, sort_keys=True).encode()).hexdigest()[:12]
+    key = {"format": DATA_FORMAT, **{k: params[k] for k in DATA_KEYS}}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _teacher_cache(out: Path, key: str) -> Path:
@@ -282,16 +375,21 @@ def _teacher_cache(out: Path, key: str) -> Path:
 
 
 def heldout_split(data: dict, heldout: float, subset: int, vocab: int):
-    """The build's split of the windows and its vocabulary: the first `heldout` share held out
-    (`held`, `rows`: window indices); `counts` of each id as the target's top-1 on the training
-    rows, the ids that occur by that count (`order`, most frequent first: draft_vocab.json), and
-    the `subset` most frequent of them, sorted (the training loss's vocabulary)."""
+    """The build's split of the windows and its vocabulary: the first `heldout` share of the corpus
+    windows (those whose `reply_of` is -1 throughout; all windows when it is absent) held out
+    (`held`, `rows`: window indices; the held-out replies are split off before windowing:
+    split_replies); `counts` of each id as the target's top-1 on the training rows, the ids that
+    occur by that count (`order`, most frequent first: draft_vocab.json), and the `subset` most
+    frequent of them, sorted (the training loss's vocabulary)."""
     n = len(data["windows"])
-    n_held = max(1, int(n * heldout))
-    counts = torch.bincount(data["ids"][n_held:, :, 0].flatten().long(), minlength=vocab)
+    corpus = (data["reply_of"] < 0).all(1).nonzero()[:, 0] if "reply_of" in data else torch.arange(n)
+    held = corpus[: max(1, int(len(corpus) * heldout))] if len(corpus) else corpus
+    train = torch.ones(n, dtype=torch.bool)
+    train[held] = False
+    rows = train.nonzero()[:, 0]
+    counts = torch.bincount(data["ids"][rows, :, 0].flatten().long(), minlength=vocab)
     order = [i for i in counts.argsort(descending=True, stable=True).tolist() if counts[i] > 0]
-    return (torch.arange(n_held), torch.arange(n_held, n), counts, order,
-            torch.tensor(sorted(order[:subset]), dtype=torch.long))
+    return held, rows, counts, order, torch.tensor(sorted(order[:subset]), dtype=torch.long)
 
 
 def _build(spec: ModelSpec, tmp: Path, p: dict, cache: Path | None, progress: bool) -> dict:
@@ -299,7 +397,9 @@ def _build(spec: ModelSpec, tmp: Path, p: dict, cache: Path | None, progress: bo
     torch.manual_seed(p["seed"])
     tok = load_tokenizer(spec)
     target = load_model(spec, torch.float32, torch.device("cpu"))
-    data = teacher_data(target, tok, p, cache, progress)
+    teacher = teacher_data(target, tok, p, cache, progress)
+    data, held_replies, train_replies = training_windows(teacher, p)
+    leaks = leak_check(held_replies, train_replies, data["reply_of"])
     t_data = time.perf_counter() - t0
     embed, head = target.get_input_embeddings(), target.get_output_embeddings()
     head_w = head.weight.detach()
@@ -307,12 +407,11 @@ def _build(spec: ModelSpec, tmp: Path, p: dict, cache: Path | None, progress: bo
     drafter = init_feature_drafter(target, p["seed"])
     for q in (*embed.parameters(), *head.parameters()):
         q.requires_grad_(False)
-    before = heldout_agreement(drafter, embed, head, data, held, p["batch"])
+    before = heldout_measures(drafter, embed, head, data, held, held_replies, p["batch"], chains=False)
     t1 = time.perf_counter()
     curve = train(drafter, embed, head_w, data, rows, subset, p, progress)
     t_train = time.perf_counter() - t1
-    after = heldout_agreement(drafter, embed, head, data, held, p["batch"])
-    chain = chain_acceptance(drafter, embed, head, data, held)
+    after = heldout_measures(drafter, embed, head, data, held, held_replies, p["batch"], chains=True)
     drafter.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     (tmp / "draft_vocab.json").write_text(json.dumps({  # for vocab=N: a subset head
@@ -320,89 +419,55 @@ def _build(spec: ModelSpec, tmp: Path, p: dict, cache: Path | None, progress: bo
         "ids": order, "counts": [int(counts[i]) for i in order]}))
     info = {
         "params": p,
-        "corpus_documents": data["documents"],
+        "corpus_documents": teacher["documents"],
         "windows": {"train": len(rows), "heldout": len(held), "tokens": data["windows"].numel()},
+        "heldout_leak_check": leaks,
         "parameters": {"target": n_params(target), "drafter": n_params(drafter)},
         "steps": curve[-1]["step"] if curve else 0,
         "training_curve": curve,
-        "heldout_top1_agreement": {"untrained": round(before, 4), "trained": round(after, 4)},
-        "heldout_chain_acceptance": chain,
-        "seconds": {"data": round(t_data, 1), "target_reads": round(data.get("read_seconds", 0.0), 1),
+        **untrained_and_trained(before, after),
+        "seconds": {"data": round(t_data, 1), "target_reads": round(teacher.get("read_seconds", 0.0), 1),
                     "train": round(t_train, 1), "total": round(time.perf_counter() - t0, 1)},
         "threads": torch.get_num_threads(),
     }
-    print(f"eagle: feature drafter ({n_params(drafter) / 1e6:.1f}M parameters), held-out top-1 agreement "
-          f"{before:.3f} -> {after:.3f}, chain at gamma 4: {chain['mean_accepted_length']:.2f} tokens per target "
-          f"forward, {info['seconds']['total']:.0f} s")
+    said = [f"{what} top-1 agreement {info[key]['untrained']:.3f} -> {info[key]['trained']:.3f}"
+            for what, key in (("held-out reply", "heldout_reply_top1_agreement"),
+                              ("prompt", "heldout_prompt_top1_agreement"),
+                              ("held-out corpus", "heldout_corpus_top1_agreement")) if key in info]
+    chain = info.get("heldout_reply_chain_acceptance") or info["heldout_corpus_chain_acceptance"]
+    where = "reply positions" if "heldout_reply_chain_acceptance" in info else "corpus windows"
+    print(f"eagle: feature drafter ({n_params(drafter) / 1e6:.1f}M parameters), {', '.join(said)}; chain at gamma 4 "
+          f"on {where}: {chain['mean_accepted_length']:.2f} tokens per target forward, "
+          f"{info['seconds']['total']:.0f} s")
     return info
 
 
-def main() -> None:
-    """`specexp-eagle`: builds the `model_pair`'s feature drafter through its `build` node."""
-    from specexp.builds.train_distilled_drafter import build_cli
-
-    build_cli("specexp-eagle", "smollm2-135m__eagle", "build_feature_drafter", __doc__)
-
-
-if __name__ == "__main__":
-    main()
-
-
-# ------------------------------------------------------------------------ the benchmark's modes
-def bench_proposers(pair, wanted: set[str], gamma: int, vocab: int, eagle_dir: str | None = None):
-    """scripts/bench.py's feature-drafter modes on a loaded SmolLM2 pair, as (key, name, proposer, policy,
-    Mode fields): the feature drafter (registered as the pair's role "eagle"; `eagle_dir`, else
-    the smollm2-135m__eagle pair's own, built if missing) with Fixed(gamma), its `vocab` subset
-    head, the shipped entropy_static rule (full and subset head) and heuristic rule; the subset
-    head behind a prompt lookup (`LookupFirst`) with each of the three, and behind a prompt lookup
-    and the target's reply datastore (strategy lookup_store_entropy, built if missing); and the
-    shipped model-free strategies exactly as composed (smollm2-135m__prompt_lookup,
-    smollm2-135m__bigram, and the lookup with the datastore, prompt_lookup_store)."""
-    from hydra.utils import instantiate
-
-    from specexp.experiment import instantiate as build
-    from specexp.experiment.config import compose
-    from specexp.length import Fixed
-
-    out = []
-    if any(k.startswith("ours-eagle") for k in wanted):
-        if eagle_dir is None:
-            eagle_dir = instantiate(compose(["model_pair=smollm2-135m__eagle"]).model_pair.build)
-        pair.specs["eagle"] = ModelSpec(name=str(eagle_dir))
-        fixed = {"gamma": gamma, "fixed_gamma": True, "drafter": "eagle", "counterpart": "hf-assisted"}
-        dynamic = {"drafter": "eagle", "counterpart": "hf-assisted"}
-        head = f"{vocab // 1024}k head"
-        lookup = f"ours lookup + eagle ({head})"  # LookupFirst: prompt lookup when the text repeats, else eagle
-        store = f"ours lookup + datastore + eagle ({head})"  # ... else the target's replies, else eagle
-        for key, name, v, first, policy, kw in (  # policy: Fixed(gamma), or a shipped strategy's length rule
-                ("ours-eagle", "ours eagle (feature drafter)", None, None, "fixed", fixed),
-                ("ours-eagle-vocab", f"ours eagle ({head})", vocab, None, "fixed", fixed),
-                ("ours-eagle-entropy", "ours eagle, entropy_static", None, None, "entropy_static", dynamic),
-                ("ours-eagle-vocab-entropy", f"ours eagle ({head}), entropy_static", vocab, None, "entropy_static",
-                 dynamic),
-                ("ours-eagle-heuristic", "ours eagle, heuristic", None, None, "heuristic", dynamic),
-                ("ours-eagle-lookup", f"{lookup}, gamma {gamma}", vocab, "lookup", "fixed", dynamic),
-                ("ours-eagle-lookup-entropy", f"{lookup}, entropy_static", vocab, "lookup", "entropy_static", dynamic),
-                ("ours-eagle-lookup-heuristic", f"{lookup}, heuristic", vocab, "lookup", "heuristic", dynamic),
-                ("ours-eagle-store-entropy", f"{store}, entropy_static", vocab, "store", "entropy_static", dynamic),
-                ("ours-eagle-cost", f"ours eagle ({head}), cost_aware", vocab, None, "cost_aware", dynamic),
-                ("ours-eagle-store-cost", f"{store}, cost_aware", vocab, "store", "cost_aware", dynamic)):
-            if key in wanted and (v is None or vocab):
-                rule = Fixed(gamma) if policy == "fixed" else instantiate(
-                    compose([f"strategy={policy}"]).strategy.length, _convert_="all")  # built fresh per mode
-                if first is None:
-                    proposer = DraftModel("eagle", vocab=v)
-                else:  # "store": the shipped strategy's datastore, as composed
-                    datastore = instantiate(compose(["strategy=lookup_store_entropy"]).strategy.proposer.datastore) \
-                        if first == "store" else None
-                    proposer = LookupFirst("eagle", vocab=v, datastore=datastore)
-                out.append((key, name, proposer.bind(pair), rule.bind(pair), kw))
-    for key, name, overrides in (
-            ("ours-lookup-shipped", "ours prompt_lookup (shipped pair)", ["model_pair=smollm2-135m__prompt_lookup"]),
-            ("ours-bigram-shipped", "ours bigram (shipped pair)", ["model_pair=smollm2-135m__bigram"]),
-            ("ours-lookup-store", "ours prompt_lookup_store (lookup + datastore)",
-             ["model_pair=smollm2-135m__prompt_lookup", "strategy=prompt_lookup_store"])):
-        if key in wanted:
-            proposer, policy = build.strategy(compose(overrides).strategy, pair)
-            out.append((key, name, proposer, policy, {}))
+def heldout_measures(drafter, embed, head, data: dict, held: torch.Tensor, held_replies: list[dict], batch: int,
+                     chains: bool) -> dict:
+    """The held-out measures build.json records, by key (untrained_and_trained names them): on the
+    held-out replies, agreement at reply and prompt positions (reply_agreement) and, with `chains`,
+    the chain from every reply position; on the held-out corpus windows (when there are any),
+    agreement at every position and, with `chains`, the chain (from every 4th position)."""
+    out = {}
+    if held_replies:
+        out.update({f"{k}_top1_agreement": v for k, v in reply_agreement(drafter, embed, head, held_replies).items()})
+        if chains:
+            out["reply_chain_acceptance"] = reply_chain_acceptance(drafter, embed, head, held_replies)
+    if len(held):
+        agree = heldout_agreement(drafter, embed, head, data, held, batch)
+        out["corpus_top1_agreement"] = {"agreement": round(agree, 4), "positions": data["windows"][held].numel()}
+        if chains:
+            out["corpus_chain_acceptance"] = chain_acceptance(drafter, embed, head, data, held)
     return out
+
+
+def untrained_and_trained(before: dict, after: dict) -> dict:
+    """build.json's heldout_* keys: each agreement as {"untrained", "trained", "positions"} (the reply
+    one also "by_source", each the same), each chain as measured after training."""
+    def pair(b: dict, a: dict) -> dict:
+        out = {"untrained": b["agreement"], "trained": a["agreement"], "positions": a["positions"]}
+        if "by_source" in a:
+            out["by_source"] = {k: pair(b["by_source"][k], v) for k, v in a["by_source"].items()}
+        return out
+
+    return {f"heldout_{k}": (pair(before[k], v) if k.endswith("_agreement") else v) for k, v in after.items()}

@@ -21,7 +21,6 @@ prompts are 46-519 tokens with this tokenizer, XSum articles up to about 1,750.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ import torch
 from specexp.builds import training_utils as training
 from specexp.builds.build_cache import build_once
 from specexp.builds.corpus import EOS, MAX_BYTES, MAX_FILE_BYTES, load_corpus
+from specexp.models.fetch import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -290,10 +290,6 @@ def _existing(out: Path, params: dict) -> bool:
                for f in ("config.json", "model.safetensors", "tokenizer.json"))
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def build_tiny_pair(out_dir: str | None = None, seed: int = 0, corpus: str | None = None, *,
                     progress: bool = True, force: bool = False, **hyperparams) -> str:
     """Build (or reuse) the tiny target/drafter pair in `out_dir` (default `default_tiny_dir()`);
@@ -310,8 +306,8 @@ def build_tiny_pair(out_dir: str | None = None, seed: int = 0, corpus: str | Non
 
 
 def _build(tmp: Path, p: dict, progress: bool) -> dict:
-    import transformers
     import tokenizers
+    import transformers
 
     t0, c0 = time.perf_counter(), time.process_time()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -352,7 +348,7 @@ def _build(tmp: Path, p: dict, progress: bool) -> dict:
         d = tmp / sub
         model.save_pretrained(d)
         tokenizer.save_pretrained(d)
-        files.update({f"{sub}/{f.name}": _sha256(f) for f in sorted(d.iterdir()) if f.is_file()})
+        files.update({f"{sub}/{f.name}": file_sha256(f) for f in sorted(d.iterdir()) if f.is_file()})
     times["total_s"] = round(time.perf_counter() - t0, 2)
     times["cpu_s"] = round(time.process_time() - c0, 2)  # all threads; ~2x total_s on an idle 2-core machine
     times["load_avg_at_start"] = round(load, 2) if load is not None else None  # others' load inflates total_s

@@ -19,7 +19,8 @@ its m_b, is fed nothing and masked), so a round costs max_b(k_b) drafter forward
 forward of width max_b(unseen_b + k_b). Model-free proposers (prompt lookup, bigram) propose per
 row from that row's tokens (one copy per row).
 
-Not supported with batch_size > 1 (refused with an error): the cascade and other proposers with
+Not supported with batch_size > 1 (refused with an error): token trees (a proposer with
+`drafts_trees`, and any draft that carries parents), the cascade and other proposers with
 models of their own besides the plain drafter, feature drafters (EAGLE), a drafter with a vocab
 subset, proposers that overshoot the budget, encoder-decoder targets, beam search, and length
 policies that carry state from one sample to the next (`LengthPolicy.carried_state`: AdaEDL with
@@ -34,20 +35,21 @@ full times (shared with the other rows).
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 from dataclasses import dataclass, field
 
 import torch
 
 from specexp.core.decode import Generation, annotate, emit, rejected_drafts
-from specexp.length import Decision, DraftStep, LengthPolicy
-from specexp.models.loading import sync
-from specexp.proposers.base import Draft, Proposer
-from specexp.proposers.drafter import DraftModel, _record
-from specexp.models.ragged_cache import RaggedCache
-from specexp.models.sampling import Sampling
 from specexp.core.stopping import Stopper
 from specexp.core.verify import verify
+from specexp.length import Decision, DraftStep, LengthPolicy
+from specexp.models.loading import sync
+from specexp.models.ragged_cache import RaggedCache
+from specexp.models.sampling import Sampling
+from specexp.proposers.base import Draft, Proposer
+from specexp.proposers.drafter import DraftModel, _record
 
 
 def check_batch_size(batch_size, n_samples: int | None = None) -> int:
@@ -81,6 +83,9 @@ def check_supported(proposer: Proposer | None, target_model) -> str:
     if proposer is None:
         return "ar"
     name = type(proposer).__name__
+    if getattr(proposer, "drafts_trees", False):
+        raise ValueError(f"batch_size > 1 verifies chains of drafts only, and {name} drafts token trees "
+                         "(strategy.proposer): use batch_size=1 for a tree strategy")
     if proposer.needs_features:
         raise ValueError(f"batch_size > 1 does not support the feature drafter ({name}); use batch_size=1")
     if getattr(proposer, "overshoots", False):
@@ -195,6 +200,39 @@ def _draft_model_round(dcache: RaggedCache, rows: list[_Row], max_lens: list[int
     return drafts
 
 
+@dataclass
+class _Caches:
+    """The batch's caches: the target's, and the drafter model's when it drafts (kind "drafter")."""
+
+    kind: str  # check_supported's: "ar", "drafter" or "model_free"
+    target: RaggedCache
+    drafter: RaggedCache | None = None
+    role: str | None = None  # the drafter model's role ("drafter"), counted in its rows' forwards
+    embed_limit: int | None = None  # ids the drafter can embed (DraftModel.embed_limit)
+
+    def add_rows(self, n: int) -> None:
+        for c in self.all():
+            c.add_rows(n)
+
+    def keep_rows(self, keep: list[int]) -> None:
+        for c in self.all():
+            c.keep_rows(keep)
+
+    def compact(self) -> None:
+        for c in self.all():
+            c.compact()
+
+    def all(self) -> list[RaggedCache]:
+        return [self.target] + ([self.drafter] if self.drafter is not None else [])
+
+
+def _caches(target_model, proposer: Proposer | None, kind: str) -> _Caches:
+    if kind != "drafter":
+        return _Caches(kind, RaggedCache(target_model))
+    return _Caches(kind, RaggedCache(target_model), RaggedCache(proposer.lm.model, proposer.lm.vocab_size),
+                   proposer.model, proposer.embed_limit)
+
+
 @torch.inference_mode()
 def generate_batch(
     target_model,
@@ -213,112 +251,138 @@ def generate_batch(
     flight, and return one Generation per prompt, in order. `proposer` and `policy` are the
     run's bound objects (templates: each row gets its own policy copy, reset as for a new sample;
     model-free proposers get one copy per row). `generators[i]` drives prompt i's sampling.
-    `progress(n)` is called when n more prompts are done (e.g. a tqdm's update)."""
+    `progress(n)` is called when n more prompts are done (e.g. a tqdm's update).
+
+    The rounds follow specexp.core.decode.generate's steps, per row; between rounds each row's
+    caches hold a prefix of its tokens (prompt + accepted output)."""
     kind = check_supported(proposer, target_model)
     check_policy(policy if proposer is not None else None)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = prompts[0].device if prompts else torch.device("cpu")
     generators = generators or [None] * len(prompts)
-    tcache = RaggedCache(target_model)
-    dcache, role, embed_limit = None, None, None
-    if kind == "drafter":
-        dcache = RaggedCache(proposer.lm.model, proposer.lm.vocab_size)
-        role, embed_limit = proposer.model, proposer.embed_limit
+    caches = _caches(target_model, proposer, kind)
     results: list[Generation | None] = [None] * len(prompts)
     rows: list[_Row] = []
     pending = list(range(len(prompts)))
     while rows or pending:
         # 0. Admit prompts into free slots (continuous batching).
-        new = []
-        while len(rows) + len(new) < batch_size and pending:
-            i = pending.pop(0)
-            sync(device)
-            row = _Row(i, prompts[i], generators[i], _copy(policy) if policy is not None else None,
-                       None, time.perf_counter())
-            if row.policy is not None:
-                row.policy.start_sample(carry=False)
-            row.eos = stopper.eos
-            if kind == "model_free":
-                row.proposer = _copy(proposer)
-                row.proposer.eos = stopper.eos
-                row.proposer.reset(prompts[i])
-            new.append(row)
-        if new:
-            rows += new
-            tcache.add_rows(len(new))
-            if dcache is not None:
-                dcache.add_rows(len(new))
+        rows += _admit(pending, batch_size - len(rows), prompts, generators, policy, proposer, stopper, caches, device)
         t0 = time.perf_counter()
         # 1. Draft: row b at most min(policy_b.begin(), budget_b - 1) tokens.
-        budgets = [max_new_tokens - len(r.out.tokens) for r in rows]
-        max_lens = [min(r.policy.begin(), bud - 1) if (proposer is not None and bud > 1) else 0
-                    for r, bud in zip(rows, budgets)]
-        if kind == "drafter":
-            drafts = _draft_model_round(dcache, rows, max_lens, sampling, role, embed_limit, proposer.records, device)
-        elif kind == "model_free":
-            drafts = [r.proposer.propose(r.tokens, m, r.policy, sampling, r.gen) if bud > 1 else None
-                      for r, m, bud in zip(rows, max_lens, budgets)]
-        else:
-            drafts = [None] * len(rows)
+        drafts = _draft(rows, proposer, caches, max_new_tokens, sampling, device)
         dtoks = [d.tokens if d is not None else r.tokens.new_empty(0) for r, d in zip(rows, drafts)]
-        ks = [int(t.shape[0]) for t in dtoks]
         # 2. One target forward: each row its unseen suffix and its drafts, k_b + 1 distributions.
-        feeds = [torch.cat([r.tokens[tcache.length[b]:], dtoks[b]]) for b, r in enumerate(rows)]
-        logits = _timed_forward(tcache, feeds, [k + 1 for k in ks], rows, "target", device)
-        finished = []
-        for b, row in enumerate(rows):
-            d, k, out = drafts[b], ks[b], row.out
-            # 3. Verify this row.
-            n, nxt = verify(dtoks[b], d.probs if d is not None else None, logits[b], sampling, row.gen)
-            # 4. Roll back its rejected drafts in both caches.
-            tcache.drop_last(b, k - n)
-            if kind == "drafter":
-                dcache.drop_last(b, dcache.length[b] - min(dcache.length[b], row.start + n))
-            elif d is not None:
-                row.proposer.observe_target(logits[b], n)
-                row.proposer.observe(n)
-            # 5. Emit, stopping at the first EOS / stop string (as specexp.core.decode).
-            drafts_l, verified = dtoks[b].tolist(), n
-            n, new, stopped = emit(out, drafts_l, n, nxt, stopper)
-            row.tokens = torch.cat([row.tokens, torch.tensor(new, device=device, dtype=row.tokens.dtype)])
-            # 6. The row's policy learns from its outcome.
-            if proposer is not None:
-                row.policy.observe(k, n)
-            if records and k and d is not None:
-                out.records.extend(annotate(d.records, logits[b], n, len(out.drafted), sampling))
-            out.log_round(k, n, rejected_drafts(drafts_l, verified, n))
-            if stopped or len(out.tokens) >= max_new_tokens:
-                finished.append(b)
+        feeds = [torch.cat([r.tokens[caches.target.length[b]:], dtoks[b]]) for b, r in enumerate(rows)]
+        logits = _timed_forward(caches.target, feeds, [t.shape[0] + 1 for t in dtoks], rows, "target", device)
+        # 3.-6. Per row: verify, roll back, emit, let its policy learn (_finish_round).
+        finished = [b for b, row in enumerate(rows)
+                    if _finish_round(row, b, drafts[b], dtoks[b], logits[b], caches, max_new_tokens, sampling,
+                                     stopper, proposer is not None, records, device)]
         sync(device)
         now = time.perf_counter()
         for row in rows:
             row.out.round_times.append(now - t0)
         # 7. Finished rows leave the batch (and both caches).
         for b in finished:
-            out = rows[b].out
-            out.wall_time = now - rows[b].t_start
-            out.target_forwards = out.model_forwards.get("target", 0)
-            out.drafter_forwards = out.model_forwards.get(role, 0) if role else 0
-            for r in (["target"] + ([role] if role else [])):
-                out.model_forwards.setdefault(r, 0)
-                out.model_forward_seconds.setdefault(r, 0.0)
-                out.model_prefills.setdefault(r, 0)
-                out.model_prefill_seconds.setdefault(r, 0.0)
-                out.model_encoder_forwards[r], out.model_encoder_seconds[r] = 0, 0.0
-            results[rows[b].index] = out
+            results[rows[b].index] = _finished(rows[b].out, now - rows[b].t_start, caches.role)
         if finished:
             keep = [b for b in range(len(rows)) if b not in finished]
             rows = [rows[b] for b in keep]
-            tcache.keep_rows(keep)
-            if dcache is not None:
-                dcache.keep_rows(keep)
+            caches.keep_rows(keep)
             if progress is not None:
                 progress(len(finished))
-        tcache.compact()
-        if dcache is not None:
-            dcache.compact()
+        caches.compact()
     return results
+
+
+def _admit(pending: list[int], free: int, prompts, generators, policy: LengthPolicy | None,
+           proposer: Proposer | None, stopper: Stopper, caches: _Caches, device) -> list[_Row]:
+    """Step 0: the next `free` pending prompts as new rows (taken from `pending`), each with its
+    own policy copy started as for a new sample (and its own model-free proposer), its clock
+    started; the caches get their rows."""
+    new = []
+    while len(new) < free and pending:
+        i = pending.pop(0)
+        sync(device)
+        row = _Row(i, prompts[i], generators[i], _copy(policy) if policy is not None else None,
+                   None, time.perf_counter())
+        if row.policy is not None:
+            row.policy.start_sample(carry=False)
+        row.eos = stopper.eos
+        if caches.kind == "model_free":
+            row.proposer = _copy(proposer)
+            row.proposer.eos = stopper.eos
+            row.proposer.reset(prompts[i])
+        new.append(row)
+    if new:
+        caches.add_rows(len(new))
+    return new
+
+
+def _draft(rows: list[_Row], proposer: Proposer | None, caches: _Caches, max_new_tokens: int,
+           sampling: Sampling, device) -> list[Draft | None]:
+    """Step 1: each row's draft, at most min(policy_b.begin(), budget_b - 1) tokens (None: the
+    row drafts nothing this round)."""
+    budgets = [max_new_tokens - len(r.out.tokens) for r in rows]
+    max_lens = [min(r.policy.begin(), bud - 1) if (proposer is not None and bud > 1) else 0
+                for r, bud in zip(rows, budgets)]
+    if caches.kind == "drafter":
+        return _draft_model_round(caches.drafter, rows, max_lens, sampling, caches.role, caches.embed_limit,
+                                  proposer.records, device)
+    if caches.kind == "model_free":
+        drafts = [r.proposer.propose(r.tokens, m, r.policy, sampling, r.gen) if bud > 1 else None
+                  for r, m, bud in zip(rows, max_lens, budgets)]
+        if any(getattr(d, "parents", None) is not None for d in drafts):  # a tree proposer without `drafts_trees`
+            raise ValueError(f"batch_size > 1 verifies chains of drafts only, and {type(proposer).__name__} drafted "
+                             "a token tree (strategy.proposer): use batch_size=1 for a tree strategy")
+        return drafts
+    return [None] * len(rows)
+
+
+def _finish_round(row: _Row, b: int, draft: Draft | None, dtok: torch.Tensor, logits: torch.Tensor,
+                  caches: _Caches, max_new_tokens: int, sampling: Sampling, stopper: Stopper,
+                  speculative: bool, records: bool, device) -> bool:
+    """Steps 3-6 for row b, as specexp.core.decode.generate's round: verify its k drafts against
+    its k + 1 `logits`, roll back the rejected ones, emit, let its policy learn. Whether the row
+    is done (a stop, or its budget)."""
+    k, out = dtok.shape[0], row.out
+    # 3. Verify this row.
+    n, nxt = verify(dtok, draft.probs if draft is not None else None, logits, sampling, row.gen)
+    # 4. Roll back its rejected drafts in both caches.
+    caches.target.drop_last(b, k - n)
+    if caches.kind == "drafter":
+        dcache = caches.drafter
+        dcache.drop_last(b, dcache.length[b] - min(dcache.length[b], row.start + n))
+    elif draft is not None:
+        row.proposer.observe_target(logits, n)
+        row.proposer.observe(n)
+    # 5. Emit, stopping at the first EOS / stop string (as specexp.core.decode).
+    drafts, verified = dtok.tolist(), n
+    n, new, stopped = emit(out, drafts, n, nxt, stopper)
+    row.tokens = torch.cat([row.tokens, torch.tensor(new, device=device, dtype=row.tokens.dtype)])
+    # 6. The row's policy learns from its outcome.
+    if speculative:
+        row.policy.observe(k, n)
+    if records and k and draft is not None:
+        out.records.extend(annotate(draft.records, logits, n, len(out.drafted), sampling))
+    out.log_round(k, n, rejected_drafts(drafts, verified, n))
+    return stopped or len(out.tokens) >= max_new_tokens
+
+
+def _finished(out: Generation, wall_time: float, role: str | None) -> Generation:
+    """Step 7: a finished row's Generation completed: its latency (admission to its last round)
+    and its per-role counters, every role that ran present (a batch runs no encoder)."""
+    out.wall_time = wall_time
+    out.target_forwards = out.model_forwards.get("target", 0)
+    out.drafter_forwards = out.model_forwards.get(role, 0) if role else 0
+    for r in (["target"] + ([role] if role else [])):
+        out.model_forwards.setdefault(r, 0)
+        out.model_forward_seconds.setdefault(r, 0.0)
+        out.model_prefills.setdefault(r, 0)
+        out.model_prefill_seconds.setdefault(r, 0.0)
+        out.model_encoder_forwards[r], out.model_encoder_seconds[r] = 0, 0.0
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,14 +418,15 @@ def check_policy(policy: LengthPolicy | None, strategy: str | None = None) -> No
 
 def decode_samples(target_model, prompts, max_new_tokens: int, sampling: Sampling, stopper: Stopper,
                    proposer, policy, *, batch_size: int, seed: int, repeats: int, warmup: int,
-                   with_baseline: bool, records: bool, device) -> tuple[list, list, list, list, dict]:
+                   with_baseline: bool, records: bool, device) -> tuple[list, list, dict]:
     """The dataset decoded `repeats` times per mode, the modes alternating per repeat
     (autoregressive at batch 1, autoregressive at batch B, strategy at batch B; the first two
-    with a baseline only). Returns (gens, bases, gen_reps, base_reps) as run.decode_dataset
-    builds them (per sample: the median-time repeat) and the `batch` block of metrics.json."""
+    with a baseline only). Returns the main mode's repeats (the strategy's, or autoregressive at
+    B without a proposer) and the baseline's (autoregressive at B; [] without one), each
+    reps[r][i] = repeat r of sample i (the run keeps each sample's median-time repeat), and the
+    `batch` block of metrics.json."""
     from tqdm.auto import tqdm
 
-    from specexp.experiment import metrics_json
     from specexp.core.decode import generate
 
     def gens_for():
@@ -398,15 +463,7 @@ def decode_samples(target_model, prompts, max_new_tokens: int, sampling: Samplin
                 sync(device)
                 seconds[m].append(time.perf_counter() - t0)
 
-    def per_sample(reps: list[list[Generation]]):
-        picked = [metrics_json.median_of_repeats([r[i] for r in reps]) for i in range(len(prompts))]
-        return [g for g, _ in picked], [info for _, info in picked]
-
     main = "strategy" if speculative else "ar"
-    gens, gen_reps = per_sample(runs[main])
-    bases, base_reps = per_sample(runs["ar"]) if with_baseline else ([], [])
-    import statistics
-
     label = {"ar_batch1": "autoregressive_batch1", "ar": "autoregressive", "strategy": "strategy"}
     tps = {m: sum(len(g.tokens) for g in runs[m][0]) / statistics.median(seconds[m]) for m in modes}
     info = {
@@ -425,4 +482,4 @@ def decode_samples(target_model, prompts, max_new_tokens: int, sampling: Samplin
         "outputs_identical_to_batch1_autoregressive": (
             sum(a.tokens == b.tokens for a, b in zip(runs["ar_batch1"][0], runs["ar"][0])) if with_baseline else None),
     }
-    return gens, bases, gen_reps, base_reps, info
+    return runs[main], (runs["ar"] if with_baseline else []), info

@@ -28,10 +28,10 @@ import time
 import torch
 
 from specexp.core.decode import Generation
+from specexp.core.stopping import Stopper
 from specexp.models.cached_lm import CachedLM, cache_arg, cache_of
 from specexp.models.loading import sync
 from specexp.models.sampling import Sampling
-from specexp.core.stopping import Stopper
 
 NEG = -1.0e9  # the score of what may not be chosen (as transformers)
 

@@ -1,5 +1,7 @@
 """The decode loop: one function for autoregressive and speculative decoding (autoregressive is
-the special case with no proposer, i.e. a draft of length 0 every round). Batch size 1;
+the special case with no proposer, i.e. a draft of length 0 every round). A draft is a chain or a
+token tree (Draft.parents; specexp/core/tree.py): a chain is the tree with one child per node, and
+a tree's accepted path then goes on as a chain's accepted drafts. Batch size 1;
 specexp/core/batch_decode.py runs the same steps for B rows at once (sharing `emit` and `Generation.log_round`).
 
 Counting convention for a round cut by a stop (EOS or stop string): `accepted` counts the drafts
@@ -16,14 +18,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from specexp.models import token_entropy as entropy
+from specexp.core import tree
+from specexp.core.stopping import Stopper
+from specexp.core.verify import verify_tree
 from specexp.length import LengthPolicy
+from specexp.models import token_entropy as entropy
 from specexp.models.cached_lm import CachedLM, check_context
 from specexp.models.loading import sync
-from specexp.proposers.base import Proposer
 from specexp.models.sampling import Sampling
-from specexp.core.stopping import Stopper
-from specexp.core.verify import verify
+from specexp.proposers.base import Proposer
 
 
 @dataclass
@@ -48,6 +51,14 @@ class Generation:
     model_encoder_forwards: dict[str, int] = field(default_factory=dict)  # per role: encoder passes (seq2seq)
     model_encoder_seconds: dict[str, float] = field(default_factory=dict)  # per role: time in those
     start_time: float = 0.0  # seconds before the first round: target.start + proposer.reset (encoders)
+    # Per round that drafted a token tree (Draft.parents given; nothing for chain strategies):
+    # its nodes, its depth (levels), the accepted path's length as verified (before a stop's
+    # cut), and the path's nodes' ranks among their siblings (0: the drafter's most likely; None
+    # unless the proposer orders siblings by its probability: `ranks_siblings`).
+    tree_nodes: list[int] = field(default_factory=list)
+    tree_depth: list[int] = field(default_factory=list)
+    tree_path: list[int] = field(default_factory=list)
+    tree_ranks: list[list[int] | None] = field(default_factory=list)
 
     def log_round(self, k: int, n: int, rejected: list[int]) -> None:
         """A round's counts: k drafted, n emitted as accepted (so n + 1 emitted), the drafts the
@@ -56,6 +67,25 @@ class Generation:
         self.accepted.append(n)
         self.emitted.append(n + 1)
         self.rejected.append(rejected)
+
+    def log_tree(self, parents: list[int], path: list[int], ranked: bool) -> None:
+        """A tree round's shape and outcome (the `tree` block of metrics.json): `parents` of its
+        nodes, the accepted `path` (node indices, as verified), and whether sibling order is the
+        drafter's probability order (then a node's rank = its place among its siblings)."""
+        depth = tree_depths(parents)
+        self.tree_nodes.append(len(parents))
+        self.tree_depth.append(max(depth, default=0))
+        self.tree_path.append(len(path))
+        kids = tree.children(parents)
+        self.tree_ranks.append([kids[parents[i] + 1].index(i) for i in path] if ranked else None)
+
+
+def tree_depths(parents: list[int]) -> list[int]:
+    """Each node's level, 1 for a child of the context (parents in topological order)."""
+    depth: list[int] = []
+    for p in parents:
+        depth.append(1 if p < 0 else depth[p] + 1)
+    return depth
 
 
 def emit(out: Generation, drafts: list[int], n: int, nxt: int, stopper: Stopper) -> tuple[int, list[int], bool]:
@@ -126,13 +156,22 @@ def generate(
             draft = proposer.propose(tokens, min(policy.begin(), budget - 1), policy, sampling, generator)
         draft_tokens = draft.tokens if draft is not None else tokens.new_empty(0)
         draft_probs = draft.probs if draft is not None else None
+        parents = getattr(draft, "parents", None)  # a tree's parent indices; None = a chain
         k = draft_tokens.shape[0]
-        # 2. One target forward over its unseen suffix and the drafts: k+1 next-token distributions.
-        logits = target.forward(torch.cat([tokens[target.length:], draft_tokens]), keep=k + 1)
-        # 3. Verify: n drafts accepted, then the target's own token (correction or bonus).
-        n, nxt = verify(draft_tokens, draft_probs, logits, sampling, generator)
-        # 4. Roll back the rejected drafts in both caches.
-        target.crop(tokens.shape[0] + n)
+        # 2. One target forward over its unseen suffix and the drafts: k+1 next-token distributions
+        #    (row 1 + i after draft i; in a tree each draft sees only its ancestors).
+        logits = tree.forward(target, tokens[target.length:], draft_tokens, parents)
+        # 3. Verify: the accepted drafts (a chain: the first n; a tree: a root-to-node path), then
+        #    the target's own token (correction or bonus).
+        path, nxt = verify_tree(draft_tokens, parents, draft_probs, logits, sampling, generator)
+        n = len(path)
+        if parents is not None:  # the tree's shape and the accepted path, for metrics.json's tree block
+            out.log_tree(parents.tolist(), path, bool(getattr(proposer, "ranks_siblings", False)))
+        # 4. Roll back the rejected drafts in both caches (a tree: keep the path's entries).
+        tree.keep_path(target, tokens.shape[0], path)
+        if parents is not None:  # from here on a tree is a chain whose first n drafts are the path
+            order = path + [i for i in range(k) if i not in set(path)]
+            draft_tokens, logits = draft_tokens[order], logits[[0] + [i + 1 for i in order]]
         if draft is not None:
             proposer.observe_target(logits, n)  # the target's side of the round (n-gram filler)
             if target.keep_hidden:  # feature drafters: the target's hidden states of the kept tokens

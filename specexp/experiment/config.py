@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from specexp.models.loading import ModelSpec
 from specexp.models.sampling import Sampling
+from specexp.report.pair_names import TARGET_MISSING, pair_name, short_model_name  # noqa: F401  (registers ${specexp_pair_name:}; shared with the report)
 
 # The configs: the repository's top-level conf/ in a checkout (an editable install), else the copy
 # shipped inside the package as specexp/conf (a wheel or `pip install .`; see setup.py).
@@ -75,36 +76,6 @@ class RunConfig:
     max_new_tokens: Optional[int] = None  # when set, the generation budget of any dataset
     batch_size: int = 1  # samples decoded together (specexp/core/batch_decode.py, docs/batching.md); 1 = one at a time
     timing: TimingConfig = field(default_factory=TimingConfig)  # repeats per sample, spread warning
-
-
-TARGET_MISSING = ("model_pair.target.name is missing: give the target model, e.g. `specexp model_pair=hf "
-                  "model_pair.target.name=ORG/MODEL` (a hub id, a local folder or a .gguf file)")
-
-
-def short_model_name(name: str | None, gguf_file: str | None = None) -> str | None:
-    """A model's label: the last component of its hub id or path (the GGUF file's when there is
-    one), without a .gguf suffix: `huggyllama/llama-7b` -> `llama-7b`, `/m/q4/tiny.Q4_0.gguf` -> `tiny.Q4_0`."""
-    if name is None:
-        return None
-    last = str(gguf_file or name).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
-    return last[: -len(".gguf")] if last.lower().endswith(".gguf") else last
-
-
-def pair_name(*, _parent_) -> str:
-    """`${specexp_pair_name:}` in a model_pair node: `<target>__<drafter>` from its models' names
-    (short_model_name), `<target>` alone when it has no drafter: the label reports group runs by."""
-    if OmegaConf.is_missing(_parent_.target, "name"):
-        raise ValueError(TARGET_MISSING)
-    names = []
-    for role in ("target", "drafter"):
-        node = _parent_.get(role)
-        if node is not None and not OmegaConf.is_missing(node, "name") and node.get("name") is not None:
-            names.append(short_model_name(node.name, node.get("gguf_file")))
-    return "__".join(names)
-
-
-if not OmegaConf.has_resolver("specexp_pair_name"):  # registered on import: every compose and every reader
-    OmegaConf.register_new_resolver("specexp_pair_name", pair_name)
 
 
 def register() -> None:

@@ -20,14 +20,13 @@ import torch
 import transformers
 from omegaconf import OmegaConf
 
-from specexp.experiment import instantiate
-from specexp.experiment import watch as show
-from specexp.experiment import validate
-from specexp.experiment.config import CONF_DIR, cli_overrides, compose
 from specexp.core.decode import Generation, generate
+from specexp.core.stopping import Stopper
+from specexp.experiment import instantiate, validate
+from specexp.experiment import watch as show
+from specexp.experiment.config import CONF_DIR, cli_overrides, compose
 from specexp.models.cached_lm import cached_lm
 from specexp.models.prompt_ids import eos_ids, fit_prompts
-from specexp.core.stopping import Stopper
 from specexp.tasks.typed_prompts import PromptTask
 
 HELP = """\

@@ -5,11 +5,15 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from specexp.builds.build_bigram import build_bigram
+from specexp.builds.build_datastore import build_datastore
 from specexp.experiment.config import TARGET_MISSING
 from specexp.length import LengthPolicy
 from specexp.models.loading import ModelSpec, Pair, Placement
-from specexp.proposers.base import Proposer
 from specexp.models.sampling import Sampling
+from specexp.proposers.base import Proposer
+from specexp.proposers.bigram import Bigram
+from specexp.proposers.retrieval import Datastore
 from specexp.tasks.base import Task
 
 
@@ -41,7 +45,36 @@ def strategy(cfg: DictConfig, loaded: Pair) -> tuple[Proposer | None, LengthPoli
     proposer, policy = strategy_objects(cfg)
     if proposer is None:
         return None, None
-    return proposer.bind(loaded), policy.bind(loaded)
+    return provide_builds(proposer, loaded).bind(loaded), policy.bind(loaded)
+
+
+def provide_builds(proposer: Proposer, loaded) -> Proposer:
+    """Build what a proposer reads and was not given, for the pair's target, before it is bound
+    (proposers never import a builder): every `Datastore` with no folder (dir null) gets the
+    folder of the target's replies (specexp.builds.build_datastore, cached), every `Bigram` with no
+    table gets the table counted with the target's tokenizer (specexp.builds.build_bigram, cached),
+    wherever they sit (a PromptLookup's fill or datastore, a LookupFirst's lookup, a cascade's
+    bottom). Returns `proposer`, the same object."""
+    for part in _parts(proposer, set()):
+        if isinstance(part, Datastore) and part.table is None and not part.dir:
+            part.dir = build_datastore(loaded.specs["target"], **part.build)
+        elif isinstance(part, Bigram) and part.table is None and not part.table_path:
+            spec = getattr(loaded, "specs", {}).get("target")
+            name = (spec.tokenizer or spec.name) if spec is not None else None
+            part.table_path = str(build_bigram(loaded.tokenizer, tokenizer_name=name, **part.source))
+    return proposer
+
+
+def _parts(obj, seen: set[int]):
+    """`obj` and the proposers and datastores it holds (attributes, lists, dicts), each once."""
+    if not isinstance(obj, (list, tuple, dict, Proposer, Datastore)) or id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, (Proposer, Datastore)):
+        yield obj
+        obj = getattr(obj, "__dict__", {})
+    for v in (obj.values() if isinstance(obj, dict) else obj):
+        yield from _parts(v, seen)
 
 
 def strategy_objects(cfg: DictConfig) -> tuple[Proposer | None, LengthPolicy | None]:

@@ -13,7 +13,9 @@ import sys
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import hydra
 import torch
@@ -22,23 +24,17 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from specexp import stats
-from specexp.report import token_records
 from specexp.core import batch_decode as batch
 from specexp.core import beam_search as beam
-from specexp.experiment import instantiate
-from specexp.report import categories
-from specexp.report import forward_costs as costs
-from specexp.experiment import provenance
-from specexp.experiment import metrics_json as record
-from specexp.experiment import watch
-from specexp.experiment import sweep_callbacks as sweep
-from specexp.experiment import validate
-from specexp.experiment.config import CONF_DIR, cli_overrides, register
 from specexp.core.decode import generate
-from specexp.models.cached_lm import cached_lm, check_context
-from specexp.models.loading import describe
-from specexp.models.prompt_ids import eos_ids, fit_line, fit_prompts
 from specexp.core.stopping import Stopper
+from specexp.experiment import instantiate, validate, watch
+from specexp.experiment import metrics_json as record
+from specexp.experiment import sweep_callbacks as sweep
+from specexp.experiment.config import CONF_DIR, cli_overrides, register
+from specexp.models.cached_lm import cached_lm, check_context
+from specexp.models.loading import Pair
+from specexp.models.prompt_ids import eos_ids, fit_line, fit_prompts
 from specexp.tasks.typed_prompts import PromptTask
 
 log = logging.getLogger("specexp")
@@ -72,7 +68,64 @@ def per_sample_log_speedups(gens: list, bases: list) -> list[float]:
 
 def decode_dataset(cfg: DictConfig) -> dict:
     """Load, warm up, decode every sample `timing.repeats` times per mode (baseline and strategy
-    alternating), score, aggregate."""
+    alternating), score, aggregate: metrics.json's fields after its head (metrics_json.FIELDS)."""
+    # 1. Set up: the pair, the task's prompts (cut to fit), the strategy; whatever cannot run
+    #    fails here, before any decode.
+    s = set_up(cfg)
+    # 2. Warm up (untimed): first calls pay for allocations and kernel selection.
+    warm_up(cfg, s)
+    # 3. Timed decodes: every sample `timing.repeats` times per mode, the modes interleaved; a
+    #    sample's time is the median of its repeats. B samples at a time (batch_size > 1), else one.
+    load_before = record.load_average()
+    if s.batch_size > 1:
+        d = decode_batched(cfg, s)
+    else:
+        d = decode_one_at_a_time(cfg, s)
+    d.timing = record.timing_report(cfg.timing, d.gen_reps + (d.base_reps or []), load_before,
+                                    record.load_average())
+    for w in d.timing["warnings"]:
+        log.warning(w)
+    # 4. The outputs as text (the task's postprocessing); one prompt: its generation shown, drafts marked.
+    d.completions = texts(s, d.samples, d.gens)
+    if d.bases is not None:
+        d.completions_baseline = texts(s, d.samples, d.bases)
+    if isinstance(s.task, PromptTask) and s.task.show:
+        watch.show_run(watch.Printer(sys.stdout), s.pair.tokenizer, d.samples[0].prompt, d.gens[0],
+                       d.bases[0] if d.bases is not None else None, cfg.strategy.get("name"),
+                       entropy=bool(cfg.records))
+    # 5. Record: scores, aggregates, per-sample records, cost models (specexp/experiment/metrics_json.py).
+    return record.run_record(cfg, s.pair, s.task, s.lms, s.proposer, s.policy, s.batch_size, d)
+
+
+@dataclass
+class Setup:
+    """What a run decodes with (decode_dataset's step 1)."""
+
+    pair: Pair
+    task: Any
+    samples: list
+    prompts: list[torch.Tensor]  # the samples' prompts, cut to fit
+    fitted: list  # per sample: how its prompt was cut (specexp.models.prompt_ids.Fitted)
+    prompt_fit: dict  # how prompts were cut, over the dataset
+    batch_size: int
+    proposer: Any  # None: autoregressive
+    policy: Any
+    search: Any  # strategy=beam: its own decode (specexp/core/beam_search.py), else None
+    sampling: Any
+    stopper: Stopper
+    lms: dict  # role -> CachedLM, the target as "target"
+    with_baseline: bool  # the strategy timed against its own autoregressive decode
+    repeats: int  # timing.repeats
+    sequential: dict | None  # timing.target_ci's record, None when off
+
+    @property
+    def target(self):
+        return self.lms["target"]
+
+
+def set_up(cfg: DictConfig) -> Setup:
+    """decode_dataset's step 1: load the pair, the task and the strategy; fit the prompts; refuse,
+    before any decode, what cannot run (a batch size, a context too short, an unbatchable strategy)."""
     torch.manual_seed(cfg.seed)
     batch.check_batch_size(cfg.get("batch_size", 1))  # a bad batch_size fails before any model loads
     pair = instantiate.pair(cfg.model_pair)
@@ -98,126 +151,99 @@ def decode_dataset(cfg: DictConfig) -> dict:
         proposer.records = bool(cfg.records)
     batch.check_run(batch_size, proposer, pair.target, search, bool(cfg.carry_length_state),  # before any decode
                     policy, cfg.strategy.get("name"))
-
-    def decode(i: int, prompt, budget: int, speculative: bool):
-        gen = torch.Generator(device=pair.device).manual_seed(cfg.seed + i)
-        if not speculative:
-            if search is not None:
-                return search.generate(target, prompt, budget, stopper, sampling)
-            return generate(target, prompt, budget, sampling, stopper, generator=gen)
-        policy.start_sample(carry=bool(cfg.carry_length_state))  # reset unless state is carried
-        return generate(target, prompt, budget, sampling, stopper, proposer, policy, gen, records=cfg.records)
-
-    # Warm-up (untimed): first calls pay for allocations and kernel selection.
-    for _ in range(cfg.warmup):
-        for spec in ([False, True] if with_baseline else [proposer is not None]):
-            decode(0, prompts[0], min(16, task.max_new_tokens), spec)
-    if policy is not None:
-        policy.reset()
-
-    # Timed decodes: every sample R times per mode, the modes alternating and their order
-    # counterbalanced, so drift in the machine's speed hits both alike; a sample's time is the
-    # median of its R repeats.
     repeats = int(cfg.timing.repeats)
     if repeats < 1:
         raise ValueError(f"timing.repeats must be >= 1, got {repeats}")
     sequential = check_sequential(cfg.timing, with_baseline, batch_size, len(prompts))  # timing.target_ci
-    load_before = record.load_average()
+    return Setup(pair, task, samples, prompts, fitted, prompt_fit, batch_size, proposer, policy, search, sampling,
+                 stopper, lms, with_baseline, repeats, sequential)
+
+
+def decode_one(cfg: DictConfig, s: Setup, i: int, prompt: torch.Tensor, budget: int, speculative: bool):
+    """Sample i decoded once, by the strategy (`speculative`) or autoregressively (beam search
+    under strategy=beam), its sampling driven by a generator seeded seed + i."""
+    gen = torch.Generator(device=s.pair.device).manual_seed(cfg.seed + i)
+    if not speculative:
+        if s.search is not None:
+            return s.search.generate(s.target, prompt, budget, s.stopper, s.sampling)
+        return generate(s.target, prompt, budget, s.sampling, s.stopper, generator=gen)
+    s.policy.start_sample(carry=bool(cfg.carry_length_state))  # reset unless state is carried
+    return generate(s.target, prompt, budget, s.sampling, s.stopper, s.proposer, s.policy, gen, records=cfg.records)
+
+
+def warm_up(cfg: DictConfig, s: Setup) -> None:
+    """decode_dataset's step 2: `warmup` untimed decodes of the first prompt (16 tokens at most)
+    per mode; the length policy is reset after them."""
+    for _ in range(cfg.warmup):
+        for spec in ([False, True] if s.with_baseline else [s.proposer is not None]):
+            decode_one(cfg, s, 0, s.prompts[0], min(16, s.task.max_new_tokens), spec)
+    if s.policy is not None:
+        s.policy.reset()
+
+
+def decode_one_at_a_time(cfg: DictConfig, s: Setup) -> record.Decoded:
+    """decode_dataset's step 3 at batch size 1: every sample R times per mode, the modes alternating
+    and their order counterbalanced, so drift in the machine's speed hits both alike; a sample's
+    time is the median of its R repeats. Under timing.target_ci it stops where Stein's rule says."""
     gens, bases, gen_reps, base_reps = [], [], [], []
-    batch_info = None
-    if batch_size > 1:  # >>> batched decoding (specexp/core/batch_decode.py): B samples at a time, per-sample Generations
-        gens, bases, gen_reps, base_reps, batch_info = batch.decode_samples(
-            pair.target, prompts, task.max_new_tokens, sampling, stopper, proposer, policy, batch_size=batch_size,
-            seed=cfg.seed, repeats=repeats, warmup=int(cfg.warmup), with_baseline=with_baseline,
-            records=bool(cfg.records), device=pair.device)
-        prompts_one_at_a_time = []  # <<< batched decoding
-    else:
-        prompts_one_at_a_time = prompts
-    for i, prompt in enumerate(tqdm(prompts_one_at_a_time, desc=f"decoding {task.name} (x{repeats})", unit="sample", leave=False)):
+    sequential, speculative = s.sequential, s.proposer is not None
+    for i, prompt in enumerate(tqdm(s.prompts, desc=f"decoding {s.task.name} (x{s.repeats})", unit="sample",
+                                    leave=False)):
         reps_s, reps_b, order = [], [], []
-        for r in range(repeats):
+        for r in range(s.repeats):
             # counterbalanced (ABBA...): the baseline first when sample + repeat is even, the strategy
             # first when odd, so a cost that falls on whichever decode runs first hits both modes alike
             first_base = (i + r) % 2 == 0
-            modes = ([False, True] if first_base else [True, False]) if with_baseline else [True]
+            modes = ([False, True] if first_base else [True, False]) if s.with_baseline else [True]
             for strategy_mode in modes:
                 if strategy_mode:
-                    reps_s.append(decode(i, prompt, task.max_new_tokens, proposer is not None))
+                    reps_s.append(decode_one(cfg, s, i, prompt, s.task.max_new_tokens, speculative))
                 else:
-                    reps_b.append(decode(i, prompt, task.max_new_tokens, False))
+                    reps_b.append(decode_one(cfg, s, i, prompt, s.task.max_new_tokens, False))
             order.append("".join("S" if m else "B" for m in modes))
         g, info = record.median_of_repeats(reps_s)
         info["order"] = order  # per repeat, which mode ran first: "BS" or "SB"
         gens.append(g)
         gen_reps.append(info)
-        if with_baseline:
+        if s.with_baseline:
             b, info = record.median_of_repeats(reps_b)
             bases.append(b)
             base_reps.append(info)
         if sequential is not None and i + 1 == sequential["n0"]:  # first stage done: Stein's N, at most the dataset
             sequential.update(stats.stein_samples(per_sample_log_speedups(gens, bases), sequential["target"]))
-            sequential["stopped"] = ("target reached" if sequential["N"] <= len(prompts)
+            sequential["stopped"] = ("target reached" if sequential["N"] <= len(s.prompts)
                                      else "dataset.limit reached")
         if sequential is not None and "N" in sequential and i + 1 >= sequential["N"]:
             break
-    if sequential is not None and len(gens) < len(samples):  # stopped early: only the decoded samples count
-        samples, prompts, fitted = samples[:len(gens)], prompts[:len(gens)], fitted[:len(gens)]
-    timing = record.timing_report(cfg.timing, gen_reps + base_reps, load_before, record.load_average())
-    for w in timing["warnings"]:
-        log.warning(w)
+    n = len(gens)  # fewer than the dataset's when timing.target_ci stopped early: only the decoded samples count
+    return decoded(s, n, gens, gen_reps, bases if s.with_baseline else None, base_reps if s.with_baseline else None)
 
-    def texts(gs):
-        return [task.postprocess(s, pair.tokenizer.decode(g.tokens, skip_special_tokens=True))
-                for s, g in zip(samples, gs)]
 
-    completions = texts(gens)
-    if isinstance(task, PromptTask) and task.show:  # one prompt: print the generation, drafts marked
-        watch.show_run(watch.Printer(sys.stdout), pair.tokenizer, samples[0].prompt, gens[0],
-                      bases[0] if with_baseline else None, cfg.strategy.get("name"), entropy=bool(cfg.records))
-    result = {
-        "model_pair": {"name": cfg.model_pair.name, **{k: describe(v) for k, v in pair.specs.items() if v},
-                       "sources": {k: v.source for k, v in pair.specs.items() if v}},
-        "dataset": {"name": task.name, "version": task.version, "n_samples": len(samples), "prompt_fit": prompt_fit},
-        "strategy": cfg.strategy.get("name"),
-        "sampling": OmegaConf.to_container(cfg.sampling),
-        "batch_size": batch_size,
-        **record.aggregate(gens),
-        "quality": task.score(samples, completions),
-    }
-    if with_baseline:
-        matches = [g.tokens == b.tokens for g, b in zip(gens, bases)]
-        result["baseline"] = record.aggregate(bases)
-        result["quality_baseline"] = task.score(samples, texts(bases))
-        result["speedup"] = record.speedup(gens, bases, seed=cfg.seed)
-        result["n_matches_baseline"] = sum(matches)
-        result["all_match_baseline"] = all(matches)
-    result["samples"] = [
-        record.sample_record(s, p.tolist(), g, c, bases[i] if with_baseline else None,
-                             gen_reps[i], base_reps[i] if with_baseline else None, fit=f)
-        for i, (s, p, g, c, f) in enumerate(zip(samples, prompts, gens, completions, fitted))
-    ]
-    result["timing"] = timing
-    if sequential is not None:  # timing.target_ci: how many samples Stein's rule asked for and why it stopped
-        result["sequential"] = sequential
-    if batch_info is not None:  # batch throughput and speedups at batch_size (specexp/core/batch_decode.py)
-        result["batch"] = batch_info
-    cats = categories.breakdown(samples, gens, bases if with_baseline else None, result["quality"], cfg.seed)
-    if cats is not None:  # the samples carry categories (dataset=jsonl with dataset.category)
-        result["categories"] = cats
-    if cfg.records:
-        result["draft_records"] = [{"sample": s.id, **r} for s, g in zip(samples, gens) for r in g.records]
-        result["analysis"] = token_records.aggregate(result["draft_records"], [g.drafted for g in gens],
-                                                entropy_type=getattr(policy, "entropy_type", "shannon"))
-    result.update(costs.report(gens, {"target": target, **(getattr(proposer, "cached_models", None) or {})},
-                               {r: describe(s) for r, s in pair.specs.items() if s}, costs.classic_gamma(proposer, policy),
-                               base=bases if with_baseline else None))
-    measured = policy.measured() if policy is not None else {}
-    if measured:  # what this machine measured that steers decisions (cost_aware's costs): `specexp reproduce` replays it
-        result["measured"] = measured
-    result["headline"] = sweep.headline(result)  # what the summary, the log line and the objective report
-    result["environment"] = record.environment(pair.device)
-    result["provenance"] = provenance.collect(pair.specs)  # git commit, model revisions / file hashes
-    return result
+def decode_batched(cfg: DictConfig, s: Setup) -> record.Decoded:
+    """decode_dataset's step 3 at batch_size > 1 (specexp/core/batch_decode.py): the dataset
+    decoded B samples at a time, `timing.repeats` times per mode; per sample, the median-time repeat."""
+    main, base, info = batch.decode_samples(
+        s.pair.target, s.prompts, s.task.max_new_tokens, s.sampling, s.stopper, s.proposer, s.policy,
+        batch_size=s.batch_size, seed=cfg.seed, repeats=s.repeats, warmup=int(cfg.warmup),
+        with_baseline=s.with_baseline, records=bool(cfg.records), device=s.pair.device)
+    gens, gen_reps = record.medians_per_sample(main)
+    bases, base_reps = record.medians_per_sample(base) if s.with_baseline else (None, None)
+    d = decoded(s, len(s.prompts), gens, gen_reps, bases, base_reps)
+    d.batch = info
+    return d
+
+
+def decoded(s: Setup, n: int, gens: list, gen_reps: list, bases: list | None, base_reps: list | None) -> record.Decoded:
+    """The first n samples' decode, for the record (texts and timing filled in by decode_dataset)."""
+    return record.Decoded(samples=s.samples[:n], prompts=s.prompts[:n], fitted=s.fitted[:n], prompt_fit=s.prompt_fit,
+                          gens=gens, gen_reps=gen_reps, completions=[], timing={}, bases=bases, base_reps=base_reps,
+                          sequential=s.sequential)
+
+
+def texts(s: Setup, samples: list, gens: list) -> list[str]:
+    """The generations' texts as the task scores them (its postprocessing)."""
+    return [s.task.postprocess(x, s.pair.tokenizer.decode(g.tokens, skip_special_tokens=True))
+            for x, g in zip(samples, gens)]
 
 
 def run(cfg: DictConfig) -> dict:

@@ -32,8 +32,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from specexp import stats
-from specexp.experiment import gpu_pin
 from specexp.dotted_keys import value_at
+from specexp.experiment import gpu_pin
 
 log = logging.getLogger("specexp.experiment.sweep_callbacks")
 

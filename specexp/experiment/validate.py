@@ -17,6 +17,9 @@
   6. tokenizers  a drafter with another tokenizer than the target's drafts through text
                (proposers/cross_tokenizer.py): only a model drafter (DraftModel, LookupFirst)
                under greedy decoding can; the rest is refused here, from the tokenizers alone
+  7. trees     a proposer that drafts token trees (`drafts_trees`: strategy=tree) needs batch_size 1
+               and decoder-only models: an encoder-decoder pair (T5) is refused here, from the
+               models' config.json alone
 
 Errors are collected and raised together as one ConfigError.
 """
@@ -53,7 +56,7 @@ def check(cfg: DictConfig) -> None:
     if not errors:  # the constructors' range checks assume the types are right
         errors = build_light(cfg)
     if not errors:
-        errors = choices(cfg) + tokenizers(cfg)
+        errors = choices(cfg) + tokenizers(cfg) + trees(cfg)
     if errors:
         raise ConfigError("invalid config (nothing was run):\n  " + "\n  ".join(errors))
 
@@ -395,6 +398,65 @@ def tokenizers(cfg: DictConfig) -> list[str]:
                 errors.append(f"batch_size: batched decoding runs a drafter with the target's tokenizer only, and "
                               f"{who}: use batch_size=1")
     return errors
+
+
+# --------------------------------------------------------------------------------------------
+# 7. Trees: what a token-tree proposer cannot run on
+# --------------------------------------------------------------------------------------------
+
+def trees(cfg: DictConfig) -> list[str]:
+    """A proposer drafting token trees (its class sets `drafts_trees`) is verified in one forward
+    with a tree attention mask over a decoder-only model's KV cache, one sample at a time: refuse
+    batch_size > 1, and a target or drafting model that is encoder-decoder (read from its local
+    config.json; a model not on this machine yet is checked when it loads, still before decoding)."""
+    errors: list[str] = []
+    name = cfg.strategy.get("name")
+    for path, node in target_nodes(cfg.strategy.get("proposer"), "strategy.proposer"):
+        try:
+            cls = get_object(str(node._get_node("_target_")._value()))
+        except Exception:
+            continue  # reported by build_light
+        if not getattr(cls, "drafts_trees", False):
+            continue
+        if int(cfg.get("batch_size", 1)) > 1:
+            errors.append(f"batch_size: strategy={name} drafts token trees ({cls.__name__}), and batched decoding "
+                          "verifies chains only: use batch_size=1")
+        model = node.get("model")
+        roles = ["target"] + ([model] if isinstance(model, str) and model != "target" else [])
+        for role in roles:
+            if _encoder_decoder(cfg.model_pair, role):
+                errors.append(f"model_pair.{role}: strategy={name} drafts token trees ({cls.__name__}), which need "
+                              f"decoder-only models, but the {role} {cfg.model_pair[role].name!r} is an encoder-decoder "
+                              "model: use a chain strategy (e.g. strategy=speculative) with this pair")
+    return errors
+
+
+def _encoder_decoder(pair: DictConfig, role: str) -> bool:
+    """Whether `role`'s model is encoder-decoder: by its config.json on this machine (a local folder
+    or the Hugging Face cache), else by the name of a hub model not downloaded yet (the T5, BART and
+    Pegasus families); a GGUF file is decoder-only."""
+    from transformers import AutoConfig
+
+    from specexp.models.loading import ModelSpec, resolve_source
+
+    node = pair.get(role)
+    if not isinstance(node, DictConfig) or OmegaConf.is_missing(node, "name") or node.get("name") in (None, "???"):
+        return False
+    fields = {f.name for f in dataclasses.fields(ModelSpec)}
+    try:
+        spec = resolve_source(ModelSpec(**{k: v for k, v in OmegaConf.to_container(node, resolve=True).items()
+                                           if k in fields}))
+        if spec.gguf_file:
+            return False
+    except Exception:
+        return False
+    try:
+        config = AutoConfig.from_pretrained(spec.name, revision=spec.revision, local_files_only=True,
+                                            trust_remote_code=bool(pair.get("trust_remote_code", False)))
+    except Exception:  # not on this machine yet: its name tells the families that are encoder-decoder
+        return spec.source == "hub" and re.search(r"(?<![a-z0-9])(m?t5|ul2|bart|pegasus)(?![a-z0-9])",
+                                                  spec.name.lower()) is not None
+    return bool(getattr(config, "is_encoder_decoder", False))
 
 
 def _is(target: str, cls: type) -> bool:

@@ -21,9 +21,19 @@ May import: models, stats. Never a proposer or a builder.
 """
 from specexp.length.base import Decision, DraftStep, Fixed, LengthPolicy
 from specexp.length.baselines import Oracle, RandomGamma
-from specexp.length.entropy_rules import (SVIP, AdaEDL, EntropyAbsolute, EntropyAdaptive, EntropyCombined,
-                                          EntropyCumulative, EntropyMovingAverage, EntropyPolicy, EntropyRelative,
-                                          EntropyStatic, EntropyWindow)
+from specexp.length.entropy_rules import (
+                                          SVIP,
+                                          AdaEDL,
+                                          EntropyAbsolute,
+                                          EntropyAdaptive,
+                                          EntropyCombined,
+                                          EntropyCumulative,
+                                          EntropyMovingAverage,
+                                          EntropyPolicy,
+                                          EntropyRelative,
+                                          EntropyStatic,
+                                          EntropyWindow,
+)
 from specexp.length.schedules import Confidence, Heuristic, HeuristicTransient
 
 __all__ = ["Decision", "DraftStep", "LengthPolicy", "Fixed", "RandomGamma", "Oracle", "Heuristic",

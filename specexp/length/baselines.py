@@ -6,8 +6,8 @@ import random
 
 import torch
 
-from specexp.models import token_entropy
 from specexp.length.base import Decision, DraftStep, LengthPolicy
+from specexp.models import token_entropy
 
 
 class RandomGamma(LengthPolicy):

@@ -55,8 +55,8 @@ import time
 
 import torch
 
-from specexp.models import token_entropy
 from specexp.length import Decision, DraftStep, LengthPolicy
+from specexp.models import token_entropy
 
 
 @torch.inference_mode()

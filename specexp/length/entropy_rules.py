@@ -7,8 +7,8 @@ import math
 
 import torch
 
-from specexp.models import token_entropy as entropy
 from specexp.length.base import Decision, DraftStep, LengthPolicy
+from specexp.models import token_entropy as entropy
 
 
 class EntropyPolicy(LengthPolicy):

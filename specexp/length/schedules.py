@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from specexp.models import token_entropy
 from specexp.length.base import Decision, DraftStep, LengthPolicy
+from specexp.models import token_entropy
 
 
 class Heuristic(LengthPolicy):

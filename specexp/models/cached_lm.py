@@ -120,11 +120,18 @@ class CachedLM:
         return prompt
 
     @torch.inference_mode()
-    def forward(self, ids: torch.Tensor, keep: int | None = None) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, keep: int | None = None, tree: torch.Tensor | None = None,
+                tree_cached: int = 0) -> torch.Tensor:
         """Feed ids [n] after the cached prefix; return float32 logits [keep or n, V] for the next
-        token after each of the last `keep` fed positions."""
+        token after each of the last `keep` fed positions. With `tree` (parent indices of a token
+        tree, specexp/core/tree.py, whose first `tree_cached` nodes are the last cached positions
+        and whose other nodes are the last ids fed), each node sees what precedes the tree and its
+        own ancestors only, at position (the tree's first position + its depth)."""
         prefill = self.length == 0
-        logits = self._timed((0, 1) if prefill else (0,), self._step, ids, keep)
+        if tree is None:
+            logits = self._timed((0, 1) if prefill else (0,), self._step, ids, keep)
+        else:
+            logits = self._timed((0, 1) if prefill else (0,), self._tree_step, ids, keep, tree, tree_cached)
         self.length += ids.shape[0]
         self.forwards += 1
         self.prefills += prefill
@@ -150,11 +157,79 @@ class CachedLM:
         self.cache = cache_of(out)
         return out.logits[0].float().to(ids.device)  # a no-op but for a device map (accelerate returns it there too)
 
+    def _tree_step(self, ids: torch.Tensor, keep: int | None, parents: torch.Tensor, cached: int) -> torch.Tensor:
+        """`_step` over ids whose last m = len(parents) form a tree: an additive 4D mask (0 where a
+        query sees a key, the dtype's minimum elsewhere) and depth-based position ids. Transformers
+        (4.56+, masking_utils) passes a 4D mask through as it is, and both the eager path (which adds
+        it to the scores) and sdpa (which takes a float mask as additive) read it the same way; a
+        boolean mask would be added as 0/1 on the eager path, hence float in the model's dtype."""
+        if type(self)._step is not CachedLM._step or self.keep_hidden:
+            raise ValueError(f"token trees need a plain decoder-only model ({type(self).__name__}"
+                             f"{' keeping hidden states' if self.keep_hidden else ''} cannot verify a tree): "
+                             "use a chain proposer for this pair")
+        dtype = next(self.model.parameters()).dtype
+        n_context = ids.shape[0] - (parents.shape[0] - cached)
+        mask, positions = tree_attention(parents.tolist(), self.length, n_context, dtype, ids.device, cached)
+        out = self.model(input_ids=ids[None], attention_mask=mask, position_ids=positions,
+                         **cache_arg(self.model, self.cache), use_cache=True, logits_to_keep=keep or 0)
+        self.cache = cache_of(out)
+        return out.logits[0].float().to(ids.device)
+
     def crop(self, length: int) -> None:
         """Keep only the first `length` cached positions (drop rejected drafts)."""
         if length < self.length:
             self.cache.crop(length - self.length)  # negative = tokens to drop (old and new transformers)
             self.length = length
+
+    @torch.inference_mode()
+    def keep_path(self, start: int, kept: list[int]) -> None:
+        """Keep the first `start` cached positions and then the positions `kept` (increasing, each
+        >= start: a tree's accepted path), gathered into place right after the prefix; drop the
+        rest. A contiguous `kept` (a chain's accepted drafts) is a plain `crop`."""
+        m = len(kept)
+        if kept != list(range(start, start + m)):
+            idx = torch.tensor(kept, device=self.cache_tensors()[0][0].device)
+            for keys, values in self.cache_tensors():  # [B, heads, L, D]; the right side is a copy
+                keys[..., start:start + m, :] = keys[..., idx, :]
+                values[..., start:start + m, :] = values[..., idx, :]
+        self.crop(start + m)
+
+    def cache_tensors(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(keys, values) per layer of a plain DynamicCache (a gather needs every position kept:
+        a sliding-window layer that forgets positions cannot keep a tree's path)."""
+        layers = getattr(self.cache, "layers", None)
+        if layers is None or any(hasattr(layer, "sliding_window") or not hasattr(layer, "keys") for layer in layers):
+            raise ValueError(f"token trees need a DynamicCache of full-attention layers, got {type(self.cache).__name__}"
+                             ": use a chain proposer for this model")
+        return [(layer.keys, layer.values) for layer in layers]
+
+
+def tree_attention(parents: list[int], n_cached: int, n_context: int, dtype: torch.dtype,
+                   device, tree_cached: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The additive attention mask [1, 1, q, n_cached + q] and position ids [1, q] of a forward
+    feeding q = `n_context` sequence tokens, then the nodes of a tree (parents[i] < i; -1: a
+    child of the token before the tree) after `n_cached` cached positions, the last `tree_cached`
+    of which are the tree's first nodes (fed by an earlier forward; then n_context is 0).
+      a context token sees the cache and the context up to itself (causal);
+      a node sees everything before the tree, its ancestors and itself;
+      a node's position is the tree's first position plus its depth (siblings share a position)."""
+    if tree_cached and n_context:
+        raise ValueError("a forward that extends a cached tree feeds tree nodes only")
+    n, q = len(parents), n_context + len(parents) - tree_cached
+    start = n_cached + n_context - tree_cached  # the tree's first position
+    anc = torch.zeros(n, n, dtype=torch.bool)  # anc[i, j]: node j is node i or one of its ancestors
+    depth = [0] * n
+    for i, parent in enumerate(parents):  # topological order: a node's ancestors are set before it
+        if parent >= 0:
+            anc[i], depth[i] = anc[parent], depth[parent] + 1
+        anc[i, i] = True
+    see = torch.zeros(q, n_cached + q, dtype=torch.bool)
+    see[:, :start] = True
+    see[:n_context, n_cached:start] = torch.ones(n_context, n_context, dtype=torch.bool).tril()
+    see[n_context:, start:] = anc[tree_cached:]
+    mask = torch.zeros(see.shape, dtype=dtype).masked_fill(~see, torch.finfo(dtype).min)
+    positions = list(range(n_cached, start)) + [start + d for d in depth[tree_cached:]]
+    return mask[None, None].to(device), torch.tensor([positions], device=device)
 
 
 class SubsetHeadLM(CachedLM):

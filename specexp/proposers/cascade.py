@@ -71,10 +71,10 @@ import torch
 
 from specexp.length import LengthPolicy
 from specexp.models.cached_lm import CachedLM, cached_lm
+from specexp.models.sampling import Sampling, sample
 from specexp.proposers.base import Draft, Proposer
 from specexp.proposers.bigram import Bigram, check_policy
 from specexp.proposers.lookup import longest_suffix_match
-from specexp.models.sampling import Sampling, sample
 
 COMPAT = ("specexp", "original")
 ORIGINAL_BOTTOM_TOKENS = 10  # csd.py `_MAG_GENERATION`: tokens per call of the original's bottom

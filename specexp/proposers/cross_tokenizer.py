@@ -43,8 +43,8 @@ import torch
 
 from specexp.length import Decision, DraftStep, LengthPolicy
 from specexp.models.cached_lm import CachedLM, cached_lm
-from specexp.proposers.base import Draft, OneModelProposer
 from specexp.models.sampling import Sampling
+from specexp.proposers.base import Draft, OneModelProposer
 
 SAMPLING_REFUSED = (
     "the {role} has another tokenizer than the target, so it drafts through text, and sampling needs the "

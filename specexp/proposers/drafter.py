@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import torch
 
-from specexp.models import token_entropy as entropy
 from specexp.length import Decision, DraftStep, LengthPolicy
+from specexp.models import token_entropy as entropy
 from specexp.models.cached_lm import CachedLM, SubsetHeadLM, cached_lm
+from specexp.models.sampling import Sampling
 from specexp.proposers.base import Draft, OneModelProposer, Proposer
 from specexp.proposers.cross_tokenizer import CrossTokenizerDrafter
-from specexp.models.sampling import Sampling
 
 
 class DraftModel(OneModelProposer):
@@ -48,31 +48,51 @@ class DraftModel(OneModelProposer):
         feed = tokens[self.lm.length:]  # what the cache has not seen: the prompt, or the last 1-2 tokens
         if self.embed_limit is not None and int(feed.max()) >= self.embed_limit:
             max_len = 0  # an id the drafter cannot embed (see _check_vocab): no draft, the target decodes alone
-        out, probs, recs = [], [], []
-        for j in range(max_len):
-            logits = self.lm.forward(feed, keep=1)[-1]
-            q = sampling.probs(logits)
-            tok = sampling.pick(q, generator)
-            step = DraftStep(j, logits, q, tok, tokens, out, sampling.greedy)
-            decision = policy.decide(step) if policy.needs_steps else Decision.CONTINUE
-            if decision is Decision.STOP_BEFORE:
-                break
-            out.append(tok)
-            probs.append(q)
-            if self.records:
-                recs.append(_record(step, policy))
-            if decision is Decision.STOP_AFTER or (self.eos and int(tok) in self.eos):
-                break
-            feed = tok.view(1)
-        if not out:
-            return Draft(tokens.new_empty(0), None)
-        # The cache now holds tokens + drafts[:-1]; the last draft was never fed.
-        return Draft(torch.stack(out), None if sampling.greedy else torch.stack(probs), recs)
+        fed = [feed]  # what the next forward reads: the unseen context, then each draft
+
+        def next_logits(j: int) -> torch.Tensor:
+            return self.lm.forward(fed[-1], keep=1)[-1]
+
+        def drafted(tok: torch.Tensor) -> None:
+            fed.append(tok.view(1))
+
+        # The cache then holds tokens + drafts[:-1]; the last draft was never fed.
+        return draft_chain(next_logits, max_len, tokens, policy, sampling, generator, self.eos, self.records,
+                           after_token=drafted)
 
     def observe(self, n_accepted: int) -> None:
         # keep the context and the accepted drafts; a fully accepted draft leaves the cache one
         # behind (the last draft is fed next round together with the target's token)
         self.lm.crop(min(self.lm.length, self._start + n_accepted))
+
+
+def draft_chain(next_logits, max_len: int, tokens: torch.Tensor, policy: LengthPolicy, sampling: Sampling,
+                generator, eos=frozenset(), records: bool = False, after_token=None) -> Draft:
+    """The drafting loop every token-by-token drafter shares (a drafter model, Medusa's heads):
+    for j = 0, 1, ...: 1. the j-th draft's logits (`next_logits(j)`); 2. its distribution q and a
+    token drawn from it (argmax when greedy); 3. the length policy decides to stop before it, keep
+    it, or keep it and stop; 4. stop after an EOS (kept as the last draft). `after_token(tok)` runs
+    after each kept token that may be followed by another (a drafter feeds it to its cache)."""
+    out, probs, recs = [], [], []
+    for j in range(max_len):
+        logits = next_logits(j)
+        q = sampling.probs(logits)
+        tok = sampling.pick(q, generator)
+        step = DraftStep(j, logits, q, tok, tokens, out, sampling.greedy)
+        decision = policy.decide(step) if policy.needs_steps else Decision.CONTINUE
+        if decision is Decision.STOP_BEFORE:
+            break
+        out.append(tok)
+        probs.append(q)
+        if records:
+            recs.append(_record(step, policy))
+        if decision is Decision.STOP_AFTER or (eos and int(tok) in eos):
+            break
+        if after_token is not None:
+            after_token(tok)
+    if not out:
+        return Draft(tokens.new_empty(0), None)
+    return Draft(torch.stack(out).to(tokens.device), None if sampling.greedy else torch.stack(probs), recs)
 
 
 def draft_vocab(model, n: int) -> torch.Tensor:

@@ -25,11 +25,11 @@ import torch
 
 from specexp.length import LengthPolicy
 from specexp.models.cached_lm import CachedLM
+from specexp.models.sampling import Sampling
 from specexp.proposers.base import Draft, Proposer
-from specexp.proposers.retrieval import Datastore
 from specexp.proposers.drafter import DraftModel
 from specexp.proposers.lookup import PromptLookup
-from specexp.models.sampling import Sampling
+from specexp.proposers.retrieval import Datastore
 
 
 class LookupFirst(Proposer):

@@ -28,10 +28,10 @@ import math
 import torch
 
 from specexp.length import LengthPolicy
+from specexp.models.sampling import Sampling
 from specexp.proposers.base import Draft, Proposer
 from specexp.proposers.bigram import Bigram, check_policy
 from specexp.proposers.retrieval import Datastore
-from specexp.models.sampling import Sampling
 
 
 def longest_suffix_match(text: torch.Tensor, max_ngram: int | None = None, min_ngram: int = 1,

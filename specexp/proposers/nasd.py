@@ -33,9 +33,9 @@ from __future__ import annotations
 import torch
 
 from specexp.length import LengthPolicy
+from specexp.models.sampling import Sampling
 from specexp.proposers.base import Draft, Proposer
 from specexp.proposers.bigram import check_policy
-from specexp.models.sampling import Sampling
 
 
 class NGramStore:

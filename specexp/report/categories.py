@@ -1,6 +1,7 @@
-"""Per-category breakdown of a run's aggregates (Spec-Bench reports speed per category):
+"""Per-category breakdown of a run's aggregates (Spec-Bench reports speed per category), as
+specexp-report reads it. The run writes it (specexp.experiment.metrics_json.categories):
 metrics.json["categories"][<category>] holds, over that category's samples only,
-  n_samples, tokens_per_second, acceptance_rate, mean_accepted_length (tokens per target forward),
+  n_samples, new_tokens, tokens_per_second, acceptance_rate, mean_accepted_length (tokens per target forward),
   baseline_tokens_per_second and speedup (the same estimators as the run's, with the throughput
   ratio's t interval on the log scale, paired bootstrap standard error: metrics_json.speedup /
   specexp.stats), when the run has a baseline,
@@ -8,47 +9,13 @@ metrics.json["categories"][<category>] holds, over that category's samples only,
 Categories appear in order of first appearance; samples without a category are left out. A run
 whose samples have no category gets no breakdown (None).
 
-specexp-report reads it back: `columns` adds category.<name>.<key> columns to a run's row, and
+Here: `columns` adds category.<name>.<key> columns to a run's row, and
 `specbench_sections` lays them out as Spec-Bench does (`--table specbench`): one column per
 category (the throughput ratio with its CI), the overall one, and the mean accepted tokens."""
 from __future__ import annotations
 
 import math
 
-KEYS = ("n_samples", "new_tokens", "tokens_per_second", "acceptance_rate", "mean_accepted_length")
-
-
-def breakdown(samples: list, gens: list, bases: list | None = None,
-              quality: dict | None = None, seed: int = 0) -> dict | None:
-    """{category: aggregates} over `samples` (which may carry `.category`), or None."""
-    from specexp.experiment import metrics_json  # (torch: only the run needs it, not the report)
-
-    groups: dict[str, list[int]] = {}
-    for i, s in enumerate(samples):
-        if getattr(s, "category", None) is not None:
-            groups.setdefault(s.category, []).append(i)
-    if not groups:
-        return None
-    scores = {r["id"]: r for r in (quality or {}).get("per_sample") or [] if isinstance(r, dict) and "id" in r}
-    out = {}
-    for cat, idx in groups.items():
-        agg = metrics_json.aggregate([gens[i] for i in idx])
-        entry = {k: agg[k] for k in KEYS}
-        if bases:
-            entry["baseline_tokens_per_second"] = metrics_json.aggregate([bases[i] for i in idx])["tokens_per_second"]
-            entry["speedup"] = metrics_json.speedup([gens[i] for i in idx], [bases[i] for i in idx], seed=seed)
-        rows = [scores[samples[i].id] for i in idx if samples[i].id in scores]
-        numeric = [k for k, v in (rows[0].items() if rows else ()) if isinstance(v, (int, float))]  # bools: a rate
-        if numeric:
-            entry["quality"] = {k: sum(float(r[k]) for r in rows) / len(rows) for k in numeric}
-            entry["quality"]["n_scored"] = len(rows)
-        out[cat] = entry
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# specexp-report
-# --------------------------------------------------------------------------------------------
 
 def columns(m: dict) -> dict:
     """A run's breakdown as table columns: category.<name>.speedup (throughput ratio),

@@ -20,13 +20,11 @@ import sys
 from pathlib import Path
 
 from specexp.report import paired as compare
-from specexp.report import plots
-from specexp.report import study
+from specexp.report import plots, study
 from specexp.report.collect_runs import collect, load_runs, write_table
-from specexp.report.rendering import render_latex, render_markdown
 from specexp.report.per_sample import collect_samples
+from specexp.report.rendering import render_latex, render_markdown
 from specexp.report.tables import TABLES, render
-
 
 # --------------------------------------------------------------------------------------------
 # CLI

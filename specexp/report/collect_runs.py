@@ -31,8 +31,8 @@ from typing import Any, Iterable
 import pandas as pd
 
 from specexp import stats
-from specexp.report import categories
 from specexp.dotted_keys import value_at
+from specexp.report import categories
 from specexp.report.paper_estimators import repro_estimators
 
 # Strategy parameters that are plumbing, not hyperparameters (never in a method label).
@@ -149,18 +149,18 @@ def _ms(tps):
 def _config_pair_name(cfg: dict) -> Any:
     """The pair's name from a run's recorded config, which is stored unresolved: a failed run of a
     pair that names itself after its models (model_pair=hf: `${specexp_pair_name:}`) is labelled
-    by that name, not by the interpolation."""
+    by that name (specexp/report/pair_names.py, the rule the run uses), not by the interpolation.
+    An interpolation this reader cannot resolve keeps its recorded text."""
     name = value_at(cfg, "model_pair.name")
-    if isinstance(name, str) and "${" in name:
-        from omegaconf import OmegaConf
+    if not (isinstance(name, str) and "${" in name):
+        return name
+    from omegaconf import OmegaConf
 
-        from specexp.experiment import config  # noqa: F401  registers the resolver
-
-        try:
-            name = OmegaConf.select(OmegaConf.create(cfg), "model_pair.name")
-        except Exception:  # an interpolation this reader cannot resolve: keep the recorded text
-            pass
-    return name
+    from specexp.report import pair_names  # noqa: F401  (registers ${specexp_pair_name:})
+    try:
+        return OmegaConf.select(OmegaConf.create(cfg), "model_pair.name")
+    except Exception:  # an interpolation this reader cannot resolve: keep the recorded text
+        return name
 
 
 def flatten(path: Path, m: dict) -> tuple[dict, dict]:

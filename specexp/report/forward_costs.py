@@ -9,7 +9,8 @@ forward of each model), is the autoregressive cost over the strategy's cost:
 (autoregressive decoding spends one target forward per token; model-free drafters cost 0).
 Four cost models:
 
-  params         c_m = the model's real parameter count (`sum(p.numel())`, embeddings included)
+  params         c_m = the model's real parameter count (`sum(p.numel())`, embeddings included;
+                 counted by the run: specexp.models.loading.n_params)
   csd_paper      the CS-Drafting paper's "SWI (model size)" table (the original code's
                  TIME_COST['model_parameters'], lfsszd/CS-Drafting@05b22e1 model.py): FLAN-T5 xxl
                  11300, xl 3000, large 770, base 220, small 60; llama-68m 68, llama-160m 160,
@@ -51,10 +52,6 @@ _T5_SIZES = ("xxl", "xl", "large", "base", "small")
 _T5_D_MODEL = {512: "small", 768: "base", 1024: "large", 2048: "xl", 4096: "xxl"}  # the released T5 / FLAN-T5 widths
 
 
-def n_params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def t5_size(model, name: str | None = None) -> str | None:
     """"small" / "base" / "large" / "xl" / "xxl" for a T5 model: from its name (e.g.
     google/flan-t5-xxl), else from its width; None for other models."""
@@ -68,8 +65,9 @@ def t5_size(model, name: str | None = None) -> str | None:
     return _T5_D_MODEL.get(getattr(cfg, "d_model", None))
 
 
-def param_costs(models: dict) -> dict[str, float]:
-    return {role: float(n_params(m)) for role, m in models.items()}
+def param_costs(params: dict[str, int] | None) -> dict[str, float] | None:
+    """The params cost model from each role's parameter count (None: not known)."""
+    return None if params is None else {role: float(n) for role, n in params.items()}
 
 
 def previous_work_costs(models: dict, names: dict[str, str] | None = None) -> dict[str, float] | None:
@@ -181,27 +179,19 @@ def leviathan_speedup(alpha: float, gamma: int, c: float) -> float:
     return tokens / (gamma * c + 1)
 
 
-def classic_gamma(proposer, policy) -> int | None:
-    """gamma when the strategy is the classic algorithm (a DraftModel with the Fixed policy)."""
-    from specexp.length import Fixed
-    from specexp.proposers.drafter import DraftModel
-
-    if type(proposer) is DraftModel and type(policy) is Fixed:
-        return int(policy.gamma)
-    return None
-
-
 def report(gens, models: dict, names: dict[str, str] | None = None, gamma: int | None = None,
-           base=None) -> dict:
+           base=None, params: dict[str, int] | None = None) -> dict:
     """`cost_model_speedup` ({params, csd_paper, previous_work, measured, leviathan_predicted}) and the
     `cost_model` details behind it. `models`: role -> model (or CachedLM) for every model that ran
-    forwards, the target as "target"; `gamma`: set for the classic algorithm; `base`: the
-    autoregressive baseline's generations of the same samples, if any (the target's step cost)."""
+    forwards, the target as "target" (read for their configs: T5 sizes, LLaMA names); `gamma`: set
+    for the classic algorithm (specexp.experiment.metrics_json.classic_gamma); `base`: the
+    autoregressive baseline's generations of the same samples, if any (the target's step cost);
+    `params`: role -> parameter count (specexp.models.loading.n_params; None: no params model)."""
     models = {r: getattr(m, "model", m) for r, m in models.items()}
     n, fw, sec, pre, pre_sec = totals(gens)
     for r in models:
         fw.setdefault(r, 0)
-    costs = {"params": param_costs(models), "csd_paper": csd_paper_costs(models, names),
+    costs = {"params": param_costs(params), "csd_paper": csd_paper_costs(models, names),
              "previous_work": previous_work_costs(models, names),
              "measured": measured_costs(fw, sec, pre, pre_sec)}
     t_ar = costs["measured"].get("target")  # the target's autoregressive step

@@ -31,6 +31,7 @@ import pandas as pd
 from specexp import stats
 from specexp.report.collect_runs import _missing
 from specexp.report.per_sample import QUALITY_SAMPLE_KEYS, selection_score
+from specexp.report.tables import float_or_none, group_runs
 
 GROUP_KEYS = ("model_pair", "dataset", "dataset_version", "max_new_tokens", "seed", "sampling", "batch_size")
 OWN_BASELINE = "own autoregressive baseline"
@@ -122,7 +123,8 @@ def _rows(samples: pd.DataFrame, run_dir: str) -> pd.DataFrame:
     return samples[samples["run_dir"] == run_dir].set_index("sample").sort_index()
 
 
-def _quality_key(a: pd.DataFrame, b: pd.DataFrame, prefix_a: str, prefix_b: str) -> str | None:
+def _sample_quality_key(a: pd.DataFrame, b: pd.DataFrame, prefix_a: str, prefix_b: str) -> str | None:
+    """The first per-sample quality score (QUALITY_SAMPLE_KEYS) that every sample has on both sides."""
     for k in QUALITY_SAMPLE_KEYS:
         if f"{prefix_a}{k}" in a and f"{prefix_b}{k}" in b and a[f"{prefix_a}{k}"].notna().all() \
                 and b[f"{prefix_b}{k}"].notna().all():
@@ -171,11 +173,11 @@ def _pair(run: pd.DataFrame, ref: pd.DataFrame | None, seed: int, name: str) -> 
                     "acceptance_n": c["n_samples"], "acceptance_diff": c["difference"],
                     "acceptance_ci_low": c["ci_low"], "acceptance_ci_high": c["ci_high"], "acceptance_p": c["p"]})
     if ref is None:
-        k = _quality_key(run, run, "quality_baseline.", "quality.")
+        k = _sample_quality_key(run, run, "quality_baseline.", "quality.")
         if k:
             out.update(_compare_quality(run[f"quality_baseline.{k}"], run[f"quality.{k}"], k, seed))
     else:
-        k = _quality_key(ref, run, "quality.", "quality.")
+        k = _sample_quality_key(ref, run, "quality.", "quality.")
         if k:
             out.update(_compare_quality(ref[f"quality.{k}"], run[f"quality.{k}"], k, seed))
     return out
@@ -189,9 +191,9 @@ def _has_baseline(rows: pd.DataFrame) -> bool:
 # The stats table
 # ------------------------------------------------------------------------------------------
 
-def _groups(ok: pd.DataFrame):
-    keyed = ok.assign(**{c: ok[c].astype(object).where(ok[c].notna(), "–") for c in GROUP_KEYS if c in ok})
-    return keyed.groupby([c for c in GROUP_KEYS if c in ok], sort=True, dropna=False)
+def _groups(ok: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
+    """Comparable runs: groups by the GROUP_KEYS the table has."""
+    return group_runs(ok, [c for c in GROUP_KEYS if c in ok])
 
 
 def compare_runs(df: pd.DataFrame, samples: pd.DataFrame, reference: dict[str, str] | None = None,
@@ -274,16 +276,12 @@ def _verdicts(out: pd.DataFrame, lo: str, hi: str, p: str, n: str, test, null: f
             res.append(None)
             continue
         cannot = stats.undecidable(test(r), int(r[n]), int(sizes[i]))
-        res.append(stats.verdict(_num(r[lo]), _num(r[hi]), _num(r[p]), null, up, down, cannot))
+        res.append(stats.verdict(float_or_none(r[lo]), float_or_none(r[hi]), float_or_none(r[p]), null, up, down, cannot))
     return res
 
 
-def _num(v):
-    return None if _missing(v) else float(v)
-
-
 def _nones(col) -> list:
-    return [None if _missing(v) else float(v) for v in col]
+    return [float_or_none(v) for v in col]
 
 
 def _ids(rows: pd.DataFrame) -> str:

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from specexp.report.collect_runs import _missing
 from specexp.dotted_keys import value_at
-
+from specexp.report.collect_runs import _missing
 
 QUALITY_SAMPLE_KEYS = ("passed", "correct", "rouge1", "rouge2", "rougeL")  # per-sample scores the tasks write
 
@@ -67,14 +66,20 @@ def _val(info, k):
     return None if _missing(v) else v
 
 
+def ms_per_token(tokens: pd.Series, seconds: pd.Series) -> float | None:
+    """Milliseconds per generated token over the samples: total seconds / total tokens (a ratio of
+    totals, not a mean of per-sample ratios); None with no tokens."""
+    n = tokens.sum()
+    return 1000.0 * seconds.sum() / n if n else None
+
+
 def selection_score(rows: pd.DataFrame) -> float:
     """How a best run is chosen among several (the fastest fixed gamma, a column's best
     hyperparameters); lower is better. Minus the run's speedup over its own interleaved baseline
     (throughput ratio) when every row has one: raw ms/token of runs that ran one after the other
     rewards the run that met a quiet machine. Else its ms/token."""
-    cols = ("new_tokens", "wall_time_s", "baseline_new_tokens", "baseline_wall_time_s")
     if len(rows) and rows["baseline_wall_time_s"].notna().all() and rows["baseline_new_tokens"].notna().all():
         return -float((rows["new_tokens"].sum() / rows["wall_time_s"].sum())
                       / (rows["baseline_new_tokens"].sum() / rows["baseline_wall_time_s"].sum()))
-    n = rows["new_tokens"].sum()
-    return 1000.0 * rows["wall_time_s"].sum() / n if n else float("inf")
+    ms = ms_per_token(rows["new_tokens"], rows["wall_time_s"])
+    return float("inf") if ms is None else ms

@@ -28,8 +28,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from statsmodels.stats.proportion import proportion_confint  # noqa: E402
 
-from specexp.report.collect_runs import _NOT_PARAMS, _THRESHOLD_KEYS  # noqa: E402
 from specexp.dotted_keys import value_at  # noqa: E402
+from specexp.report.collect_runs import _NOT_PARAMS, _THRESHOLD_KEYS  # noqa: E402
 
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 8,
                      "figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3})
@@ -125,11 +125,7 @@ def plot_threshold(df: pd.DataFrame, out: Path) -> Path | None:
         axes[0][j].legend(loc="best")
     fig.suptitle("Speedup and acceptance against the swept threshold"
                  + (f" (first {len(panels)} of {n_all} strategies)" if n_all > len(panels) else ""))
-    fig.tight_layout()
-    path = out / "speedup_vs_threshold.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "speedup_vs_threshold.png")
 
 
 def _entropy_bins(m: dict) -> dict | None:
@@ -153,15 +149,20 @@ def _entropy_bins(m: dict) -> dict | None:
     return {"edges": [lo + i * width for i in range(bins + 1)], "n": n, "accepted": acc}
 
 
-def run_labels(df: pd.DataFrame) -> dict[str, str]:
-    """run_dir -> method, plus the sampling / dataset / model pair when those differ between runs."""
+def _labels(df: pd.DataFrame, head) -> dict[str, str]:
+    """run_dir -> head(run), plus the sampling / dataset / model pair when those differ between runs."""
     ok = df[df["status"] == "ok"]
     extra = [c for c in ("sampling", "dataset", "model_pair") if ok[c].astype(str).nunique() > 1]
     out = {}
     for _, r in df.iterrows():
         parts = [str(r[c]) for c in extra if not pd.isna(r[c])]
-        out[r["run_dir"]] = str(r["method"]) + (f" [{', '.join(parts)}]" if parts else "")
+        out[r["run_dir"]] = head(r) + (f" [{', '.join(parts)}]" if parts else "")
     return out
+
+
+def run_labels(df: pd.DataFrame) -> dict[str, str]:
+    """run_dir -> method, plus the sampling / dataset / model pair when those differ between runs."""
+    return _labels(df, lambda r: str(r["method"]))
 
 
 def coarse_labels(df: pd.DataFrame, runs: list[tuple[Path, dict]], most: int = 6) -> dict[str, str]:
@@ -171,13 +172,7 @@ def coarse_labels(df: pd.DataFrame, runs: list[tuple[Path, dict]], most: int = 6
     used = {fine.get(str(p.parent)) for p, m in runs if m.get("status") == "ok"}
     if len(used) <= most:
         return fine
-    ok = df[df["status"] == "ok"]
-    extra = [c for c in ("sampling", "dataset", "model_pair") if ok[c].astype(str).nunique() > 1]
-    out = {}
-    for _, r in df.iterrows():
-        parts = [str(r[c]) for c in extra if not pd.isna(r[c])]
-        out[r["run_dir"]] = f"{r['strategy']} (all settings)" + (f" [{', '.join(parts)}]" if parts else "")
-    return out
+    return _labels(df, lambda r: f"{r['strategy']} (all settings)")
 
 
 def plot_entropy(df: pd.DataFrame, runs: list[tuple[Path, dict]], out: Path) -> Path | None:
@@ -216,11 +211,7 @@ def plot_entropy(df: pd.DataFrame, runs: list[tuple[Path, dict]], out: Path) -> 
     axn.set_ylabel("drafted tokens in bin (n)")
     axn.set_yscale("log")
     axn.set_xlabel("drafter entropy (nats, bin centre; last bin includes higher)")
-    fig.tight_layout()
-    path = out / "acceptance_by_entropy.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "acceptance_by_entropy.png")
 
 
 def _draft_hist(m: dict) -> list[int] | None:
@@ -247,9 +238,7 @@ def plot_draft_lengths(df: pd.DataFrame, runs: list[tuple[Path, dict]], out: Pat
         h = _draft_hist(m)
         if not h:
             continue
-        j = job.get(str(p.parent))
-        key = (f"#{j:g} " if isinstance(j, (int, float)) and not pd.isna(j) else "") + str(label.get(str(p.parent),
-                                                                                              m.get("strategy")))
+        key = _job_prefix(job.get(str(p.parent))) + str(label.get(str(p.parent), m.get("strategy")))
         per_run[key] = h
     if not per_run:
         return None
@@ -276,11 +265,7 @@ def plot_draft_lengths(df: pd.DataFrame, runs: list[tuple[Path, dict]], out: Pat
     axes[0][0].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0][0].set_xlim(-0.6, kmax - 0.4)
     fig.suptitle(f"Draft-length histograms ({len(items)} runs)")
-    fig.tight_layout()
-    path = out / "draft_length_hist.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "draft_length_hist.png")
 
 
 def plot_speedups(df: pd.DataFrame, out: Path) -> Path | None:
@@ -296,20 +281,23 @@ def plot_speedups(df: pd.DataFrame, out: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.45 * len(ok)))
     ax.errorbar(ok["speedup"], y, xerr=[lo, hi], fmt="o", capsize=4)
     ax.axvline(1.0, color="grey", lw=0.8, ls="--")
-    ax.set_yticks(y, [f"{_job(r)}{labels.get(r['run_dir'], r['method'])} (n={r['n_samples']:.0f})"
+    ax.set_yticks(y, [f"{_job_prefix(r.get('job'))}{labels.get(r['run_dir'], r['method'])} (n={r['n_samples']:.0f})"
                       for _, r in ok.iterrows()])
     ax.set_xlabel("speedup: throughput ratio vs the autoregressive baseline (x), 95% CI")
     ax.set_title("Speedup per run")
+    return _save(fig, out / "speedup_by_run.png")
+
+
+def _job_prefix(j) -> str:
+    """"#3 " for job number 3; "" for a run outside a sweep."""
+    return f"#{j:g} " if isinstance(j, (int, float)) and not pd.isna(j) else ""
+
+
+def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    path = out / "speedup_by_run.png"
     fig.savefig(path)
     plt.close(fig)
     return path
-
-
-def _job(r) -> str:
-    j = r.get("job")
-    return f"#{j:g} " if isinstance(j, (int, float)) and not pd.isna(j) else ""
 
 
 def plot_all(df: pd.DataFrame, runs: list[tuple[Path, dict]], out_dir: str | Path) -> list[Path]:

@@ -14,7 +14,7 @@ from specexp.report import paired as compare
 from specexp.report import plots
 from specexp.report.collect_runs import _missing
 from specexp.report.rendering import Section, render_markdown
-from specexp.report.tables import SPEEDUP_NOTE, render
+from specexp.report.tables import SPEEDUP_NOTE, float_or_none, render
 
 ESTIMATOR_TEXT = (
     "Speed is compared sample by sample. Each sample is decoded `timing.repeats` times per mode, the modes "
@@ -53,7 +53,7 @@ def stats_section(st: pd.DataFrame) -> Section:
                 f"{_cell(r['quality_ci_high'], '{:+.3f}')}] ({r['quality_test']}, p={_cell(r['quality_p'])}) "
                 f"{r.get('quality_verdict') or ''}".rstrip())
         rows.append([str(r["run"]), str(r["method"]), str(r["reference"]), str(r.get("comparison", "–")),
-                     str(r["n_samples"]), stats.format_ratio(r["speedup"], _num(r["ci_low"]), _num(r["ci_high"])),
+                     str(r["n_samples"]), stats.format_ratio(r["speedup"], float_or_none(r["ci_low"]), float_or_none(r["ci_high"])),
                      _cell(r["p_ttest"]), _cell(r["p_wilcoxon"]), _cell(r["p_holm"]), _cell(r["cohens_d"], "{:.2f}"),
                      r["verdict"], acc, qual])
     kinds = set(st["comparison"]) if "comparison" in st else set()
@@ -75,10 +75,6 @@ def stats_section(st: pd.DataFrame) -> Section:
                     "acceptance Δ: run minus reference acceptance rate per sample, on the samples where both drafted "
                     "(mean, t interval, t-test, Holm); quality Δ: run minus reference (pass/fail: McNemar exact, "
                     "interval from Clopper-Pearson bounds of the discordant cells; scores: t interval and t-test)."])
-
-
-def _num(x):
-    return None if _missing(x) else float(x)
 
 
 def criteria_section(rows: list[dict]) -> Section | None:

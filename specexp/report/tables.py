@@ -11,10 +11,18 @@ import pandas as pd
 
 from specexp import stats
 from specexp.report import categories
-from specexp.report.per_sample import selection_score
-from specexp.report.collect_runs import QUALITY_LABEL, QUALITY_ORDER, _PERCENT_QUALITY, _first_line, _fmt_param, _missing
-from specexp.report.rendering import Section, render_latex, render_markdown
+from specexp.report.collect_runs import (
+    _PERCENT_QUALITY,
+    QUALITY_LABEL,
+    QUALITY_ORDER,
+    _first_line,
+    _fmt_param,
+    _missing,
+)
 from specexp.report.paper_estimators import REPO as REPRO_REPO
+from specexp.report.per_sample import ms_per_token, selection_score
+from specexp.report.rendering import Section, render_latex, render_markdown
+
 
 def _f(x, fmt: str = "{:.2f}", none: str = "–") -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
@@ -53,9 +61,9 @@ def _batch_suffix(batch) -> str:
     return f", {title}" if title else ""
 
 
-def _groups(df: pd.DataFrame, cols: list[str]):
-    """Groups of runs by `cols`; runs decoded at different batch sizes never share a group (a
-    frame without the column is batch 1 throughout)."""
+def group_runs(df: pd.DataFrame, cols: list[str]) -> list[tuple[tuple, pd.DataFrame]]:
+    """Groups of runs by `cols`, a missing value as its own level "–"; runs decoded at different
+    batch sizes never share a group (a frame without the column is batch 1 throughout)."""
     if df.empty:
         return []
     if "batch_size" in cols and "batch_size" not in df:
@@ -71,10 +79,7 @@ SPEEDUP_NOTE = ("Speedup: throughput ratio (strategy tokens/s over autoregressiv
 
 def speedup_cell(r) -> str:
     """`1.23x [1.10, 1.37]`: a run's throughput ratio and its CI."""
-    def num(k):
-        v = r.get(k)
-        return None if _missing(v) else float(v)
-    return stats.format_ratio(num("speedup"), num("speedup_ci_low"), num("speedup_ci_high"))
+    return stats.format_ratio(*(float_or_none(r.get(k)) for k in ("speedup", "speedup_ci_low", "speedup_ci_high")))
 
 
 def group_speedup_cell(g: pd.DataFrame) -> str:
@@ -134,34 +139,33 @@ def _half_stats(ps: pd.DataFrame, run_dir: str, ids: list[str]) -> pd.DataFrame:
     return sub.set_index("sample").loc[[i for i in ids if i in set(sub["sample"])]]
 
 
-def _ms_per_token(rows: pd.DataFrame) -> float | None:
-    n = rows["new_tokens"].sum()
-    return 1000.0 * rows["wall_time_s"].sum() / n if n else None
+def _baseline_of(rows: pd.DataFrame, ar_rows: pd.DataFrame | None) -> tuple[pd.Series, pd.Series] | None:
+    """(tokens, seconds) per sample of the baseline a run's `rows` are compared with: its own
+    paired baselines (decoded interleaved with it: preferred), else the autoregressive run's rows
+    of the same samples; None when neither covers every sample."""
+    tok_b, t_b = rows["baseline_new_tokens"], rows["baseline_wall_time_s"]
+    if (tok_b.isna().any() or t_b.isna().any()) and ar_rows is not None:
+        ar = ar_rows.loc[rows.index]
+        tok_b, t_b = ar["new_tokens"], ar["wall_time_s"]
+    if tok_b.isna().any() or t_b.isna().any():
+        return None
+    return tok_b, t_b
 
 
 def _speedup_on(rows: pd.DataFrame, ar_rows: pd.DataFrame | None) -> dict:
-    """Throughput ratio and CI of a run's `rows` against its own paired baselines (decoded
-    interleaved with it: preferred), else against the autoregressive run's rows of the same samples."""
-    tok_b, t_b = rows["baseline_new_tokens"], rows["baseline_wall_time_s"]
-    if (tok_b.isna().any() or t_b.isna().any()) and ar_rows is not None:
-        ar_rows = ar_rows.loc[rows.index]
-        tok_b, t_b = ar_rows["new_tokens"], ar_rows["wall_time_s"]
-    if tok_b.isna().any() or t_b.isna().any():
+    """Throughput ratio and CI of a run's `rows` against its baseline (`_baseline_of`)."""
+    base = _baseline_of(rows, ar_rows)
+    if base is None:
         return {"throughput_ratio": None}
+    tok_b, t_b = base
     return stats.speedup_estimates(rows["new_tokens"].tolist(), rows["wall_time_s"].tolist(), tok_b.tolist(),
                                    t_b.tolist(), [False] * len(rows))
 
 
 def _baseline_ms(rows: pd.DataFrame, ar_rows: pd.DataFrame | None) -> float | None:
-    """ms/token of the baseline `_speedup_on` divides by, on the same samples: the run's own
-    interleaved baseline when it has one, else the autoregressive run's rows."""
-    tok_b, t_b = rows["baseline_new_tokens"], rows["baseline_wall_time_s"]
-    if (tok_b.isna().any() or t_b.isna().any()) and ar_rows is not None:
-        ar = ar_rows.loc[rows.index]
-        tok_b, t_b = ar["new_tokens"], ar["wall_time_s"]
-    if tok_b.isna().any() or t_b.isna().any() or not tok_b.sum():
-        return None
-    return 1000.0 * t_b.sum() / tok_b.sum()
+    """ms/token of the baseline `_speedup_on` divides by, on the same samples."""
+    base = _baseline_of(rows, ar_rows)
+    return None if base is None else ms_per_token(*base)
 
 
 def table_thesis_6_6(df: pd.DataFrame, samples: pd.DataFrame | None = None) -> list[Section]:
@@ -176,7 +180,7 @@ def table_thesis_6_6(df: pd.DataFrame, samples: pd.DataFrame | None = None) -> l
     cols = ["Setting", "", *[c[0] for c in THESIS_COLUMNS]]
     rows, notes, splits = [], [], set()
     paired_used = False
-    for keys, g in _groups(ok, ["model_pair", "dataset", "sampling", "batch_size"]):
+    for keys, g in group_runs(ok, ["model_pair", "dataset", "sampling", "batch_size"]):
         ps = samples[samples["run_dir"].isin(g["run_dir"])] if samples is not None and not samples.empty else None
         ids = None
         if ps is not None:
@@ -201,7 +205,7 @@ def table_thesis_6_6(df: pd.DataFrame, samples: pd.DataFrame | None = None) -> l
                 sel = {r: selection_score(_half_stats(ps, r, sel_ids)) for r in sub["run_dir"]}
                 best = sub.set_index("run_dir").loc[min(sel, key=lambda r: sel[r])]
                 rep = _half_stats(ps, best.name, rep_ids)
-                ms[label] = _ms_per_token(rep)
+                ms[label] = ms_per_token(rep["new_tokens"], rep["wall_time_s"])
                 sp[label] = (stats.format_speedup(_speedup_on(rep, ar_rows)) if strat != "autoregressive"
                              else "1x")
                 base_ms[label] = _baseline_ms(rep, ar_rows) if strat != "autoregressive" else ms[label]
@@ -210,8 +214,9 @@ def table_thesis_6_6(df: pd.DataFrame, samples: pd.DataFrame | None = None) -> l
                 ms[label] = float(best["ms_per_token"])
                 sp[label] = speedup_cell(best) if strat != "autoregressive" else "1x"
                 base_ms[label] = (ms[label] if strat == "autoregressive" else
-                                  _num(best.get("baseline_ms_per_token")) or
-                                  (ms[label] * _num(best.get("speedup")) if _num(best.get("speedup")) else None))
+                                  float_or_none(best.get("baseline_ms_per_token")) or
+                                  (ms[label] * float_or_none(best.get("speedup"))
+                                   if float_or_none(best.get("speedup")) else None))
             chosen = ", ".join(f"{k}={_fmt_param(best[f'param.{k}'])}" for k in pkeys
                                if f"param.{k}" in best and not pd.isna(best[f"param.{k}"])) or "–"
             params[label] = chosen + (f" (best of {len(sub)})" if len(sub) > 1 else "")
@@ -243,11 +248,14 @@ def table_thesis_6_6(df: pd.DataFrame, samples: pd.DataFrame | None = None) -> l
     return [Section("Entropy Drafting, Table 6.6: ms per token at the best hyperparameters", cols, rows, notes)]
 
 
-def _num(v) -> float | None:
+def float_or_none(v) -> float | None:
+    """A table cell as a float; None where it is missing (None or NaN)."""
     return None if _missing(v) else float(v)
 
 
 def _quality_key(g: pd.DataFrame) -> str | None:
+    """The run-level quality metric a table shows: the first of QUALITY_ORDER that some run has
+    (else any `quality.*` column with a value)."""
     have = [c[8:] for c in g.columns if c.startswith("quality.") and g[c].notna().any()]
     for k in QUALITY_ORDER:
         if k in have:
@@ -267,7 +275,7 @@ def table_reproduction(df: pd.DataFrame, samples: pd.DataFrame | None = None) ->
     separate autoregressive run when there is one, else from the paired baselines."""
     ok = _ok(df)
     sections = []
-    for keys, g in _groups(ok, ["model_pair", "dataset", "experiment", "batch_size"]):
+    for keys, g in group_runs(ok, ["model_pair", "dataset", "experiment", "batch_size"]):
         qk = _quality_key(g)
         qlabel = QUALITY_LABEL.get(qk, qk or "Quality")
         rows, repro_notes = [], []
@@ -360,7 +368,7 @@ def table_specbench(df: pd.DataFrame, samples: pd.DataFrame | None = None) -> li
     per_category = [Section(*s) for s in categories.specbench_sections(df)] if not df.empty else []
     ok = _ok(df)
     sections = []
-    for keys, g in _groups(ok, ["model_pair", "sampling", "batch_size"]):
+    for keys, g in group_runs(ok, ["model_pair", "sampling", "batch_size"]):
         datasets = sorted(g["dataset"].dropna().unique())
         cols = ["Method"] + [f"{d} {x}" for d in datasets for x in ("τ", "speedup [95% CI]")] + ["Mean τ", "Mean speedup"]
         rows = []

@@ -8,7 +8,7 @@ stops, and how outputs are scored.
     wikitext.WikiText     continuation (no metric)              conf/dataset/wikitext.yaml
     typed_prompts.PromptTask  prompts from the command line     conf/dataset/prompt.yaml
 
-Sources (local files, the shared copy, the hub) are resolved in loading.py; docs/datasets.md has
+Sources (local files, the shared copy, the hub) are resolved in dataset_sources.py; docs/datasets.md has
 the details.
 
 May import: nothing of specexp outside tasks/ (a task knows text, not models)."""

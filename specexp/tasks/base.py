@@ -4,7 +4,6 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-
 SELECTIONS = ("first", "random", "stratified")
 TRUNCATE = ("auto", "start", "end")  # dataset.truncate: which part of a too-long prompt is kept
 
@@ -124,6 +123,12 @@ class Task:
         `completions` are what `postprocess` returned, in the order of `samples`. Flat keys of
         numbers, plus optionally "per_sample": a list of dicts, each with the sample's "id"."""
         return {}
+
+
+def check_completions(samples: list[Sample], completions: list[str]) -> None:
+    """A task's `score` needs one completion per sample, in the same order."""
+    if len(samples) != len(completions):
+        raise ValueError(f"{len(samples)} samples but {len(completions)} completions")
 
 
 def stratified(items: list[Sample], limit: int | None, seed: int = 0) -> list[Sample]:

@@ -1,4 +1,4 @@
-"""GSM8K (Cobbe et al. 2021; main config, test split, 1,319 problems): a chain-of-thought answer to
+r"""GSM8K (Cobbe et al. 2021; main config, test split, 1,319 problems): a chain-of-thought answer to
 a grade-school word problem, scored by exact match of the final number.
 
 Three scoring conventions (`scoring`; every run reports all three, `accuracy` is the chosen one):
@@ -29,8 +29,8 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
-from specexp.tasks.base import Sample, Task
-from specexp.tasks.loading import load_hub, read_local, render, resolve
+from specexp.tasks.base import Sample, Task, check_completions
+from specexp.tasks.dataset_sources import load_hub, read_local, render, resolve
 
 # sign (glued), optional "$" (a space may follow it), then integer part [+ decimals] or bare decimals
 _NUMBER = re.compile(r"(?<![\w.])([-\u2212])?(?:\$\s?)?(?:(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?|(\.\d+))(?!\d)")
@@ -118,7 +118,7 @@ class GSM8K(Task):
             raise ValueError(f"dataset.scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
         if fewshot < 0:
             raise ValueError(f"dataset.fewshot must be >= 0, got {fewshot}")
-        self.source = source  # auto | path | shared | hub (see specexp/tasks/loading.py)
+        self.source = source  # auto | path | shared | hub (see specexp/tasks/dataset_sources.py)
         self.path = path  # local file(s) or folder: rows with question, answer
         self.hub_name, self.hub_config, self.split = hub_name, hub_config, split
         self.template = template  # the prompt; {question} is replaced
@@ -158,8 +158,7 @@ class GSM8K(Task):
         return out
 
     def score(self, samples: list[Sample], completions: list[str]) -> dict:
-        if len(samples) != len(completions):
-            raise ValueError(f"{len(samples)} samples but {len(completions)} completions")
+        check_completions(samples, completions)
         per = []
         for s, c in zip(samples, completions):
             solution = harness_normalize(str(s.meta.get("solution", s.reference)))

@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 import re
 
-from specexp.tasks.base import Sample, Task
-from specexp.tasks.loading import DataUnavailable, load_hub, read_local, render
+from specexp.tasks.base import Sample, Task, check_completions
+from specexp.tasks.dataset_sources import DataUnavailable, load_hub, read_local, render
 
 _FENCE = re.compile(r"```[ \t]*(?:[\w+-]+)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
@@ -91,12 +91,18 @@ class HumanEval(Task):
         return text if fence < 0 else text[: fence + 1]
 
     def score(self, samples: list[Sample], completions: list[str]) -> dict:
-        from specexp.tasks.sandbox.judge import Check, Limits, check_many, isolation_mode, isolation_warning, memory_held
+        from specexp.tasks.sandbox.judge import (
+            Check,
+            Limits,
+            check_many,
+            isolation_mode,
+            isolation_warning,
+            memory_held,
+        )
 
-        if len(samples) != len(completions):
-            raise ValueError(f"{len(samples)} samples but {len(completions)} completions")
+        check_completions(samples, completions)
         limits = Limits(timeout=self.timeout, cpu_seconds=max(1, math.ceil(self.timeout)), memory_mb=self.memory_mb)
-        # the tests run in a trusted judge; only prompt + completion runs in the sandbox (sandbox.py)
+        # the tests run in a trusted judge; only prompt + completion runs in the sandbox (tasks/sandbox/)
         checks = [Check(s.meta["code_prompt"], c, s.reference, s.meta["entry_point"]) for s, c in zip(samples, completions)]
         outcomes = check_many(checks, limits, self.workers)
         per = [{"id": s.id, "passed": o.passed, "reason": o.reason, "detail": o.detail[:200]}

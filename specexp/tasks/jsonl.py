@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from specexp.tasks.base import Sample, Task
-from specexp.tasks.loading import read_local
+from specexp.tasks.dataset_sources import read_local
 
 METRICS = ("rouge", "exact")
 # a path: a name, then any of `[int]` / `.name`

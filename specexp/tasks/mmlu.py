@@ -27,8 +27,8 @@ import csv
 import re
 from pathlib import Path
 
-from specexp.tasks.base import Sample, Task
-from specexp.tasks.loading import as_list, load_hub, read_local, read_records, render, resolve
+from specexp.tasks.base import Sample, Task, check_completions
+from specexp.tasks.dataset_sources import as_list, load_hub, read_local, read_records, render, resolve
 
 LETTERS = "ABCD"
 HUB_SPLITS = {"val": "validation"}  # the original release's split names -> cais/mmlu's
@@ -154,7 +154,7 @@ class MMLU(Task):
             raise ValueError(f"dataset.scoring must be generate or loglikelihood, got {scoring!r}")
         if not 0 <= int(fewshot) <= 5:
             raise ValueError(f"dataset.fewshot must be 0-5 (the dev split has 5 per subject), got {fewshot}")
-        self.source = source  # auto | path | shared | hub (see specexp/tasks/loading.py)
+        self.source = source  # auto | path | shared | hub (see specexp/tasks/dataset_sources.py)
         self.path = path  # original layout folder, one original CSV, or a flat file with a subject column
         self.dev_path = dev_path  # few-shot rows when `path` is a flat file (default: found beside it)
         self.hub_name, self.split = hub_name, split
@@ -222,8 +222,7 @@ class MMLU(Task):
         return out
 
     def score(self, samples: list[Sample], completions: list[str]) -> dict:
-        if len(samples) != len(completions):
-            raise ValueError(f"{len(samples)} samples but {len(completions)} completions")
+        check_completions(samples, completions)
         per = []
         for s, c in zip(samples, completions):
             pred = self.choice_letter(s) if self.scoring == "loglikelihood" else extract_letter(c)

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from specexp.tasks.base import Sample, Task
-from specexp.tasks.loading import load_hub, read_local, render, resolve
+from specexp.tasks.dataset_sources import load_hub, read_local, render, resolve
 
 _WORD = re.compile(r"\S+")
 
@@ -59,7 +59,7 @@ class WikiText(Task):
         super().__init__(**kw)
         if prefix_words < 1:
             raise ValueError(f"dataset.prefix_words must be >= 1, got {prefix_words}")
-        self.source = source  # auto | path | shared | hub (see specexp/tasks/loading.py)
+        self.source = source  # auto | path | shared | hub (see specexp/tasks/dataset_sources.py)
         self.path = path  # wiki.<split>.raw (or its folder), or rows with a text column
         self.hub_name, self.hub_config, self.split = hub_name, hub_config, split
         self.prefix_words = prefix_words  # words of the paragraph in the prompt

@@ -3,8 +3,8 @@ ROUGE-1/2/L F1 (Porter stemming, the `rouge-score` package, as in the papers; of
 `evaluate` hub metric is not used). Scores are fractions in [0, 1], averaged over samples."""
 from __future__ import annotations
 
-from specexp.tasks.base import Sample, Task
-from specexp.tasks.loading import load_hub, read_local, render_span, resolve
+from specexp.tasks.base import Sample, Task, check_completions
+from specexp.tasks.dataset_sources import load_hub, read_local, render_span, resolve
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
@@ -28,7 +28,7 @@ class XSum(Task):
                  split: str = "test",
                  template: str = "Article: {document}\n\nSummarize the above article in 1 sentence.\n", **kw):
         super().__init__(**kw)
-        self.source = source  # auto | path | shared | hub (see specexp/tasks/loading.py)
+        self.source = source  # auto | path | shared | hub (see specexp/tasks/dataset_sources.py)
         self.path = path  # local file(s) or folder: rows with document, summary (id optional)
         self.hub_name, self.split = hub_name, split
         self.template = template  # the prompt; {document} is replaced
@@ -51,8 +51,7 @@ class XSum(Task):
         return super().postprocess(sample, text).strip()
 
     def score(self, samples: list[Sample], completions: list[str]) -> dict:
-        if len(samples) != len(completions):
-            raise ValueError(f"{len(samples)} samples but {len(completions)} completions")
+        check_completions(samples, completions)
         preds = [c.strip() for c in completions]
         scores = rouge_f1(preds, [s.reference for s in samples])
         n = len(scores)

@@ -5,7 +5,7 @@ verdict.
     outcomes = check_many([Check(prompt, completion, test, entry_point), ...], limits, workers=4)
     outcome = run_python(program, limits)   # a whole program; passed = it ran to the end
 
-Two processes per check (`_sandbox_child.py`):
+Two processes per check (`child.py`):
 - the **box** runs `prompt + completion` inside the sandbox below and then serves calls to the
   entry point: arguments in, the result out as plain data (a Python literal of builtin types);
 - the **judge**, a trusted process outside the sandbox, runs the prompt's helpers, the test code
@@ -35,7 +35,7 @@ Layers around the box, strongest first:
    - "plain" (WEAK): a new process group and rlimits only.
    At every level the box itself (before the program runs) joins a fresh session keyring and
    installs a seccomp filter refusing fallocate, memfd_create, the keyring calls and io_uring
-   (`_sandbox_child.seccomp_program`); its stdout and stderr are pipes, never files of the host.
+   (`child.seccomp_program`); its stdout and stderr are pipes, never files of the host.
    Forced with $SPECEXP_SANDBOX_MODE. A weak level, or a level below the best this machine
    offers (its trial run failed), is announced with a SANDBOX WARNING and kept in
    `isolation_warning()`.

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Run the sweeps behind one of the report's named tables, then print the table.
 
-    python scripts/reproduce_table.py reproduction --out sweeps/repro
-    python scripts/reproduce_table.py thesis_6_6 --out sweeps/thesis --format latex
-    python scripts/reproduce_table.py cascade --out sweeps/csd -- hydra/launcher=joblib_gpus
-    python scripts/reproduce_table.py thesis_6_6 --out /tmp/t --dry-run      # print the commands only
+    python scripts/run_table_sweeps.py reproduction --out sweeps/repro
+    python scripts/run_table_sweeps.py thesis_6_6 --out sweeps/thesis --format latex
+    python scripts/run_table_sweeps.py cascade --out sweeps/csd -- hydra/launcher=joblib_gpus
+    python scripts/run_table_sweeps.py thesis_6_6 --out /tmp/t --dry-run      # print the commands only
 
 Everything after `--` is appended to every sweep (a launcher, a device, smaller limits...). The
 sweeps run in this process through `specexp.experiment.run.run_cli` (each model loads once with the basic

@@ -31,7 +31,7 @@ from typing import Any, Callable
 from urllib.parse import urlparse
 
 SOURCES = ("auto", "path", "shared", "hub")
-REPO_ROOT = Path(__file__).resolve().parents[2]  # specexp/tasks/loading.py -> the checkout
+REPO_ROOT = Path(__file__).resolve().parents[2]  # specexp/tasks/dataset_sources.py -> the checkout
 SHARED_ENV = "SPECEXP_SHARED_DATA"
 FORMATS = (".jsonl", ".ndjson", ".json", ".parquet", ".csv", ".tsv")
 

@@ -1,0 +1,211 @@
+"""Token Recycling (Luo et al. 2024, arXiv 2408.08696): a model-free tree proposer that recycles
+the candidate tokens the target's own verification forwards produce.
+
+1. The adjacency matrix `adj` [V, k] (int32): row t holds the target's k most likely next tokens
+   the last time it was seen right after the token t (most likely first). It starts empty (no row
+   seen) and is updated after every verification forward from that forward's logits: every token
+   fed in it (the context's last token and every tree node) gets its row overwritten by the top-k
+   of the target's distribution right after it, accepted or not.
+2. The draft tree: a static template (a list of rank paths: (0, 2) = the best next token of the
+   last token, then the third best after that one) instantiated by BFS from the last token over
+   the matrix, level by level: a node's token is adj[its parent's token, its rank]. Its shape is
+   the `branching` per depth (every node at depth d gets branching[d] children; levels past the
+   list repeat its last entry) or explicit `paths`; it is cut at the length policy's depth.
+3. The tree's children are deterministic (matrix rows), so the draft carries no probabilities and
+   the target verifies it with the deterministic rule (specexp.core.verify.verify_tree_sampling):
+   greedy and sampling are lossless.
+
+What was read of the authors' code (github.com/Luowaterbi/TokenRecycling, evaluation/
+inference_recycling.py and model/recycling/tree_template_.py; nothing copied): their matrix is
+[V, 8] of zeros created once per process and kept across questions; after each forward every fed
+token's row is overwritten with torch.topk(logits, 8) of its position; their tree ("2.2.2") is a
+list of 80 rank paths, depth up to 6, skewed toward the best ranks (8 first-level nodes, 21 at depth
+2, 25 at depth 3, then 15, 8, 3), built level by level by indexing the flattened matrix with
+parent * 8 + rank. Where this one differs, and why:
+  * rows never written are not expanded (their zeros would draft token 0): a node whose parent's
+    row is unseen, or whose parent is an EOS, gets no children, so the tree shrinks instead of
+    verifying junk (verification cost grows with tree size, on a CPU nearly linearly);
+  * when a token occurs at several nodes of one tree, the rows are written in the order
+    rejected nodes, then the context's last token and the accepted path, so the row that
+    survives is the one after the text that really happened (theirs: a scatter with duplicate
+    indices, whose winner is unspecified on a GPU);
+  * `carry` (default false): the matrix is reset per sample, so a sample's speed does not depend
+    on which samples (or warm-up and repeated decodes of the same sample) ran before it; true
+    keeps it across samples as the paper does;
+  * `prompt_init`: optionally seed the rows from the prompt's own bigrams (the paper does not).
+
+How the loop's logits map to nodes: the decode loop hands `observe_target` the rows reordered as
+[context, accepted path..., other nodes in index order] (specexp/core/decode.py step 4) without the
+path itself; the path is read back at the next `propose` from the tokens the round appended (a
+child's token is unique among its siblings, and the target's own token is never one of the last
+accepted node's children), and the update is applied then. A sample's last round is not learned
+from (no next propose), which matters only under `carry`.
+"""
+from __future__ import annotations
+
+import torch
+
+from specexp.length import LengthPolicy
+from specexp.models.sampling import Sampling
+from specexp.proposers.base import Draft, Proposer
+
+
+def template_from_branching(branching: list[int], depth: int) -> list[tuple[int, ...]]:
+    """The rank paths of a full tree `depth` levels deep in which every node at depth d (the
+    context: d = 0) has branching[d] children (past the list: its last entry), in BFS order."""
+    paths, level = [], [()]
+    for d in range(depth):
+        b = branching[min(d, len(branching) - 1)]
+        level = [p + (r,) for p in level for r in range(b)]
+        paths += level
+    return paths
+
+
+def check_template(paths: list[tuple[int, ...]], k: int) -> list[tuple[int, ...]]:
+    """Refuse a template with a rank >= k or a path whose parent is missing; return it in BFS order
+    (by depth, then lexicographically: a parent before its children, better ranks first)."""
+    paths = sorted({tuple(int(r) for r in p) for p in paths}, key=lambda p: (len(p), p))
+    have = set(paths)
+    for p in paths:
+        if not p or min(p) < 0 or max(p) >= k:
+            raise ValueError(f"token_recycling: tree path {list(p)} needs ranks in [0, k={k})")
+        if len(p) > 1 and p[:-1] not in have:
+            raise ValueError(f"token_recycling: tree path {list(p)} has no parent {list(p[:-1])} in the template")
+    return paths
+
+
+class TokenRecycling(Proposer):
+    """Token Recycling's adjacency matrix and static tree (module docstring).
+
+    k: top-k next tokens kept per token (the matrix's width); branching: children per node at each
+    depth (the template, cut at the policy's depth); paths: an explicit template of rank paths
+    instead (null: from branching); carry: keep the matrix across samples; prompt_init: seed the
+    rows from the prompt's bigrams (the most recent successor first)."""
+
+    forwards = 0
+    drafts_trees = True  # batch decoding runs chains only (specexp/core/batch_decode.py check_supported)
+
+    def __init__(self, k: int = 8, branching: list[int] | tuple[int, ...] = (4, 2, 1), paths: list | None = None,
+                 carry: bool = False, prompt_init: bool = False):
+        branching = [int(b) for b in branching]
+        if k < 1 or not branching or min(branching) < 1 or max(branching) > k:
+            raise ValueError(f"token_recycling: need k >= 1 and 1 <= branching[d] <= k, got k={k}, branching={branching}")
+        self.k, self.branching, self.carry, self.prompt_init = k, branching, carry, prompt_init
+        self.paths = check_template([tuple(p) for p in paths], k) if paths else None
+        self.adj = torch.zeros(0, k, dtype=torch.int32)  # [V, k]: grown to the target's logit width
+        self.seen = torch.zeros(0, dtype=torch.bool)  # [V]: rows written at least once
+        self._round: tuple[int, int, list[int], list[int]] | None = None  # (start, context's last token, nodes, parents)
+        self._pending: tuple[torch.Tensor, int] | None = None  # (the target's top-k per row, n accepted)
+
+    def bind(self, pair) -> Proposer:
+        if getattr(getattr(getattr(pair, "target", None), "config", None), "is_encoder_decoder", False):
+            raise ValueError("strategy=token_recycling needs a decoder-only target (token trees)")
+        self._grow(int(getattr(pair, "vocab_size", 0) or 0))
+        return self
+
+    # ------------------------------------------------------------------ 1. the matrix
+    def _grow(self, v: int) -> None:
+        if v > self.adj.shape[0]:
+            grown = torch.zeros(v, self.k, dtype=torch.int32)
+            grown[: self.adj.shape[0]] = self.adj
+            seen = torch.zeros(v, dtype=torch.bool)
+            seen[: self.seen.shape[0]] = self.seen
+            self.adj, self.seen = grown, seen
+
+    def reset(self, prompt: torch.Tensor) -> None:
+        self._round, self._pending = None, None
+        if not self.carry:
+            self.adj.zero_()
+            self.seen.zero_()
+        if self.prompt_init:
+            self._seed_from(prompt.tolist())
+
+    def _seed_from(self, ids: list[int]) -> None:
+        """Each prompt bigram (a, b), in order: b moves to the front of a's row (most recent first)."""
+        self._grow(max(ids, default=-1) + 1)
+        for a, b in zip(ids, ids[1:]):
+            row = self.adj[a].tolist() if self.seen[a] else []
+            row = [b] + [t for t in row if t != b]
+            row += [b] * (self.k - len(row))  # pad a short row with its best (never drafted twice: see _expand)
+            self.adj[a] = torch.tensor(row[: self.k], dtype=torch.int32)
+            self.seen[a] = True
+
+    def write(self, tokens: list[int], top: torch.Tensor) -> None:
+        """Row tokens[i] <- top[i] ([m, k] ids), in order: a later write of the same token wins."""
+        last = {t: i for i, t in enumerate(tokens)}
+        ids = torch.tensor(list(last), dtype=torch.long)
+        self._grow(max(last) + 1)
+        self.adj[ids] = top[list(last.values())].to(torch.int32)
+        self.seen[ids] = True
+
+    def observe_target(self, logits: torch.Tensor, n_accepted: int) -> None:
+        """Keep the top-k of every row (context, accepted path, other nodes): applied at the next
+        propose, once the path is known (module docstring)."""
+        k = min(self.k, logits.shape[-1])
+        top = logits.topk(k, dim=-1).indices.to("cpu", torch.int32)
+        if k < self.k:  # a vocabulary smaller than k: repeat the last id (only ever drafted once, see _expand)
+            top = torch.cat([top, top[:, -1:].expand(-1, self.k - k)], 1)
+        self._pending = (top, n_accepted)
+
+    def _learn(self, tokens: torch.Tensor) -> None:
+        """Apply the last round's update: map its logits' rows back to the tokens they follow."""
+        pending, rnd = self._pending, self._round
+        self._pending, self._round = None, None
+        if pending is None or rnd is None:
+            return
+        (top, n), (start, last, nodes, parents) = pending, rnd
+        # 1. The accepted path, read from the tokens the round appended (first matching child).
+        path, node = [], -1
+        for t in tokens[start:].tolist():
+            node = next((i for i in range(len(nodes)) if parents[i] == node and nodes[i] == t), None)
+            if node is None:
+                break
+            path.append(node)
+        if len(path) != n:  # cannot happen (module docstring); learn nothing rather than something wrong
+            return
+        # 2. Row 0: after the context's last token; rows 1..n: the path; then the rest in index order.
+        on_path = set(path)
+        rest = [i for i in range(len(nodes)) if i not in on_path]
+        row_of = {node: 1 + j for j, node in enumerate(path + rest)}
+        # 3. Write the rejected nodes first, then the real text (context, path): it wins on a repeat.
+        order = [(nodes[i], row_of[i]) for i in rest] + [(last, 0)] + [(nodes[i], row_of[i]) for i in path]
+        self.write([t for t, _ in order], top[[r for _, r in order]])
+
+    # ------------------------------------------------------------------ 2. the tree
+    def template(self, depth: int) -> list[tuple[int, ...]]:
+        if self.paths is not None:
+            return [p for p in self.paths if len(p) <= depth]
+        return template_from_branching(self.branching, depth)
+
+    def expand(self, last: int, depth: int) -> tuple[list[int], list[int]]:
+        """The template instantiated from the token `last` over the matrix: (tokens, parents), BFS
+        order. A node is dropped when its parent's row was never written, its parent is an EOS, or
+        its token repeats an earlier sibling's (a padded row)."""
+        nodes, parents, at = [], [], {(): -1}  # at: template path -> node index (-1: the context)
+        for p in self.template(depth):
+            parent = at.get(p[:-1])
+            if parent is None:
+                continue  # its parent was dropped
+            prev = last if parent < 0 else nodes[parent]
+            if prev >= self.seen.shape[0] or not self.seen[prev] or (parent >= 0 and prev in self.eos):
+                continue
+            tok = int(self.adj[prev, p[-1]])
+            if any(parents[i] == parent and nodes[i] == tok for i in range(len(nodes))):
+                continue
+            at[p] = len(nodes)
+            nodes.append(tok)
+            parents.append(parent)
+        return nodes, parents
+
+    def propose(self, tokens: torch.Tensor, max_len: int, policy: LengthPolicy | None, sampling: Sampling | None,
+                generator: torch.Generator | None) -> Draft:
+        if policy is not None and policy.needs_steps:
+            raise ValueError("strategy=token_recycling: the length policy must give a depth (e.g. specexp.length.Fixed)")
+        self._learn(tokens)
+        last = int(tokens[-1])
+        nodes, parents = self.expand(last, max_len) if max_len > 0 else ([], [])
+        self._round = (tokens.shape[0], last, nodes, parents)
+        if not nodes:
+            return Draft(tokens.new_empty(0), None)
+        return Draft(torch.tensor(nodes, dtype=tokens.dtype, device=tokens.device), None,
+                     parents=torch.tensor(parents, device=tokens.device))
