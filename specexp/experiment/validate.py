@@ -214,6 +214,16 @@ def target_nodes(node: Any, path: str = ""):
             yield from target_nodes(node._get_node(i), _join(path, str(i)))
 
 
+def proposer_classes(cfg: DictConfig):
+    """(path, node, class) of every `_target_` node of the strategy's proposer, outermost first;
+    a target that does not import is skipped here (build_light reports it)."""
+    for path, node in target_nodes(cfg.strategy.get("proposer"), "strategy.proposer"):
+        try:
+            yield path, node, get_object(str(node._get_node("_target_")._value()))
+        except Exception:
+            continue
+
+
 def user_key(path: str, key: str, raw: Any) -> str:
     """The key the user sets for argument `key` of the node at `path`: the key an interpolation
     reads (`strategy.length.gamma: ${..gamma}` -> strategy.gamma), else the argument's own."""
@@ -357,11 +367,7 @@ def tokenizers(cfg: DictConfig) -> list[str]:
 
     errors: list[str] = []
     name = cfg.strategy.get("name")
-    for path, node in target_nodes(cfg.strategy.get("proposer"), "strategy.proposer"):
-        try:
-            cls = get_object(str(node._get_node("_target_")._value()))
-        except Exception:
-            continue  # reported by build_light
+    for path, node, cls in proposer_classes(cfg):
         # model drafters bridge; a feature drafter reads the target's hidden states, so it cannot
         bridges = (isinstance(cls, type) and issubclass(cls, (DraftModel, LookupFirst))
                    and not issubclass(cls, FeatureDrafter))
@@ -411,11 +417,7 @@ def trees(cfg: DictConfig) -> list[str]:
     config.json; a model not on this machine yet is checked when it loads, still before decoding)."""
     errors: list[str] = []
     name = cfg.strategy.get("name")
-    for path, node in target_nodes(cfg.strategy.get("proposer"), "strategy.proposer"):
-        try:
-            cls = get_object(str(node._get_node("_target_")._value()))
-        except Exception:
-            continue  # reported by build_light
+    for path, node, cls in proposer_classes(cfg):
         if not getattr(cls, "drafts_trees", False):
             continue
         if int(cfg.get("batch_size", 1)) > 1:
