@@ -43,7 +43,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -53,7 +52,7 @@ import torch
 from specexp.builds.build_cache import build_once
 from specexp.builds.target_replies import REPLY_MIX, chat_ids, replies_with_reads
 from specexp.builds.train_distilled_drafter import teacher_read
-from specexp.builds.training_utils import warmup_cosine
+from specexp.builds.training_utils import train_adamw
 from specexp.models.loading import ModelSpec, describe, load_model, load_tokenizer, n_params, resolve_source
 from specexp.proposers.feature_drafter import FeatureDrafterConfig, FeatureDrafterModel, FeatureLM
 
@@ -209,39 +208,12 @@ def loss_terms(drafter, embed, head_w, x, t_ids, t_probs, t_hidden, subset: torc
 
 def train(drafter, embed, head_w, data: dict, rows: torch.Tensor, subset: torch.Tensor, p: dict,
           progress: bool) -> list[dict]:
-    """AdamW on fc + the layer + the norm; returns the training curve (loss every 10 steps)."""
-    from tqdm.auto import tqdm
+    """AdamW on fc + the layer + the norm (training_utils.train_adamw); returns the training curve."""
+    def batch_loss(idx):
+        return loss_terms(drafter, embed, head_w, data["windows"][idx], data["ids"][idx], data["probs"][idx],
+                          data["hidden"][idx], subset, p["unroll"], p["feature_weight"], p["token_weight"])
 
-    params = [q for q in drafter.parameters()]
-    for q in params:
-        q.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=p["lr"], betas=(0.9, 0.95), weight_decay=0.0)
-    steps = max(1, round(p["epochs"] * len(rows) / p["batch"]))
-    gen = torch.Generator().manual_seed(p["seed"])
-    order = torch.cat([rows[torch.randperm(len(rows), generator=gen)]
-                       for _ in range(math.ceil(steps * p["batch"] / len(rows)) + 1)])
-    curve, window = [], []
-    drafter.train()
-    bar = tqdm(range(steps), desc="eagle: drafter learns", disable=not progress)
-    for step in bar:
-        idx = order[step * p["batch"]: (step + 1) * p["batch"]]
-        for g in opt.param_groups:  # linear warm-up, cosine decay to 10%
-            g["lr"] = warmup_cosine(step, steps, p["lr"])
-        loss, parts = loss_terms(drafter, embed, head_w, data["windows"][idx], data["ids"][idx], data["probs"][idx],
-                                 data["hidden"][idx], subset, p["unroll"], p["feature_weight"], p["token_weight"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        window.append(loss.item())
-        if (step + 1) % 10 == 0 or step + 1 == steps:
-            curve.append({"step": step + 1, "loss": sum(window) / len(window), **parts})
-            window = []
-            bar.set_postfix(loss=f"{curve[-1]['loss']:.3f}")
-    drafter.eval()
-    for q in params:
-        q.requires_grad_(False)
-    return curve
+    return train_adamw(drafter, rows, batch_loss, p, "eagle: drafter learns", progress)
 
 
 # ----------------------------------------------------------------------------- 4. held-out measures

@@ -41,7 +41,7 @@ import torch
 
 from specexp.builds.build_cache import build_once
 from specexp.builds.target_replies import REPLY_MIX
-from specexp.builds.training_utils import warmup_cosine
+from specexp.builds.training_utils import train_adamw
 from specexp.models.loading import ModelSpec, describe, load_model, load_tokenizer, n_params, resolve_source
 from specexp.proposers.medusa import MedusaHeads, MedusaHeadsConfig
 
@@ -130,38 +130,12 @@ def loss_terms(heads: MedusaHeads, head_w: torch.Tensor, head_b: torch.Tensor | 
 
 def train(heads: MedusaHeads, head_w: torch.Tensor, head_b: torch.Tensor | None, data: dict, subset: torch.Tensor,
           p: dict, progress: bool) -> list[dict]:
-    """AdamW on the heads' blocks; returns the training curve (mean loss every 10 steps)."""
-    from tqdm.auto import tqdm
-
-    params = list(heads.parameters())
-    for q in params:
-        q.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=p["lr"], betas=(0.9, 0.95), weight_decay=0.0)
-    n = len(data["hidden"])
-    steps = max(1, round(p["epochs"] * n / p["batch"]))
-    gen = torch.Generator().manual_seed(p["seed"])
-    order = torch.cat([torch.randperm(n, generator=gen) for _ in range(-(-steps * p["batch"] // n) + 1)])
-    curve, window = [], []
-    heads.train()
-    bar = tqdm(range(steps), desc="medusa: heads learn", disable=not progress)
-    for step in bar:
-        idx = order[step * p["batch"]: (step + 1) * p["batch"]]
-        for g in opt.param_groups:  # linear warm-up, cosine decay to 10%
-            g["lr"] = warmup_cosine(step, steps, p["lr"])
+    """AdamW on the heads' blocks (training_utils.train_adamw); returns the training curve."""
+    def batch_loss(idx):
         loss, per_head = loss_terms(heads, head_w, head_b, {k: v[idx] for k, v in data.items()}, subset)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        window.append(loss.item())
-        if (step + 1) % 10 == 0 or step + 1 == steps:
-            curve.append({"step": step + 1, "loss": sum(window) / len(window), "head_ce": per_head})
-            window = []
-            bar.set_postfix(loss=f"{curve[-1]['loss']:.3f}")
-    heads.eval()
-    for q in params:
-        q.requires_grad_(False)
-    return curve
+        return loss, {"head_ce": per_head}
+
+    return train_adamw(heads, torch.arange(len(data["hidden"])), batch_loss, p, "medusa: heads learn", progress)
 
 
 # ----------------------------------------------------------------------------- 3. held-out measures

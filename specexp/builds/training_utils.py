@@ -75,3 +75,42 @@ def warmup_cosine(step: int, total: int, peak: float, warmup: int = 20, min_rati
     """The drafters' schedule (specexp-distill, specexp-eagle): a linear warm-up factor times a
     cosine from `peak` (step 0) to `min_ratio * peak` (step `total`)."""
     return peak * min(1.0, (step + 1) / warmup) * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * step / total)))
+
+
+def train_adamw(model, rows: torch.Tensor, batch_loss, p: dict, desc: str, progress: bool) -> list[dict]:
+    """The drafters' training loop (the feature drafter, Medusa's heads): AdamW (betas 0.9/0.95, no
+    weight decay) on every parameter of `model`, `p["epochs"]` passes over `rows` in batches of
+    `p["batch"]` (a seeded shuffle per pass), the learning rate warmed up then cosine-decayed to
+    10% (warmup_cosine), gradients clipped to norm 1. `batch_loss(idx)` gives (loss, extras) for
+    the rows idx. Returns the curve: every 10 steps the mean loss, with the last step's extras."""
+    from tqdm.auto import tqdm
+
+    params = list(model.parameters())
+    for q in params:
+        q.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=p["lr"], betas=(0.9, 0.95), weight_decay=0.0)
+    steps = max(1, round(p["epochs"] * len(rows) / p["batch"]))
+    gen = torch.Generator().manual_seed(p["seed"])
+    order = torch.cat([rows[torch.randperm(len(rows), generator=gen)]
+                       for _ in range(math.ceil(steps * p["batch"] / len(rows)) + 1)])
+    curve, window = [], []
+    model.train()
+    bar = tqdm(range(steps), desc=desc, disable=not progress)
+    for step in bar:
+        idx = order[step * p["batch"]: (step + 1) * p["batch"]]
+        for g in opt.param_groups:  # linear warm-up, cosine decay to 10%
+            g["lr"] = warmup_cosine(step, steps, p["lr"])
+        loss, extras = batch_loss(idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        window.append(loss.item())
+        if (step + 1) % 10 == 0 or step + 1 == steps:
+            curve.append({"step": step + 1, "loss": sum(window) / len(window), **extras})
+            window = []
+            bar.set_postfix(loss=f"{curve[-1]['loss']:.3f}")
+    model.eval()
+    for q in params:
+        q.requires_grad_(False)
+    return curve
