@@ -99,6 +99,33 @@ def pair_counts_pvalue(counts, exact: torch.Tensor) -> float:
     return pooled_chisquare(observed, exact.double().flatten(), sum(counts.values()))
 
 
+def check_pairs_follow(exact: torch.Tensor, emit, monkeypatch, n: int = 1000, power: float = 1e-4) -> None:
+    """The sampling check of a tree strategy: `emit(i)` decodes with generator seed i and returns
+    (its first two tokens, drafts accepted). With verification's residual step broken (p kept
+    after a rejection) the pairs must fail a chi-square against `exact` [V, V] (power: p < `power`);
+    with the real rule they must pass it (p > 1e-3), drafts must have been accepted, and no pair
+    the target rules out may appear."""
+    from collections import Counter
+
+    from specexp.core import verify
+
+    def draw():
+        counts, accepted = Counter(), 0
+        for i in range(n):
+            pair, a = emit(i)
+            counts[pair] += 1
+            accepted += a
+        return counts, accepted
+
+    with monkeypatch.context() as m:
+        m.setattr(verify, "residual", lambda p, q: p)
+        broken, _ = draw()
+    assert pair_counts_pvalue(broken, exact) < power
+    counts, accepted = draw()
+    assert pair_counts_pvalue(counts, exact) > 1e-3 and accepted > 0
+    assert not any(exact[a, b] == 0 for a, b in counts), "a token outside the target's top-k was emitted"
+
+
 def exact_joint(model, prompt: torch.Tensor, sampling, vocab: int) -> torch.Tensor:
     """Exact distribution [vocab, vocab] of the first two tokens `model` emits after `prompt`
     under `sampling`: p(t1) * p(t2 | t1), one forward per first token."""

@@ -16,7 +16,7 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import pair_counts_pvalue, noisy_copy, random_model
+from conftest import check_pairs_follow, pair_counts_pvalue, noisy_copy, random_model
 
 from specexp.core import tree, verify
 from specexp.core.decode import generate
@@ -323,24 +323,11 @@ def test_tree_strategy_sampling_has_the_targets_distribution(monkeypatch):
                           for t in range(vs)])
     exact = first[:, None] * second
 
-    def draw(n=1000):
-        counts, acc = Counter(), 0
-        for i in range(n):
-            out = generate(lm, prompt, 2, sampling, Stopper(), proposer, Fixed(3), torch.Generator().manual_seed(i))
-            counts[tuple(out.tokens)] += 1
-            acc += sum(out.accepted)
-        return counts, acc
+    def emit(i):
+        out = generate(lm, prompt, 2, sampling, Stopper(), proposer, Fixed(3), torch.Generator().manual_seed(i))
+        return tuple(out.tokens), sum(out.accepted)
 
-    def pvalue(counts):
-        return pair_counts_pvalue(counts, exact)
-
-    with monkeypatch.context() as m:
-        m.setattr(verify, "residual", lambda p, q: p)
-        broken, _ = draw()
-    assert pvalue(broken) < POWER
-    counts, acc = draw()
-    assert pvalue(counts) > 1e-3 and acc > 0
-    assert not any(exact[a, b] == 0 for a, b in counts), "a token outside the target's top-k was emitted"
+    check_pairs_follow(exact, emit, monkeypatch, power=POWER)
 
 
 def test_batched_trees_are_refused(tree_pair):
