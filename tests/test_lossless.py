@@ -357,8 +357,9 @@ def tree_pair(bigram_pair):
 
 
 def draw_first_pairs(pair, proposer, policy, prompt, draws=TREE_DRAWS):
-    """Decode 3 tokens `draws` times; counts of the first two, and the generations."""
-    target = CachedLM(pair.target)
+    """Decode 3 tokens `draws` times (a decoder-only or an encoder-decoder target); counts of the
+    first two, and the generations."""
+    target = cached_lm(pair.target)
     counts, outs = Counter(), []
     for i in range(draws):
         if policy is not None:
@@ -485,18 +486,6 @@ def t5_pair(tmp_path_factory):
     return LoadedPair(models), table, prompt, p1[:, None] * p2
 
 
-def _t5_pairs(pair, proposer, policy, prompt, draws):
-    target = cached_lm(pair.target)
-    counts, outs = Counter(), []
-    for i in range(draws):
-        if policy is not None:
-            policy.start_sample(carry=False)
-        out = generate(target, prompt, 3, SAMPLE, Stopper(), proposer, policy, torch.Generator().manual_seed(i))
-        counts[tuple(out.tokens[:2])] += 1
-        outs.append(out)
-    return counts, outs
-
-
 @pytest.mark.parametrize("name", SEQ2SEQ)
 def test_encoder_decoder_sampling_has_the_targets_distribution(t5_pair, name, monkeypatch):
     """Every proposer on a T5 pair (encoder once, decoder caches): the joint of the first two
@@ -506,9 +495,9 @@ def test_encoder_decoder_sampling_has_the_targets_distribution(t5_pair, name, mo
     if name not in SEQ2SEQ_NO_POWER:
         with monkeypatch.context() as m:
             break_verifiers(m)
-            broken, _ = _t5_pairs(pair, proposer, policy, prompt, SEQ2SEQ_DRAWS)
+            broken, _ = draw_first_pairs(pair, proposer, policy, prompt, SEQ2SEQ_DRAWS)
         assert chi2_pvalue(broken, exact) < POWER, f"{name}: the check cannot tell a broken verifier apart"
-    counts, outs = _t5_pairs(pair, proposer, policy, prompt, SEQ2SEQ_DRAWS)
+    counts, outs = draw_first_pairs(pair, proposer, policy, prompt, SEQ2SEQ_DRAWS)
     assert chi2_pvalue(counts, exact) > 1e-3
     drafted = sum(sum(o.drafted) for o in outs)
     assert drafted > 0

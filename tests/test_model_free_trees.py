@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import check_pairs_follow, random_model
+from conftest import check_pairs_follow, exact_joint, random_model
 
 from specexp.core.decode import generate
 from specexp.core.stopping import Stopper
@@ -185,11 +185,7 @@ def test_sampling_keeps_the_targets_distribution(make, monkeypatch):
     with torch.no_grad():
         target.lm_head.weight.mul_(4)
     sampling, prompt = Sampling(temperature=1.0, top_k=4), torch.tensor([1, 2, 3, 1, 2, 4, 1, 2, 5, 3, 1, 2])
-    lm = CachedLM(target)
-    first = sampling.probs(lm.forward(prompt)[-1])
-    second = torch.stack([sampling.probs(CachedLM(target).forward(torch.cat([prompt, torch.tensor([t])]))[-1])
-                          for t in range(V)])
-    exact = first[:, None] * second
+    lm, exact = CachedLM(target), exact_joint(target, prompt, sampling, V)
 
     def emit(i):
         # 3 tokens: the second round is verified after the first round's update (the matrix)

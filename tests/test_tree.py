@@ -16,7 +16,7 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import check_pairs_follow, pair_counts_pvalue, noisy_copy, random_model
+from conftest import check_pairs_follow, exact_joint, pair_counts_pvalue, noisy_copy, random_model
 
 from specexp.core import tree, verify
 from specexp.core.decode import generate
@@ -317,11 +317,7 @@ def test_tree_strategy_sampling_has_the_targets_distribution(monkeypatch):
         target.lm_head.weight.mul_(4)
     proposer = TreeDrafter(branch=2, width=2).bind(ModelsByRole(target, noisy_copy(target, 0.8, seed=1)))
     sampling, prompt = Sampling(temperature=1.0, top_k=4), torch.tensor([1, 2, 3])
-    lm = CachedLM(target)
-    first = sampling.probs(lm.forward(prompt)[-1])
-    second = torch.stack([sampling.probs(CachedLM(target).forward(torch.cat([prompt, torch.tensor([t])]))[-1])
-                          for t in range(vs)])
-    exact = first[:, None] * second
+    lm, exact = CachedLM(target), exact_joint(target, prompt, sampling, vs)
 
     def emit(i):
         out = generate(lm, prompt, 2, sampling, Stopper(), proposer, Fixed(3), torch.Generator().manual_seed(i))

@@ -170,7 +170,8 @@ def generate(
         # 4. Roll back the rejected drafts in both caches (a tree: keep the path's entries).
         tree.keep_path(target, tokens.shape[0], path)
         if parents is not None:  # from here on a tree is a chain whose first n drafts are the path
-            order = path + [i for i in range(k) if i not in set(path)]
+            on_path = set(path)
+            order = path + [i for i in range(k) if i not in on_path]
             draft_tokens, logits = draft_tokens[order], logits[[0] + [i + 1 for i in order]]
         if draft is not None:
             proposer.observe_target(logits, n)  # the target's side of the round (n-gram filler)
