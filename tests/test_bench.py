@@ -175,3 +175,119 @@ def test_feature_goals_pick_the_best_feature_mode_and_transformers_fastest_specu
     # over transformers' fastest speculative mode (lookup, 22 tok/s), not its autoregressive one (30)
     assert hf["value"] == f"{29 / 22:.2f}x (ours-eagle-store-cost / hf-lookup)" and not hf["met"]
     assert feature_goals([r for r in rows if not r["mode"].startswith("ours-eagle")]) == []
+
+
+def test_tree_modes_end_to_end(random_pair_dir, tmp_path, monkeypatch, capsys):
+    """The token-tree modes alone on one prompt: they run, greedy output equals ours autoregressive,
+    the nodes and tree columns are filled, --tree-sizes adds a mode per new template, and every
+    setting gets the tree goals."""
+    bench = load_bench()
+    monkeypatch.setenv("SPECEXP_CACHE", str(tmp_path / "cache"))
+    overrides = [a for o in pair_overrides(random_pair_dir) for a in ("--override", o)]
+    report = bench.main(["--pair", "tiny", *overrides, "--datasets", "humaneval", "--per-dataset", "1",
+                         "--repeats", "1", "--warmup", "0", "--new-tokens", "8", "--temperature", "0.7",
+                         "--modes", "ours-ar,hf-ar,ours-recycling,ours-recycling-sized,ours-lookup-trie",
+                         "--tree-depth", "3", "--tree-max-nodes", "12", "--tree-sized-depth", "3",
+                         "--tree-sizes", "4,2,1;2,1", "--tree-lookup-nodes", "2",
+                         "--json", str(tmp_path / "trees.json")])
+    out = capsys.readouterr().out
+    trees = {"ours-recycling", "ours-recycling-b2-1", "ours-lookup-trie", "ours-recycling-sized"}
+    rows = rows_by(report)
+    assert set(rows) == {(s, m) for s in SETTINGS for m in trees | {"ours-ar", "hf-ar"}}
+    assert "ours-recycling-b4-2-1" not in {m for _, m in rows}  # the default template: measured once, said so
+    assert "is ours-recycling's template: measured once" in out
+    for (s, m), r in rows.items():
+        assert r["tree"] == (m in trees)
+        if m in trees:
+            assert r["gamma"] == (8 if m == "ours-lookup-trie" else 3) and r["tokens"] > 0
+            assert r["nodes_per_forward"] == pytest.approx(r["drafted"] / r["forwards"]["target"])
+            if m.startswith("ours-recycling"):  # seeded from the prompt's bigrams: it drafts from the first round
+                assert r["tree_rounds"] > 0 and 1 <= r["tree_depth_mean"] <= 3 and r["tree_nodes_mean"] >= 1
+            if m == "ours-recycling-b2-1":
+                assert r["tree_nodes_mean"] <= 2 + 2 + 2 + 2  # 2 children of the context, one per node, 2 lookup
+            if s == "greedy":
+                assert r["identical"] is True, m
+        else:
+            assert r["nodes_per_forward"] is None and r["tree_rounds"] is None
+    for s in SETTINGS:
+        goals = [g for g in report["goals"] if g["setting"] == s and g["goal"].startswith("trees:")]
+        assert len(goals) == 4, goals
+        assert all(isinstance(g["met"], bool) and g["value"] for g in goals)
+    assert " nodes " in bench.format_table(report).splitlines()[2]
+
+
+def test_tree_goals_from_timed_calls():
+    """bench_analysis.analyse + goals on synthetic timed calls (4 prompts, one repeat): the tree
+    goals pick the best tree mode, compare it with our autoregressive and transformers' fastest mode,
+    and judge the machine-sized tree by its ratio's point estimate, saying whether the CI decides it."""
+    from types import SimpleNamespace as NS
+
+    from specexp.core.decode import Generation
+    from specexp.models.sampling import Sampling
+    from specexp.report.bench_analysis import analyse, goals, ratios
+
+    def gen(seconds, forwards, nodes=0, tree=False):
+        """60 tokens in `seconds` and `forwards` target forwards (one a round, the first a prefill),
+        drafting `nodes` tokens a round (with `tree`: a tree 3 deep whose path accepts one)."""
+        rounds = forwards if tree else 0
+        return Generation(tokens=list(range(60)), wall_time=seconds, drafted=[nodes] * forwards,
+                          accepted=[min(nodes, 1)] * forwards, model_forwards={"target": forwards},
+                          model_forward_seconds={"target": 0.9 * seconds}, model_prefills={"target": 1},
+                          model_prefill_seconds={"target": 0.01}, tree_nodes=[nodes] * rounds,
+                          tree_depth=[3] * rounds, tree_path=[1] * rounds, tree_ranks=[None] * rounds)
+
+    def mode(key, side, gamma=4, counterpart=None, tree=False):
+        return NS(key=key, name=key, side=side, gamma=gamma, fixed_gamma=False, drafter=None,
+                  counterpart=counterpart, tree=tree)
+
+    trees = ("ours-recycling", "ours-recycling-b8-2-1", "ours-recycling-sized", "ours-lookup-trie")
+    modes = [mode("ours-ar", "ours", None, "hf-ar"), mode("hf-ar", "hf", None, "ours-ar"), mode("hf-lookup", "hf"),
+             *[mode(k, "ours", tree=True) for k in trees]]
+    sets = [NS(name="greedy", sampling=Sampling()),
+            NS(name="T=0.7", sampling=Sampling(temperature=0.7, top_k=0, top_p=1.0))]
+    noise = [1.0, 1.05, 0.95, 1.02]  # per prompt: the machine's drift, shared by every mode
+    # per setting and mode: (seconds per prompt, the mode's own per-prompt factors, target forwards, nodes a round)
+    plan = {"greedy": {"ours-ar": (3.0, [1] * 4, 60, 0), "hf-ar": (2.0, [1] * 4, 60, 0),
+                       "hf-lookup": (1.2, [1] * 4, 30, 4),
+                       "ours-recycling": (1.5, [1, 1.01, 0.99, 1], 18, 12),  # 3.33 tokens per forward
+                       "ours-recycling-b8-2-1": (1.4, [1, 0.99, 1.01, 1], 17, 24),  # 3.53: the best, the fastest
+                       "ours-recycling-sized": (1.4 / 0.9, [1, 1.01, 0.99, 1], 21, 16),  # 0.90x the best fixed
+                       "ours-lookup-trie": (2.5, [1] * 4, 30, 8)},
+            "T=0.7": {"ours-ar": (3.0, [1] * 4, 60, 0), "hf-ar": (4.5, [1] * 4, 60, 0),  # hf's fastest: its AR
+                      "hf-lookup": (5.0, [1] * 4, 40, 4),
+                      "ours-recycling": (2.6, [1] * 4, 25, 12),
+                      "ours-recycling-b8-2-1": (2.5, [1] * 4, 25, 24),  # the fastest: 1.2x ours-ar, 1.8x hf-ar
+                      "ours-recycling-sized": (2.5, [1.25, 0.95, 1.2, 0.95], 25, 16),  # point 0.93x, a wide CI
+                      "ours-lookup-trie": (2.8, [1] * 4, 30, 8)}}
+    calls = {(s, k): [NS(repeat=0, prompt=i, gen=gen(sec * noise[i] * f[i], fw, nodes, k in trees)) for i in range(4)]
+             for s, by_mode in plan.items() for k, (sec, f, fw, nodes) in by_mode.items()}
+    rows = analyse(calls, modes, sets)
+    by = {(r["setting"], r["mode"]): r for r in rows}
+    assert by[("greedy", "ours-recycling")]["nodes_per_forward"] == pytest.approx(12.0)
+    assert by[("greedy", "ours-recycling")]["tree_nodes_mean"] == pytest.approx(12.0)
+    assert by[("greedy", "ours-ar")]["nodes_per_forward"] is None  # no drafts
+    assert by[("greedy", "hf-lookup")]["nodes_per_forward"] is None  # ours only
+    lo, hi = by[("greedy", "ours-recycling-b8-2-1")]["tau_ci"]
+    assert lo == pytest.approx(60 / 17) == pytest.approx(hi)  # every prompt 60 tokens in 17 forwards
+    out = {(g["setting"], g["goal"].split(" (")[0]): g for g in goals(rows, ratios(rows, modes, calls), calls)
+           if g["goal"].startswith("trees:")}
+    tau = out[("greedy", "trees: >= 3.0 tokens per target forward")]
+    assert tau["met"] and tau["value"] == "3.53 [3.53, 3.53] (ours-recycling-b8-2-1)"
+    assert not out[("T=0.7", "trees: >= 3.0 tokens per target forward")]["met"]  # 2.40 at most
+    sp = out[("greedy", "trees: >= 1.8x our autoregressive")]
+    assert sp["met"] and sp["value"].startswith(f"{3.0 / 1.4:.2f}x [")
+    assert sp["value"].endswith("(ours-recycling-b8-2-1)")
+    sp = out[("T=0.7", "trees: >= 1.5x our autoregressive")]
+    assert not sp["met"] and sp["value"].startswith(f"{3.0 / 2.5:.2f}x")
+    hf = out[("greedy", "trees: >= 1.5x transformers' fastest mode")]  # hf-lookup, 50 tokens/s
+    assert not hf["met"] and hf["value"].startswith(f"{1.2 / 1.4:.2f}x [") and "/ hf-lookup)" in hf["value"]
+    hf = out[("T=0.7", "trees: >= 1.5x transformers' fastest mode")]  # transformers' autoregressive is its fastest
+    assert hf["met"] and hf["value"].startswith(f"{4.5 / 2.5:.2f}x") and "/ hf-ar)" in hf["value"]
+    sized = {s: out[(s, "trees: the machine-sized tree within 5% of the best fixed tree")] for s in SETTINGS}
+    # greedy: 0.90x with a tight CI, decided; sampled: a point below 0.95 whose CI holds 0.95: undecided
+    assert not sized["greedy"]["met"] and sized["greedy"]["value"].startswith("0.90x [")
+    assert "the CI decides it" in sized["greedy"]["value"]
+    assert not sized["T=0.7"]["met"] and "(ours-recycling-sized / ours-recycling-b8-2-1;" in sized["T=0.7"]["value"]
+    assert "undecided at this n" in sized["T=0.7"]["value"]
+    point = sum(noise) / sum(n * f for n, f in zip(noise, [1.25, 0.95, 1.2, 0.95]))  # total seconds: best / sized
+    assert sized["T=0.7"]["value"].startswith(f"{point:.2f}x [") and point < 0.95

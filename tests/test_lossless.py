@@ -82,13 +82,17 @@ COSTS = ("strategy.verify_cost=[1.0,1.1,1.2,1.6,1.7,1.8,1.9,2.0,2.1]", "strategy
 # seeded from the prompt (else a random target's 24 tokens never revisit a row it wrote), the trie
 # matching single repeated tokens (a random target never repeats a 2-gram of its text).
 FIXED = {"cost_aware": COSTS, "lookup_store_cost": COSTS,
-         "token_recycling": ("strategy.proposer.prompt_init=true",), "lookup_trie": ("strategy.proposer.min_ngram=1",)}
+         "token_recycling": ("strategy.proposer.prompt_init=true",), "lookup_trie": ("strategy.proposer.min_ngram=1",),
+         # a free verification (the measured one would depend on the machine): every node that exists is drafted
+         "token_recycling_sized": ("strategy.proposer.verify_cost=[1,1,1,1,1,1,1]",)}
 CASES = {**{s: (s, FIXED.get(s, ())) for s in STRATEGIES}, **VARIANTS}
 # Greedy, on a random-init target: drafts that only come from repeats of the text are never right
 # (the target does not repeat itself within 24 tokens); their accept path is checked under sampling.
 NOTHING_ACCEPTED_GREEDY = {"prompt_lookup[no-bigram]": "lookup only", "nasd": "an n-gram store of the text",
                            "medusa": "untrained heads repeat the target's next token (trained: tests/test_medusa.py)",
+                           "medusa_tree": "untrained heads, as medusa (trained: tests/test_medusa.py)",
                            "token_recycling": "candidates recycled from the target's earlier positions",
+                           "token_recycling_sized": "as token_recycling",
                            "lookup_trie": "a trie of the text's own continuations"}
 
 
@@ -389,7 +393,13 @@ def check_tree_sampling(tree_pair, case, monkeypatch):
     assert 0 < accepted < sum(sum(o.drafted) for o in outs), "both the accept and the reject path must run"
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if CASES[c][0] not in GREEDY_ONLY])
+# Sampling checked in another file, on a target sharp enough for the power check: untrained Medusa
+# heads on this near-uniform target draft candidates whose mis-verification moves the joint too little.
+SAMPLING_CHECKED_ELSEWHERE = {"medusa_tree": "tests/test_medusa.py::test_medusa_tree_sampling_keeps_the_targets_distribution"}
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if CASES[c][0] not in GREEDY_ONLY
+                                  and c not in SAMPLING_CHECKED_ELSEWHERE])
 def test_sampling_output_has_the_targets_distribution(bigram_pair, case, monkeypatch, request):
     """First the power check: through a verifier that drops the residual, the same check must
     reject (p < POWER). Then the real verifier must pass (p > 1e-3), drafts must have been both

@@ -209,3 +209,86 @@ def test_measures_count_untrained_heads_as_repeating_the_next_token():
         hits = sum(int(top[p] == top[p + 1 + i]) for p in range(n))
         assert got["top1_agreement_per_head"][i] == round(hits / n, 4)
     assert got["positions_per_head"] == [11, 10, 9]
+
+
+# ============================================================ Medusa's token tree ================
+# (specexp/proposers/medusa_tree.py: the heads' top-k combined into one tree, verified in one forward)
+
+def test_a_tree_forward_keeps_each_paths_hidden_states():
+    """With keep_hidden, a tree forward's hidden state at each node is the one its path gives as a
+    chain (what Medusa's next round reads after the loop gathers the accepted path)."""
+    target = random_model("llama", 40, 32, 2, seed=1)
+    prompt, nodes, parents = torch.tensor([3, 7, 11, 2]), [5, 9, 6, 8, 4], [-1, -1, 0, 0, 1]
+    lm = CachedLM(target)
+    lm.keep_hidden = True
+    lm.start(prompt)
+    lm.forward(prompt[:-1])
+    lm.forward(torch.tensor([int(prompt[-1])] + nodes), keep=len(nodes) + 1, tree=torch.tensor(parents))
+    tree_hidden = lm.hidden[1:]
+    for i in range(len(nodes)):
+        path, j = [], i
+        while j >= 0:
+            path.insert(0, nodes[j])
+            j = parents[j]
+        chain = CachedLM(target)
+        chain.keep_hidden = True
+        chain.start(prompt)
+        chain.forward(torch.cat([prompt, torch.tensor(path)]))
+        torch.testing.assert_close(tree_hidden[i], chain.hidden[-1], atol=1e-4, rtol=1e-4)
+
+
+def test_medusa_tree_greedy_output_equals_the_targets(tiny):
+    from specexp.proposers.medusa_tree import MedusaTree
+
+    target, heads, prompts = tiny
+    tree = MedusaTree(checkpoint=str(heads), topk=4, max_nodes=12).bind(ModelsByRole(target))
+    outs = decode(target, tree, prompts)
+    assert [o.tokens for o in outs] == autoregressive(target, prompts)
+    assert max(max(o.drafted) for o in outs) > 4  # trees: more nodes than heads
+    assert sum(sum(o.accepted) for o in outs) > 0
+    assert all(max(o.drafted) <= 12 for o in outs)
+    counts = tree.sizer.acceptance.counts  # the last sample's rounds taught the estimates (reset per sample)
+    assert counts[0].sum() > 0 and counts[0, 0] > counts[0, 1]  # trained heads: rank 0 the likeliest
+    assert all(ranks is None or all(0 <= r < 4 for r in ranks) for o in outs for ranks in o.tree_ranks)
+
+
+def test_medusa_tree_sized_for_a_prohibitive_verification_drafts_nothing(tiny):
+    from specexp.proposers.medusa_tree import MedusaTree
+
+    target, heads, prompts = tiny
+    widths = [1, 2, 4, 8, 13]
+    tree = MedusaTree(checkpoint=str(heads), topk=4, max_nodes=12, size="machine",
+                      verify_cost=[1 + 3.0 * (w - 1) for w in widths]).bind(ModelsByRole(target))
+    outs = decode(target, tree, prompts[:1])
+    assert outs[0].tokens == autoregressive(target, prompts[:1])[0]
+    assert max(outs[0].drafted) == 0
+    assert tree.measured()["replay"]["proposer.cost_widths"] == widths
+
+
+def test_medusa_tree_sampling_keeps_the_targets_distribution(monkeypatch):
+    from conftest import check_pairs_follow, exact_joint
+
+    from specexp.proposers.medusa_tree import MedusaTree
+
+    target = random_model("llama", 6, 32, 1, seed=0)
+    with torch.no_grad():
+        target.lm_head.weight.mul_(4)
+    sampling, prompt = Sampling(temperature=1.0, top_k=4), torch.tensor([1, 2, 3])
+    tree = MedusaTree(num_heads=2, topk=3, max_nodes=5).bind(ModelsByRole(target))
+    lm, exact = CachedLM(target), exact_joint(target, prompt, sampling, 6)
+
+    def emit(i):
+        # the first round reads the prompt (no draft); the second token is verified through a tree
+        out = generate(lm, prompt, 3, sampling, Stopper(), tree, Fixed(2), torch.Generator().manual_seed(i))
+        return tuple(out.tokens[:2]), sum(out.accepted)
+
+    check_pairs_follow(exact, emit, monkeypatch)
+
+
+def test_strategy_file_builds_a_medusa_tree():
+    from specexp.proposers.medusa_tree import MedusaTree
+
+    cfg = compose(["strategy=medusa_tree", "strategy.proposer.max_nodes=6"]).strategy
+    proposer, policy = instantiate.strategy_objects(cfg)
+    assert isinstance(proposer, MedusaTree) and proposer.sizer.max_nodes == 6 and proposer.topk == 10
+    assert policy.gamma == 4

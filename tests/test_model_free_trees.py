@@ -99,6 +99,27 @@ def test_prompt_init_and_eos_and_duplicate_siblings():
 
 # ============================================================ the lookup trie ===================
 
+def test_a_lookup_trie_merged_into_the_recycled_tree():
+    """lookup_nodes: the prompt-lookup trie's nodes join the recycled tree; a node whose token is
+    already its parent's child is shared, the others appended after their parents."""
+    tr = TokenRecycling(k=2, branching=[2, 1], prompt_init=True, lookup_nodes=5)
+    tr.eos = set()
+    text = [3, 4, 5, 3, 6, 7, 3]  # 3 -> 4 and 3 -> 6 in the prompt: row 3 = [6, 4]; the lookup: 6 7 3 | 4 5 3
+    tr.reset(torch.tensor(text))
+    d = tr.propose(torch.tensor(text), 3, Fixed(3), Sampling(), None)
+    nodes, parents = d.tokens.tolist(), d.parents.tolist()
+    recycled = ([6, 4, 7, 5, 3, 3], [-1, -1, 0, 1, 2, 3])  # rows: 6 -> [7], 4 -> [5], 7 -> [3], 5 -> [3]
+    assert (nodes, parents) == recycled  # both continuations were already in it: shared, nothing added
+    tr2 = TokenRecycling(k=2, branching=[1], lookup_nodes=5)
+    tr2.eos = set()
+    tr2.reset(torch.tensor(text))
+    tr2.write([3], torch.tensor([[9, 8]]))  # the row of 3: neither continuation of the lookup
+    d = tr2.propose(torch.tensor(text), 3, Fixed(3), Sampling(), None)
+    # The recycled chain [9]; then the lookup trie (most recent occurrence first: 6 7 3, then 4 5 3),
+    # cut at 5 nodes by count, depth, insertion: 6, 4, 7, 5, 3 (of 6 7).
+    assert d.tokens.tolist() == [9, 6, 4, 7, 5, 3] and d.parents.tolist() == [-1, -1, -1, 1, 2, 3]
+
+
 def test_suffix_occurrences_finds_every_earlier_occurrence():
     assert suffix_occurrences([1, 2, 3, 9, 1, 2, 3, 7, 5, 1, 2, 3]) == (3, [2, 6])
     assert suffix_occurrences([1, 2, 3, 9, 1, 2, 3, 7, 5, 1, 2, 3], max_ngram=2) == (2, [2, 6])
@@ -155,8 +176,9 @@ def _repeating_prompt(target, seed: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("make", [lambda: TokenRecycling(k=4, branching=[2, 1], prompt_init=True),
                                   lambda: TokenRecycling(k=4, branching=[3, 2, 1]),
+                                  lambda: TokenRecycling(k=4, branching=[2, 1], lookup_nodes=8),
                                   lambda: LookupTrie(min_ngram=1, max_nodes=12)],
-                         ids=["recycling_prompt_init", "recycling", "lookup_trie"])
+                         ids=["recycling_prompt_init", "recycling", "recycling_lookup", "lookup_trie"])
 def test_greedy_equals_autoregressive_with_drafts_accepted(make):
     target = _sharp_target()
     for seed in range(2):
@@ -176,8 +198,9 @@ POWER = 1e-4
 
 
 @pytest.mark.parametrize("make", [lambda: TokenRecycling(k=3, branching=[3, 2], prompt_init=True),
+                                  lambda: TokenRecycling(k=3, branching=[2], prompt_init=True, lookup_nodes=4),
                                   lambda: LookupTrie(min_ngram=1, max_nodes=8)],
-                         ids=["recycling", "lookup_trie"])
+                         ids=["recycling", "recycling_lookup", "lookup_trie"])
 def test_sampling_keeps_the_targets_distribution(make, monkeypatch):
     """The joint of the first two tokens after a repeating prompt, through `generate`, against the
     target's exact joint; first the power check (no residual update between siblings)."""

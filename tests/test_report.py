@@ -224,6 +224,36 @@ def test_runs_table_and_unknown_names(tmp_path):
         report.render(report.collect([tmp_path]), "runs", "html")
 
 
+def test_tree_columns_in_the_collected_table_and_the_runs_table(tmp_path):
+    from specexp.core.decode import Generation
+    from specexp.experiment.metrics_json import tree_block
+
+    # three tree rounds, as the decode loop logs them: nodes 10, 6, 8; depth 3, 2, 3; accepted path 3, 1, 0
+    tree = tree_block([Generation(tree_nodes=[10, 6], tree_depth=[3, 2], tree_path=[3, 1], tree_ranks=[None, None]),
+                       Generation(tree_nodes=[8], tree_depth=[3], tree_path=[0], tree_ranks=[None])])
+    write_run(tmp_path, "0", strategy="token_recycling", params={"depth": 3}, acc_len=2.25, extra={"tree": tree})
+    write_run(tmp_path, "1", params={"gamma": 4})  # a chain run: no tree block
+    df = report.collect([tmp_path]).set_index("job")
+    assert df.loc[0, "tree_nodes_mean"] == pytest.approx(8.0) and df.loc[0, "tree_depth_mean"] == pytest.approx(8 / 3)
+    # depth 1: 2 of the 3 trees' paths reached it; depth 2: 1 of 3; depth 3: 1 of the 2 trees that deep
+    assert [df.loc[0, f"tree_accept_d{d}"] for d in (1, 2, 3)] == pytest.approx([2 / 3, 1 / 3, 1 / 2])
+    assert df.loc[1, ["tree_nodes_mean", "tree_depth_mean", "tree_accept_d1"]].isna().all()
+    md = report.render(report.collect([tmp_path]), "runs", "md")
+    assert "| tree nodes | tree depth | accept@d1 | accept@d2 | accept@d3 | error |" in md
+    assert "| token_recycling | greedy | xsum | 100.0 | 0.500 | 2.25 |" in md  # acc. len: tokens per target forward
+    assert "| paired | 8.0 | 2.67 | 0.667 | 0.333 | 0.500 |  |" in md
+    assert "| paired | – | – | – | – | – |  |" in md  # the chain run
+    assert "accept@dN: of those rounds whose tree reached depth N" in md
+
+
+def test_tables_of_chain_runs_have_no_tree_columns(tmp_path):
+    write_run(tmp_path, "0", params={"gamma": 2})
+    df = report.collect([tmp_path])
+    assert not [c for c in df.columns if c.startswith("tree")]
+    md = report.render(df, "runs", "md")
+    assert "tree" not in md and "accept@d" not in md
+
+
 def test_latex_escaping():
     assert rendering.latex_escape("pass@1 & 50% of_x #1 ~{}") == r"pass@1 \& 50\% of\_x \#1 \textasciitilde{}\{\}"
 

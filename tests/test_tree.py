@@ -332,3 +332,216 @@ def test_batched_trees_are_refused(tree_pair):
     pair, proposer = tree_pair
     with pytest.raises(ValueError, match="batch_size"):
         check_supported(proposer, pair.target)
+
+
+# ============================================================ re-ranking and entropy gates =====
+
+def _drafter_tree(pair, prompt, depth=4, **options):
+    """One fresh TreeDrafter round on `prompt`: the proposer (its drafter cache as the round left
+    it), the draft's tokens and parents (lists)."""
+    from specexp.length import Fixed
+    from specexp.proposers.tree_drafter import TreeDrafter
+
+    proposer = TreeDrafter(**options).bind(pair)
+    proposer.reset(prompt)
+    draft = proposer.propose(prompt, depth, Fixed(depth), Sampling(), None)
+    parents = [] if draft.parents is None else draft.parents.tolist()
+    return proposer, draft.tokens.tolist(), parents
+
+
+def _paths(nodes, parents):
+    """Each node's path from the root, as a tuple of tokens."""
+    return [tuple(nodes[i] for i in tree.path_to(n, parents)) for n in range(len(nodes))]
+
+
+def _chain_logprobs(model, prompt, path):
+    """The drafter's log-probs [len(path) + 1, V] after the prompt and each prefix of `path`, fed as a chain."""
+    ids = torch.cat([prompt, torch.tensor(path, dtype=prompt.dtype)])
+    return CachedLM(model).forward(ids, keep=len(path) + 1).log_softmax(-1).double()
+
+
+def _greedy_equals_autoregressive(pair, **options):
+    from specexp.length import Fixed
+    from specexp.proposers.tree_drafter import TreeDrafter
+
+    proposer = TreeDrafter(**options).bind(pair)
+    drafted, accepted = [], 0
+    for seed in range(4):
+        prompt = torch.randint(0, 50, (8,), generator=torch.Generator().manual_seed(seed))
+        reference = generate(CachedLM(pair.target), prompt, 24, Sampling(), Stopper()).tokens
+        out = generate(CachedLM(pair.target), prompt, 24, Sampling(), Stopper(), proposer, Fixed(4))
+        assert out.tokens == reference, f"prompt {seed}: the tree decode left the target's greedy output"
+        assert [e for e in out.emitted] == [a + 1 for a in out.accepted]
+        drafted, accepted = drafted + list(out.drafted), accepted + sum(out.accepted)
+    return drafted, accepted
+
+
+def test_reranked_tree_greedy_equals_autoregressive(tree_pair):
+    pair, _ = tree_pair
+    drafted, accepted = _greedy_equals_autoregressive(pair, branch=3, width=4, total=6)
+    assert max(drafted) == 6 and accepted > 0
+
+
+@pytest.fixture(scope="module")
+def sharp_pair():
+    """The tree pair's target, sharper still: the drafter's best paths run deep, so the re-ranking
+    drops first-level nodes and keeps deeper ones (whose cache positions then move)."""
+    from conftest import ModelsByRole
+
+    target = random_model("llama", 50, 64, 2, seed=0)
+    with torch.no_grad():
+        target.lm_head.weight.mul_(15)
+    return ModelsByRole(target, noisy_copy(target, 0.5, seed=1))
+
+
+def test_reranked_tree_keeps_the_top_paths(sharp_pair):
+    """total=6 of a 4-level tree: the kept nodes are the 6 best of the whole tree by the drafter's
+    path log-probability (computed here from chain forwards), each with its parent, in topological
+    order, the siblings still most likely first."""
+    pair = sharp_pair
+    prompt = torch.randint(0, 50, (8,), generator=torch.Generator().manual_seed(1))
+    _, full_nodes, full_parents = _drafter_tree(pair, prompt, branch=3, width=4)
+    _, nodes, parents = _drafter_tree(pair, prompt, branch=3, width=4, total=6)
+    assert len(full_nodes) == 3 + 4 * 3 and len(nodes) == 6
+    assert all(-1 <= p < i for i, p in enumerate(parents))  # topological: every parent kept, before its child
+    # 1. each path's score from plain chain forwards of the drafter
+    score = {}
+    for path in _paths(full_nodes, full_parents):
+        logp = _chain_logprobs(pair.drafter, prompt, list(path))
+        score[path] = float(sum(logp[d, t] for d, t in enumerate(path)))
+    ranked = sorted(score, key=lambda p: (-score[p], len(p)))
+    assert score[ranked[5]] - score[ranked[6]] > 1e-3  # no float edge between the 6th and the 7th
+    kept = _paths(nodes, parents)
+    assert set(kept) == set(ranked[:6])
+    assert max(map(len, kept)) >= 2  # the re-ranking cut across levels, not only the last one
+    # 2. the order is the full tree's (level by level), the kept subset of it
+    order = {p: i for i, p in enumerate(_paths(full_nodes, full_parents))}
+    assert [order[p] for p in kept] == sorted(order[p] for p in kept)
+
+
+def test_reranked_tree_drafter_cache_keeps_the_accepted_path(sharp_pair):
+    """After a re-ranked round, whichever kept node the target accepts up to, the drafter's cache is
+    the context and that path, from where each node was fed before the re-ranking: the next
+    forward equals a fresh drafter's over context + path + the target's token."""
+    pair = sharp_pair
+    prompt = torch.randint(0, 50, (8,), generator=torch.Generator().manual_seed(2))
+    proposer, nodes, parents = _drafter_tree(pair, prompt, branch=3, width=4, total=6)
+    cached = proposer._tree[3]
+    moved = [i for i in range(len(nodes)) if cached[i] is not None and cached[i] != 8 + i]
+    assert moved, "no kept node moved: the re-ranking's cache positions are not exercised"
+    for node in range(len(nodes)):
+        proposer, nodes, parents = _drafter_tree(pair, prompt, branch=3, width=4, total=6)
+        path = [nodes[i] for i in tree.path_to(node, parents)]
+        nxt = 7
+        tokens = torch.cat([prompt, torch.tensor(path + [nxt])])
+        proposer._keep_accepted(tokens)
+        fed = len(path) if cached[node] is not None else len(path) - 1  # the last level was never fed
+        assert proposer.lm.length == 8 + fed == proposer.lm.cache.get_seq_length()
+        logits = proposer.lm.forward(tokens[proposer.lm.length:], keep=1)
+        torch.testing.assert_close(logits, CachedLM(pair.drafter).forward(tokens, keep=1), atol=1e-4, rtol=0)
+
+
+def _entropies(pair, prompt, nodes, parents):
+    """The drafter's Shannon entropy (nats) after the prompt (key ()) and after each node's path."""
+    from specexp.models import token_entropy
+
+    out = {}
+    for path in [()] + _paths(nodes, parents):
+        logp = _chain_logprobs(pair.drafter, prompt, list(path))
+        out[path] = float(token_entropy.shannon(logp[-1].exp()))
+    return out
+
+
+def test_entropy_gate_extremes(tree_pair):
+    """max_entropy=0: the drafter is never that sure here, so the draft is empty; a huge
+    threshold: exactly the ungated tree."""
+    pair, _ = tree_pair
+    for seed in range(3):
+        prompt = torch.randint(0, 50, (8,), generator=torch.Generator().manual_seed(seed))
+        full = _drafter_tree(pair, prompt, branch=3, width=4)[1:]
+        assert _drafter_tree(pair, prompt, branch=3, width=4, max_entropy=1e9)[1:] == full
+        entropy = _entropies(pair, prompt, *full)
+        assert min(entropy.values()) > 1e-3  # far from the zero threshold
+        assert _drafter_tree(pair, prompt, branch=3, width=4, max_entropy=0.0)[1:] == ([], [])
+
+
+def test_entropy_gate_stops_uncertain_branches(tree_pair):
+    """A threshold in a clear gap among the ungated tree's entropies: in the gated tree, every
+    node with children (and the context, when anything is drafted) is at or under it, every node
+    over it is a leaf, and the tree is smaller than the ungated one."""
+    pair, _ = tree_pair
+    gated_somewhere = False
+    for seed in range(3):
+        prompt = torch.randint(0, 50, (8,), generator=torch.Generator().manual_seed(seed))
+        full = _drafter_tree(pair, prompt, branch=3, width=4)[1:]
+        entropy = _entropies(pair, prompt, *full)
+        inner = sorted(v for p, v in entropy.items() if len(p) < 4)  # nodes that could be expanded
+        gaps = [(b - a, (a + b) / 2) for a, b in zip(inner, inner[1:])]
+        gap, threshold = max(gaps[len(gaps) // 4: 3 * len(gaps) // 4 + 1])
+        assert gap > 1e-2  # the threshold is far from every entropy
+        nodes, parents = _drafter_tree(pair, prompt, branch=3, width=4, max_entropy=threshold)[1:]
+        paths = _paths(nodes, parents)
+        if nodes:
+            assert entropy[()] <= threshold
+        else:
+            assert entropy[()] > threshold
+        g_entropy = _entropies(pair, prompt, nodes, parents) if nodes else {}
+        assert all(abs(v - threshold) > 1e-3 for v in g_entropy.values())  # no float edge in the tree drafted
+        for i, path in enumerate(paths):
+            has_children = i in parents
+            if g_entropy[path] > threshold:
+                assert not has_children, f"a node over the threshold was expanded: {path}"
+            if has_children:
+                assert g_entropy[path] <= threshold
+        assert len(nodes) <= len(full[0])
+        gated_somewhere |= len(nodes) < len(full[0])
+    assert gated_somewhere
+
+
+def test_entropy_gated_tree_greedy_equals_autoregressive(tree_pair):
+    """A threshold between the drafter's entropies along the reference output: some rounds draft
+    less (or nothing: one target token), the output is still the target's greedy one."""
+    pair, _ = tree_pair
+    prompt = torch.randint(0, 50, (8,), generator=torch.Generator().manual_seed(0))
+    reference = generate(CachedLM(pair.target), prompt, 24, Sampling(), Stopper()).tokens
+    from specexp.models import token_entropy
+
+    ids = torch.cat([prompt, torch.tensor(reference)])
+    h = token_entropy.of_logits(CachedLM(pair.drafter).forward(ids)[7:]).sort().values
+    threshold = float(h[len(h) // 2])  # the median: gates some steps, not all
+    for options in ({"max_entropy": threshold}, {"max_entropy": threshold, "total": 5}):
+        drafted, accepted = _greedy_equals_autoregressive(pair, branch=3, width=4, **options)
+        assert accepted > 0 and min(drafted) < max(drafted)
+
+
+def test_tree_strategy_sampling_with_reranking_has_the_targets_distribution(monkeypatch):
+    """As test_tree_strategy_sampling_has_the_targets_distribution, with the re-ranking cutting
+    each 3-level tree (6 nodes) to 3."""
+    from conftest import ModelsByRole
+
+    from specexp.length import Fixed
+    from specexp.proposers.tree_drafter import TreeDrafter
+
+    vs = 6
+    target = random_model("llama", vs, 32, 1, seed=0)
+    with torch.no_grad():
+        target.lm_head.weight.mul_(4)
+    proposer = TreeDrafter(branch=2, width=2, total=3).bind(ModelsByRole(target, noisy_copy(target, 0.8, seed=1)))
+    sampling, prompt = Sampling(temperature=1.0, top_k=4), torch.tensor([1, 2, 3])
+    lm, exact = CachedLM(target), exact_joint(target, prompt, sampling, vs)
+
+    def emit(i):
+        out = generate(lm, prompt, 2, sampling, Stopper(), proposer, Fixed(3), torch.Generator().manual_seed(i))
+        assert max(out.drafted) <= 3
+        return tuple(out.tokens), sum(out.accepted)
+
+    check_pairs_follow(exact, emit, monkeypatch, power=POWER)
+
+
+def test_tree_drafter_options_are_checked():
+    from specexp.proposers.tree_drafter import TreeDrafter
+
+    with pytest.raises(ValueError, match="strategy.proposer.total must be >= 1"):
+        TreeDrafter(total=0)
+    with pytest.raises(ValueError, match="strategy.proposer.max_entropy must be >= 0"):
+        TreeDrafter(max_entropy=-0.5)

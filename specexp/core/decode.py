@@ -173,6 +173,8 @@ def generate(
             on_path = set(path)
             order = path + [i for i in range(k) if i not in on_path]
             draft_tokens, logits = draft_tokens[order], logits[[0] + [i + 1 for i in order]]
+            if target.keep_hidden:  # the hidden states likewise: the context's rows, then the nodes' in that order
+                target.hidden = torch.cat([target.hidden[:-k], target.hidden[-k:][order]])
         if draft is not None:
             proposer.observe_target(logits, n)  # the target's side of the round (n-gram filler)
             if target.keep_hidden:  # feature drafters: the target's hidden states of the kept tokens

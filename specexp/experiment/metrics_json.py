@@ -206,6 +206,18 @@ def aggregate(gens: list[Generation]) -> dict:
     }
 
 
+def merge_measured(*parts) -> dict:
+    """The "measured" block: what the length policy (cost_aware's costs) and the proposer (a
+    machine-sized tree's verification costs) measured that steers decoding, merged; "replay" keys
+    are relative to the strategy node (the proposer's start with "proposer.")."""
+    out: dict = {}
+    for part in parts:
+        m = part.measured() if part is not None and hasattr(part, "measured") else {}
+        for key, value in (m or {}).items():
+            out[key] = {**out[key], **value} if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def tree_block(gens: list[Generation]) -> dict | None:
     """metrics.json["tree"]: over the rounds that drafted a token tree (None when none did, as for
     every chain strategy). Per round: nodes (the draft's tokens) and depth (its levels).
@@ -470,8 +482,8 @@ def run_record(cfg, pair, task, lms: dict, proposer, policy, batch_size: int, d:
         result["tree"] = tree
     params = {r: n_params(getattr(m, "model", m)) for r, m in lms.items()}
     result.update(costs.report(d.gens, lms, names, classic_gamma(proposer, policy), base=bases, params=params))
-    measured = policy.measured() if policy is not None else {}
-    if measured:  # what this machine measured that steers decisions (cost_aware's costs): `specexp reproduce` replays it
+    measured = merge_measured(policy, proposer)
+    if measured:  # what this machine measured that steers decisions (costs): `specexp reproduce` replays it
         result["measured"] = measured
     # 5. The headline, and where and from what it ran.
     result["headline"] = sweep.headline(result)  # what the summary, the log line and the objective report

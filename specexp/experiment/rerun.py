@@ -77,12 +77,17 @@ def replay_measured(config: dict, measured: dict | None) -> list[str]:
     """Put the recorded run's measured values (metrics.json "measured" -> "replay": length config
     key -> value, LengthPolicy.measured) into `config` (in place), so the decode measures nothing
     and decides as the recorded run did. A key the strategy exposes at its top level (the length
-    node reads `${..key}`) is set there, else in strategy.length. Returns the overrides, as typed."""
+    node reads `${..key}`) is set there, a key "proposer.x" in strategy.proposer, else in
+    strategy.length. Returns the overrides, as typed."""
     replay = (measured or {}).get("replay") or {}
     strategy = config.setdefault("strategy", {})
     length = strategy.setdefault("length", {})
     out = []
     for key, value in replay.items():
+        if key.startswith("proposer."):  # the proposer measured it (a machine-sized tree's costs)
+            strategy.setdefault("proposer", {})[key.split(".", 1)[1]] = value
+            out.append(f"strategy.{key}={json.dumps(value)}")
+            continue
         if length.get(key) == f"${{..{key}}}" and key in strategy:
             strategy[key], where = value, f"strategy.{key}"
         else:

@@ -143,17 +143,18 @@ class CachedLM:
                 logits = torch.nn.functional.pad(logits, (0, v - logits.shape[-1]), value=float("-inf"))
         return logits
 
-    def _step(self, ids: torch.Tensor, keep: int | None) -> torch.Tensor:
+    def _step(self, ids: torch.Tensor, keep: int | None, **tree) -> torch.Tensor:
         """The model call: feed ids [n] after the cache, update the cache, return float32 logits
-        [keep or n, V'] (subclasses: other model kinds, e.g. encoder-decoder)."""
-        if self.keep_hidden:  # a feature drafter asks (proposers/eagle.py): decoder, then the head on `keep` rows
+        [keep or n, V'] (subclasses: other model kinds, e.g. encoder-decoder). `tree`: a token
+        tree's attention_mask and position_ids (_tree_step)."""
+        if self.keep_hidden:  # a feature drafter or Medusa asks: decoder, then the head on `keep` rows
             dec = self.model.get_decoder()
-            out = dec(input_ids=ids[None], **cache_arg(dec, self.cache), use_cache=True)
+            out = dec(input_ids=ids[None], **cache_arg(dec, self.cache), use_cache=True, **tree)
             # hidden: [n, H], every fed position (a device-mapped model leaves it on its last layer's device)
             self.cache, self.hidden = cache_of(out), out.last_hidden_state[0].to(ids.device)
             return self.model.get_output_embeddings()(self.hidden[-(keep or ids.shape[0]):]).float().to(ids.device)
         out = self.model(input_ids=ids[None], **cache_arg(self.model, self.cache), use_cache=True,
-                         logits_to_keep=keep or 0)
+                         logits_to_keep=keep or 0, **tree)
         self.cache = cache_of(out)
         return out.logits[0].float().to(ids.device)  # a no-op but for a device map (accelerate returns it there too)
 
@@ -163,17 +164,13 @@ class CachedLM:
         (4.56+, masking_utils) passes a 4D mask through as it is, and both the eager path (which adds
         it to the scores) and sdpa (which takes a float mask as additive) read it the same way; a
         boolean mask would be added as 0/1 on the eager path, hence float in the model's dtype."""
-        if type(self)._step is not CachedLM._step or self.keep_hidden:
-            raise ValueError(f"token trees need a plain decoder-only model ({type(self).__name__}"
-                             f"{' keeping hidden states' if self.keep_hidden else ''} cannot verify a tree): "
-                             "use a chain proposer for this pair")
+        if type(self)._step is not CachedLM._step:
+            raise ValueError(f"token trees need a plain decoder-only model ({type(self).__name__} cannot verify a "
+                             "tree): use a chain proposer for this pair")
         dtype = next(self.model.parameters()).dtype
         n_context = ids.shape[0] - (parents.shape[0] - cached)
         mask, positions = tree_attention(parents.tolist(), self.length, n_context, dtype, ids.device, cached)
-        out = self.model(input_ids=ids[None], attention_mask=mask, position_ids=positions,
-                         **cache_arg(self.model, self.cache), use_cache=True, logits_to_keep=keep or 0)
-        self.cache = cache_of(out)
-        return out.logits[0].float().to(ids.device)
+        return self._step(ids, keep, attention_mask=mask, position_ids=positions)
 
     def crop(self, length: int) -> None:
         """Keep only the first `length` cached positions (drop rejected drafts)."""

@@ -230,7 +230,7 @@ class Medusa(Proposer):
         """Every head's top-k candidates for the next round: (ids [heads, k], log-probabilities [heads, k]),
         row i for the token i+2 places after h_t (what a tree proposer branches on). Empty before
         the target has read the prompt."""
-        k = k or self.topk
+        k = min(k or self.topk, self.vocab_size)  # a vocabulary smaller than k: every token
         if self.hidden is None:
             return torch.empty(0, k, dtype=torch.long), torch.empty(0, k)
         rows = [self.head_logits(i).log_softmax(-1).topk(k) for i in range(self.heads.num_heads)]

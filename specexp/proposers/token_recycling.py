@@ -32,7 +32,14 @@ parent * 8 + rank. Where this one differs, and why:
   * `carry` (default false): the matrix is reset per sample, so a sample's speed does not depend
     on which samples (or warm-up and repeated decodes of the same sample) ran before it; true
     keeps it across samples as the paper does;
-  * `prompt_init`: optionally seed the rows from the prompt's own bigrams (the paper does not).
+  * `prompt_init`: optionally seed the rows from the prompt's own bigrams (the paper does not);
+  * `size: machine`: instead of a static template, the tree is chosen every round for this
+    machine (specexp/proposers/tree_sizing.py: Sequoia's best tree for its size under the measured
+    acceptance by depth and rank, and the size whose expected tokens per measured verification
+    cost is highest); the paper tunes one static tree per GPU by hand;
+  * `lookup_nodes`: optionally merge a prompt-lookup trie of that many nodes into the tree (the
+    continuations of the text's suffix where it occurred before: specexp/proposers/lookup_trie.py),
+    so that long copied spans (numbers, names) reach past the template's depth (not in the paper).
 
 How the loop's logits map to nodes: the decode loop hands `observe_target` the rows reordered as
 [context, accepted path..., other nodes in index order] (specexp/core/decode.py step 4) without the
@@ -48,6 +55,8 @@ import torch
 from specexp.length import LengthPolicy
 from specexp.models.sampling import Sampling
 from specexp.proposers.base import Draft, Proposer
+from specexp.proposers.lookup_trie import LookupTrie, Trie
+from specexp.proposers.tree_sizing import TreeSizer
 
 
 def template_from_branching(branching: list[int], depth: int) -> list[tuple[int, ...]]:
@@ -86,12 +95,19 @@ class TokenRecycling(Proposer):
     drafts_trees = True  # batch decoding runs chains only (specexp/core/batch_decode.py check_supported)
 
     def __init__(self, k: int = 8, branching: list[int] | tuple[int, ...] = (4, 2, 1), paths: list | None = None,
-                 carry: bool = False, prompt_init: bool = False):
+                 carry: bool = False, prompt_init: bool = False, size: str = "fixed", max_nodes: int = 48,
+                 verify_cost: list[float] | None = None, cost_widths: list[int] | None = None,
+                 lookup_nodes: int = 0):
         branching = [int(b) for b in branching]
         if k < 1 or not branching or min(branching) < 1 or max(branching) > k:
             raise ValueError(f"token_recycling: need k >= 1 and 1 <= branching[d] <= k, got k={k}, branching={branching}")
         self.k, self.branching, self.carry, self.prompt_init = k, branching, carry, prompt_init
         self.paths = check_template([tuple(p) for p in paths], k) if paths else None
+        self.size = size  # fixed: the template; machine: self.sizer's tree every round
+        self.sizer = TreeSizer(k, size, max_nodes, verify_cost, cost_widths, strategy="token_recycling")
+        if lookup_nodes < 0:
+            raise ValueError(f"token_recycling: strategy.proposer.lookup_nodes must be >= 0, got {lookup_nodes}")
+        self.lookup = LookupTrie(max_nodes=lookup_nodes) if lookup_nodes else None
         self.adj = torch.zeros(0, k, dtype=torch.int32)  # [V, k]: grown to the target's logit width
         self.seen = torch.zeros(0, dtype=torch.bool)  # [V]: rows written at least once
         self._round: tuple[int, int, list[int], list[int]] | None = None  # (start, context's last token, nodes, parents)
@@ -101,7 +117,12 @@ class TokenRecycling(Proposer):
         if getattr(getattr(getattr(pair, "target", None), "config", None), "is_encoder_decoder", False):
             raise ValueError("strategy=token_recycling needs a decoder-only target (token trees)")
         self._grow(int(getattr(pair, "vocab_size", 0) or 0))
+        self.sizer.bind(pair.target, getattr(pair, "vocab_size", None))
         return self
+
+    def measured(self) -> dict:
+        """The verification costs a machine-sized tree was chosen by (TreeSizer.measured)."""
+        return self.sizer.measured()
 
     # ------------------------------------------------------------------ 1. the matrix
     def _grow(self, v: int) -> None:
@@ -117,6 +138,7 @@ class TokenRecycling(Proposer):
         if not self.carry:
             self.adj.zero_()
             self.seen.zero_()
+            self.sizer.acceptance.reset()
         if self.prompt_init:
             self._seed_from(prompt.tolist())
 
@@ -163,7 +185,15 @@ class TokenRecycling(Proposer):
             path.append(node)
         if len(path) != n:  # cannot happen (module docstring); learn nothing rather than something wrong
             return
-        # 2. Row 0: after the context's last token; rows 1..n: the path; then the rest in index order.
+        # 2a. What the round says of the acceptance by depth and rank, from the rows it drafted
+        #     from (before they are overwritten): at each depth the path reached, the emitted token's rank.
+        emitted = tokens[start:].tolist()
+        for d, actual in enumerate(emitted[: n + 1]):
+            prev = last if d == 0 else nodes[path[d - 1]]
+            if prev < self.seen.shape[0] and self.seen[prev]:  # (an unseen row has no candidates: nothing to learn)
+                row = self.adj[prev].tolist()
+                self.sizer.acceptance.observe(d, row.index(actual) if actual in row else None)
+        # 2b. Row 0: after the context's last token; rows 1..n: the path; then the rest in index order.
         on_path = set(path)
         rest = [i for i in range(len(nodes)) if i not in on_path]
         row_of = {node: 1 + j for j, node in enumerate(path + rest)}
@@ -172,17 +202,38 @@ class TokenRecycling(Proposer):
         self.write([t for t, _ in order], top[[r for _, r in order]])
 
     # ------------------------------------------------------------------ 2. the tree
-    def template(self, depth: int) -> list[tuple[int, ...]]:
+    def template(self, depth: int, last: int | None = None, drafted: int = 0) -> list[tuple[int, ...]]:
+        if self.size == "machine":  # this round's best tree for this machine (tree_sizing, steps 2-3)
+            return self.sizer.paths(depth, self._exists(last), drafted)
         if self.paths is not None:
             return [p for p in self.paths if len(p) <= depth]
         return template_from_branching(self.branching, depth)
 
-    def expand(self, last: int, depth: int) -> tuple[list[int], list[int]]:
+    def _exists(self, last: int | None):
+        """exists(rank path) for best_tree: the node `expand` would draft from the token `last`
+        (its parent's row seen, the parent not an EOS, its token not an earlier sibling's)."""
+        token: dict[tuple[int, ...], int] = {(): last}
+
+        def exists(path: tuple[int, ...]) -> bool:
+            prev = token.get(path[:-1])
+            if prev is None or prev >= self.seen.shape[0] or not self.seen[prev] or (path[:-1] and prev in self.eos):
+                return False
+            row = self.adj[prev].tolist()
+            tok = row[path[-1]]
+            if tok in row[: path[-1]]:
+                return False
+            token[path] = tok
+            return True
+
+        return exists
+
+    def expand(self, last: int, depth: int, drafted: int = 0) -> tuple[list[int], list[int]]:
         """The template instantiated from the token `last` over the matrix: (tokens, parents), BFS
         order. A node is dropped when its parent's row was never written, its parent is an EOS, or
-        its token repeats an earlier sibling's (a padded row)."""
+        its token repeats an earlier sibling's (a padded row). `drafted`: nodes drafted besides
+        (the lookup trie's), which a machine-sized tree's cost counts."""
         nodes, parents, at = [], [], {(): -1}  # at: template path -> node index (-1: the context)
-        for p in self.template(depth):
+        for p in self.template(depth, last, drafted):
             parent = at.get(p[:-1])
             if parent is None:
                 continue  # its parent was dropped
@@ -197,13 +248,39 @@ class TokenRecycling(Proposer):
             parents.append(parent)
         return nodes, parents
 
+    def lookup_trie(self, text: list[int], depth: int) -> tuple[list[int], list[int]]:
+        """The prompt-lookup trie of `text`: at most lookup_nodes nodes, `depth` deep (BFS order)."""
+        self.lookup.eos = self.eos
+        trie = Trie()
+        for seq in self.lookup.continuations(text, depth):
+            trie.insert(seq)
+        return trie.best(self.lookup.max_nodes)
+
+    @staticmethod
+    def merge(nodes: list[int], parents: list[int], other: tuple[list[int], list[int]]) -> None:
+        """Merge the tree `other` into (nodes, parents), in place: a node of it whose parent
+        already has a child of its token is that child; any other is appended (after its parent:
+        the order stays topological)."""
+        at = {}  # other's node -> merged node
+        for i, (tok, p) in enumerate(zip(*other)):
+            parent = at[p] if p >= 0 else -1
+            same = next((j for j in range(len(nodes)) if parents[j] == parent and nodes[j] == tok), None)
+            if same is None:
+                same = len(nodes)
+                nodes.append(tok)
+                parents.append(parent)
+            at[i] = same
+
     def propose(self, tokens: torch.Tensor, max_len: int, policy: LengthPolicy | None, sampling: Sampling | None,
                 generator: torch.Generator | None) -> Draft:
         if policy is not None and policy.needs_steps:
             raise ValueError("strategy=token_recycling: the length policy must give a depth (e.g. specexp.length.Fixed)")
         self._learn(tokens)
         last = int(tokens[-1])
-        nodes, parents = self.expand(last, max_len) if max_len > 0 else ([], [])
+        # The lookup trie first (size=machine sizes the recycled nodes on top of its nodes), then the recycled tree.
+        lookup = self.lookup_trie(tokens.tolist(), max_len) if self.lookup is not None and max_len > 0 else ([], [])
+        nodes, parents = self.expand(last, max_len, len(lookup[0])) if max_len > 0 else ([], [])
+        self.merge(nodes, parents, lookup)
         self._round = (tokens.shape[0], last, nodes, parents)
         if not nodes:
             return Draft(tokens.new_empty(0), None)

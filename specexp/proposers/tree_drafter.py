@@ -1,9 +1,15 @@
 """A drafter model that proposes a token tree (specexp/core/tree.py) instead of a chain: at each
 level, every node of the frontier gets its `branch` most likely next tokens, and the `width`
 candidates with the highest drafter probability of their whole path are kept (EAGLE-2's dynamic
-tree, Li et al. 2024, without its final re-ranking). The tree is `depth` levels deep (the length
-policy's draft length). Each level is one drafter forward over the frontier (a tree forward: each
-node sees its own ancestors only).
+tree, Li et al. 2024). The tree is `depth` levels deep (the length policy's draft length). Each
+level is one drafter forward over the frontier (a tree forward: each node sees its own ancestors
+only). Two options:
+  * `total` (EAGLE-2's final re-ranking): of all the nodes expanded, keep the `total` with the
+    highest path probability (the kept set holds every kept node's parent: a path's probability
+    never grows down the path, and a parent wins a tie with its child);
+  * `max_entropy` (entropy-gated branches): a node (and the context itself) is expanded only
+    while the drafter's Shannon entropy after it, in nats, is at most this; an uncertain drafter
+    stops a branch early, and a draft may be empty (the round then emits the target's own token).
 
 The children are chosen deterministically (top-k), so the draft carries no probabilities and the
 target verifies them with the deterministic rule (specexp.core.verify.verify_tree_sampling), which
@@ -13,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from specexp.length import LengthPolicy
+from specexp.models import token_entropy
 from specexp.models.cached_lm import CachedLM, cached_lm
 from specexp.models.sampling import Sampling
 from specexp.proposers.base import Draft, OneModelProposer, Proposer
@@ -24,14 +31,23 @@ class TreeDrafter(OneModelProposer):
     drafts_trees = True  # its drafts are token trees: batch_size 1, decoder-only pairs (refused before loading)
     ranks_siblings = True  # siblings come most likely first (metrics.json tree.accepted_by_rank)
 
-    def __init__(self, model: str = "drafter", branch: int = 2, width: int = 4):
+    def __init__(self, model: str = "drafter", branch: int = 2, width: int = 4, total: int | None = None,
+                 max_entropy: float | None = None):
         if branch < 1 or width < 1:
             raise ValueError(f"strategy.proposer.branch and width must be >= 1, got branch={branch}, width={width}")
+        if total is not None and total < 1:
+            raise ValueError(f"strategy.proposer.total must be >= 1 (or null: keep every node), got {total}")
+        if max_entropy is not None and not max_entropy >= 0:
+            raise ValueError(f"strategy.proposer.max_entropy must be >= 0 nats (or null: no gate), got {max_entropy}")
         self.model = model  # which model of the pair drafts
         self.branch = branch  # children per expanded node (its top-k)
         self.width = width  # nodes kept per level (the best by path probability)
+        self.total = total  # nodes kept in all after the last level (the best by path probability); None = all
+        self.max_entropy = max_entropy  # expand a node while the drafter's entropy after it is <= this; None = always
         self.lm: CachedLM | None = None
-        self._tree: tuple[int, list[int], list[int], int] | None = None  # (start, tokens, parents, nodes fed)
+        # (start, tokens, parents, cached): cached[i] = where node i sits in the drafter's cache
+        # (start + its index when the level was fed), None if it was never fed
+        self._tree: tuple[int, list[int], list[int], list[int | None]] | None = None
 
     def bind(self, pair) -> Proposer:
         shares = getattr(pair, "shares_tokenizer", None)
@@ -62,12 +78,13 @@ class TreeDrafter(OneModelProposer):
         logits = self.lm.forward(tokens[self.lm.length:], keep=1)
         nodes, parents, score = [], [], []  # score: the drafter's log-probability of the node's path
         frontier, last = [-1], logits.log_softmax(-1)  # last[j]: log-probs after frontier[j]
+        fed = 0  # nodes 0..fed-1 are in the drafter's cache, at positions start + index
         for level in range(max_len):
-            # 2. Expand: each frontier node's `branch` best tokens; keep the `width` best paths.
+            # 2. Expand: each open frontier node's `branch` best tokens; keep the `width` best paths.
             cand = []
-            for j, node in enumerate(frontier):
-                if node >= 0 and self.eos and nodes[node] in self.eos:
-                    continue  # nothing after an EOS could be emitted
+            for j, node in enumerate(self._open(frontier, nodes, last)):
+                if node is None:
+                    continue
                 top = last[j].topk(self.branch)
                 base = score[node] if node >= 0 else 0.0
                 cand += [(base + float(v), node, int(t)) for v, t in zip(top.values, top.indices) if v > float("-inf")]
@@ -81,27 +98,65 @@ class TreeDrafter(OneModelProposer):
                 score.append(s)
             frontier = list(range(first, len(nodes)))
             if level + 1 == max_len:
-                break
+                break  # the last level is never fed
             # 3. One drafter forward over the new level (each node sees its ancestors only).
-            fed = torch.tensor(nodes[first:], device=tokens.device, dtype=tokens.dtype)
-            last = self.lm.forward(fed, keep=len(fed), tree=torch.tensor(parents), tree_cached=first).log_softmax(-1)
-        self._tree = (start, nodes, parents, len(nodes) - len(frontier))  # the last level was never fed
+            new = torch.tensor(nodes[first:], device=tokens.device, dtype=tokens.dtype)
+            last = self.lm.forward(new, keep=len(new), tree=torch.tensor(parents), tree_cached=first).log_softmax(-1)
+            fed = len(nodes)
+        # 4. EAGLE-2's re-ranking: the `total` best nodes over all levels (all of them without `total`).
+        keep = rerank(score, parents, self.total)
+        index = {old: i for i, old in enumerate(keep)}  # a kept node's new index (its parent is kept too)
+        nodes, parents = [nodes[i] for i in keep], [index[parents[i]] if parents[i] >= 0 else -1 for i in keep]
+        self._tree = (start, nodes, parents, [start + i if i < fed else None for i in keep])
         if not nodes:
             return Draft(tokens.new_empty(0), None)
         return Draft(torch.tensor(nodes, device=tokens.device, dtype=tokens.dtype), None,
                      parents=torch.tensor(parents, device=tokens.device))
 
+    def _open(self, frontier: list[int], nodes: list[int], last: torch.Tensor) -> list[int | None]:
+        """The frontier with None for each node that is not expanded: one after an EOS (nothing
+        after it could be emitted), and, with `max_entropy`, one after which the drafter's Shannon
+        entropy H = -sum_x q(x) ln q(x) (nats, q = softmax of its logits) is above the threshold."""
+        if self.max_entropy is not None:
+            entropy = token_entropy.of_logits(last).tolist()  # last holds log-probs: the softmax gives q back
+        out = []
+        for j, node in enumerate(frontier):
+            shut = (node >= 0 and bool(self.eos) and nodes[node] in self.eos) or (
+                self.max_entropy is not None and entropy[j] > self.max_entropy)
+            out.append(None if shut else node)
+        return out
+
     def _keep_accepted(self, tokens: torch.Tensor) -> None:
         """Keep, in the drafter's cache, the context and the nodes of the last tree that the target
-        accepted (the tokens after its start, followed down the tree), gathered into place."""
+        accepted (the tokens after its start, followed down the tree), gathered into place from
+        where each was fed (its index before the re-ranking)."""
         if self._tree is None:
             return
-        start, nodes, parents, fed = self._tree
+        start, nodes, parents, cached = self._tree
         self._tree = None
         kept, node = [], -1
         for t in tokens[start:-1].tolist():  # not the round's own token: the next forward feeds it
             node = next((i for i in range(len(nodes)) if parents[i] == node and nodes[i] == t), None)
-            if node is None or node >= fed:
+            if node is None or cached[node] is None:
                 break
-            kept.append(start + node)
+            kept.append(cached[node])  # increasing: a child was fed after its parent
         self.lm.keep_path(start, kept)
+
+
+def rerank(score: list[float], parents: list[int], total: int | None) -> list[int]:
+    """The indices, in increasing (topological) order, of the `total` nodes with the highest path
+    score (all of them when `total` is None). A child's score is its parent's plus a log-probability
+    <= 0, so ranking by (-score, depth, index) puts every parent before its children; a node whose
+    parent was not kept is skipped all the same, so the kept set always holds each kept node's parent."""
+    if total is None or total >= len(score):
+        return list(range(len(score)))
+    depth = []
+    for parent in parents:
+        depth.append(depth[parent] + 1 if parent >= 0 else 0)
+    kept: set[int] = set()
+    for i in sorted(range(len(score)), key=lambda i: (-score[i], depth[i], i)):
+        if len(kept) == total:
+            break
+        if parents[i] < 0 or parents[i] in kept:
+            kept.add(i)
+    return sorted(kept)

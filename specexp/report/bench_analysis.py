@@ -3,7 +3,7 @@ mode and setting, throughput, forwards, acceptance, speedups with their CIs (spe
 Leviathan prediction, the ours / transformers ratios, the goals this bench checks, and the printed table.
 It takes the benchmark's timed calls (objects with .repeat, .prompt and .gen: a Generation whose
 wall_time is the whole call) and its modes (.key, .name, .side, .gamma, .fixed_gamma, .drafter,
-.counterpart); it loads and runs no model.
+.counterpart, and .tree where the mode drafts token trees); it loads and runs no model.
 
 Speedups and the ours / hf ratio are throughput ratios (total tokens / total seconds, one mode over
 the other) with a 95% CI over the prompts (specexp.stats.speedup_estimates): each call is paired
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from specexp import stats
 from specexp.report import forward_costs
 
@@ -22,6 +24,10 @@ GOALS = {"ours/hf assisted": 1.3, "overhead": 0.10, "prediction": 0.10}  # the s
 # the feature drafter's goals (modes ours-eagle*) on SmolLM2: tokens per target forward, speedup
 # over our autoregressive decoding, and tokens/s over transformers' fastest speculative mode
 FEATURE_GOALS = {"tau": 2.5, "speedup": 1.3, "over hf": 1.5}
+# the token trees' goals (modes with Mode.tree): tokens per target forward of the best tree mode;
+# the fastest one's speedup over our autoregressive decoding, greedy and sampled; its tokens/s over
+# transformers' fastest mode; the machine-sized tree against the best fixed template (ratio >= 0.95)
+TREE_GOALS = {"tau": 3.0, "speedup greedy": 1.8, "speedup sampled": 1.5, "over hf": 1.5, "sized": 0.95}
 
 
 def _ratio(a, b):
@@ -41,6 +47,8 @@ def mode_stats(calls: list, mode) -> dict:
     drafted = sum(sum(g.drafted) for g in gens)
     accepted = sum(sum(g.accepted) for g in gens)
     spec = mode.gamma is not None
+    nodes = [x for g in gens for x in getattr(g, "tree_nodes", [])]  # per round that drafted a tree
+    depths = [x for g in gens for x in getattr(g, "tree_depth", [])]
     return {
         "tokens": n, "wall_s": wall, "tokens_per_s": _ratio(n, wall),
         "tokens_per_s_repeats": [t / w for t, w in per_repeat.values() if w],
@@ -53,7 +61,30 @@ def mode_stats(calls: list, mode) -> dict:
         "accept_rate": _ratio(accepted, drafted) if spec else None,
         "alpha": forward_costs.acceptance_alpha(gens) if spec else None,
         "tau": _ratio(n, fw.get("target")),
+        "tau_ci": tau_interval(calls),
+        # drafted tokens per target forward: a tree's nodes, a chain's drafts (ours: every round is one forward)
+        "nodes_per_forward": _ratio(drafted, fw.get("target")) if spec and mode.side == "ours" else None,
+        "tree_rounds": len(nodes) or None,
+        "tree_nodes_mean": _ratio(sum(nodes), len(nodes)), "tree_depth_mean": _ratio(sum(depths), len(depths)),
     }
+
+
+def tau_interval(calls: list) -> list[float] | None:
+    """The 95% CI of tokens per target forward (total tokens / total target forwards) over the
+    prompts, a prompt's repeats summed into one unit: specexp.stats.log_t_interval (a t interval on
+    the log scale with the paired bootstrap standard error), as for the speedups. None below 2 prompts."""
+    per_prompt: dict = {}  # prompt -> [tokens, target forwards]
+    for c in calls:
+        u = per_prompt.setdefault(c.prompt, [0, 0])
+        u[0] += len(c.gen.tokens)
+        u[1] += c.gen.model_forwards.get("target", 0)
+    units = [u for u in per_prompt.values() if u[0] > 0 and u[1] > 0]
+    lo, hi = stats.log_t_interval([[u[0] for u in units], [u[1] for u in units]], _ratio_of_totals)
+    return None if lo is None else [lo, hi]
+
+
+def _ratio_of_totals(a, b, axis=-1):
+    return np.sum(a, axis) / np.sum(b, axis)
 
 
 def paired_speedup(calls: list, base: list, seed: int = 0) -> dict:
@@ -95,7 +126,8 @@ def analyse(calls: dict, modes: list, sets: list) -> list[dict]:
             base_key = "ours-ar" if m.side == "ours" else "hf-ar"
             base = by_mode.get(base_key) if base_key in by_key else None
             row = {"setting": s.name, "temperature": s.sampling.temperature, "mode": m.key, "name": m.name,
-                   "side": m.side, "gamma": m.gamma, "drafter": m.drafter, **st,
+                   "side": m.side, "gamma": m.gamma, "drafter": m.drafter, "tree": bool(getattr(m, "tree", False)),
+                   **st,
                    "speedup": None, "speedup_ci": None, "decode_speedup": None, "verify_cost": None, "cost_ratio_c": None,
                    "predicted": None, "measured_over_predicted": None, "predicted_with_verify_cost": None,
                    "identical": None}
@@ -142,11 +174,12 @@ def ratios(rows: list[dict], modes: list, calls: dict | None = None) -> list[dic
     return out
 
 
-def goals(rows: list[dict], ratio_rows: list[dict]) -> list[dict]:
+def goals(rows: list[dict], ratio_rows: list[dict], calls: dict | None = None) -> list[dict]:
     """The speed goals for this machine, per setting: our speculative decoding (the classic
     algorithm with the pair's drafter) against transformers' assisted generation; the overhead of
     every one of our modes (the worst is shown); the classic algorithm's decode speedup (ours,
-    model drafters) against Leviathan et al.'s prediction."""
+    model drafters) against Leviathan et al.'s prediction; the feature drafter's and the token
+    trees' goals when those modes ran (`calls`, the timed calls: the trees' paired ratio CIs)."""
     out = []
     for setting in dict.fromkeys(r["setting"] for r in rows):
         for q in ratio_rows:
@@ -173,6 +206,7 @@ def goals(rows: list[dict], ratio_rows: list[dict]) -> list[dict]:
                                         f"({r['decode_speedup'] / with_cost:.2f})" if with_cost else ""),
                             "met": abs(v - 1) <= GOALS["prediction"]})
         out += feature_goals([r for r in rows if r["setting"] == setting])
+        out += tree_goals([r for r in rows if r["setting"] == setting], calls)
     return out
 
 
@@ -207,6 +241,69 @@ def feature_goals(rows: list[dict]) -> list[dict]:
 
 
 
+def tree_goals(rows: list[dict], calls: dict | None = None) -> list[dict]:
+    """The token trees' goals in one setting's rows, when tree modes ran (row["tree"]), each met or
+    not with its number and 95% CI (point estimates decide (1)-(3); the best mode is picked on the
+    same prompts it is reported on, so (1)-(3) are optimistic and (4) is conservative):
+      (1) the most tokens per target forward of any tree mode >= 3.0 (CI: tau_interval);
+      (2) the fastest tree mode's speedup over our autoregressive (its throughput ratio, paired per
+          prompt) >= 1.8x greedy, >= 1.5x sampled;
+      (3) its tokens/s over transformers' fastest mode in the setting (any hf-* mode) >= 1.5x;
+      (4) ours-recycling-sized against the fastest fixed-template recycling mode (ours-recycling,
+          ours-recycling-b*): the ratio of speeds >= 0.95 (point estimate), and whether its 95% CI
+          decides it (entirely on one side of 0.95) or cannot at this n.
+    Ratios with `calls` are paired_speedup's (per prompt, repeats summed); without, tokens/s ratios."""
+    trees = [r for r in rows if r.get("tree")]
+    if not trees:
+        return []
+    setting, out = trees[0]["setting"], []
+
+    def ratio(a, b) -> tuple[float | None, list | None]:
+        if calls is None:
+            return _ratio(a["tokens_per_s"], b["tokens_per_s"]), None
+        sp = paired_speedup(calls[(setting, a["mode"])], calls[(setting, b["mode"])])
+        return sp["throughput_ratio"], (None if sp["ci_low"] is None else [sp["ci_low"], sp["ci_high"]])
+
+    def fmt(x, ci) -> str:
+        return stats.format_ratio(x, *(ci or [None, None]))
+
+    def add(goal, value, met):
+        out.append({"setting": setting, "goal": f"trees: {goal}", "value": value, "met": bool(met)})
+
+    top = max(trees, key=lambda r: r["tau"] or 0.0)  # (1)
+    ci = top.get("tau_ci")
+    add(f">= {TREE_GOALS['tau']} tokens per target forward (the best tree mode)",
+        f"{_f(top['tau'])}{f' [{ci[0]:.2f}, {ci[1]:.2f}]' if ci else ''} ({top['name']})",
+        (top["tau"] or 0.0) >= TREE_GOALS["tau"])
+    fast = max(trees, key=lambda r: r["tokens_per_s"] or 0.0)
+    if fast["speedup"] is not None:  # (2)
+        want = TREE_GOALS["speedup greedy" if not fast["temperature"] else "speedup sampled"]
+        add(f">= {want}x our autoregressive (the fastest tree mode; throughput ratio, point estimate)",
+            f"{fmt(fast['speedup'], fast.get('speedup_ci'))} ({fast['name']})", fast["speedup"] >= want)
+    hf = [r for r in rows if r["side"] == "hf" and r["tokens_per_s"]]
+    if hf and fast["tokens_per_s"]:  # (3)
+        best = max(hf, key=lambda r: r["tokens_per_s"])
+        v, ci = ratio(fast, best)
+        add(f">= {TREE_GOALS['over hf']}x transformers' fastest mode (throughput ratio, point estimate)",
+            f"{fmt(v, ci)} ({fast['name']} / {best['name']})", v is not None and v >= TREE_GOALS["over hf"])
+    sized = next((r for r in trees if r["mode"] == "ours-recycling-sized"), None)
+    fixed = [r for r in trees if r["mode"] == "ours-recycling" or r["mode"].startswith("ours-recycling-b")]
+    if sized is not None and fixed:  # (4)
+        best = max(fixed, key=lambda r: r["tokens_per_s"] or 0.0)
+        v, ci = ratio(sized, best)
+        want = TREE_GOALS["sized"]
+        if ci is None:
+            verdict = "no CI (one prompt): undecided by the data"
+        elif ci[0] >= want or ci[1] < want:
+            verdict = "the CI decides it"
+        else:
+            verdict = f"the CI holds {want} on both sides: undecided at this n"
+        add(f"the machine-sized tree within {1 - want:.0%} of the best fixed tree (ratio of speeds, point "
+            f"estimate >= {want})", f"{fmt(v, ci)} ({sized['name']} / {best['name']}; {verdict})",
+            v is not None and v >= want)
+    return out
+
+
 # ------------------------------------------------------------------------------------ reporting
 def _f(x, fmt="{:.2f}", none="-"):
     return none if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
@@ -227,6 +324,7 @@ COLUMNS = [("mode", 34, lambda r: r["name"]),
            ("accept", 7, lambda r: _f(r["accept_rate"])),
            ("alpha", 6, lambda r: _f(r["alpha"])),
            ("tau", 5, lambda r: _f(r["tau"])),
+           ("nodes", 6, lambda r: _f(r.get("nodes_per_forward"), "{:.1f}")),
            ("c", 5, lambda r: _f(r["cost_ratio_c"])),
            ("vrf", 5, lambda r: _f(r["verify_cost"])),
            ("same", 5, lambda r: "-" if r["identical"] is None else ("yes" if r["identical"] else "NO"))]
@@ -260,6 +358,7 @@ LEGEND = ("tok/s: total new tokens / total wall s; spread: per-repeat min-max; s
           "same side's autoregressive, 95% CI over prompts (t interval on the log scale, paired bootstrap standard error; repeats summed per prompt); decode: the same with prefill forwards left out; predict: Leviathan et al. from "
           "alpha, gamma and c; meas/pr: decode speedup / predicted; overhd: share of wall time outside model "
           "forwards; prefill: share in prefill forwards; accept: accepted/drafted; tau: tokens per target forward; "
+          "nodes: drafted tokens per target forward (ours: a tree's nodes, a chain's drafts); "
           "c: drafter/target seconds per forward; vrf: target seconds per forward here / in autoregressive decoding "
           "(the formula assumes 1); pr+vrf: the prediction with that measured verification cost, (1 - alpha^(g+1)) / "
           "((1 - alpha)(g c + vrf)); same: greedy output == ours autoregressive on every call")

@@ -10,7 +10,8 @@ latency_ms_p50..., acceptance_rate, mean_accepted_length, draft_length_mean, for
 (`quality.<key>`, `quality_baseline.<key>`), the baseline join (baseline_tokens_per_second,
 baseline_ms_per_token, speedup, speedup_ci_low, speedup_ci_high, speedup_estimator,
 speedup_per_token_geomean, speedup_source), timing (timing_repeats, timing_spread_median) and,
-when a run carries them, the cost-model speedups (`cost_speedup.params|previous_work|measured`).
+when a run carries them, the cost-model speedups (`cost_speedup.params|previous_work|measured`)
+and the token-tree columns (tree_nodes_mean, tree_depth_mean, tree_accept_d1..3: `tree_columns`).
 
 Speedup: the throughput ratio (strategy tokens/s over autoregressive tokens/s, totals over the
 samples) with its 95% CI over samples: a t interval on the log ratio with the paired bootstrap
@@ -234,6 +235,7 @@ def flatten(path: Path, m: dict) -> tuple[dict, dict]:
         for k, v in (q or {}).items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 row[f"{prefix}.{k}"] = v
+    row.update(tree_columns(m.get("tree")))
     cms = m.get("cost_model_speedup")
     if isinstance(cms, dict):
         for k, v in cms.items():
@@ -258,6 +260,22 @@ def _speedup_columns(sp) -> dict:
     return {"speedup": sp["throughput_ratio"], "speedup_ci_low": sp.get("ci_low"), "speedup_ci_high": sp.get("ci_high"),
             "speedup_estimator": sp.get("estimator", "throughput_ratio"),
             "speedup_per_token_geomean": value_at(sp, "per_token.geomean"), "speedup_source": "paired"}
+
+
+TREE_DEPTHS = 3  # acceptance by depth shown as columns for depths 1 .. 3
+
+
+def tree_columns(tree) -> dict:
+    """A tree-drafting run's `tree` block as columns (none for a run without one, so a table of
+    chain runs has no tree columns): mean nodes and depth per tree round, and the acceptance at
+    depths 1 .. TREE_DEPTHS (of the rounds whose tree reached depth d, the share whose accepted
+    path reached it; None where no tree was that deep). Tokens per target forward is
+    `mean_accepted_length`, already a column."""
+    if not isinstance(tree, dict):
+        return {}
+    rates = {e.get("depth"): e.get("rate") for e in tree.get("acceptance_by_depth") or [] if isinstance(e, dict)}
+    return {"tree_nodes_mean": tree.get("nodes_mean"), "tree_depth_mean": tree.get("depth_mean"),
+            **{f"tree_accept_d{d}": rates.get(d) for d in range(1, TREE_DEPTHS + 1)}}
 
 
 def _batch_columns(b) -> dict:

@@ -15,6 +15,7 @@ from specexp.report.collect_runs import (
     _PERCENT_QUALITY,
     QUALITY_LABEL,
     QUALITY_ORDER,
+    TREE_DEPTHS,
     _first_line,
     _fmt_param,
     _missing,
@@ -98,10 +99,12 @@ def group_speedup_cell(g: pd.DataFrame) -> str:
 
 def table_runs(df: pd.DataFrame, samples: pd.DataFrame | None = None) -> list[Section]:
     """Every run: job, status, method, sampling, dataset, tokens/s, acceptance, speedup (source);
-    with batched runs among them, also the batch size and the batch throughput columns."""
+    with batched runs among them, also the batch size and the batch throughput columns; with
+    tree-drafting runs among them, also the tree columns (TREE_COLUMNS)."""
     if df.empty:
         return [Section("", ["run"], [], ["no metrics.json found"])]
     batched = "batch_size" in df and bool((df["batch_size"].fillna(1) > 1).any())
+    trees = [(c, h, fmt) for c, h, fmt in TREE_COLUMNS if c in df and df[c].notna().any()]
     rows = []
     for _, r in df.sort_values(["job", "run_dir"], na_position="last").iterrows():
         rows.append([
@@ -113,18 +116,30 @@ def table_runs(df: pd.DataFrame, samples: pd.DataFrame | None = None) -> list[Se
             *([_f(r.get("batch_size"), "{:.0f}", "1"), _f(r.get("batch_tokens_per_second"), "{:.1f}"),
                _f(r.get("batch_speedup_same_batch"), "{:.2f}x"), _f(r.get("batch_speedup_batch1"), "{:.2f}x")]
               if batched else []),
+            *[_f(r.get(c), fmt) for c, _, fmt in trees],
             _first_line(r.get("error"), 140) or "",
         ])
     n_fail = int((df["status"] != "ok").sum())
     cols = ["job", "status", "method", "sampling", "dataset", "tok/s", "accept", "acc. len", "speedup [95% CI]",
-            "baseline", *(["B", "batch tok/s", "vs AR@B", "vs AR@1"] if batched else []), "error"]
+            "baseline", *(["B", "batch tok/s", "vs AR@B", "vs AR@1"] if batched else []),
+            *[h for _, h, _ in trees], "error"]
     notes = [f"{len(df)} runs, {len(df) - n_fail} ok, {n_fail} failed.", SPEEDUP_NOTE]
     if batched:
         notes.append("B: samples decoded at a time (batch_size). batch tok/s: new tokens of all samples / wall time "
                      "of the whole dataset's decode, median over repeats; vs AR@B, vs AR@1: that throughput over "
                      "autoregressive decoding's at the same B and at batch 1 (docs/batching.md). tok/s and speedup "
                      "at B > 1 are per-sequence: each sample's latency, shared with the other rows.")
+    if trees:
+        notes.append(TREE_NOTE)
     return [Section("", cols, rows, notes)]
+
+
+# The runs table's token-tree columns (collect_runs.tree_columns), shown when some run drafted trees.
+TREE_COLUMNS = [("tree_nodes_mean", "tree nodes", "{:.1f}"), ("tree_depth_mean", "tree depth", "{:.2f}"),
+                *[(f"tree_accept_d{d}", f"accept@d{d}", "{:.3f}") for d in range(1, TREE_DEPTHS + 1)]]
+TREE_NOTE = ("Token trees (runs whose proposer drafted trees; – for chain runs): tree nodes and tree depth: mean "
+             "nodes and levels per round that drafted a tree; accept@dN: of those rounds whose tree reached depth N, "
+             "the share whose accepted path reached it; acc. len: tokens per target forward.")
 
 
 THESIS_COLUMNS = [("No drafter", "autoregressive", ()),
