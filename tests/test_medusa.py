@@ -292,3 +292,29 @@ def test_strategy_file_builds_a_medusa_tree():
     proposer, policy = instantiate.strategy_objects(cfg)
     assert isinstance(proposer, MedusaTree) and proposer.sizer.max_nodes == 6 and proposer.topk == 10
     assert policy.gamma == 4
+
+
+def test_after_a_tree_round_the_heads_read_the_accepted_paths_last_state(tiny):
+    """The decode loop gathers the tree's hidden states like its logits: at every round Medusa's
+    h_t is the target's state at the last token it kept (what a chain forward over the text gives),
+    not a rejected sibling's. Drafting stays lossless either way, so only this test sees it."""
+    from specexp.proposers.medusa_tree import MedusaTree
+
+    target, heads, prompts = tiny
+    checked = []
+
+    class Checked(MedusaTree):
+        def propose(self, tokens, max_len, policy, sampling, generator):
+            if self.hidden is not None:  # h_t: the state at tokens[-2], whose LM head gave tokens[-1]
+                lm = CachedLM(target)
+                lm.keep_hidden = True
+                lm.start(tokens[:-1])
+                lm.forward(tokens[:-1])
+                torch.testing.assert_close(self.hidden, lm.hidden[-1], atol=1e-4, rtol=1e-4)
+                checked.append(tokens.shape[0])
+            return super().propose(tokens, max_len, policy, sampling, generator)
+
+    tree = Checked(checkpoint=str(heads), topk=4, max_nodes=12).bind(ModelsByRole(target))
+    outs = decode(target, tree, prompts[:2], n=24)
+    assert len(checked) >= 10 and sum(sum(o.accepted) for o in outs) > 0
+    assert any(n > a + 1 for o in outs for n, a in zip(o.drafted, o.accepted))  # rejected siblings were fed

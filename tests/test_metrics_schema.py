@@ -62,4 +62,10 @@ def test_tree_block_by_hand():
     assert (b["rounds"], b["nodes_max"], b["depth_max"], b["depth_mean"]) == (2, 3, 2, 2)
     assert [(d["rounds"], d["accepted"]) for d in b["acceptance_by_depth"]] == [(2, 1), (2, 1)]
     assert b["accepted_by_rank"] == [1, 1]  # node 1: rank 1 among the context's children; node 2: an only child
+    g.drafted, g.round_times = [0, 3, 2, 1, 9], [0.01, 0.05, 0.03, 0.02, 0.2]  # widths 1, 4, 3, 2, 10
+    assert tree_block([g])["round_seconds_by_width"] == [
+        {"widths": [1, 1], "rounds": 1, "median_seconds": 0.01},
+        {"widths": [2, 3], "rounds": 2, "median_seconds": 0.025},
+        {"widths": [4, 7], "rounds": 1, "median_seconds": 0.05},
+        {"widths": [8, 15], "rounds": 1, "median_seconds": 0.2}]
     assert tree_block([Generation()]) is None

@@ -545,3 +545,27 @@ def test_tree_drafter_options_are_checked():
         TreeDrafter(total=0)
     with pytest.raises(ValueError, match="strategy.proposer.max_entropy must be >= 0"):
         TreeDrafter(max_entropy=-0.5)
+
+
+def test_a_drafter_tree_sized_for_the_machine(tree_pair):
+    """size=machine: with a free verification every re-ranked node is verified (total caps it);
+    with a prohibitive one none is; with a cost that doubles past 4 tokens, at most 3 nodes; the
+    output is the target's in each case, and the costs given are recorded for replay."""
+    from specexp.length import Fixed
+    from specexp.proposers.tree_drafter import TreeDrafter
+
+    pair, _ = tree_pair
+    widths = [1, 2, 4, 8, 11]
+    cases = {"free": ([1.0] * 5, lambda k: k == 10), "prohibitive": ([1.0, 4.0, 10.0, 22.0, 31.0], lambda k: k == 0),
+             "step": ([1.0, 1.0, 1.0, 3.0, 4.0], lambda k: 1 <= k <= 3)}
+    for name, (costs, ok) in cases.items():
+        proposer = TreeDrafter(branch=2, width=3, total=10, size="machine", verify_cost=costs,
+                               cost_widths=widths).bind(pair)
+        assert proposer.measured()["replay"] == {"proposer.verify_cost": costs, "proposer.cost_widths": widths}
+        prompt = torch.randint(0, 50, (8,), generator=torch.Generator().manual_seed(3))
+        reference = generate(CachedLM(pair.target), prompt, 20, Sampling(), Stopper()).tokens
+        out = generate(CachedLM(pair.target), prompt, 20, Sampling(), Stopper(), proposer, Fixed(4))
+        assert out.tokens == reference, name
+        assert ok(max(out.drafted)), (name, out.drafted)  # (the last rounds' budget may cut a tree)
+    with pytest.raises(ValueError, match="strategy.proposer.size"):
+        TreeDrafter(size="auto")

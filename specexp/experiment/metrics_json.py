@@ -103,10 +103,10 @@ FIELDS: dict[str, tuple[tuple[type, ...], str, str]] = {
     "analysis": ((dict,), "records", "acceptance by entropy bin and position, correlations "
                                      "(specexp/report/token_records.py)"),
     "tree": ((dict,), "tree", "token trees: nodes and depth per round, acceptance by depth and by sibling rank "
-                              "(tree_block)"),
+                              "and round time by forward width (tree_block)"),
     "cost_model_speedup": ((dict,), "ok", "speedups under cost models (specexp/report/forward_costs.py)"),
     "cost_model": ((dict,), "ok", "the forwards, costs and Leviathan inputs behind them"),
-    "measured": ((dict,), "measured", "what this machine measured that steers the policy (replayed by "
+    "measured": ((dict,), "measured", "what this machine measured that steers the policy or the tree (replayed by "
                                       "`specexp reproduce`)"),
     "headline": ((dict,), "ok", "what the summary, the log line and the sweep objective report "
                                 "(specexp/experiment/sweep_callbacks.py headline)"),
@@ -226,6 +226,9 @@ def tree_block(gens: list[Generation]) -> dict | None:
         on a chain, the share of rounds drafting d tokens that accepted the first d);
       accepted_by_rank[r]: accepted nodes that were their parent's (r+1)-th most likely child by
         the drafter's probability (null when the proposer does not order siblings by it).
+      round_seconds_by_width: every round (a tree's or not) by the width of its target forward
+        (drafted + 1, in bins 1, 2-3, 4-7, 8-15, ...): rounds and their median wall time (drafting
+        included: for a model-free tree, about the verification's), the cost of width on this machine.
     Accepted paths are counted as verified: a stop token inside the path does not shorten it.
     Tokens per target forward: mean_accepted_length (top level)."""
     nodes = [x for g in gens for x in g.tree_nodes]
@@ -255,7 +258,19 @@ def tree_block(gens: list[Generation]) -> dict | None:
         "accepted_path_mean": statistics.fmean(paths),
         "acceptance_by_depth": by_depth,
         "accepted_by_rank": by_rank,
+        "round_seconds_by_width": seconds_by_width(gens),
     }
+
+
+def seconds_by_width(gens: list[Generation]) -> list[dict]:
+    """Rounds binned by their target forward's width w = drafted + 1 (bins [2^j, 2^(j+1) - 1]):
+    {"widths": [lo, hi], "rounds", "median_seconds"}, the bins that hold a round."""
+    bins: dict[int, list[float]] = {}
+    for g in gens:
+        for k, t in zip(g.drafted, g.round_times):
+            bins.setdefault((k + 1).bit_length() - 1, []).append(t)
+    return [{"widths": [2 ** j, 2 ** (j + 1) - 1], "rounds": len(ts), "median_seconds": statistics.median(ts)}
+            for j, ts in sorted(bins.items())]
 
 
 def _sum_dicts(ds) -> dict:

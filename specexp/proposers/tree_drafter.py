@@ -3,18 +3,24 @@ level, every node of the frontier gets its `branch` most likely next tokens, and
 candidates with the highest drafter probability of their whole path are kept (EAGLE-2's dynamic
 tree, Li et al. 2024). The tree is `depth` levels deep (the length policy's draft length). Each
 level is one drafter forward over the frontier (a tree forward: each node sees its own ancestors
-only). Two options:
+only). Three options:
   * `total` (EAGLE-2's final re-ranking): of all the nodes expanded, keep the `total` with the
     highest path probability (the kept set holds every kept node's parent: a path's probability
     never grows down the path, and a parent wins a tie with its child);
   * `max_entropy` (entropy-gated branches): a node (and the context itself) is expanded only
     while the drafter's Shannon entropy after it, in nats, is at most this; an uncertain drafter
-    stops a branch early, and a draft may be empty (the round then emits the target's own token).
+    stops a branch early, and a draft may be empty (the round then emits the target's own token);
+  * `size: machine`: of the re-ranked nodes (at most `total`, default 48), verify the number n
+    that maximises the expected tokens per unit of the target's verification cost measured on
+    this machine by width (specexp/proposers/tree_sizing.py: choose_size), each node's path
+    probability under the drafter standing for its chance of acceptance, as EAGLE-2 ranks by it.
 
 The children are chosen deterministically (top-k), so the draft carries no probabilities and the
 target verifies them with the deterministic rule (specexp.core.verify.verify_tree_sampling), which
 keeps sampling lossless; greedy verification accepts the path of the target's argmax."""
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -23,6 +29,7 @@ from specexp.models import token_entropy
 from specexp.models.cached_lm import CachedLM, cached_lm
 from specexp.models.sampling import Sampling
 from specexp.proposers.base import Draft, OneModelProposer, Proposer
+from specexp.proposers.tree_sizing import TreeSizer, choose_size
 
 
 class TreeDrafter(OneModelProposer):
@@ -32,7 +39,8 @@ class TreeDrafter(OneModelProposer):
     ranks_siblings = True  # siblings come most likely first (metrics.json tree.accepted_by_rank)
 
     def __init__(self, model: str = "drafter", branch: int = 2, width: int = 4, total: int | None = None,
-                 max_entropy: float | None = None):
+                 max_entropy: float | None = None, size: str = "fixed", verify_cost: list[float] | None = None,
+                 cost_widths: list[int] | None = None):
         if branch < 1 or width < 1:
             raise ValueError(f"strategy.proposer.branch and width must be >= 1, got branch={branch}, width={width}")
         if total is not None and total < 1:
@@ -44,6 +52,13 @@ class TreeDrafter(OneModelProposer):
         self.width = width  # nodes kept per level (the best by path probability)
         self.total = total  # nodes kept in all after the last level (the best by path probability); None = all
         self.max_entropy = max_entropy  # expand a node while the drafter's entropy after it is <= this; None = always
+        # size "machine": of the re-ranked nodes, verify the n that maximise the expected tokens per
+        # verification cost, the drafter's path probability standing for each node's chance (EAGLE-2's
+        # premise), the cost measured at bind by width (tree_sizing; at most `total` or depth * width nodes)
+        self.sizer = TreeSizer(branch, size, total or 48, verify_cost, cost_widths, strategy="tree") \
+            if size == "machine" else None
+        if size not in ("fixed", "machine"):
+            raise ValueError(f"strategy.proposer.size must be fixed or machine, got {size!r}")
         self.lm: CachedLM | None = None
         # (start, tokens, parents, cached): cached[i] = where node i sits in the drafter's cache
         # (start + its index when the level was fed), None if it was never fed
@@ -62,7 +77,13 @@ class TreeDrafter(OneModelProposer):
                 raise ValueError(f"strategy=tree needs decoder-only models: the {role} is an encoder-decoder model; "
                                  "use a chain strategy (e.g. strategy=speculative)")
         self.lm = cached_lm(pair.get(self.model), vocab_size=pair.vocab_size)
+        if self.sizer is not None:
+            self.sizer.bind(pair.target, pair.vocab_size)
         return self
+
+    def measured(self) -> dict:
+        """The verification costs a machine-sized tree was chosen by (TreeSizer.measured)."""
+        return self.sizer.measured() if self.sizer is not None else {}
 
     def reset(self, prompt: torch.Tensor) -> None:
         self.lm.start(prompt)
@@ -103,8 +124,13 @@ class TreeDrafter(OneModelProposer):
             new = torch.tensor(nodes[first:], device=tokens.device, dtype=tokens.dtype)
             last = self.lm.forward(new, keep=len(new), tree=torch.tensor(parents), tree_cached=first).log_softmax(-1)
             fed = len(nodes)
-        # 4. EAGLE-2's re-ranking: the `total` best nodes over all levels (all of them without `total`).
-        keep = rerank(score, parents, self.total)
+        # 4. EAGLE-2's re-ranking: the `total` best nodes over all levels (all of them without `total`);
+        #    size "machine": the number that pays best on this machine (tree_sizing.choose_size).
+        total = self.total
+        if self.sizer is not None:
+            best = sorted(score, reverse=True)[: self.sizer.max_nodes]
+            total = choose_size([math.exp(x) for x in best], self.sizer.cost)[0]
+        keep = rerank(score, parents, total)
         index = {old: i for i, old in enumerate(keep)}  # a kept node's new index (its parent is kept too)
         nodes, parents = [nodes[i] for i in keep], [index[parents[i]] if parents[i] >= 0 else -1 for i in keep]
         self._tree = (start, nodes, parents, [start + i if i < fed else None for i in keep])
