@@ -22,7 +22,7 @@ from specexp.models.cached_lm import CachedLM
 from specexp.models.loading import ModelSpec, load_model
 from specexp.builds.target_replies import chat_ids, replies_with_reads
 from specexp.proposers import Datastore, DraftModel, FeatureDrafter, LookupFirst
-from specexp.proposers.feature_drafter import FeatureDrafterModel
+from specexp.proposers.feature_drafter import FeatureDrafterModel, FeatureTreeDrafter
 from specexp.models.sampling import Sampling
 from specexp.core.stopping import Stopper
 
@@ -442,8 +442,8 @@ def test_eagle_pair_composes_with_any_strategy(tiny, name, tmp_path):
     """`model_pair=smollm2-135m__eagle strategy=<name>` for every strategy that takes a drafter: the
     config composes with the feature drafter as the pair's drafter, the strategy builds as a run
     builds it on a feature drafter (the tiny one: DraftModel hands over to FeatureDrafter), and it
-    decodes: greedy output is the target's own, with drafts made. A token-tree strategy is
-    refused instead, naming the feature drafter."""
+    decodes: greedy output is the target's own, with drafts made. A token-tree strategy drafts
+    its tree from the features (FeatureTreeDrafter)."""
     target, drafter, _ = tiny
     (tmp_path / "replies.json").write_text(json.dumps({"replies": [[10, 11, 12, 13, 14]] * 4}))
     overrides = ["model_pair=smollm2-135m__eagle", f"strategy={name}"]
@@ -455,13 +455,10 @@ def test_eagle_pair_composes_with_any_strategy(tiny, name, tmp_path):
     assert cfg.strategy.proposer.model == "drafter"
     strategy = OmegaConf.to_container(cfg.strategy)
     strategy["proposer"].pop("vocab", None)  # the pair's subset head is sized for SmolLM2's vocabulary
-    if getattr(get_object(strategy["proposer"]["_target_"]), "drafts_trees", False):
-        # token trees are drafted by a language model; a feature drafter drafts chains from the
-        # target's hidden states: refused when built, naming the feature drafter
-        with pytest.raises(ValueError, match="feature drafter"):
-            build.strategy(OmegaConf.create(strategy), ModelsByRole(target, drafter))
-        return
     proposer, policy = build.strategy(OmegaConf.create(strategy), ModelsByRole(target, drafter))
+    if getattr(get_object(strategy["proposer"]["_target_"]), "drafts_trees", False):
+        # strategy=tree hands over to EAGLE-2's tree drafted from the target's features
+        assert isinstance(proposer, FeatureTreeDrafter)
     assert isinstance(getattr(proposer, "drafter", proposer), FeatureDrafter) and proposer.needs_features
     lm, stopper, drafted = CachedLM(target), Stopper(), 0
     for seed in range(2):

@@ -3,7 +3,8 @@ through text, cross_tokenizer.py), the feature drafter (feature_drafter.py), mod
 (prompt lookup: lookup.py; retrieval from a datastore of the target's replies: retrieval.py;
 a bigram table: bigram.py; NASD: nasd.py), cascades of them (cascade.py), a lookup first,
 a drafter otherwise (hybrid.py), Medusa heads (medusa.py), and token trees: a drafter model's
-(tree_drafter.py), Token Recycling's (token_recycling.py), a prompt-lookup trie (lookup_trie.py),
+(tree_drafter.py; the feature drafter's: FeatureTreeDrafter in feature_drafter.py), Token
+Recycling's (token_recycling.py), a prompt-lookup trie (lookup_trie.py),
 Medusa's (medusa_tree.py), each sized by tree_sizing.py where it measures its acceptance.
 A proposer never decides how long to draft: the `LengthPolicy` does. Configs name them from here: `_target_: specexp.proposers.DraftModel`.
 

@@ -17,7 +17,11 @@ only). Three options:
 
 The children are chosen deterministically (top-k), so the draft carries no probabilities and the
 target verifies them with the deterministic rule (specexp.core.verify.verify_tree_sampling), which
-keeps sampling lossless; greedy verification accepts the path of the target's argmax."""
+keeps sampling lossless; greedy verification accepts the path of the target's argmax.
+
+On a pair whose drafter is a feature drafter (EAGLE), `bind` hands over to FeatureTreeDrafter
+(feature_drafter.py), which grows the same tree (`grow`, `rerank`) from the target's features
+(`size: machine` is refused there)."""
 from __future__ import annotations
 
 import math
@@ -41,12 +45,7 @@ class TreeDrafter(OneModelProposer):
     def __init__(self, model: str = "drafter", branch: int = 2, width: int = 4, total: int | None = None,
                  max_entropy: float | None = None, size: str = "fixed", verify_cost: list[float] | None = None,
                  cost_widths: list[int] | None = None):
-        if branch < 1 or width < 1:
-            raise ValueError(f"strategy.proposer.branch and width must be >= 1, got branch={branch}, width={width}")
-        if total is not None and total < 1:
-            raise ValueError(f"strategy.proposer.total must be >= 1 (or null: keep every node), got {total}")
-        if max_entropy is not None and not max_entropy >= 0:
-            raise ValueError(f"strategy.proposer.max_entropy must be >= 0 nats (or null: no gate), got {max_entropy}")
+        check_options(branch, width, total, max_entropy)
         self.model = model  # which model of the pair drafts
         self.branch = branch  # children per expanded node (its top-k)
         self.width = width  # nodes kept per level (the best by path probability)
@@ -68,10 +67,18 @@ class TreeDrafter(OneModelProposer):
         shares = getattr(pair, "shares_tokenizer", None)
         if shares is not None and not shares(self.model):
             raise ValueError(f"strategy=tree needs a {self.model} with the target's tokenizer")
-        if hasattr(pair.get(self.model), "as_proposer"):  # a feature drafter reads the target's hidden states
-            raise ValueError(f"strategy=tree drafts with a language model, but the pair's {self.model} is a feature "
-                             "drafter (EAGLE), which drafts chains from the target's hidden states: use a chain "
-                             "strategy (e.g. strategy=speculative) with this pair")
+        model = pair.get(self.model)
+        if hasattr(model, "as_tree_proposer"):  # a feature drafter (EAGLE): its tree grows from the target's features
+            if self.sizer is not None:
+                raise ValueError(f"strategy.proposer.size=machine sizes the tree of a language model drafter; the "
+                                 f"pair's {self.model} is a feature drafter (EAGLE): use size=fixed (and `total` to "
+                                 "cap the nodes) with this pair")
+            return model.as_tree_proposer(self.model, branch=self.branch, width=self.width, total=self.total,
+                                          max_entropy=self.max_entropy).bind(pair)
+        if hasattr(model, "as_proposer"):  # Medusa heads read the target's hidden states: they have a tree of their own
+            raise ValueError(f"strategy=tree drafts with a language model, but the pair's {self.model} is "
+                             f"{type(model).__name__}, which reads the target's hidden states: use strategy=medusa_tree "
+                             "for Medusa heads")
         for role in ("target", self.model):
             if getattr(getattr(pair.get(role), "config", None), "is_encoder_decoder", False):
                 raise ValueError(f"strategy=tree needs decoder-only models: the {role} is an encoder-decoder model; "
@@ -97,33 +104,14 @@ class TreeDrafter(OneModelProposer):
         start = tokens.shape[0]
         # 1. The drafter's distribution after the context (its unseen suffix fed as usual).
         logits = self.lm.forward(tokens[self.lm.length:], keep=1)
-        nodes, parents, score = [], [], []  # score: the drafter's log-probability of the node's path
-        frontier, last = [-1], logits.log_softmax(-1)  # last[j]: log-probs after frontier[j]
-        fed = 0  # nodes 0..fed-1 are in the drafter's cache, at positions start + index
-        for level in range(max_len):
-            # 2. Expand: each open frontier node's `branch` best tokens; keep the `width` best paths.
-            cand = []
-            for j, node in enumerate(self._open(frontier, nodes, last)):
-                if node is None:
-                    continue
-                top = last[j].topk(self.branch)
-                base = score[node] if node >= 0 else 0.0
-                cand += [(base + float(v), node, int(t)) for v, t in zip(top.values, top.indices) if v > float("-inf")]
-            cand = sorted(cand, key=lambda c: -c[0])[: self.width]
-            if not cand:
-                break
-            first = len(nodes)
-            for s, parent, t in cand:
-                nodes.append(t)
-                parents.append(parent)
-                score.append(s)
-            frontier = list(range(first, len(nodes)))
-            if level + 1 == max_len:
-                break  # the last level is never fed
+
+        def feed(first: int, nodes: list[int], parents: list[int]) -> torch.Tensor:
             # 3. One drafter forward over the new level (each node sees its ancestors only).
             new = torch.tensor(nodes[first:], device=tokens.device, dtype=tokens.dtype)
-            last = self.lm.forward(new, keep=len(new), tree=torch.tensor(parents), tree_cached=first).log_softmax(-1)
-            fed = len(nodes)
+            return self.lm.forward(new, keep=len(new), tree=torch.tensor(parents), tree_cached=first).log_softmax(-1)
+
+        # 2. Expand level by level (grow); nodes 0..fed-1 are in the drafter's cache, at positions start + index.
+        nodes, parents, score, fed = grow(logits.log_softmax(-1), max_len, self.branch, self.width, feed, self._open)
         # 4. EAGLE-2's re-ranking: the `total` best nodes over all levels (all of them without `total`);
         #    size "machine": the number that pays best on this machine (tree_sizing.choose_size).
         total = self.total
@@ -131,8 +119,7 @@ class TreeDrafter(OneModelProposer):
             best = sorted(score, reverse=True)[: self.sizer.max_nodes]
             total = choose_size([math.exp(x) for x in best], self.sizer.cost)[0]
         keep = rerank(score, parents, total)
-        index = {old: i for i, old in enumerate(keep)}  # a kept node's new index (its parent is kept too)
-        nodes, parents = [nodes[i] for i in keep], [index[parents[i]] if parents[i] >= 0 else -1 for i in keep]
+        nodes, parents = pruned(nodes, parents, keep)
         self._tree = (start, nodes, parents, [start + i if i < fed else None for i in keep])
         if not nodes:
             return Draft(tokens.new_empty(0), None)
@@ -140,17 +127,7 @@ class TreeDrafter(OneModelProposer):
                      parents=torch.tensor(parents, device=tokens.device))
 
     def _open(self, frontier: list[int], nodes: list[int], last: torch.Tensor) -> list[int | None]:
-        """The frontier with None for each node that is not expanded: one after an EOS (nothing
-        after it could be emitted), and, with `max_entropy`, one after which the drafter's Shannon
-        entropy H = -sum_x q(x) ln q(x) (nats, q = softmax of its logits) is above the threshold."""
-        if self.max_entropy is not None:
-            entropy = token_entropy.of_logits(last).tolist()  # last holds log-probs: the softmax gives q back
-        out = []
-        for j, node in enumerate(frontier):
-            shut = (node >= 0 and bool(self.eos) and nodes[node] in self.eos) or (
-                self.max_entropy is not None and entropy[j] > self.max_entropy)
-            out.append(None if shut else node)
-        return out
+        return open_nodes(frontier, nodes, last, self.eos, self.max_entropy)
 
     def _keep_accepted(self, tokens: torch.Tensor) -> None:
         """Keep, in the drafter's cache, the context and the nodes of the last tree that the target
@@ -186,3 +163,73 @@ def rerank(score: list[float], parents: list[int], total: int | None) -> list[in
         if parents[i] < 0 or parents[i] in kept:
             kept.add(i)
     return sorted(kept)
+
+
+def check_options(branch: int, width: int, total: int | None, max_entropy: float | None) -> None:
+    """Refuse tree options out of range (TreeDrafter's and the feature drafter's trees)."""
+    if branch < 1 or width < 1:
+        raise ValueError(f"strategy.proposer.branch and width must be >= 1, got branch={branch}, width={width}")
+    if total is not None and total < 1:
+        raise ValueError(f"strategy.proposer.total must be >= 1 (or null: keep every node), got {total}")
+    if max_entropy is not None and not max_entropy >= 0:
+        raise ValueError(f"strategy.proposer.max_entropy must be >= 0 nats (or null: no gate), got {max_entropy}")
+
+
+def grow(last: torch.Tensor, depth: int, branch: int, width: int, feed, is_open) -> tuple[list, list, list, int]:
+    """EAGLE-2's expansion, shared by the drafters that grow a tree level by level. `last` [1, V]:
+    the drafter's log-probs after the context; per level:
+      1. each open frontier node (`is_open(frontier, nodes, last)`: the frontier, None where a node is
+         not expanded) gets its `branch` best tokens, a child's score being its parent's plus its own
+         log-probability (the drafter's log-probability of the whole path);
+      2. the `width` best candidates form the next level (frontier);
+      3. but for the last level, `feed(first, nodes, parents)` feeds that level (nodes[first:]) to the
+         drafter and returns its log-probs after each of them [len(nodes) - first, V].
+    Returns (nodes, parents, score, fed): the tokens, parent indices and path scores of every node
+    (topological), and how many of them were fed."""
+    nodes, parents, score = [], [], []  # score: the drafter's log-probability of the node's path
+    frontier = [-1]  # last[j]: log-probs after frontier[j]
+    fed = 0
+    for level in range(depth):
+        cand = []
+        for j, node in enumerate(is_open(frontier, nodes, last)):
+            if node is None:
+                continue
+            top = last[j].topk(branch)
+            base = score[node] if node >= 0 else 0.0
+            cand += [(base + float(v), node, int(t)) for v, t in zip(top.values, top.indices) if v > float("-inf")]
+        cand = sorted(cand, key=lambda c: -c[0])[:width]
+        if not cand:
+            break
+        first = len(nodes)
+        for s, parent, t in cand:
+            nodes.append(t)
+            parents.append(parent)
+            score.append(s)
+        frontier = list(range(first, len(nodes)))
+        if level + 1 == depth:
+            break  # the last level is never fed
+        last = feed(first, nodes, parents)
+        fed = len(nodes)
+    return nodes, parents, score, fed
+
+
+def open_nodes(frontier: list[int], nodes: list[int], last: torch.Tensor, eos, max_entropy: float | None
+               ) -> list[int | None]:
+    """The frontier with None for each node that is not expanded: one after an EOS (nothing
+    after it could be emitted), and, with `max_entropy`, one after which the drafter's Shannon
+    entropy H = -sum_x q(x) ln q(x) (nats, q = softmax of its logits) is above the threshold."""
+    if max_entropy is not None:
+        entropy = token_entropy.of_logits(last).tolist()  # last holds log-probs: the softmax gives q back
+    out = []
+    for j, node in enumerate(frontier):
+        shut = (node >= 0 and bool(eos) and nodes[node] in eos) or (
+            max_entropy is not None and entropy[j] > max_entropy)
+        out.append(None if shut else node)
+    return out
+
+
+def pruned(nodes: list[int], parents: list[int], keep: list[int]) -> tuple[list[int], list[int]]:
+    """The tokens and parents of the nodes `keep` (increasing; each kept node's parent kept too),
+    re-indexed among themselves."""
+    index = {old: i for i, old in enumerate(keep)}  # a kept node's new index (its parent is kept too)
+    return [nodes[i] for i in keep], [index[parents[i]] if parents[i] >= 0 else -1 for i in keep]
