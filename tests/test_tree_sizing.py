@@ -174,6 +174,7 @@ def test_costs_measured_at_bind_and_given_back():
         TokenRecycling(size="auto")
 
 
+@pytest.mark.slow
 def test_a_sampled_machine_sized_run_reproduces(random_pair_dir, run_specexp):
     """strategy=token_recycling_sized measures the verification cost at start; metrics.json records
     it and `specexp reproduce` gives it back (strategy.proposer.verify_cost), so a sampled decode
