@@ -60,12 +60,14 @@ from specexp.models import token_entropy
 
 
 @torch.inference_mode()
-def measure_verify_cost(target, widths: int, context: int = 64, repeats: int = 5,
-                        vocab_size: int | None = None) -> tuple[list[float], float]:
-    """([v(1) = 1, v(2), ..., v(widths)], seconds of a one-token forward): the target's forward
-    over w tokens after `context` cached tokens, relative to a one-token forward in the same
-    repeat (the widths alternate within each repeat, so a load change hits them all); the median
-    over `repeats` (one warm-up repeat first, dropped)."""
+def measure_verify_cost(target, widths: int | list[int], context: int = 64, repeats: int = 5,
+                        vocab_size: int | None = None, tree: bool = False) -> tuple[list[float], float]:
+    """([v(w) for w in 1..widths, or for w in the list widths (1 added, sorted)], seconds of a
+    one-token forward): the target's forward over w tokens after `context` cached tokens, relative
+    to a one-token forward in the same repeat (the widths alternate within each repeat, so a load
+    change hits them all); the median over `repeats` (one warm-up repeat first, dropped). `tree`:
+    the w tokens are one context token and a tree of w - 1 nodes (all its children), fed through
+    the tree path, 4D mask included (what a token tree's verification costs)."""
     from specexp.models.cached_lm import cached_lm
     from specexp.models.loading import sync
 
@@ -77,20 +79,21 @@ def measure_verify_cost(target, widths: int, context: int = 64, repeats: int = 5
     base = lm.start(ids(context))
     lm.forward(base, keep=1)
     length = lm.length
-    times: list[list[float]] = [[] for _ in range(widths)]
+    ws = list(range(1, widths + 1)) if isinstance(widths, int) else sorted({1, *widths})
+    times: dict[int, list[float]] = {w: [] for w in ws}
     for r in range(repeats + 1):
-        for w in range(1, widths + 1):
+        for w in ws:
             x = ids(w)
+            star = torch.full((w - 1,), -1, device=device) if tree and w > 1 else None
             sync(device)
             t = time.perf_counter()
-            lm.forward(x, keep=w)
+            lm.forward(x, keep=w, tree=star)
             sync(device)
             if r:
-                times[w - 1].append(time.perf_counter() - t)
+                times[w].append(time.perf_counter() - t)
             lm.crop(length)
-    one = times[0]
-    ratios = [1.0] + [statistics.median(t / o for t, o in zip(tw, one)) for tw in times[1:]]
-    return ratios, statistics.median(one)
+    one = times[1]
+    return [statistics.median(t / o for t, o in zip(times[w], one)) for w in ws], statistics.median(one)
 
 
 @torch.inference_mode()

@@ -209,36 +209,40 @@ class TokenRecycling(Proposer):
             return [p for p in self.paths if len(p) <= depth]
         return template_from_branching(self.branching, depth)
 
+    def _expandable(self, prev: int, is_root: bool) -> bool:
+        """Whether the token `prev` can have children: its row was written, and (below the
+        context) it is not an EOS."""
+        return prev < self.seen.shape[0] and bool(self.seen[prev]) and (is_root or prev not in self.eos)
+
     def _exists(self, last: int | None):
         """exists(rank path) for best_tree: the node `expand` would draft from the token `last`
-        (its parent's row seen, the parent not an EOS, its token not an earlier sibling's)."""
+        (its parent expandable, its token not an earlier rank's of the same row: a padded row)."""
         token: dict[tuple[int, ...], int] = {(): last}
 
         def exists(path: tuple[int, ...]) -> bool:
             prev = token.get(path[:-1])
-            if prev is None or prev >= self.seen.shape[0] or not self.seen[prev] or (path[:-1] and prev in self.eos):
+            if prev is None or not self._expandable(prev, not path[:-1]):
                 return False
             row = self.adj[prev].tolist()
-            tok = row[path[-1]]
-            if tok in row[: path[-1]]:
+            if row[path[-1]] in row[: path[-1]]:
                 return False
-            token[path] = tok
+            token[path] = row[path[-1]]
             return True
 
         return exists
 
     def expand(self, last: int, depth: int, drafted: int = 0) -> tuple[list[int], list[int]]:
         """The template instantiated from the token `last` over the matrix: (tokens, parents), BFS
-        order. A node is dropped when its parent's row was never written, its parent is an EOS, or
-        its token repeats an earlier sibling's (a padded row). `drafted`: nodes drafted besides
-        (the lookup trie's), which a machine-sized tree's cost counts."""
+        order. A node is dropped when its parent cannot be expanded (`_expandable`: its row never
+        written, or an EOS) or its token repeats an earlier sibling's (a padded row). `drafted`:
+        nodes drafted besides (the lookup trie's), which a machine-sized tree's cost counts."""
         nodes, parents, at = [], [], {(): -1}  # at: template path -> node index (-1: the context)
         for p in self.template(depth, last, drafted):
             parent = at.get(p[:-1])
             if parent is None:
                 continue  # its parent was dropped
             prev = last if parent < 0 else nodes[parent]
-            if prev >= self.seen.shape[0] or not self.seen[prev] or (parent >= 0 and prev in self.eos):
+            if not self._expandable(prev, parent < 0):
                 continue
             tok = int(self.adj[prev, p[-1]])
             if any(parents[i] == parent and nodes[i] == tok for i in range(len(nodes))):

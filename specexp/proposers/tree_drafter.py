@@ -54,10 +54,10 @@ class TreeDrafter(OneModelProposer):
         # size "machine": of the re-ranked nodes, verify the n that maximise the expected tokens per
         # verification cost, the drafter's path probability standing for each node's chance (EAGLE-2's
         # premise), the cost measured at bind by width (tree_sizing; at most `total` or depth * width nodes)
-        self.sizer = TreeSizer(branch, size, total or 48, verify_cost, cost_widths, strategy="tree") \
-            if size == "machine" else None
         if size not in ("fixed", "machine"):
             raise ValueError(f"strategy.proposer.size must be fixed or machine, got {size!r}")
+        self.sizer = TreeSizer(branch, size, total or 48, verify_cost, cost_widths, strategy="tree") \
+            if size == "machine" else None
         self.lm: CachedLM | None = None
         # (start, tokens, parents, cached): cached[i] = where node i sits in the drafter's cache
         # (start + its index when the level was fed), None if it was never fed

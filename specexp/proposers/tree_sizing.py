@@ -18,7 +18,7 @@ The math, per round:
    (depth-limited) candidate tree form a tree, and taking them best first (`best_tree`) maximises
    E(n) for every n at once (Medusa's and Sequoia's greedy construction; exact under the model).
 3. The size. A round over n nodes costs v(n + 1) one-token target forwards (the context's token
-   and the n nodes, measured on this machine by width, `measure_tree_verify_cost`) plus the
+   and the n nodes, measured on this machine by width: cost_aware.measure_verify_cost with a tree) plus the
    drafting's cost; the rate E(n) / cost(n) is maximised over n <= max_nodes (`choose_size`).
    The estimates of step 1 change as the run goes, so the tree is chosen again every round; the
    costs are fixed at bind and recorded (metrics.json "measured"), so a run given them back
@@ -27,61 +27,22 @@ The math, per round:
 from __future__ import annotations
 
 import heapq
-import statistics
-import time
 from typing import Callable
 
 import numpy as np
-import torch
 
-
-@torch.inference_mode()
-def measure_tree_verify_cost(target, widths: list[int], context: int = 64, repeats: int = 3,
-                             vocab_size: int | None = None) -> tuple[list[float], float]:
-    """([v(w) for w in widths], seconds of a one-token forward): the target's forward over one
-    context token and a tree of w - 1 nodes (all children of it: the tree path, its 4D mask
-    included) after `context` cached tokens, relative to a one-token forward in the same repeat;
-    the widths alternate within each repeat, so a load change hits them all; the median over
-    `repeats` (one warm-up repeat first, dropped)."""
-    from specexp.models.cached_lm import cached_lm
-    from specexp.models.loading import sync
-
-    lm = cached_lm(target, vocab_size=vocab_size)
-    device = next(target.parameters()).device
-    n_vocab = vocab_size or target.get_input_embeddings().weight.shape[0]
-    gen = torch.Generator().manual_seed(0)
-    ids = lambda n: torch.randint(0, n_vocab, (n,), generator=gen).to(device)  # noqa: E731
-    lm.forward(lm.start(ids(context)), keep=1)
-    length = lm.length
-    widths = sorted({1, *widths})
-    times: dict[int, list[float]] = {w: [] for w in widths}
-    for r in range(repeats + 1):
-        for w in widths:
-            x, star = ids(w), torch.full((w - 1,), -1, device=device)
-            sync(device)
-            t = time.perf_counter()
-            lm.forward(x, keep=w, tree=star if w > 1 else None)
-            sync(device)
-            if r:
-                times[w].append(time.perf_counter() - t)
-            lm.crop(length)
-    one = times[1]
-    return [statistics.median(t / o for t, o in zip(times[w], one)) for w in widths], statistics.median(one)
+from specexp.length.cost_aware import measure_verify_cost, monotone_cost
 
 
 class VerifyCost:
     """v(w): the verification cost of a forward over w tokens, relative to one token, from costs
-    measured at a few widths: made non-decreasing (isotonic regression, as cost_aware's
-    monotone_cost), linear between the measured widths, and extended past the widest at its slope."""
+    measured at a few widths: made non-decreasing (cost_aware.monotone_cost), linear between the measured widths, and extended past the widest at its slope."""
 
     def __init__(self, widths: list[int], costs: list[float]):
-        from scipy.optimize import isotonic_regression
-
         if len(widths) != len(costs) or len(widths) < 2 or widths[0] != 1:
             raise ValueError(f"a tree's verify_cost needs one cost per width, the first at width 1 and at least two: "
                              f"widths {widths}, costs {costs}")
-        fit = np.asarray(isotonic_regression(costs, increasing=True).x, dtype=float)
-        self.widths, self.costs = [int(w) for w in widths], [float(x) for x in fit / fit[0]]
+        self.widths, self.costs = [int(w) for w in widths], monotone_cost(costs)
 
     def __call__(self, w: int) -> float:
         ws, cs = self.widths, self.costs
@@ -205,7 +166,7 @@ class TreeSizer:
         if self.size != "machine":
             return
         if self.verify_cost is None:  # measured once, on this machine; recorded (measured())
-            self.verify_cost, _ = measure_tree_verify_cost(target, self.widths, vocab_size=vocab_size)
+            self.verify_cost, _ = measure_verify_cost(target, self.widths, repeats=3, vocab_size=vocab_size, tree=True)
             self.source = "measured"
         self.cost = VerifyCost(self.widths, self.verify_cost)
 
