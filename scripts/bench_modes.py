@@ -27,10 +27,17 @@ MODE_KEYS = ["ours-ar", "hf-ar", "ours-spec", "ours-spec-vocab", "hf-assisted", 
              # (bench_proposers below): the feature drafter, the shipped model-free pairs, the datastore
              "ours-eagle", "ours-eagle-vocab", "ours-eagle-entropy", "ours-eagle-vocab-entropy",
              "ours-eagle-heuristic", "ours-eagle-lookup", "ours-eagle-lookup-entropy", "ours-eagle-lookup-heuristic",
-             "ours-eagle-store-entropy", "ours-eagle-cost", "ours-eagle-store-cost",
+             "ours-eagle-store-entropy", "ours-eagle-cost", "ours-eagle-store-cost", "ours-eagle-tree",
+             "ours-eagle-tree-sized",
              "ours-lookup-shipped", "ours-bigram-shipped", "ours-lookup-store",
              # (tree_modes below): token trees, ours only; --tree-sizes adds ours-recycling-b<branching> modes
              "ours-recycling", "ours-recycling-sized", "ours-lookup-trie"]
+# The feature drafter's tree modes: strategy=tree as shipped (branch 2, width 4, depth 4), and EAGLE-2's
+# re-ranked tree (branch 4, width 8, depth 6) cut to the size that pays best on this machine (<= 32 nodes)
+EAGLE_TREES = (("ours-eagle-tree", "ours eagle tree 2x4", []),
+               ("ours-eagle-tree-sized", "ours eagle tree sized<=32",
+                ["strategy.depth=6", "strategy.proposer.branch=4", "strategy.proposer.width=8",
+                 "strategy.proposer.total=32", "strategy.proposer.size=machine"]))
 # The tree modes' Token Recycling: matrix width, template (children per node at depth 0, 1, 2, ...)
 TREE_K, TREE_BRANCHING = 8, [4, 2, 1]
 
@@ -267,6 +274,12 @@ def bench_proposers(pair, wanted: set[str], gamma: int, vocab: int, eagle_dir: s
                         if first == "store" else None
                     proposer = LookupFirst("eagle", vocab=v, datastore=datastore)
                 out.append((key, name, build.provide_builds(proposer, pair).bind(pair), rule.bind(pair), kw))
+        for key, name, overrides in EAGLE_TREES:  # EAGLE-2's tree from the target's features (strategy=tree)
+            if key in wanted:
+                cfg = compose(["strategy=tree", "strategy.proposer.model=eagle", *overrides]).strategy
+                proposer, policy = build.strategy(cfg, pair)
+                out.append((key, f"{name} d{cfg.depth}", proposer, policy,
+                            {**dynamic, "gamma": int(cfg.depth), "tree": True}))
     for key, name, overrides in (
             ("ours-lookup-shipped", "ours prompt_lookup (shipped pair)", ["model_pair=smollm2-135m__prompt_lookup"]),
             ("ours-bigram-shipped", "ours bigram (shipped pair)", ["model_pair=smollm2-135m__bigram"]),

@@ -401,7 +401,7 @@ def test_reply_prompts_follow_the_mix():
     stubs = code_stubs()
     assert len(stubs) > 100 and all(s.startswith("def ") and s.rstrip().endswith('"""') for s in stubs)
     assert reply_prompts(500, 7, {"code": 3}) == stubs[:7]
-    with pytest.raises(ValueError, match="unknown source"):
+    with pytest.raises(ValueError, match="unknown kind.*reply_mix"):
         reply_prompts(500, 3, {"sharegpt": 1})
     assert reply_prompts(500, 5000, {"code": 1, "gsm8k": 0}) == stubs  # a 0 source is left out (it used to hang)
     mixed = reply_prompts(500, 10, {"xsum": 1, "gsm8k": 2, "code": 2}, article_chars=100)

@@ -92,10 +92,30 @@ def test_strategy_tree_hands_over_to_the_feature_tree(tiny):
     proposer = TreeDrafter(branch=3, width=5, total=7, max_entropy=2.0).bind(pair)
     assert isinstance(proposer, FeatureTreeDrafter) and proposer.needs_features and proposer.drafts_trees
     assert (proposer.branch, proposer.width, proposer.total, proposer.max_entropy) == (3, 5, 7, 2.0)
-    with pytest.raises(ValueError, match="size=machine.*feature drafter"):
-        TreeDrafter(size="machine", verify_cost=[1.0, 1.1], cost_widths=[1, 2]).bind(pair)
     with pytest.raises(ValueError, match="strategy.proposer.total must be >= 1"):
         FeatureTreeDrafter(total=0)
+
+
+def test_a_feature_tree_sized_for_the_machine(tiny):
+    """size=machine on a feature drafter: the drafter level is timed at bind and recorded; a free
+    verification verifies every re-ranked node (total caps it), a prohibitive one none; greedy
+    output is the target's either way."""
+    target, drafter = tiny
+    pair = ModelsByRole(target, drafter)
+    widths = [1, 2, 4, 8]
+    timed = TreeDrafter(branch=2, width=3, total=7, size="machine", verify_cost=[1.0] * 4, cost_widths=widths)
+    timed = timed.bind(pair)
+    m = timed.measured()
+    assert isinstance(timed, FeatureTreeDrafter) and m["sources"] == {"verify_cost": "config", "draft_cost": "measured"}
+    assert m["replay"]["proposer.draft_cost"] > 0
+    lm, stopper = CachedLM(target), Stopper()
+    prompt = torch.randint(0, V, (7,), generator=torch.Generator().manual_seed(1))
+    ref = generate(lm, prompt, 24, Sampling(), stopper).tokens
+    for costs, ok in (([1.0] * 4, lambda n: n == 7), ([1.0, 4.0, 10.0, 22.0], lambda n: n == 0)):
+        proposer = TreeDrafter(branch=2, width=3, total=7, size="machine", verify_cost=costs, cost_widths=widths,
+                               draft_cost=0.0).bind(pair)
+        g = generate(lm, prompt, 24, Sampling(), stopper, proposer, Fixed(4))
+        assert g.tokens == ref and ok(max(g.drafted[1:-1])), (costs, g.drafted)
 
 
 def median_entropy(target, drafter) -> float:

@@ -258,11 +258,14 @@ def test_medusa_tree_sized_for_a_prohibitive_verification_drafts_nothing(tiny):
     target, heads, prompts = tiny
     widths = [1, 2, 4, 8, 13]
     tree = MedusaTree(checkpoint=str(heads), topk=4, max_nodes=12, size="machine",
-                      verify_cost=[1 + 3.0 * (w - 1) for w in widths]).bind(ModelsByRole(target))
+                      verify_cost=[1 + 3.0 * (w - 1) for w in widths], draft_cost=0.0).bind(ModelsByRole(target))
     outs = decode(target, tree, prompts[:1])
     assert outs[0].tokens == autoregressive(target, prompts[:1])[0]
     assert max(outs[0].drafted) == 0
     assert tree.measured()["replay"]["proposer.cost_widths"] == widths
+    measured = MedusaTree(checkpoint=str(heads), topk=4, max_nodes=12, size="machine",
+                          verify_cost=[1.0] * 5).bind(ModelsByRole(target)).measured()
+    assert measured["sources"]["draft_cost"] == "measured" and measured["replay"]["proposer.draft_cost"] > 0
 
 
 def test_medusa_tree_sampling_keeps_the_targets_distribution(monkeypatch):

@@ -560,8 +560,9 @@ def test_a_drafter_tree_sized_for_the_machine(tree_pair):
              "step": ([1.0, 1.0, 1.0, 3.0, 4.0], lambda k: 1 <= k <= 3)}
     for name, (costs, ok) in cases.items():
         proposer = TreeDrafter(branch=2, width=3, total=10, size="machine", verify_cost=costs,
-                               cost_widths=widths).bind(pair)
-        assert proposer.measured()["replay"] == {"proposer.verify_cost": costs, "proposer.cost_widths": widths}
+                               cost_widths=widths, draft_cost=0.0).bind(pair)
+        assert proposer.measured()["replay"] == {"proposer.verify_cost": costs, "proposer.cost_widths": widths,
+                                                 "proposer.draft_cost": 0.0}
         prompt = torch.randint(0, 50, (8,), generator=torch.Generator().manual_seed(3))
         reference = generate(CachedLM(pair.target), prompt, 20, Sampling(), Stopper()).tokens
         out = generate(CachedLM(pair.target), prompt, 20, Sampling(), Stopper(), proposer, Fixed(4))
@@ -569,3 +570,23 @@ def test_a_drafter_tree_sized_for_the_machine(tree_pair):
         assert ok(max(out.drafted)), (name, out.drafted)  # (the last rounds' budget may cut a tree)
     with pytest.raises(ValueError, match="strategy.proposer.size"):
         TreeDrafter(size="auto")
+    with pytest.raises(ValueError, match="strategy.proposer.draft_cost must be >= 0"):
+        TreeDrafter(size="machine", draft_cost=-1.0)
+
+
+def test_a_drafter_trees_drafting_cost_is_measured_at_bind_and_given_back(tree_pair):
+    """size=machine without draft_cost: one drafter level over `width` nodes is timed against a
+    one-token target forward at bind and recorded for replay; given back, nothing is measured."""
+    from specexp.proposers.tree_drafter import TreeDrafter
+
+    pair, _ = tree_pair
+    widths = [1, 2, 4, 8, 11]
+    first = TreeDrafter(branch=2, width=3, total=10, size="machine", verify_cost=[1.0] * 5,
+                        cost_widths=widths).bind(pair)
+    m = first.measured()
+    assert m["sources"] == {"verify_cost": "config", "draft_cost": "measured"}
+    cost = m["replay"]["proposer.draft_cost"]
+    assert isinstance(cost, float) and cost > 0
+    again = TreeDrafter(branch=2, width=3, total=10, size="machine", verify_cost=[1.0] * 5, cost_widths=widths,
+                        draft_cost=cost).bind(pair)
+    assert again.measured()["replay"] == m["replay"] and again.measured()["sources"]["draft_cost"] == "config"

@@ -86,6 +86,18 @@ def test_choose_size_counts_the_width_of_nodes_drafted_besides():
     assert rate == pytest.approx(1.8 / cost(8))
 
 
+def test_a_costlier_drafting_round_pays_for_a_bigger_tree():
+    """The drafting is spent whatever the size, so it dilutes the verification's cost by width:
+    with slope 0.3 per node, no drafting cost verifies few nodes, a drafting cost of 3 forwards more."""
+    _, values = best_tree(Q, max_depth=3, max_nodes=30)
+    cost = _linear(0.3)
+    sizes = [choose_size(values, cost, draft_cost=d)[0] for d in (0.0, 1.0, 3.0, 10.0)]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+    n, rate = choose_size(values, cost, draft_cost=3.0)
+    rates = [(1 + sum(values[:m])) / (cost(m + 1) + 3.0) for m in range(len(values) + 1)]
+    assert n == int(np.argmax(rates)) and rate == pytest.approx(max(rates))
+
+
 def test_verify_cost_is_monotone_interpolated_and_extended():
     v = VerifyCost([1, 2, 4, 8], [1.0, 1.5, 1.3, 2.5])  # noise: 4 tokens measured cheaper than 2
     assert v.costs == pytest.approx([1.0, 1.4, 1.4, 2.5])  # pooled (isotonic), v(1) = 1
@@ -161,12 +173,12 @@ def test_machine_sized_greedy_equals_autoregressive(slope, drafts):
 def test_costs_measured_at_bind_and_given_back():
     tr = _bound(max_nodes=6)
     m = tr.measured()
-    assert m["sources"] == {"verify_cost": "measured"}
-    assert m["replay"]["proposer.cost_widths"] == [1, 2, 4, 7]
+    assert m["sources"] == {"verify_cost": "measured", "draft_cost": "none"}  # a lookup: no drafting step
+    assert m["replay"]["proposer.cost_widths"] == [1, 2, 4, 7] and "proposer.draft_cost" not in m["replay"]
     costs = m["replay"]["proposer.verify_cost"]
     assert len(costs) == 4 and costs[0] == 1.0 and min(costs) > 0
     again = _bound(max_nodes=6, verify_cost=costs)
-    assert again.measured() == {**m, "sources": {"verify_cost": "config"}}
+    assert again.measured() == {**m, "sources": {"verify_cost": "config", "draft_cost": "none"}}
     assert _bound(size="fixed").measured() == {}
     with pytest.raises(ValueError, match="verify_cost needs one cost per width"):
         TokenRecycling(size="machine", max_nodes=6, verify_cost=[1.0, 2.0])
@@ -183,7 +195,7 @@ def test_a_sampled_machine_sized_run_reproduces(random_pair_dir, run_specexp):
                              "debug=fast", "dataset=jsonl", f"dataset.path={ROOT / 'tests' / 'data' / 'prompts.jsonl'}",
                              *pair_overrides(random_pair_dir))
     m = json.loads((run_dir / "metrics.json").read_text())
-    assert m["measured"]["sources"] == {"verify_cost": "measured"}
+    assert m["measured"]["sources"] == {"verify_cost": "measured", "draft_cost": "none"}
     assert m["measured"]["replay"]["proposer.cost_widths"] == [1, 2, 4, 8, 9]
     ok = subprocess.run([sys.executable, "-m", "specexp", "reproduce", str(run_dir)], capture_output=True,
                         text=True, cwd=ROOT, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})

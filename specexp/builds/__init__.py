@@ -2,7 +2,8 @@
 temporary folder renamed into place): the embedded tiny pair (train_tiny_pair.py), a drafter
 distilled for any target (train_distilled_drafter.py), the feature drafter's training
 (train_feature_drafter.py), the datastore of the target's replies (build_datastore.py), the
-bigram table (build_bigram.py), and what they train on (corpus.py, target_replies.py, training_utils.py).
+bigram table (build_bigram.py), and what they train on (corpus.py, the chat prompts by kind:
+instruction_mix.py, the target's replies to them: target_replies.py, training_utils.py).
 
 May import: core, proposers, length, models, tasks, stats. Never the experiment or report layer:
 the command lines that compose Hydra configs for a build live in specexp/experiment/."""

@@ -7,7 +7,7 @@ them, while its own earlier replies to other prompts do. The datastore is those 
 
 1. `build_datastore`: the target's greedy replies (specexp/builds/target_replies.py) to `replies` chat prompts
    it is not evaluated on (XSum articles and GSM8K questions from sample `skip` on, standard
-   library code stubs: distill.reply_prompts, the feature drafter's own mix), reply tokens only,
+   library code stubs: instruction_mix.reply_prompts with its three-kind REPLY_MIX), reply tokens only,
    cached once per parameter set (builds.build_once: a temporary folder renamed into place) under
    `$SPECEXP_CACHE/datastore/<key>/` with a build.json (parameters, counts, seconds).
 2-3. What drafts from them (`NGramTable`, `load_replies`): specexp/proposers/retrieval.py. The
@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from specexp.builds.build_cache import build_once
-from specexp.builds.target_replies import REPLY_MIX, chat_ids, replies_with_reads
+from specexp.builds.instruction_mix import REPLY_MIX
+from specexp.builds.target_replies import chat_ids, replies_with_reads
 from specexp.models.fetch import cache_root
 from specexp.models.loading import ModelSpec, describe, load_model, load_tokenizer, resolve_source
 from specexp.proposers.retrieval import REPLIES, NGramTable, load_replies  # noqa: F401 (read here, re-exported)
@@ -55,7 +56,7 @@ def _done(out: Path, params: dict) -> bool:
 
 
 def _build(spec: ModelSpec, tmp: Path, p: dict, progress: bool) -> dict:
-    from specexp.builds.train_distilled_drafter import reply_prompts
+    from specexp.builds.instruction_mix import reply_prompts
 
     t0 = time.perf_counter()
     tok = load_tokenizer(spec)

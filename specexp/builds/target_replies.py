@@ -8,8 +8,6 @@ import time
 
 import torch
 
-REPLY_MIX = {"xsum": 1, "gsm8k": 2, "code": 2}  # the default prompts per round: XSum, GSM8K, stdlib code stubs
-
 
 def chat_ids(tok, prompts: list[str], plain: bool = False) -> list[list[int]]:
     """The token ids of `prompts` as user turns in the tokenizer's chat template, ready for the

@@ -42,30 +42,16 @@ from typing import Any
 import torch
 
 from specexp.builds.build_cache import build_once
+from specexp.builds.instruction_mix import SUMMARIZE, reply_prompts, rows, shared_file
 from specexp.builds.training_utils import warmup_cosine
 from specexp.models.loading import ModelSpec, describe, load_model, load_tokenizer, n_params, resolve_source
 
 log = logging.getLogger(__name__)
 
-SUMMARIZE = "Summarize this article in one sentence.\n\n"  # the user turn for XSum articles
 RECIPE = 3  # bump when the recipe changes: older builds are then rebuilt, not reused
 
 
 # ---------------------------------------------------------------------------------- 1. the text
-def _shared(rel: str) -> Path | None:
-    from specexp.tasks.dataset_sources import shared_data_dir
-
-    root = shared_data_dir()
-    p = root / rel if root else None
-    return p if p is not None and p.exists() else None
-
-
-def _rows(rel: str, skip: int) -> list[dict]:
-    """The JSONL rows of a shared data file from index `skip` on; [] when the file is absent."""
-    p = _shared(rel)
-    return [json.loads(ln) for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()][skip:] if p else []
-
-
 def _chat(tok, user: str, assistant: str) -> str:
     if not getattr(tok, "chat_template", None):
         return f"{user}\n\n{assistant}"
@@ -81,14 +67,14 @@ def corpus_documents(tok, sources: list[str], skip: int) -> tuple[dict[str, list
     info: dict[str, Any] = {}
     for src in sources:
         if src == "wikitext":
-            p = _shared("wikitext-2-raw/wiki.test.raw")
+            p = shared_file("wikitext-2-raw/wiki.test.raw")
             if p:
                 lines = [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
                 docs[src] = lines[len(lines) // 2:]  # the first half is the evaluation's
         elif src == "xsum":
-            docs[src] = [_chat(tok, SUMMARIZE + r["document"], r["summary"]) for r in _rows("xsum/test.jsonl", skip)]
+            docs[src] = [_chat(tok, SUMMARIZE + r["document"], r["summary"]) for r in rows("xsum/test.jsonl", skip)]
         elif src == "gsm8k":
-            docs[src] = [_chat(tok, r["question"], r["answer"]) for r in _rows("gsm8k/test.jsonl", skip)]
+            docs[src] = [_chat(tok, r["question"], r["answer"]) for r in rows("gsm8k/test.jsonl", skip)]
         elif src == "code":
             from specexp.builds.corpus import load_corpus
 
@@ -104,30 +90,6 @@ def corpus_documents(tok, sources: list[str], skip: int) -> tuple[dict[str, list
         raise ValueError(f"distill: none of the corpus sources {sources} has text here "
                          "(wikitext/xsum/gsm8k need ../shared/data; 'code' always works)")
     return docs, info
-
-
-def reply_prompts(skip: int, n: int, mix: dict[str, int] | None = None, article_chars: int = 2000) -> list[str]:
-    """`n` user turns for the target to answer, interleaved by `mix` (source: turns per round;
-    default one XSum article and one GSM8K question): XSum articles (cut to `article_chars`) and
-    GSM8K questions from sample `skip` on, and `code`: HumanEval-style stubs of the standard
-    library's functions (corpus.code_stubs). A source without data here, or with 0 turns per
-    round, is left out."""
-    from specexp.builds.corpus import code_stubs
-
-    mix = {k: v for k, v in (mix or {"xsum": 1, "gsm8k": 1}).items() if v > 0}  # 0 would never drain its queue
-    pools = {"xsum": lambda: [SUMMARIZE + r["document"][:article_chars] for r in _rows("xsum/test.jsonl", skip)],
-             "gsm8k": lambda: [r["question"] for r in _rows("gsm8k/test.jsonl", skip)],
-             "code": code_stubs}
-    unknown = set(mix) - set(pools)
-    if unknown:
-        raise ValueError(f"reply prompts: unknown source(s) {sorted(unknown)}; known: {sorted(pools)}")
-    queues = {k: pools[k]() for k in mix}
-    out: list[str] = []
-    while len(out) < n and any(queues.values()):
-        for k, per_round in mix.items():
-            out += queues[k][:per_round]
-            queues[k] = queues[k][per_round:]
-    return out[:n]
 
 
 @torch.inference_mode()

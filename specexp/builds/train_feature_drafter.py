@@ -6,11 +6,13 @@ hidden states. The drafter and how it drafts: specexp/proposers/feature_drafter.
     specexp-eagle model_pair.build.epochs=2          # (the command line: specexp/experiment/build_commands.py)
 
 Recipe (deterministic: fixed seeds, fixed data order, a fixed number of steps):
-  1. The text is the target's own: its greedy replies to `replies` chat prompts, XSum articles
-     (cut to `article_chars`) and GSM8K questions from sample `skip` on (the evaluation keeps the
-     first ones) and HumanEval-style stubs of the standard library's functions, mixed by
-     `reply_mix`. Greedy acceptance asks the drafter to predict exactly this text: the target's
-     argmax after its own tokens. Optionally `corpus_tokens` of other text (`corpus`).
+  1. The text is the target's own: its greedy replies to `replies` chat prompts of the kinds in
+     `reply_mix` (specexp/builds/instruction_mix.py; by default all ten: summaries, headlines,
+     extraction, translation, rewriting, continuation, questions about a passage, multiple
+     choice, arithmetic, code), from the offline data the evaluation leaves (XSum and GSM8K from
+     sample `skip` on, WikiText's second half, MMLU's validation split). Greedy acceptance asks
+     the drafter to predict exactly this text: the target's argmax after its own tokens.
+     Optionally `corpus_tokens` of other text (`corpus`).
   2. The target's reads are kept while it writes (replies.replies_with_reads: a hook on its final norm):
      at every position p of prompt + reply its last hidden state f_p (what its LM head reads) and
      its top-k next-token distribution; the corpus text is read once (distill.teacher_read). Both
@@ -50,7 +52,8 @@ from typing import Any
 import torch
 
 from specexp.builds.build_cache import build_once
-from specexp.builds.target_replies import REPLY_MIX, chat_ids, replies_with_reads
+from specexp.builds.instruction_mix import BROAD_MIX, reply_turns
+from specexp.builds.target_replies import chat_ids, replies_with_reads
 from specexp.builds.train_distilled_drafter import teacher_read
 from specexp.builds.training_utils import train_adamw
 from specexp.models.loading import ModelSpec, describe, load_model, load_tokenizer, n_params, resolve_source
@@ -80,32 +83,25 @@ def pack(reads: list[dict], seq_len: int, seed: int) -> dict:
                for k, src in (("ids", "top_ids"), ("probs", "top_probs"), ("hidden", "hidden"))}}
 
 
-def source_of(prompt: str) -> str:
-    """The reply_prompts pool a user turn came from: xsum (it opens with the summary instruction),
-    code (a stub: it opens with `def `) or gsm8k."""
-    from specexp.builds.train_distilled_drafter import SUMMARIZE
-
-    return "xsum" if prompt.startswith(SUMMARIZE) else "code" if prompt.startswith("def ") else "gsm8k"
-
-
 def teacher_data(target, tok, p: dict, cache: Path | None, progress: bool) -> dict:
     """What the target wrote and read, not yet split or windowed: "replies", its replies to
     `replies` chat prompts read while it writes them (each with its "index" in prompt order and
     its prompt's "source"), and "corpus", `corpus_tokens` of `corpus` text it reads
     (distill.teacher_read) as windows (None without). From `cache` when it holds them (written
     atomically after the reads)."""
-    from specexp.builds.train_distilled_drafter import corpus_documents, reply_prompts, windows
+    from specexp.builds.train_distilled_drafter import corpus_documents, windows
 
     if cache is not None and cache.is_file():
         return torch.load(cache)
     t0 = time.perf_counter()
     data, used = {"replies": [], "corpus": None}, {}
     if p["replies"]:
-        texts = reply_prompts(p["skip"], p["replies"], p["reply_mix"], p["article_chars"])
+        turns = reply_turns(p["skip"], p["replies"], p["reply_mix"], p["article_chars"])  # (kind, user turn)
+        kinds, texts = [k for k, _ in turns], [q for _, q in turns]
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         reads = replies_with_reads(target, chat_ids(tok, texts), tok.eos_token_id, pad, p["reply_tokens"],
                                    p["reply_batch"], p["topk"], progress)
-        data["replies"] = [{**r, "index": i, "source": source_of(q)} for i, (r, q) in enumerate(zip(reads, texts))]
+        data["replies"] = [{**r, "index": i, "source": k} for i, (r, k) in enumerate(zip(reads, kinds))]
         used["replies"] = {"prompts": len(reads), "prompt_tokens": sum(r["prompt_tokens"] for r in reads),
                            "reply_tokens": sum(len(r["ids"]) - r["prompt_tokens"] for r in reads)}
     if p["corpus"] and p["corpus_tokens"]:
@@ -279,7 +275,7 @@ def reply_agreement(drafter, embed, head, held: list[dict]) -> dict:
                 decode loop's first round is the target's prefill, which writes x_P itself);
                 agreement here is the first draft's acceptance rate.
       "prompt": p < P, positions drafting never faces (the prompt is given, not drafted).
-    Each with the number of positions, and "reply" also by the prompt's source (xsum, gsm8k, code)."""
+    Each with the number of positions, and "reply" also by the prompt's kind (instruction_mix.KINDS)."""
     hits, n = {}, {}
     for r in held:
         x, P = r["ids"], r["prompt_tokens"]
@@ -323,7 +319,7 @@ def build_feature_drafter(target: Any, out_dir: str, replies: int = 600, reply_m
     spec = target if isinstance(target, ModelSpec) else ModelSpec(**dict(target))
     resolved = resolve_source(spec)
     params = {"recipe": RECIPE, "target": describe(resolved), "replies": replies,
-              "reply_mix": dict(reply_mix or REPLY_MIX), "article_chars": article_chars,
+              "reply_mix": dict(reply_mix or BROAD_MIX), "article_chars": article_chars,
               "reply_tokens": reply_tokens, "reply_batch": reply_batch, "corpus": list(corpus),
               "corpus_tokens": corpus_tokens, "skip": skip, "seq_len": seq_len, "topk": topk, "subset": subset,
               "epochs": epochs, "batch": batch, "lr": lr, "unroll": unroll, "feature_weight": feature_weight,

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from specexp.builds.build_cache import build_once
-from specexp.builds.target_replies import REPLY_MIX
+from specexp.builds.instruction_mix import REPLY_MIX
 from specexp.builds.training_utils import train_adamw
 from specexp.models.loading import ModelSpec, describe, load_model, load_tokenizer, n_params, resolve_source
 from specexp.proposers.medusa import MedusaHeads, MedusaHeadsConfig

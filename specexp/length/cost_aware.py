@@ -52,6 +52,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from typing import Callable
 
 import torch
 
@@ -97,37 +98,56 @@ def measure_verify_cost(target, widths: int | list[int], context: int = 64, repe
 
 
 @torch.inference_mode()
-def measure_drafter_cost(target, drafter, context: int = 64, repeats: int = 5, vocab_size: int | None = None) -> float:
-    """c: the drafter's one-token forward over the target's, both after `context` cached tokens,
+def relative_cost(target, step: Callable[[], object], context: int = 64, repeats: int = 5,
+                  vocab_size: int | None = None) -> float:
+    """c: the time of `step()` over the target's one-token forward after `context` cached tokens,
     the two alternating within each repeat; the median ratio over `repeats` (one warm-up repeat
-    first, dropped)."""
+    first, dropped). `step` leaves whatever it fed as it found it (it is called repeats + 1 times)."""
     from specexp.models.cached_lm import cached_lm
     from specexp.models.loading import sync
 
-    lms = [cached_lm(target, vocab_size=vocab_size), cached_lm(drafter)]
+    lm = cached_lm(target, vocab_size=vocab_size)
     device = next(target.parameters()).device
-    n_vocab = min(m.get_input_embeddings().weight.shape[0] for m in (target, drafter))
+    n_vocab = vocab_size or target.get_input_embeddings().weight.shape[0]
     gen = torch.Generator().manual_seed(0)
-    ids = lambda n: torch.randint(0, n_vocab, (n,), generator=gen).to(device)  # noqa: E731
-    base = ids(context)
-    lengths = []
-    for lm in lms:
-        lm.forward(lm.start(base), keep=1)
-        lengths.append(lm.length)
-    ratios = []
+    lm.forward(lm.start(torch.randint(0, n_vocab, (context,), generator=gen).to(device)), keep=1)
+    length, ratios = lm.length, []
+
+    def one_token():
+        lm.forward(torch.randint(0, n_vocab, (1,), generator=gen).to(device), keep=1)
+        lm.crop(length)
+
     for r in range(repeats + 1):
         t = []
-        x = ids(1)
-        for lm, length in zip(lms, lengths):
+        for run in (one_token, step):
             sync(device)
             t0 = time.perf_counter()
-            lm.forward(x, keep=1)
+            run()
             sync(device)
             t.append(time.perf_counter() - t0)
-            lm.crop(length)
         if r:
             ratios.append(t[1] / t[0])
     return statistics.median(ratios)
+
+
+@torch.inference_mode()
+def measure_drafter_cost(target, drafter, context: int = 64, repeats: int = 5, vocab_size: int | None = None) -> float:
+    """c: the drafter's one-token forward over the target's, both after `context` cached tokens
+    (relative_cost)."""
+    from specexp.models.cached_lm import cached_lm
+
+    lm = cached_lm(drafter)
+    device = next(drafter.parameters()).device
+    n_vocab = min(m.get_input_embeddings().weight.shape[0] for m in (target, drafter))
+    gen = torch.Generator().manual_seed(1)
+    lm.forward(lm.start(torch.randint(0, n_vocab, (context,), generator=gen).to(device)), keep=1)
+    length = lm.length
+
+    def step():
+        lm.forward(torch.randint(0, n_vocab, (1,), generator=gen).to(device), keep=1)
+        lm.crop(length)
+
+    return relative_cost(target, step, context, repeats, vocab_size)
 
 
 def monotone_cost(ratios: list[float]) -> list[float]:

@@ -38,7 +38,7 @@ from specexp.models.cached_lm import CachedLM, cache_arg, cache_of, tree_attenti
 from specexp.models.sampling import Sampling
 from specexp.proposers.base import Draft
 from specexp.proposers.drafter import DraftModel, draft_vocab
-from specexp.proposers.tree_drafter import check_options, grow, open_nodes, pruned, rerank
+from specexp.proposers.tree_drafter import check_options, grow, open_nodes, pruned, rerank, sized_total
 
 
 class FeatureDrafterConfig(LlamaConfig):
@@ -241,10 +241,22 @@ class FeatureTreeDrafter(FeatureDrafter):
     ranks_siblings = True  # siblings come most likely first (metrics.json tree.accepted_by_rank)
 
     def __init__(self, model: str = "drafter", branch: int = 2, width: int = 4, total: int | None = None,
-                 max_entropy: float | None = None):
+                 max_entropy: float | None = None, sizer=None):
         check_options(branch, width, total, max_entropy)
         super().__init__(model, vocab=None)
         self.branch, self.width, self.total, self.max_entropy = branch, width, total, max_entropy
+        self.sizer = sizer  # size "machine": TreeDrafter's TreeSizer (tree_drafter.sized_total), else None
+
+    def bind(self, pair) -> "FeatureTreeDrafter":
+        super().bind(pair)
+        if self.sizer is not None:  # the drafting step timed: one tree level of `width` nodes
+            step = feature_level_step(pair.get(self.model), pair.target, self.width, pair.vocab_size)
+            self.sizer.bind(pair.target, pair.vocab_size, step)
+        return self
+
+    def measured(self) -> dict:
+        """The costs a machine-sized tree was chosen by (TreeSizer.measured)."""
+        return self.sizer.measured() if self.sizer is not None else {}
 
     def propose(self, tokens, max_len, policy: LengthPolicy, sampling: Sampling, generator) -> Draft:
         if policy.needs_steps:
@@ -269,10 +281,33 @@ class FeatureTreeDrafter(FeatureDrafter):
         # 2. Expand level by level (tree_drafter.grow), then 4. EAGLE-2's re-ranking: the `total` best nodes.
         nodes, parents, score, _ = grow(logits.log_softmax(-1), max_len, self.branch, self.width, feed,
                                         lambda f, n, last: open_nodes(f, n, last, self.eos, self.max_entropy))
-        nodes, parents = pruned(nodes, parents, rerank(score, parents, self.total))
+        total = self.total if self.sizer is None else sized_total(self.sizer, score, parents)
+        nodes, parents = pruned(nodes, parents, rerank(score, parents, total))
         # The tree's positions were all fed with predicted features: `observe` crops them all
         # (real_length), and the accepted path is fed again next round with the target's features.
         if not nodes:
             return Draft(tokens.new_empty(0), None)
         return Draft(torch.tensor(nodes, device=tokens.device, dtype=tokens.dtype), None,
                      parents=torch.tensor(parents, device=tokens.device))
+
+
+@torch.inference_mode()
+def feature_level_step(model: FeatureDrafterModel, target, width: int, vocab_size: int | None = None,
+                       context: int = 64):
+    """One drafting level of a feature drafter, to time (TreeSizer.bind): a tree forward over
+    `width` sibling nodes, each with a feature, after `context` cached tokens (on a FeatureLM of
+    its own), cropped back after."""
+    lm = FeatureLM(model, target.get_input_embeddings(), target.get_output_embeddings(), vocab_size=vocab_size)
+    device, size = lm.weight.device, model.config.hidden_size
+    gen = torch.Generator().manual_seed(3)
+    ids = lambda n: torch.randint(0, lm.weight.shape[0], (n,), generator=gen).to(device)  # noqa: E731
+    lm.start(ids(context))
+    lm.add_features(lm.weight.new_zeros(context - 1, size))  # with f_{-1}: one feature per context token
+    lm.forward(ids(context), keep=1)
+    length, siblings = lm.length, torch.full((width,), -1)
+
+    def step():
+        lm.forward_tree(ids(width), lm.weight.new_zeros(width, size), siblings)
+        lm.crop(length)
+
+    return step

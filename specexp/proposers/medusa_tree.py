@@ -39,16 +39,29 @@ class MedusaTree(Medusa):
 
     def __init__(self, model: str | None = None, checkpoint: str | None = None, num_heads: int = 4,
                  num_layers: int = 1, topk: int = 10, size: str = "fixed", max_nodes: int = 32,
-                 verify_cost: list[float] | None = None, cost_widths: list[int] | None = None, carry: bool = False):
+                 verify_cost: list[float] | None = None, cost_widths: list[int] | None = None, carry: bool = False,
+                 draft_cost: float | None = None):
         super().__init__(model, checkpoint, num_heads, num_layers, topk)
-        self.sizer = TreeSizer(topk, size, max_nodes, verify_cost, cost_widths, strategy="medusa_tree")
+        self.sizer = TreeSizer(topk, size, max_nodes, verify_cost, cost_widths, "medusa_tree", draft_cost)
         self.carry = carry
         self._round: tuple[int, list[list[int]], set] | None = None  # (start, candidates per head, rank paths)
 
     def bind(self, pair) -> "MedusaTree":
         super().bind(pair)
-        self.sizer.bind(pair.target, pair.vocab_size)
+        self.sizer.bind(pair.target, pair.vocab_size, self._heads_step())
         return self
+
+    def _heads_step(self):
+        """A round of drafting to time (TreeSizer.bind): every head's top-k on one hidden state, its
+        LM-head projection included (what Medusa adds to each target forward)."""
+        h = self.lm_head.weight.new_zeros(self.lm_head.weight.shape[1])
+
+        @torch.inference_mode()
+        def step():
+            for i in range(self.heads.num_heads):
+                self.heads.head_logits(i, h, self.lm_head).float().log_softmax(-1).topk(self.topk)
+
+        return step
 
     def measured(self) -> dict:
         return self.sizer.measured()

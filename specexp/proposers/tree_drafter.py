@@ -12,16 +12,18 @@ only). Three options:
     stops a branch early, and a draft may be empty (the round then emits the target's own token);
   * `size: machine`: of the re-ranked nodes (at most `total`, default 48), verify the number n
     that maximises the expected tokens per unit of the target's verification cost measured on
-    this machine by width (specexp/proposers/tree_sizing.py: choose_size), each node's path
-    probability under the drafter standing for its chance of acceptance, as EAGLE-2 ranks by it.
+    this machine by width, with the drafting's cost (one drafter forward per level, measured
+    against a one-token target forward) in each round's cost (specexp/proposers/tree_sizing.py),
+    each node's path probability under the drafter standing for its chance of acceptance, as
+    EAGLE-2 ranks by it.
 
 The children are chosen deterministically (top-k), so the draft carries no probabilities and the
 target verifies them with the deterministic rule (specexp.core.verify.verify_tree_sampling), which
 keeps sampling lossless; greedy verification accepts the path of the target's argmax.
 
 On a pair whose drafter is a feature drafter (EAGLE), `bind` hands over to FeatureTreeDrafter
-(feature_drafter.py), which grows the same tree (`grow`, `rerank`) from the target's features
-(`size: machine` is refused there)."""
+(feature_drafter.py), which grows the same tree (`grow`, `rerank`, `sized_total`) from the target's
+features."""
 from __future__ import annotations
 
 import math
@@ -33,7 +35,7 @@ from specexp.models import token_entropy
 from specexp.models.cached_lm import CachedLM, cached_lm
 from specexp.models.sampling import Sampling
 from specexp.proposers.base import Draft, OneModelProposer, Proposer
-from specexp.proposers.tree_sizing import TreeSizer, choose_size
+from specexp.proposers.tree_sizing import TreeSizer
 
 
 class TreeDrafter(OneModelProposer):
@@ -44,7 +46,7 @@ class TreeDrafter(OneModelProposer):
 
     def __init__(self, model: str = "drafter", branch: int = 2, width: int = 4, total: int | None = None,
                  max_entropy: float | None = None, size: str = "fixed", verify_cost: list[float] | None = None,
-                 cost_widths: list[int] | None = None):
+                 cost_widths: list[int] | None = None, draft_cost: float | None = None):
         check_options(branch, width, total, max_entropy)
         self.model = model  # which model of the pair drafts
         self.branch = branch  # children per expanded node (its top-k)
@@ -53,10 +55,10 @@ class TreeDrafter(OneModelProposer):
         self.max_entropy = max_entropy  # expand a node while the drafter's entropy after it is <= this; None = always
         # size "machine": of the re-ranked nodes, verify the n that maximise the expected tokens per
         # verification cost, the drafter's path probability standing for each node's chance (EAGLE-2's
-        # premise), the cost measured at bind by width (tree_sizing; at most `total` or depth * width nodes)
+        # premise), the costs measured at bind (tree_sizing; at most `total` or depth * width nodes)
         if size not in ("fixed", "machine"):
             raise ValueError(f"strategy.proposer.size must be fixed or machine, got {size!r}")
-        self.sizer = TreeSizer(branch, size, total or 48, verify_cost, cost_widths, strategy="tree") \
+        self.sizer = TreeSizer(branch, size, total or 48, verify_cost, cost_widths, "tree", draft_cost) \
             if size == "machine" else None
         self.lm: CachedLM | None = None
         # (start, tokens, parents, cached): cached[i] = where node i sits in the drafter's cache
@@ -69,12 +71,8 @@ class TreeDrafter(OneModelProposer):
             raise ValueError(f"strategy=tree needs a {self.model} with the target's tokenizer")
         model = pair.get(self.model)
         if hasattr(model, "as_tree_proposer"):  # a feature drafter (EAGLE): its tree grows from the target's features
-            if self.sizer is not None:
-                raise ValueError(f"strategy.proposer.size=machine sizes the tree of a language model drafter; the "
-                                 f"pair's {self.model} is a feature drafter (EAGLE): use size=fixed (and `total` to "
-                                 "cap the nodes) with this pair")
             return model.as_tree_proposer(self.model, branch=self.branch, width=self.width, total=self.total,
-                                          max_entropy=self.max_entropy).bind(pair)
+                                          max_entropy=self.max_entropy, sizer=self.sizer).bind(pair)
         if hasattr(model, "as_proposer"):  # Medusa heads read the target's hidden states: they have a tree of their own
             raise ValueError(f"strategy=tree drafts with a language model, but the pair's {self.model} is "
                              f"{type(model).__name__}, which reads the target's hidden states: use strategy=medusa_tree "
@@ -85,7 +83,7 @@ class TreeDrafter(OneModelProposer):
                                  "use a chain strategy (e.g. strategy=speculative)")
         self.lm = cached_lm(pair.get(self.model), vocab_size=pair.vocab_size)
         if self.sizer is not None:
-            self.sizer.bind(pair.target, pair.vocab_size)
+            self.sizer.bind(pair.target, pair.vocab_size, level_step(self.lm.model, self.width, pair.vocab_size))
         return self
 
     def measured(self) -> dict:
@@ -114,11 +112,7 @@ class TreeDrafter(OneModelProposer):
         nodes, parents, score, fed = grow(logits.log_softmax(-1), max_len, self.branch, self.width, feed, self._open)
         # 4. EAGLE-2's re-ranking: the `total` best nodes over all levels (all of them without `total`);
         #    size "machine": the number that pays best on this machine (tree_sizing.choose_size).
-        total = self.total
-        if self.sizer is not None:
-            best = sorted(score, reverse=True)[: self.sizer.max_nodes]
-            total = choose_size([math.exp(x) for x in best], self.sizer.cost)[0]
-        keep = rerank(score, parents, total)
+        keep = rerank(score, parents, self.total if self.sizer is None else sized_total(self.sizer, score, parents))
         nodes, parents = pruned(nodes, parents, keep)
         self._tree = (start, nodes, parents, [start + i if i < fed else None for i in keep])
         if not nodes:
@@ -163,6 +157,35 @@ def rerank(score: list[float], parents: list[int], total: int | None) -> list[in
         if parents[i] < 0 or parents[i] in kept:
             kept.add(i)
     return sorted(kept)
+
+
+def sized_total(sizer: TreeSizer, score: list[float], parents: list[int]) -> int:
+    """Size "machine": how many of the re-ranked nodes to verify (TreeSizer.choose), each node's
+    path probability under the drafter standing for its chance of acceptance; the round drafted
+    one drafter forward per level (the context's, then one per level fed)."""
+    depth = [0] * len(parents)
+    for i, p in enumerate(parents):  # a parent comes before its children
+        depth[i] = 1 if p < 0 else depth[p] + 1
+    best = sorted(score, reverse=True)[: sizer.max_nodes]
+    return sizer.choose([math.exp(x) for x in best], steps=max(depth, default=1))
+
+
+@torch.inference_mode()
+def level_step(model, width: int, vocab_size: int | None = None, context: int = 64):
+    """One drafting level of a language model drafter, to time (TreeSizer.bind): a tree forward
+    over `width` sibling nodes after `context` cached tokens, cropped back after."""
+    lm = cached_lm(model, vocab_size=vocab_size)
+    device = next(model.parameters()).device
+    n_vocab = vocab_size or model.get_input_embeddings().weight.shape[0]
+    gen = torch.Generator().manual_seed(2)
+    lm.forward(lm.start(torch.randint(0, n_vocab, (context,), generator=gen).to(device)), keep=1)
+    length, siblings = lm.length, torch.full((width,), -1)
+
+    def step():
+        lm.forward(torch.randint(0, n_vocab, (width,), generator=gen).to(device), keep=width, tree=siblings)
+        lm.crop(length)
+
+    return step
 
 
 def check_options(branch: int, width: int, total: int | None, max_entropy: float | None) -> None:

@@ -19,7 +19,10 @@ The math, per round:
    E(n) for every n at once (Medusa's and Sequoia's greedy construction; exact under the model).
 3. The size. A round over n nodes costs v(n + 1) one-token target forwards (the context's token
    and the n nodes, measured on this machine by width: cost_aware.measure_verify_cost with a tree) plus the
-   drafting's cost; the rate E(n) / cost(n) is maximised over n <= max_nodes (`choose_size`).
+   drafting's: its steps (a drafter's levels, or one round of heads) times one step's cost,
+   measured against a one-token target forward (cost_aware.relative_cost; nothing for a lookup).
+   The rate E(n) / cost(n) is maximised over n <= max_nodes (`choose_size`): the drafting is the
+   same whatever n, yet it weighs in, since a round that costs more anyway pays for more nodes.
    The estimates of step 1 change as the run goes, so the tree is chosen again every round; the
    costs are fixed at bind and recorded (metrics.json "measured"), so a run given them back
    measures nothing and decides identically.
@@ -31,7 +34,7 @@ from typing import Callable
 
 import numpy as np
 
-from specexp.length.cost_aware import measure_verify_cost, monotone_cost
+from specexp.length.cost_aware import measure_verify_cost, monotone_cost, relative_cost
 
 
 class VerifyCost:
@@ -112,10 +115,12 @@ def best_tree(q: np.ndarray, max_depth: int, max_nodes: int,
 
 def choose_size(values: list[float], cost: VerifyCost, draft_cost: float = 0.0, drafted: int = 0) -> tuple[int, float]:
     """(n, rate): the number of best-first nodes whose round gives the most expected tokens per
-    unit of cost, (1 + values[0] + ... + values[n-1]) / (v(drafted + n + 1) + draft_cost * [n > 0]),
-    over n = 0 (no draft) .. len(values); rate in tokens per one-token target forward. `drafted`:
-    nodes the round verifies besides these (their tokens are not counted, their width is)."""
-    best, rate, expected = 0, 1.0 / cost(drafted + 1), 1.0
+    unit of cost, (1 + values[0] + ... + values[n-1]) / (v(drafted + n + 1) + draft_cost), over
+    n = 0 (no node verified) .. len(values); rate in tokens per one-token target forward.
+    `draft_cost`: the round's drafting, already spent whatever n (the tree is drafted before it is
+    sized); `drafted`: nodes the round verifies besides these (their tokens are not counted, their
+    width is)."""
+    best, rate, expected = 0, 1.0 / (cost(drafted + 1) + draft_cost), 1.0
     for n, value in enumerate(values, start=1):
         expected += value
         r = expected / (cost(drafted + n + 1) + draft_cost)
@@ -146,7 +151,7 @@ class TreeSizer:
     `strategy`: the strategy's name, for errors."""
 
     def __init__(self, k: int, size: str = "fixed", max_nodes: int = 48, verify_cost: list[float] | None = None,
-                 cost_widths: list[int] | None = None, strategy: str = "tree"):
+                 cost_widths: list[int] | None = None, strategy: str = "tree", draft_cost: float | None = None):
         if size not in ("fixed", "machine") or max_nodes < 1:
             raise ValueError(f"{strategy}: strategy.proposer.size must be fixed or machine and max_nodes >= 1, "
                              f"got size={size!r}, max_nodes={max_nodes}")
@@ -159,29 +164,48 @@ class TreeSizer:
                              f"{self.widths}, got {len(verify_cost)}")
         self.verify_cost = [float(c) for c in verify_cost] if verify_cost is not None else None
         self.source = "config" if verify_cost is not None else None
+        if draft_cost is not None and draft_cost < 0:
+            raise ValueError(f"{strategy}: strategy.proposer.draft_cost must be >= 0 or null, got {draft_cost}")
+        # one drafting step's cost (a drafter level, or a round of heads) relative to a one-token
+        # target forward: given, or measured at bind from the proposer's step (0: a proposer without one)
+        self.draft_cost = None if draft_cost is None else float(draft_cost)
+        self.draft_source = "config" if draft_cost is not None else None
         self.cost: VerifyCost | None = None
         self.acceptance = RankAcceptance(k, PRIOR[:k], PRIOR_WEIGHT)
 
-    def bind(self, target, vocab_size: int | None = None) -> None:
+    def bind(self, target, vocab_size: int | None = None, draft_step: Callable[[], object] | None = None) -> None:
+        """Measure what was not given, once, on this machine (recorded: measured()): the
+        verification cost by width, and one drafting step's cost when the proposer hands over
+        `draft_step` (cost_aware.relative_cost; without one drafting costs nothing here)."""
         if self.size != "machine":
             return
-        if self.verify_cost is None:  # measured once, on this machine; recorded (measured())
+        if self.verify_cost is None:
             self.verify_cost, _ = measure_verify_cost(target, self.widths, repeats=3, vocab_size=vocab_size, tree=True)
             self.source = "measured"
+        if self.draft_cost is None:
+            self.draft_cost = relative_cost(target, draft_step, repeats=3, vocab_size=vocab_size) if draft_step else 0.0
+            self.draft_source = "measured" if draft_step else "none"
         self.cost = VerifyCost(self.widths, self.verify_cost)
+
+    def choose(self, values: list[float], steps: int = 1, drafted: int = 0) -> int:
+        """How many of the best-first nodes (their `values`) to verify: choose_size with the round's
+        drafting cost, `steps` drafting steps (a drafter's levels; 1 for heads)."""
+        return choose_size(values, self.cost, self.draft_cost * steps, drafted)[0]
 
     def measured(self) -> dict:
         """What steers a machine-sized tree, as plain data (metrics.json "measured"): "replay" gives
         back the config keys that make a run measure nothing and decide identically."""
         if self.size != "machine" or self.verify_cost is None:
             return {}
-        return {"replay": {"proposer.verify_cost": list(self.verify_cost), "proposer.cost_widths": self.widths},
-                "sources": {"verify_cost": self.source}}
+        replay = {"proposer.verify_cost": list(self.verify_cost), "proposer.cost_widths": self.widths}
+        if self.draft_source != "none":  # a proposer with a drafting step (a lookup has none, nor the key)
+            replay["proposer.draft_cost"] = self.draft_cost
+        return {"replay": replay, "sources": {"verify_cost": self.source, "draft_cost": self.draft_source}}
 
     def paths(self, depth: int, exists: Callable[[tuple[int, ...]], bool] = lambda path: True,
               drafted: int = 0) -> list[tuple[int, ...]]:
         """This round's tree as rank paths in BFS order (by depth, then ranks: a parent before its
         children, better ranks first); `drafted`: nodes the round verifies besides (size machine)."""
         paths, values = best_tree(self.acceptance.q(), depth, self.max_nodes, exists)
-        n = choose_size(values, self.cost, drafted=drafted)[0] if self.size == "machine" else len(paths)
+        n = self.choose(values, 1, drafted) if self.size == "machine" else len(paths)
         return sorted(paths[:n], key=lambda p: (len(p), p))

@@ -7,6 +7,7 @@ stops, and how outputs are scored.
     xsum.XSum             ROUGE-1/2/L F1                        conf/dataset/xsum.yaml
     wikitext.WikiText     continuation (no metric)              conf/dataset/wikitext.yaml
     typed_prompts.PromptTask  prompts from the command line     conf/dataset/prompt.yaml
+    chat_categories.ChatCategories  chat prompts of 15 kinds    conf/dataset/chat_categories.yaml
 
 Sources (local files, the shared copy, the hub) are resolved in dataset_sources.py; docs/datasets.md has
 the details.
