@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     groups = {}  # a dataset, or a chat_categories kind: the prompts' indices
     for i, p in enumerate(prompts):
         groups.setdefault(p.category or p.dataset, []).append(i)
-    out = {"settings": vars(args), "prompts": len(prompts), "drafters": []}
+    out = {"settings": vars(args), "prompts": len(prompts), "prompt_groups": groups, "drafters": []}
     # 2. Per drafter, per prompt: greedy chains of gamma from every reply position (where drafting happens).
     for pair in pairs:
         drafter = pair.get("drafter")
@@ -135,15 +135,19 @@ def pooled(rows: list[list[int]]) -> dict:
 
 def compare(drafters: list[dict], groups: dict) -> dict:
     """Each later drafter against the first on the same replies: the difference in first-draft
-    acceptance and in tokens per target forward, pooled over the kinds absent from BOTH trainings
-    (and over all prompts), with a paired bootstrap CI over prompts."""
+    acceptance and in tokens per target forward, pooled over the kinds absent from BOTH trainings,
+    over those only the later one trained on, over those both trained on, and over all prompts,
+    each with a paired bootstrap CI over prompts."""
     from specexp.stats import bootstrap_ci
 
     base, out = drafters[0], {}
     for d in drafters[1:]:
-        absent = [name for name in groups if not base["groups"][name]["trained"] and not d["groups"][name]["trained"]]
+        seen = {name: (base["groups"][name]["trained"], d["groups"][name]["trained"]) for name in groups}
         res = {}
-        for label, names in (("absent_from_both", absent), ("all", list(groups))):
+        for label, names in (("absent_from_both", [n for n, t in seen.items() if t == (False, False)]),
+                             ("trained_by_the_later_only", [n for n, t in seen.items() if t == (False, True)]),
+                             ("trained_by_both", [n for n, t in seen.items() if t == (True, True)]),
+                             ("all", list(groups))):
             idx = [i for name in names for i in groups[name]]
             if len(idx) < 2:
                 continue

@@ -6,11 +6,11 @@ from __future__ import annotations
 import collections
 
 import pytest
+from conftest import CONF, load_script
 
 from specexp.builds import instruction_mix as mix
 from specexp.tasks.chat_categories import PROMPTS, TRAINED_AS, ChatCategories
 from specexp.tasks.dataset_sources import shared_data_dir
-from tests.conftest import load_script
 
 needs_shared = pytest.mark.skipif(shared_data_dir() is None, reason="no shared data (../shared/data)")
 
@@ -77,6 +77,20 @@ def test_chat_categories_give_every_kind_and_say_which_a_build_mix_holds():
     assert len(absent) == 8 and "writing" in absent and "roleplay" in absent
     one_each = ChatCategories(limit=15, select="stratified").samples()
     assert sorted(s.category for s in one_each) == sorted(PROMPTS)
+
+
+def test_the_chat_categories_config_is_commented_and_builds_the_task():
+    import re
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    path = CONF / "dataset" / "chat_categories.yaml"
+    lines = [line for line in path.read_text().splitlines() if re.match(r"^[a-z]\w*:", line)]
+    assert lines and all("#" in line for line in lines), [line for line in lines if "#" not in line]
+    task = instantiate(OmegaConf.load(path), _convert_="all")
+    assert isinstance(task, ChatCategories) and task.chat == "auto" and task.max_new_tokens == 96
+    assert len(task.samples()) == 45 and len(ChatCategories(limit=30, select="stratified").samples()) == 30
 
 
 def test_acceptance_by_kind_pools_over_prompts_with_a_ci():
