@@ -215,3 +215,9 @@ def test_replay_puts_a_proposers_costs_in_the_proposer():
     assert lines == ["strategy.proposer.verify_cost=[1.0, 1.5]", "strategy.proposer.cost_widths=[1, 2]"]
     proposer = OmegaConf.create(config).strategy.proposer
     assert list(proposer.verify_cost) == [1.0, 1.5] and list(proposer.cost_widths) == [1, 2]
+    config = OmegaConf.to_container(compose(["strategy=tree", "strategy.proposer.size=machine"]), resolve=False)
+    config.pop("hydra", None)
+    lines = replay_measured(config, {"replay": {"proposer.verify_cost": [1.0, 1.5], "proposer.cost_widths": [1, 2],
+                                                "proposer.draft_cost": 0.25}})
+    assert lines[-1] == "strategy.proposer.draft_cost=0.25"
+    assert OmegaConf.create(config).strategy.proposer.draft_cost == 0.25  # a tree drafter's level, given back
