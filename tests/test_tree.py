@@ -590,3 +590,17 @@ def test_a_drafter_trees_drafting_cost_is_measured_at_bind_and_given_back(tree_p
     again = TreeDrafter(branch=2, width=3, total=10, size="machine", verify_cost=[1.0] * 5, cost_widths=widths,
                         draft_cost=cost).bind(pair)
     assert again.measured()["replay"] == m["replay"] and again.measured()["sources"]["draft_cost"] == "config"
+
+
+def test_a_tree_proposer_refuses_a_per_token_length_policy():
+    """Every tree proposer takes its depth from the policy (check_depth_policy): a rule that decides
+    token by token is refused naming the strategy; a per-round one passes."""
+    from specexp.length import Fixed
+    from specexp.length.entropy_rules import EntropyStatic
+    from specexp.proposers.base import check_depth_policy
+
+    for strategy in ("tree", "medusa_tree", "token_recycling", "lookup_trie"):
+        with pytest.raises(ValueError, match=f"strategy={strategy}: the length policy must give a depth"):
+            check_depth_policy(EntropyStatic(), strategy)
+        check_depth_policy(Fixed(4), strategy)
+        check_depth_policy(None, strategy)

@@ -98,25 +98,35 @@ def measure_verify_cost(target, widths: int | list[int], context: int = 64, repe
 
 
 @torch.inference_mode()
+def forward_step(lm, n_vocab: int, width: int = 1, tree: bool = False, context: int = 64, seed: int = 0):
+    """A forward to time: `lm` (a CachedLM) reads `context` random tokens once; each call of the
+    returned step feeds it `width` more random tokens (with `tree`, as `width` sibling nodes
+    under the context's last token, through the tree path) and crops back."""
+    device = next(lm.model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    lm.forward(lm.start(torch.randint(0, n_vocab, (context,), generator=gen).to(device)), keep=1)
+    length, siblings = lm.length, torch.full((width,), -1) if tree else None
+
+    def step():
+        lm.forward(torch.randint(0, n_vocab, (width,), generator=gen).to(device), keep=width, tree=siblings)
+        lm.crop(length)
+
+    return step
+
+
+@torch.inference_mode()
 def relative_cost(target, step: Callable[[], object], context: int = 64, repeats: int = 5,
                   vocab_size: int | None = None) -> float:
-    """c: the time of `step()` over the target's one-token forward after `context` cached tokens,
-    the two alternating within each repeat; the median ratio over `repeats` (one warm-up repeat
-    first, dropped). `step` leaves whatever it fed as it found it (it is called repeats + 1 times)."""
+    """c: the time of `step()` over the target's one-token forward after `context` cached tokens
+    (forward_step), the two alternating within each repeat; the median ratio over `repeats` (one
+    warm-up repeat first, dropped). `step` leaves whatever it fed as it found it (it is called
+    repeats + 1 times)."""
     from specexp.models.cached_lm import cached_lm
     from specexp.models.loading import sync
 
-    lm = cached_lm(target, vocab_size=vocab_size)
     device = next(target.parameters()).device
     n_vocab = vocab_size or target.get_input_embeddings().weight.shape[0]
-    gen = torch.Generator().manual_seed(0)
-    lm.forward(lm.start(torch.randint(0, n_vocab, (context,), generator=gen).to(device)), keep=1)
-    length, ratios = lm.length, []
-
-    def one_token():
-        lm.forward(torch.randint(0, n_vocab, (1,), generator=gen).to(device), keep=1)
-        lm.crop(length)
-
+    one_token, ratios = forward_step(cached_lm(target, vocab_size=vocab_size), n_vocab, context=context), []
     for r in range(repeats + 1):
         t = []
         for run in (one_token, step):
@@ -130,23 +140,13 @@ def relative_cost(target, step: Callable[[], object], context: int = 64, repeats
     return statistics.median(ratios)
 
 
-@torch.inference_mode()
 def measure_drafter_cost(target, drafter, context: int = 64, repeats: int = 5, vocab_size: int | None = None) -> float:
     """c: the drafter's one-token forward over the target's, both after `context` cached tokens
     (relative_cost)."""
     from specexp.models.cached_lm import cached_lm
 
-    lm = cached_lm(drafter)
-    device = next(drafter.parameters()).device
     n_vocab = min(m.get_input_embeddings().weight.shape[0] for m in (target, drafter))
-    gen = torch.Generator().manual_seed(1)
-    lm.forward(lm.start(torch.randint(0, n_vocab, (context,), generator=gen).to(device)), keep=1)
-    length = lm.length
-
-    def step():
-        lm.forward(torch.randint(0, n_vocab, (1,), generator=gen).to(device), keep=1)
-        lm.crop(length)
-
+    step = forward_step(cached_lm(drafter), n_vocab, context=context, seed=1)
     return relative_cost(target, step, context, repeats, vocab_size)
 
 

@@ -70,3 +70,11 @@ class OneModelProposer(Proposer):
     def cached_models(self) -> dict:
         """The models this proposer runs, by role (per-model forward counts and times)."""
         return {self.model: self.lm}
+
+
+def check_depth_policy(policy: LengthPolicy | None, strategy: str) -> None:
+    """A tree proposer takes its depth from the policy's draft length: refuse a policy that decides
+    token by token (it cannot shape a tree), naming the strategy."""
+    if policy is not None and policy.needs_steps:
+        raise ValueError(f"strategy={strategy}: the length policy must give a depth (e.g. specexp.length.Fixed); "
+                         "a per-token rule cannot shape a tree")

@@ -36,7 +36,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaMod
 from specexp.length import LengthPolicy
 from specexp.models.cached_lm import CachedLM, cache_arg, cache_of, tree_attention
 from specexp.models.sampling import Sampling
-from specexp.proposers.base import Draft
+from specexp.proposers.base import Draft, check_depth_policy
 from specexp.proposers.drafter import DraftModel, draft_vocab
 from specexp.proposers.tree_drafter import check_options, grow, open_nodes, pruned, rerank, sized_total
 
@@ -259,9 +259,7 @@ class FeatureTreeDrafter(FeatureDrafter):
         return self.sizer.measured() if self.sizer is not None else {}
 
     def propose(self, tokens, max_len, policy: LengthPolicy, sampling: Sampling, generator) -> Draft:
-        if policy.needs_steps:
-            raise ValueError("strategy=tree: the length policy must give a depth (e.g. specexp.length.Fixed); a "
-                             "per-token rule cannot shape a tree")
+        check_depth_policy(policy, "tree")
         if not self.lm.has_features or max_len < 1:  # the first round reads the prompt: nothing to draft from yet
             return Draft(tokens.new_empty(0), None)
         # 1. The unseen context with the target's features: the first level's distribution, and

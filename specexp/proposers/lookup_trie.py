@@ -23,7 +23,7 @@ import torch
 
 from specexp.length import LengthPolicy
 from specexp.models.sampling import Sampling
-from specexp.proposers.base import Draft, Proposer
+from specexp.proposers.base import Draft, Proposer, check_depth_policy
 from specexp.proposers.retrieval import Datastore
 
 
@@ -131,8 +131,7 @@ class LookupTrie(Proposer):
 
     def propose(self, tokens: torch.Tensor, max_len: int, policy: LengthPolicy | None, sampling: Sampling | None,
                 generator: torch.Generator | None) -> Draft:
-        if policy is not None and policy.needs_steps:
-            raise ValueError("strategy=lookup_trie: the length policy must give a depth (e.g. specexp.length.Fixed)")
+        check_depth_policy(policy, "lookup_trie")
         if max_len <= 0:
             return Draft(tokens.new_empty(0), None)
         trie = Trie()

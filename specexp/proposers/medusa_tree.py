@@ -23,7 +23,7 @@ import torch
 
 from specexp.length import LengthPolicy
 from specexp.models.sampling import Sampling
-from specexp.proposers.base import Draft
+from specexp.proposers.base import Draft, check_depth_policy
 from specexp.proposers.medusa import Medusa
 from specexp.proposers.tree_sizing import TreeSizer
 
@@ -92,8 +92,7 @@ class MedusaTree(Medusa):
 
     def propose(self, tokens: torch.Tensor, max_len: int, policy: LengthPolicy, sampling: Sampling,
                 generator: torch.Generator | None) -> Draft:
-        if policy is not None and policy.needs_steps:
-            raise ValueError("strategy=medusa_tree: the length policy must give a depth (e.g. specexp.length.Fixed)")
+        check_depth_policy(policy, "medusa_tree")
         self._learn(tokens)
         depth = min(max_len, self.heads.num_heads)
         if self.hidden is None or depth < 1:  # the first round: the target reads the prompt first

@@ -54,7 +54,7 @@ import torch
 
 from specexp.length import LengthPolicy
 from specexp.models.sampling import Sampling
-from specexp.proposers.base import Draft, Proposer
+from specexp.proposers.base import Draft, Proposer, check_depth_policy
 from specexp.proposers.lookup_trie import LookupTrie, Trie
 from specexp.proposers.tree_sizing import TreeSizer
 
@@ -277,8 +277,7 @@ class TokenRecycling(Proposer):
 
     def propose(self, tokens: torch.Tensor, max_len: int, policy: LengthPolicy | None, sampling: Sampling | None,
                 generator: torch.Generator | None) -> Draft:
-        if policy is not None and policy.needs_steps:
-            raise ValueError("strategy=token_recycling: the length policy must give a depth (e.g. specexp.length.Fixed)")
+        check_depth_policy(policy, "token_recycling")
         self._learn(tokens)
         last = int(tokens[-1])
         # The lookup trie first (size=machine sizes the recycled nodes on top of its nodes), then the recycled tree.

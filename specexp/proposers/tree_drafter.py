@@ -31,10 +31,11 @@ import math
 import torch
 
 from specexp.length import LengthPolicy
+from specexp.length.cost_aware import forward_step
 from specexp.models import token_entropy
 from specexp.models.cached_lm import CachedLM, cached_lm
 from specexp.models.sampling import Sampling
-from specexp.proposers.base import Draft, OneModelProposer, Proposer
+from specexp.proposers.base import Draft, OneModelProposer, Proposer, check_depth_policy
 from specexp.proposers.tree_sizing import TreeSizer
 
 
@@ -95,9 +96,7 @@ class TreeDrafter(OneModelProposer):
         self._tree = None
 
     def propose(self, tokens, max_len, policy: LengthPolicy, sampling: Sampling, generator) -> Draft:
-        if policy.needs_steps:
-            raise ValueError("strategy=tree: the length policy must give a depth (e.g. specexp.length.Fixed); a "
-                             "per-token rule cannot shape a tree")
+        check_depth_policy(policy, "tree")
         self._keep_accepted(tokens)
         start = tokens.shape[0]
         # 1. The drafter's distribution after the context (its unseen suffix fed as usual).
@@ -170,22 +169,11 @@ def sized_total(sizer: TreeSizer, score: list[float], parents: list[int]) -> int
     return sizer.choose([math.exp(x) for x in best], steps=max(depth, default=1))
 
 
-@torch.inference_mode()
-def level_step(model, width: int, vocab_size: int | None = None, context: int = 64):
+def level_step(model, width: int, vocab_size: int | None = None):
     """One drafting level of a language model drafter, to time (TreeSizer.bind): a tree forward
-    over `width` sibling nodes after `context` cached tokens, cropped back after."""
-    lm = cached_lm(model, vocab_size=vocab_size)
-    device = next(model.parameters()).device
+    over `width` sibling nodes after a cached context (cost_aware.forward_step)."""
     n_vocab = vocab_size or model.get_input_embeddings().weight.shape[0]
-    gen = torch.Generator().manual_seed(2)
-    lm.forward(lm.start(torch.randint(0, n_vocab, (context,), generator=gen).to(device)), keep=1)
-    length, siblings = lm.length, torch.full((width,), -1)
-
-    def step():
-        lm.forward(torch.randint(0, n_vocab, (width,), generator=gen).to(device), keep=width, tree=siblings)
-        lm.crop(length)
-
-    return step
+    return forward_step(cached_lm(model, vocab_size=vocab_size), n_vocab, width, tree=True, seed=2)
 
 
 def check_options(branch: int, width: int, total: int | None, max_entropy: float | None) -> None:
